@@ -1,0 +1,32 @@
+# Every target creates or refreshes .venv itself, so each works on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test bench venv clean interop-deps
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The TypeScript interop peer needs Node.js and the ws package from npm.
+interop-deps:
+	cd tests/interop/ts && npm install --no-audit --no-fund --silent
+
+run: venv
+	$(VENV)/bin/pfnode serve $(ARGS)
+
+test: venv interop-deps
+	$(PY) -m pytest $(ARGS)
+
+bench: venv
+	$(PY) bench/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) tests/interop/ts/node_modules bench/results

@@ -1,0 +1,59 @@
+"""numpy handlers: reductions, matrix multiply, FFT magnitude.
+
+Inputs are JSON lists (nested for matrices); outputs are numpy values, which the
+worker serialises to JSON directly (no .tolist() detour needed).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pfnode import handler
+
+_REDUCERS = {"sum": np.sum, "mean": np.mean, "min": np.min, "max": np.max,
+             "std": np.std, "prod": np.prod}
+
+
+def _as_array(values, name: str, ndim: int | None = None) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numbers: {exc}") from None
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {list(array.shape)}")
+    return array
+
+
+@handler("df", "reduce")
+def reduce(data):
+    """{"values": [...], "op": "sum"|"mean"|"min"|"max"|"std"|"prod"} -> number."""
+    if not isinstance(data, dict):
+        raise TypeError('df:reduce expects {"values": [...], "op": "sum"}')
+    op = data.get("op", "sum")
+    if op not in _REDUCERS:
+        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(sorted(_REDUCERS))}")
+    values = _as_array(data.get("values"), "values")
+    if values.size == 0 and op not in ("sum", "prod"):
+        raise ValueError(f"cannot take {op} of no values")
+    return _REDUCERS[op](values)
+
+
+@handler("df", "matmul")
+def matmul(data):
+    """{"a": [[...]], "b": [[...]]} -> a @ b as nested lists."""
+    if not isinstance(data, dict):
+        raise TypeError('df:matmul expects {"a": [[...]], "b": [[...]]}')
+    a = _as_array(data.get("a"), "a", ndim=2)
+    b = _as_array(data.get("b"), "b", ndim=2)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"shapes {list(a.shape)} and {list(b.shape)} cannot be multiplied")
+    return a @ b
+
+
+@handler("df", "fft")
+def fft_magnitude(data):
+    """[samples] (or {"signal": [samples]}) -> |rfft(samples)|."""
+    signal = data.get("signal") if isinstance(data, dict) else data
+    samples = _as_array(signal, "signal", ndim=1)
+    if samples.size == 0:
+        raise ValueError("signal must not be empty")
+    return np.abs(np.fft.rfft(samples))

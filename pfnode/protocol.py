@@ -1,0 +1,311 @@
+"""The PacketFlow v1.0 wire protocol, sans I/O.
+
+Text or bytes in, typed messages or ready-to-send reply frames out. Nothing here
+touches a socket, a clock, a process or asyncio, so every rule is testable with
+plain strings. Decoding never raises for bad input: a frame the node cannot
+accept becomes a `Rejected` carrying the `error` frame to send back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Union
+
+import orjson
+
+from .errors import ErrorCode
+
+VERSION = "1.0"
+GROUPS = frozenset({"cf", "df", "ed", "co", "mc", "rm"})
+MESSAGE_TYPES = frozenset({"submit", "result", "error", "heartbeat"})
+MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript peer can hold exactly
+MAX_ID_CHARS = 256
+MAX_DEPENDENCIES = 1024
+_ELEMENT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+# Where an oversized frame's seq may be found without parsing it: TypeScript peers
+# put it first, Elixir peers (sorted map keys) put it after the payload.
+_SEQ_RE = re.compile(rb'"seq"\s*:\s*(\d{1,16})')
+_SEQ_SCAN_BYTES = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Packet:
+    id: str
+    group: str
+    element: str
+    data: Any = None
+    priority: int = 5
+    timeout_ms: int | None = None
+    dependencies: tuple[str, ...] | None = None
+    metadata: dict | None = None
+    version: str = VERSION
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}:{self.element}"
+
+    def to_wire(self) -> dict:
+        wire = {"version": self.version, "id": self.id, "group": self.group,
+                "element": self.element, "data": self.data, "priority": self.priority}
+        if self.timeout_ms is not None:
+            wire["timeout_ms"] = self.timeout_ms
+        if self.dependencies is not None:
+            wire["dependencies"] = list(self.dependencies)
+        if self.metadata is not None:
+            wire["metadata"] = self.metadata
+        return wire
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    packet_id: str
+    status: str  # "success" | "error"
+    data: Any = None
+    error: dict | None = None  # {"code": ..., "message": ...}
+    duration_ms: float = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    @property
+    def error_code(self) -> str | None:
+        return self.error.get("code") if self.error else None
+
+    def to_wire(self) -> dict:
+        wire: dict[str, Any] = {"packet_id": self.packet_id, "status": self.status}
+        if self.ok:
+            wire["data"] = self.data
+        else:
+            wire["error"] = self.error
+        wire["duration_ms"] = self.duration_ms
+        return wire
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """An accepted frame. `payload` is a Packet for submit, a Result for result,
+    and the decoded object for heartbeat and error."""
+
+    type: str
+    seq: int
+    payload: Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rejected:
+    """A frame the node could not accept, with the error frame to answer it."""
+
+    seq: int
+    code: str
+    message: str
+    reply: bytes
+    packet_id: str | None = None
+
+
+Decoded = Union[Message, Rejected]
+
+
+class _Invalid(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------- decoding
+
+def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
+           max_timeout_ms: int | None = None) -> Decoded:
+    """Decode and validate one WebSocket text frame."""
+    # A str longer than the limit in characters is longer in UTF-8 bytes too.
+    if max_frame_bytes is not None and len(frame) > max_frame_bytes:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        return _reject(_seq_from_oversized(raw), ErrorCode.TOO_LARGE,
+                       f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes")
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        return _reject(0, ErrorCode.MALFORMED_FRAME, f"frame is not valid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return _reject(0, ErrorCode.MALFORMED_FRAME,
+                       f"frame must be a JSON object, got {_json_type(obj)}")
+    seq = obj.get("seq")
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        return _reject(0, ErrorCode.MALFORMED_FRAME,
+                       f"seq must be an integer 0..{MAX_SEQ}, got {_show(seq)}")
+    mtype = obj.get("type")
+    if mtype not in MESSAGE_TYPES:
+        return _reject(seq, ErrorCode.MALFORMED_FRAME,
+                       f"unknown message type {_show(mtype)}; expected one of "
+                       + ", ".join(sorted(MESSAGE_TYPES)))
+    payload = obj.get("payload")
+    try:
+        if mtype == "submit":
+            return Message("submit", seq, parse_packet(payload, max_timeout_ms=max_timeout_ms))
+        if mtype == "result":
+            return Message("result", seq, parse_result(payload))
+    except _Invalid as exc:
+        packet_id = payload.get("id") if isinstance(payload, dict) else None
+        return _reject(seq, exc.code, exc.message,
+                       packet_id if isinstance(packet_id, str) else None)
+    if payload is not None and not isinstance(payload, dict):
+        return _reject(seq, ErrorCode.MALFORMED_FRAME,
+                       f"{mtype} payload must be an object or null, got {_json_type(payload)}")
+    return Message(mtype, seq, payload if payload is not None else {})
+
+
+def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
+    """Validate a packet object (the payload of a submit frame)."""
+    if not isinstance(obj, dict):
+        raise _Invalid(ErrorCode.INVALID_PACKET, f"packet must be an object, got {_json_type(obj)}")
+    version = obj.get("version")
+    if version != VERSION:
+        raise _Invalid(ErrorCode.INVALID_PACKET, f"unsupported version {_show(version)}; expected \"1.0\"")
+    pid = obj.get("id")
+    if not isinstance(pid, str) or not 0 < len(pid) <= MAX_ID_CHARS:
+        raise _Invalid(ErrorCode.INVALID_PACKET,
+                       f"id must be a non-empty string of at most {MAX_ID_CHARS} characters, got {_show(pid)}")
+    group = obj.get("group")
+    if group not in GROUPS:
+        raise _Invalid(ErrorCode.INVALID_PACKET,
+                       f"unknown group {_show(group)}; expected one of {', '.join(sorted(GROUPS))}")
+    element = obj.get("element")
+    if not isinstance(element, str) or not _ELEMENT_RE.fullmatch(element):
+        raise _Invalid(ErrorCode.INVALID_PACKET,
+                       f"element must be 1-64 characters of A-Z a-z 0-9 _ . -, got {_show(element)}")
+    priority = obj.get("priority", 5)
+    if priority is None:
+        priority = 5
+    if type(priority) is not int or not 1 <= priority <= 10:
+        raise _Invalid(ErrorCode.INVALID_PACKET, f"priority must be an integer 1..10, got {_show(priority)}")
+    timeout_ms = obj.get("timeout_ms")
+    if timeout_ms is not None:
+        if isinstance(timeout_ms, float) and timeout_ms.is_integer():
+            timeout_ms = int(timeout_ms)
+        if type(timeout_ms) is not int or timeout_ms <= 0:
+            raise _Invalid(ErrorCode.INVALID_PACKET,
+                           f"timeout_ms must be a positive integer or null, got {_show(timeout_ms)}")
+        if max_timeout_ms is not None and timeout_ms > max_timeout_ms:
+            raise _Invalid(ErrorCode.INVALID_PACKET,
+                           f"timeout_ms {timeout_ms} exceeds this node's maximum of {max_timeout_ms}")
+    deps = obj.get("dependencies")
+    if deps is not None:
+        if not isinstance(deps, list) or len(deps) > MAX_DEPENDENCIES or not all(
+                isinstance(d, str) and 0 < len(d) <= MAX_ID_CHARS for d in deps):
+            raise _Invalid(ErrorCode.INVALID_PACKET,
+                           f"dependencies must be null or a list of at most {MAX_DEPENDENCIES} packet ids")
+        deps = tuple(deps)
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _Invalid(ErrorCode.INVALID_PACKET,
+                       f"metadata must be an object or null, got {_json_type(metadata)}")
+    return Packet(id=pid, group=group, element=element, data=obj.get("data"),
+                  priority=priority, timeout_ms=timeout_ms, dependencies=deps, metadata=metadata)
+
+
+def parse_result(obj: Any) -> Result:
+    """Validate a result object (the payload of a result frame)."""
+    if not isinstance(obj, dict):
+        raise _Invalid(ErrorCode.MALFORMED_FRAME, f"result payload must be an object, got {_json_type(obj)}")
+    pid = obj.get("packet_id")
+    if not isinstance(pid, str) or not pid:
+        raise _Invalid(ErrorCode.MALFORMED_FRAME, f"result packet_id must be a non-empty string, got {_show(pid)}")
+    status = obj.get("status")
+    if status not in ("success", "error"):
+        raise _Invalid(ErrorCode.MALFORMED_FRAME,
+                       f"result status must be \"success\" or \"error\", got {_show(status)}")
+    error = obj.get("error")
+    if status == "error":
+        if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+            raise _Invalid(ErrorCode.MALFORMED_FRAME, "an error result needs error: {code, message}")
+        error = {"code": error["code"], "message": str(error.get("message", ""))}
+    duration = obj.get("duration_ms")
+    if duration is None:
+        duration = 0
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+        raise _Invalid(ErrorCode.MALFORMED_FRAME, f"result duration_ms must be a number, got {_show(duration)}")
+    return Result(packet_id=pid, status=status, data=obj.get("data"),
+                  error=error if status == "error" else None, duration_ms=duration)
+
+
+def _seq_from_oversized(raw: bytes) -> int:
+    for part in (raw[:_SEQ_SCAN_BYTES], raw[-_SEQ_SCAN_BYTES:]):
+        match = _SEQ_RE.search(part)
+        if match and int(match.group(1)) <= MAX_SEQ:
+            return int(match.group(1))
+    return 0
+
+
+def _reject(seq: int, code: ErrorCode, message: str, packet_id: str | None = None) -> Rejected:
+    return Rejected(seq, code.value, message, encode_error(seq, code, message, packet_id), packet_id)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return "null (or missing)"
+    text = orjson.dumps(value, default=repr).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ---------------------------------------------------------------------------- encoding
+
+def encode_json(value: Any) -> bytes:
+    """JSON as the node writes it (numpy arrays and scalars become lists and numbers)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_message(mtype: str, seq: int, payload: Any) -> bytes:
+    return orjson.dumps({"type": mtype, "seq": seq, "payload": payload},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_submit(seq: int, packet: Packet) -> bytes:
+    return encode_message("submit", seq, packet.to_wire())
+
+
+def encode_result(seq: int, result: Result) -> bytes:
+    return encode_message("result", seq, result.to_wire())
+
+
+def encode_success_raw(seq: int, packet_id: str, data_json: bytes, duration_ms: float) -> bytes:
+    """A success result whose data is already JSON: spliced in, never re-parsed."""
+    return b"".join((b'{"type":"result","seq":', str(seq).encode(),
+                     b',"payload":{"packet_id":', orjson.dumps(packet_id),
+                     b',"status":"success","data":', data_json,
+                     b',"duration_ms":', orjson.dumps(round(duration_ms, 3)), b"}}"))
+
+
+def encode_failure(seq: int, packet_id: str, code: str | ErrorCode, message: str,
+                   duration_ms: float = 0) -> bytes:
+    """A result with status "error": the packet was accepted but could not complete."""
+    code = code.value if isinstance(code, ErrorCode) else code
+    return encode_message("result", seq, {
+        "packet_id": packet_id, "status": "error",
+        "error": {"code": code, "message": message}, "duration_ms": round(duration_ms, 3)})
+
+
+def encode_error(seq: int, code: str | ErrorCode, message: str, packet_id: str | None = None) -> bytes:
+    """An error frame: the message itself could not be accepted."""
+    payload: dict[str, Any] = {"code": code.value if isinstance(code, ErrorCode) else code,
+                               "message": message}
+    if packet_id is not None:
+        payload["packet_id"] = packet_id
+    return encode_message("error", seq, payload)
+
+
+def encode_heartbeat(seq: int, payload: dict) -> bytes:
+    return encode_message("heartbeat", seq, payload)
