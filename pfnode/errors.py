@@ -48,3 +48,7 @@ class RemoteError(HandlerError):
 
 class ConnectionLost(PFNodeError):
     """The WebSocket link closed while a request was waiting for its reply."""
+
+
+class ReplyTimeout(PFNodeError, TimeoutError):
+    """No reply arrived in time for a request sent over the link."""

@@ -1,0 +1,126 @@
+"""The command line: a thin layer that builds Settings and calls the node or the client."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import orjson
+
+from . import __version__
+from .errors import PFNodeError
+from .settings import DEFAULT_HANDLER_MODULES, Settings
+
+DEFAULT_ENDPOINT = "ws://127.0.0.1:8443/packetflow/v1"
+
+
+def _modules(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one module name")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pfnode", description="PacketFlow v1.0 compute node")
+    parser.add_argument("--version", action="version", version=f"pfnode {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    defaults = Settings(workers=1)
+    serve = commands.add_parser("serve", help="run a node",
+                                description="Run a PacketFlow node until SIGTERM or Ctrl-C.")
+    serve.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=int, default=defaults.port, help="TCP port (default %(default)s; 0 picks one)")
+    serve.add_argument("--path", default=defaults.path, help="WebSocket path (default %(default)s)")
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="worker processes (default: number of cores, %(default)s)")
+    serve.add_argument("--handlers", type=_modules, default=DEFAULT_HANDLER_MODULES,
+                       metavar="MOD1,MOD2", help="handler modules to import (default %s)"
+                       % ",".join(DEFAULT_HANDLER_MODULES))
+    serve.add_argument("--default-timeout-ms", type=int, default=defaults.default_timeout_ms,
+                       help="deadline for packets without timeout_ms (default %(default)s)")
+    serve.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes,
+                       help="frames larger than this get PF413 (default %(default)s)")
+    serve.add_argument("--max-inflight-per-connection", type=int,
+                       default=defaults.max_inflight_per_connection,
+                       help="a peer's reads pause at this many unanswered packets (default %(default)s)")
+    serve.add_argument("--worker-prefetch", type=int, default=defaults.worker_prefetch,
+                       help="packets handed to a worker ahead of its answers (default %(default)s)")
+    serve.add_argument("--heartbeat-interval-ms", type=int, default=defaults.heartbeat_interval_ms,
+                       help="heartbeat period; peers silent for 3 periods are dropped (default %(default)s)")
+    serve.add_argument("--shutdown-grace-ms", type=int, default=defaults.shutdown_grace_ms,
+                       help="how long in-flight packets may finish on SIGTERM (default %(default)s)")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    submit = commands.add_parser("submit", help="send one packet and print its result",
+                                 description="Submit one packet; print the result as JSON. "
+                                 "Exit status 0 on success, 1 on an error result, 2 on a usage "
+                                 "or connection problem.")
+    submit.add_argument("group", help="behavioural group: cf df ed co mc rm")
+    submit.add_argument("element", help="element name, e.g. transform")
+    submit.add_argument("data", help="the packet's data as JSON, e.g. '\"hello world\"'")
+    submit.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node URL (default %(default)s)")
+    submit.add_argument("--priority", type=int, default=5, help="1-10, higher first (default 5)")
+    submit.add_argument("--timeout-ms", type=int, default=None, help="deadline for the packet")
+    submit.add_argument("--metadata", default=None, help="metadata as a JSON object")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .front import run
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is ours to log
+    settings = Settings(host=args.host, port=args.port, path=args.path, workers=args.workers,
+                        handler_modules=args.handlers, default_timeout_ms=args.default_timeout_ms,
+                        max_frame_bytes=args.max_frame_bytes,
+                        max_inflight_per_connection=args.max_inflight_per_connection,
+                        worker_prefetch=args.worker_prefetch,
+                        heartbeat_interval_ms=args.heartbeat_interval_ms,
+                        shutdown_grace_ms=args.shutdown_grace_ms, log_level=args.log_level)
+    run(settings)
+    return 0
+
+
+def _json_arg(text: str, name: str):
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise PFNodeError(f"{name} is not valid JSON ({exc}); quote strings, e.g. '\"hello\"'") from None
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .client import Reactor
+
+    data = _json_arg(args.data, "data")
+    metadata = _json_arg(args.metadata, "--metadata") if args.metadata is not None else None
+
+    async def go():
+        async with Reactor(args.endpoint) as reactor:
+            return await reactor.submit(args.group, args.element, data, priority=args.priority,
+                                        timeout_ms=args.timeout_ms, metadata=metadata)
+
+    result = asyncio.run(go())
+    sys.stdout.write(orjson.dumps(result.to_wire(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if result.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"serve": _serve, "submit": _submit}[args.command](args)
+    except PFNodeError as exc:
+        print(f"pfnode: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pfnode: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The Python reactor: the spec's reactor API over one WebSocket link.
+
+    async with Reactor("ws://127.0.0.1:8443/packetflow/v1") as reactor:
+        result = await reactor.submit("df", "transform", "hello world")
+        print(result.data)  # "HELLO WORLD"
+
+`submit` returns a `Result` whatever its status (check `result.ok`); an `error`
+frame from the node (the message itself was refused) raises `RemoteError`. Many
+submits may be in flight at once on one link. `register` lets the reactor answer
+`submit` frames the endpoint sends it.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol
+from .errors import ConnectionLost, ErrorCode, PFNodeError, RemoteError, ReplyTimeout
+from .protocol import Packet, Result
+from .registry import Registry
+
+log = logging.getLogger("pfnode.client")
+
+DEFAULT_TIMEOUT_MS = 30_000
+REPLY_SLACK_S = 5.0  # how long past a packet's own deadline we still wait for the node's PF408
+
+
+class Reactor:
+    def __init__(self, endpoint: str, *, heartbeat_interval_ms: int = 30_000,
+                 max_frame_bytes: int | None = 64 * 1024 * 1024, open_timeout_s: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.max_frame_bytes = max_frame_bytes
+        self.open_timeout_s = open_timeout_s
+        self.registry = Registry()
+        self._ws: ClientConnection | None = None
+        self._seq = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._by_packet_id: dict[str, int] = {}  # for peers that answer with seq 0
+        self._tasks: set[asyncio.Task] = set()
+        self.last_heartbeat: dict | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> "Reactor":
+        try:
+            self._ws = await connect(self.endpoint, max_size=self.max_frame_bytes, compression=None,
+                                     open_timeout=self.open_timeout_s)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionLost(f"cannot connect to {self.endpoint}: {exc}") from exc
+        except Exception as exc:  # websockets' handshake errors (InvalidStatus, InvalidURI, ...)
+            raise ConnectionLost(f"cannot connect to {self.endpoint}: {exc}") from exc
+        self._spawn(self._read_loop())
+        self._spawn(self._heartbeat_loop())
+        return self
+
+    async def stop(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self._fail_pending(ConnectionLost("reactor stopped"))
+
+    async def __aenter__(self) -> "Reactor":
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ API
+    def register(self, group: str, element: str, fn: Callable[..., Any]) -> None:
+        """Answer packets for group:element sent to this reactor. `fn(data)` or
+        `fn(data, ctx)`, plain or async; plain functions run in a thread."""
+        self.registry.register(group, element, fn)
+
+    async def submit(self, group: str, element: str, data: Any = None, priority: int = 5,
+                     timeout_ms: int | None = None, dependencies: list[str] | None = None,
+                     metadata: dict | None = None, packet_id: str | None = None) -> Result:
+        packet = Packet(id=packet_id or str(uuid.uuid4()), group=group, element=element, data=data,
+                        priority=priority, timeout_ms=timeout_ms,
+                        dependencies=tuple(dependencies) if dependencies is not None else None,
+                        metadata=metadata)
+        wait_s = (timeout_ms or DEFAULT_TIMEOUT_MS) / 1000 + REPLY_SLACK_S
+        return await self._request(packet, wait_s)
+
+    async def heartbeat(self, timeout_s: float = 10.0) -> dict:
+        """Send a heartbeat and return the node's answer (its status)."""
+        seq = next(self._seq)
+        future = self._expect(seq)
+        await self._send(protocol.encode_heartbeat(seq, {"timestamp": int(time.time() * 1000)}))
+        return await self._wait(seq, future, timeout_s)
+
+    # ------------------------------------------------------------------ internals
+    def _expect(self, seq: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        return future
+
+    async def _request(self, packet: Packet, wait_s: float) -> Result:
+        seq = next(self._seq)
+        future = self._expect(seq)
+        self._by_packet_id[packet.id] = seq
+        try:
+            await self._send(protocol.encode_submit(seq, packet))
+            return await self._wait(seq, future, wait_s)
+        finally:
+            self._by_packet_id.pop(packet.id, None)
+
+    async def _wait(self, seq: int, future: asyncio.Future, wait_s: float) -> Any:
+        try:
+            return await asyncio.wait_for(future, wait_s)
+        except asyncio.TimeoutError:
+            raise ReplyTimeout(f"no reply to seq {seq} within {wait_s:.1f} s") from None
+        finally:
+            self._pending.pop(seq, None)
+
+    async def _send(self, frame: bytes) -> None:
+        if self._ws is None:
+            raise ConnectionLost("reactor is not started")
+        try:
+            await self._ws.send(frame, text=True)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"link to {self.endpoint} closed: {exc}") from exc
+
+    def _fail_pending(self, exc: PFNodeError) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        try:
+            async for frame in ws:
+                msg = protocol.decode(frame)
+                if isinstance(msg, protocol.Rejected):
+                    log.warning("reactor: bad frame from %s: %s", self.endpoint, msg.message)
+                elif msg.type == "result":
+                    self._on_result(msg.seq, msg.payload)
+                elif msg.type == "error":
+                    future = self._pending.get(msg.seq)
+                    if future is not None and not future.done():
+                        payload = msg.payload
+                        future.set_exception(RemoteError(str(payload.get("code", "PF400")),
+                                                         str(payload.get("message", ""))))
+                elif msg.type == "heartbeat":
+                    self.last_heartbeat = msg.payload
+                    future = self._pending.get(msg.seq)
+                    if future is not None and not future.done():
+                        future.set_result(msg.payload)
+                elif msg.type == "submit":
+                    self._spawn(self._answer(msg.seq, msg.payload))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._fail_pending(ConnectionLost(f"link to {self.endpoint} closed"))
+
+    def _on_result(self, seq: int, result: Result) -> None:
+        if seq == 0:  # spec reactors answer with seq 0: correlate by packet id
+            seq = self._by_packet_id.get(result.packet_id, 0)
+        future = self._pending.get(seq)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    async def _answer(self, seq: int, packet: Packet) -> None:
+        spec = self.registry.get(packet.key)
+        if spec is None:
+            frame = protocol.encode_failure(seq, packet.id, ErrorCode.NO_HANDLER, f"No handler for {packet.key}")
+        else:
+            from .registry import Context
+
+            deadline = time.monotonic() + (packet.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
+            ctx = Context(packet.id, packet.group, packet.element, packet.priority, packet.metadata, deadline)
+            start = time.perf_counter()
+            try:
+                if inspect.iscoroutinefunction(spec.fn):
+                    value = await spec(packet.data, ctx)
+                else:
+                    value = await asyncio.to_thread(spec, packet.data, ctx)
+                body = protocol.encode_json(value)
+            except Exception as exc:
+                frame = protocol.encode_failure(seq, packet.id, ErrorCode.HANDLER_FAILED,
+                                                f"{type(exc).__name__}: {exc}",
+                                                (time.perf_counter() - start) * 1000)
+            else:
+                frame = protocol.encode_success_raw(seq, packet.id, body, (time.perf_counter() - start) * 1000)
+        try:
+            await self._send(frame)
+        except ConnectionLost:
+            log.warning("reactor: link closed before the result of %s could be sent", packet.id)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._send(protocol.encode_heartbeat(next(self._seq),
+                                                           {"timestamp": int(time.time() * 1000)}))
+            except ConnectionLost:
+                return

@@ -1,0 +1,284 @@
+"""The asyncio front process: WebSocket links in, pool work out, results back.
+
+It owns the sockets and the timers and nothing else: frames are decoded by the
+sans-I/O `protocol` module, packets run in the `pool`. One `PeerLink` per
+WebSocket connection holds that peer's in-flight packets and its outgoing queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+import time
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import protocol
+from .errors import ErrorCode
+from .pool import DONE, Outcome, Pool, Task
+from .settings import Settings
+
+log = logging.getLogger("pfnode.front")
+
+HEARTBEAT_TIMEOUT_CLOSE_CODE = 4408  # a private-use close code: "peer silent too long"
+
+
+def hard_frame_limit(settings: Settings) -> int:
+    """Frames up to this size are read and, past max_frame_bytes, answered PF413; larger
+    ones cannot be read without unbounded memory, so the connection closes with 1009."""
+    return max(2 * settings.max_frame_bytes, settings.max_frame_bytes + (1 << 20))
+
+
+class PeerLink:
+    """One connected peer: its in-flight packets, its outgoing frames, its liveness."""
+
+    def __init__(self, node: "Node", ws: ServerConnection) -> None:
+        self.node = node
+        self.ws = ws
+        self.peer = "%s:%s" % ws.remote_address[:2] if ws.remote_address else "?"
+        self.inflight: dict[str, Task] = {}
+        self.room = asyncio.Event()
+        self.room.set()
+        self.last_seen = time.monotonic()
+        self.heartbeat_seq = 0
+        self._outgoing: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            self._outgoing.append(frame)
+            self._wake.set()
+
+    async def write_loop(self) -> None:
+        ws, out = self.ws, self._outgoing
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while out:
+                    await ws.send(out.popleft(), text=True)
+        except ConnectionClosed:
+            pass
+
+    async def flush(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._outgoing and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def heartbeat_loop(self) -> None:
+        settings = self.node.settings
+        interval = settings.heartbeat_interval_ms / 1000
+        silent_limit = interval * settings.heartbeat_missed_limit
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self.last_seen > silent_limit:
+                log.warning("front: %s silent for %.0f s; closing", self.peer, silent_limit)
+                await self.ws.close(HEARTBEAT_TIMEOUT_CLOSE_CODE, "heartbeat timeout")
+                return
+            self.heartbeat_seq += 1
+            self.send(protocol.encode_heartbeat(self.heartbeat_seq, self.node.heartbeat_payload()))
+
+
+class Node:
+    def __init__(self, settings: Settings, pool: Pool | None = None) -> None:
+        self.settings = settings
+        self.pool = pool or Pool(settings)
+        self.links: set[PeerLink] = set()
+        self.draining = False
+        self.ready = False
+        self.server: Server | None = None
+        self.stopping = asyncio.Event()
+        self._owners: dict[str, PeerLink] = {}  # packet id -> the link that submitted it
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.pool.start()
+        s = self.settings
+        self.server = await serve(
+            self._serve_link, s.host, s.port,
+            process_request=self._process_request,
+            max_size=hard_frame_limit(s),
+            max_queue=64,
+            compression=None,  # per-message deflate costs more CPU than it saves on loopback/LAN
+            ping_interval=s.heartbeat_interval_ms / 1000,
+            ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000,
+        )
+        self.ready = True
+        log.info("front: serving %s with %d workers; handlers: %s", self.endpoint,
+                 s.workers, ", ".join(sorted(self.pool.handler_keys)))
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}{self.settings.path}"
+
+    async def run_until_stopped(self) -> None:
+        """Serve until SIGTERM/SIGINT (or `stopping` is set), then drain and stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)  # handlers only enqueue
+        try:
+            await self.start()
+            await self.stopping.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight packets finish for shutdown_grace_ms, answer the
+        rest PF503, close every link, stop the workers."""
+        if self.draining:
+            return
+        self.draining = True
+        self.ready = False
+        grace = self.settings.shutdown_grace_ms / 1000
+        if self.server is not None:
+            self.server.close(close_connections=False)
+        log.info("front: draining %d in-flight packets (grace %.1f s)", len(self._owners), grace)
+        deadline = time.monotonic() + grace
+        while self._owners and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.pool.close(grace_s=min(2.0, grace))
+        for link in list(self.links):
+            await link.flush(1.0)
+            await link.ws.close(1001, "node shutting down")
+        if self.server is not None:
+            await self.server.wait_closed()
+        log.info("front: stopped (%s)", dict(self.pool.counters))
+
+    # ------------------------------------------------------------------ HTTP
+    def health(self) -> dict[str, Any]:
+        state = "draining" if self.draining else ("ready" if self.ready else "starting")
+        return {"status": state, "endpoint": self.settings.path, "connections": len(self.links),
+                "inflight": len(self._owners), "uptime_s": round(time.time() - self.started_at, 3),
+                "handlers": sorted(self.pool.handler_keys), **self.pool.stats()}
+
+    def heartbeat_payload(self) -> dict[str, Any]:
+        stats = self.pool.stats()
+        return {"timestamp": int(time.time() * 1000),
+                "node": {"status": "draining" if self.draining else "ready",
+                         "workers": stats["workers"], "queued": stats["queued"],
+                         "inflight": len(self._owners)}}
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            body = orjson.dumps(self.health(), option=orjson.OPT_INDENT_2) + b"\n"
+            status = 200 if self.ready else 503
+            return Response(status, "OK" if status == 200 else "Service Unavailable",
+                            Headers([("Content-Type", "application/json"),
+                                     ("Content-Length", str(len(body))),
+                                     ("Cache-Control", "no-store")]), body)
+        if path != self.settings.path:
+            return connection.respond(404, f"Not found. The PacketFlow endpoint is {self.settings.path}\n")
+        if self.draining:
+            return connection.respond(503, "Node shutting down\n")
+        return None
+
+    # ------------------------------------------------------------------ WebSocket
+    async def _serve_link(self, ws: ServerConnection) -> None:
+        link = PeerLink(self, ws)
+        self.links.add(link)
+        self.counters["connections"] += 1
+        log.debug("front: %s connected", link.peer)
+        writer = asyncio.ensure_future(link.write_loop())
+        heartbeat = asyncio.ensure_future(link.heartbeat_loop())
+        try:
+            await self._read_loop(link)
+        except ConnectionClosed:
+            pass
+        finally:
+            link.closed = True
+            self.links.discard(link)
+            dropped = 0
+            for packet_id, task in link.inflight.items():
+                self.pool.cancel(task)
+                self._owners.pop(packet_id, None)
+                dropped += 1
+            link.inflight.clear()
+            heartbeat.cancel()
+            writer.cancel()
+            log.log(logging.INFO if dropped else logging.DEBUG,
+                    "front: %s disconnected (%s)%s", link.peer, ws.close_code,
+                     f"; dropped {dropped} in-flight packets" if dropped else "")
+
+    async def _read_loop(self, link: PeerLink) -> None:
+        s = self.settings
+        limit = s.max_inflight_per_connection
+        async for frame in link.ws:
+            link.last_seen = time.monotonic()
+            msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes,
+                                  max_timeout_ms=s.max_timeout_ms)
+            if isinstance(msg, protocol.Rejected):
+                self.counters[f"rejected_{msg.code}"] += 1
+                log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
+                link.send(msg.reply)
+            elif msg.type == "submit":
+                self._submit(link, msg.seq, msg.payload)
+                if len(link.inflight) >= limit:
+                    # Backpressure: stop reading this peer until a result frees a slot;
+                    # TCP flow control then slows the sender.
+                    link.room.clear()
+                    await link.room.wait()
+            elif msg.type == "heartbeat":
+                link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
+            else:
+                # result/error frames answer packets the node sent; this node sends none
+                # yet, so they correlate with nothing.
+                log.debug("front: %s sent an unsolicited %s frame (seq %d)", link.peer, msg.type, msg.seq)
+
+    def _submit(self, link: PeerLink, seq: int, packet: protocol.Packet) -> None:
+        pid = packet.id
+        if self.draining:
+            link.send(protocol.encode_failure(seq, pid, ErrorCode.UNAVAILABLE, "node is shutting down"))
+            return
+        if packet.key not in self.pool.handler_keys:
+            link.send(protocol.encode_failure(seq, pid, ErrorCode.NO_HANDLER, f"No handler for {packet.key}"))
+            return
+        if pid in self._owners:
+            link.send(protocol.encode_failure(seq, pid, ErrorCode.DUPLICATE_ID,
+                                              f"a packet with id {pid!r} is already in flight"))
+            return
+        if packet.dependencies:
+            link.send(protocol.encode_failure(seq, pid, ErrorCode.DEPENDENCY_FAILED,
+                                              "dependencies are not supported by this node yet"))
+            return
+
+        def on_done(outcome: Outcome) -> None:
+            link.inflight.pop(pid, None)
+            self._owners.pop(pid, None)
+            if outcome.ok:
+                link.send(protocol.encode_success_raw(seq, pid, outcome.data_json, outcome.duration_ms))
+            else:
+                link.send(protocol.encode_failure(seq, pid, outcome.code, outcome.message,
+                                                  outcome.duration_ms))
+            if not link.room.is_set() and len(link.inflight) < self.settings.max_inflight_per_connection:
+                link.room.set()
+
+        self._owners[pid] = link
+        task = self.pool.submit(packet, packet.timeout_ms or self.settings.default_timeout_ms, on_done)
+        if task.state is not DONE:  # the pool may answer at once (e.g. while closing)
+            link.inflight[pid] = task
+
+
+def run(settings: Settings) -> None:
+    """Run a node in this process until SIGTERM/SIGINT."""
+    node_main = Node(settings).run_until_stopped
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional at run time; asyncio's loop works too
+        asyncio.run(node_main())
+    else:
+        uvloop.run(node_main())

@@ -1,0 +1,67 @@
+"""Handlers that misbehave on purpose, for the end-to-end tests."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+from pfnode import handler
+
+
+@handler("df", "sleep")
+def sleep(data):
+    """Sleep `data` seconds (or data["s"]), then return what it was given."""
+    seconds = data["s"] if isinstance(data, dict) else data
+    time.sleep(seconds)
+    return data
+
+
+@handler("df", "hang")
+def hang(data):
+    while True:  # a hung CPU loop that no signal short of SIGKILL stops in time
+        pass
+
+
+@handler("df", "exit")
+def exit_worker(data):
+    os._exit(int(data or 3))
+
+
+@handler("df", "segfault")
+def segfault(data):
+    ctypes.string_at(0)
+
+
+@handler("df", "sigkill")
+def sigkill(data):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@handler("df", "boom")
+def boom(data):
+    raise ValueError(f"boom: {data}")
+
+
+@handler("df", "chatty")
+def chatty(data):
+    """Prints to stdout: must not corrupt the worker's result channel."""
+    print("chatty handler says hello", data)
+    return data
+
+
+@handler("df", "unserialisable")
+def unserialisable(data):
+    return object()
+
+
+@handler("df", "ctx")
+def with_context(data, ctx):
+    return {"packet_id": ctx.packet_id, "key": f"{ctx.group}:{ctx.element}",
+            "priority": ctx.priority, "metadata": ctx.metadata,
+            "remaining_ms_positive": ctx.remaining_ms() > 0, "pid": os.getpid()}
+
+
+@handler("df", "pid")
+def pid(data):
+    return os.getpid()
