@@ -20,6 +20,8 @@ def _as_array(values, name: str, ndim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} must be numbers: {exc}") from None
     if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {list(array.shape)}")
+    if np.isnan(array).any():  # JSON has no NaN: a NaN here was a null
+        raise ValueError(f"{name} must be numbers, not null")
     return array
 
 

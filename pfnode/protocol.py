@@ -117,11 +117,12 @@ class _Invalid(Exception):
 def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
            max_timeout_ms: int | None = None) -> Decoded:
     """Decode and validate one WebSocket text frame."""
-    # A str longer than the limit in characters is longer in UTF-8 bytes too.
-    if max_frame_bytes is not None and len(frame) > max_frame_bytes:
-        raw = frame.encode() if isinstance(frame, str) else frame
-        return _reject(_seq_from_oversized(raw), ErrorCode.TOO_LARGE,
-                       f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes")
+    # A str holds at most 4 UTF-8 bytes per character: only a long one needs encoding to measure.
+    if max_frame_bytes is not None and (len(frame) * 4 if isinstance(frame, str) else len(frame)) > max_frame_bytes:
+        raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+        if len(raw) > max_frame_bytes:
+            return _reject(_seq_from_oversized(raw), ErrorCode.TOO_LARGE,
+                           f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes")
     try:
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
@@ -134,7 +135,7 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
         return _reject(0, ErrorCode.MALFORMED_FRAME,
                        f"seq must be an integer 0..{MAX_SEQ}, got {_show(seq)}")
     mtype = obj.get("type")
-    if mtype not in MESSAGE_TYPES:
+    if not isinstance(mtype, str) or mtype not in MESSAGE_TYPES:
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
                        f"unknown message type {_show(mtype)}; expected one of "
                        + ", ".join(sorted(MESSAGE_TYPES)))
@@ -166,7 +167,7 @@ def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
         raise _Invalid(ErrorCode.INVALID_PACKET,
                        f"id must be a non-empty string of at most {MAX_ID_CHARS} characters, got {_show(pid)}")
     group = obj.get("group")
-    if group not in GROUPS:
+    if not isinstance(group, str) or group not in GROUPS:
         raise _Invalid(ErrorCode.INVALID_PACKET,
                        f"unknown group {_show(group)}; expected one of {', '.join(sorted(GROUPS))}")
     element = obj.get("element")
@@ -229,10 +230,19 @@ def parse_result(obj: Any) -> Result:
 
 
 def _seq_from_oversized(raw: bytes) -> int:
-    for part in (raw[:_SEQ_SCAN_BYTES], raw[-_SEQ_SCAN_BYTES:]):
-        match = _SEQ_RE.search(part)
-        if match and int(match.group(1)) <= MAX_SEQ:
-            return int(match.group(1))
+    """The top-level seq of a frame too large to parse, or 0. Only a match outside the
+    payload counts: before "payload" in the head, or after the payload's end in the tail."""
+    head = raw[:_SEQ_SCAN_BYTES]
+    payload_at = head.find(b'"payload"')
+    match = _SEQ_RE.search(head, 0, payload_at if payload_at >= 0 else len(head))
+    if match is None:
+        tail = raw[-_SEQ_SCAN_BYTES:]
+        candidates = list(_SEQ_RE.finditer(tail))
+        # after the last seq of the tail only `,"type":"..."}` may follow: one closing brace
+        if candidates and tail.count(b"}", candidates[-1].end()) == 1:
+            match = candidates[-1]
+    if match is not None and int(match.group(1)) <= MAX_SEQ:
+        return int(match.group(1))
     return 0
 
 

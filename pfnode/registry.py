@@ -94,18 +94,20 @@ class Registry:
     def keys(self) -> list[str]:
         return sorted(self._specs)
 
-    def load_modules(self, modules: tuple[str, ...] | list[str]) -> None:
-        """Import handler modules; each registers its handlers as a side effect."""
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception as exc:
-                raise ConfigError(f"cannot import handler module {name!r}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-
 
 def _name(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def load_handler_modules(modules: tuple[str, ...] | list[str]) -> None:
+    """Import handler modules; each registers its handlers (into the default registry)
+    as a side effect of being imported."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise ConfigError(f"cannot import handler module {name!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 default_registry = Registry()

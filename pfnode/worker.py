@@ -126,10 +126,10 @@ def main(argv: list[str]) -> int:
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     in_fd = 0
 
-    from .registry import default_registry
+    from .registry import default_registry, load_handler_modules
 
     try:
-        default_registry.load_modules(config.get("handler_modules", []))
+        load_handler_modules(config.get("handler_modules", []))
     except Exception as exc:
         _write_all(out_fd, pack((0, FATAL, str(exc), os.getpid())))
         return 2

@@ -1,0 +1,430 @@
+"""Tests of the bundled handlers (handlers/examples.py, handlers/numeric.py) and of the
+worker's in-process pieces: pfnode.worker.run_task, pack and FrameReader."""
+from __future__ import annotations
+
+import math
+import pickle
+import random
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+import handlers.examples as examples
+import handlers.numeric as numeric
+from pfnode.registry import Registry, default_registry
+from pfnode.worker import FAILED, OK, FrameReader, pack, run_task
+
+
+# ============================================================================ the spec's examples
+
+def test_spec_usage_example_transform():
+    assert examples.transform("hello world") == "HELLO WORLD"
+
+
+def test_quick_start_uppercase():
+    assert examples.uppercase("text") == "TEXT"
+
+
+@pytest.mark.parametrize("fn", [examples.transform, examples.uppercase])
+@pytest.mark.parametrize("bad", [None, 5, ["a"], {"s": "x"}])
+def test_uppercasers_refuse_non_strings(fn, bad):
+    with pytest.raises(TypeError) as info:
+        fn(bad)
+    assert "string" in str(info.value)
+
+
+def test_interop_example_process_data():
+    items = [1, 2, 3, 4, 5]
+    assert examples.process_data({"items": items}) == sum(2 * x for x in items) == 30
+
+
+def test_process_data_empty_and_floats():
+    assert examples.process_data({"items": []}) == 0
+    assert examples.process_data({"items": [0.5, 1.5]}) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("bad", [None, [1, 2], {"items": 5}, {"things": [1]}, "items"])
+def test_process_data_refuses_bad_shapes(bad):
+    with pytest.raises(TypeError) as info:
+        examples.process_data(bad)
+    assert "items" in str(info.value)
+
+
+def test_validate_null_is_invalid():
+    assert examples.validate(None) == {"valid": False}
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, "x", 1, [1], True, 0, "", False, []])
+def test_validate_any_value_is_valid(value):
+    """The Elixir quick-start rule (`not is_nil(data)`): only null is invalid."""
+    assert examples.validate(value) == {"valid": True}
+
+
+@pytest.mark.parametrize("value", [None, 0, "s", [1, {"a": None}], {"k": [1.5]}])
+def test_noop_returns_its_input(value):
+    assert examples.noop(value) == value
+
+
+def test_bundled_handlers_are_in_the_default_registry():
+    keys = set(default_registry.keys())
+    assert {"df:transform", "df:uppercase", "df:process_data", "cf:validate", "df:noop",
+            "df:reduce", "df:matmul", "df:fft"} <= keys
+    assert default_registry.get("df:transform").fn is examples.transform
+    assert default_registry.get("df:reduce").fn is numeric.reduce
+
+
+# ============================================================================ numeric: reduce
+
+REDUCE_VALUES = [3.0, -1.5, 4.25, 10.0, 0.5, 2.0]
+
+
+@pytest.mark.parametrize("op, expected", [
+    ("sum", np.sum(REDUCE_VALUES)),
+    ("mean", np.mean(REDUCE_VALUES)),
+    ("min", np.min(REDUCE_VALUES)),
+    ("max", np.max(REDUCE_VALUES)),
+    ("std", np.std(REDUCE_VALUES)),
+    ("prod", np.prod(REDUCE_VALUES)),
+])
+def test_reduce_ops(op, expected):
+    got = numeric.reduce({"values": REDUCE_VALUES, "op": op})
+    assert float(got) == pytest.approx(float(expected))
+
+
+def test_reduce_default_op_is_sum():
+    assert float(numeric.reduce({"values": [1, 2, 3.5]})) == pytest.approx(6.5)
+
+
+def test_reduce_of_integers_and_empty_sum_prod():
+    assert float(numeric.reduce({"values": list(range(1, 101)), "op": "sum"})) == 5050
+    assert float(numeric.reduce({"values": [], "op": "sum"})) == 0.0
+    assert float(numeric.reduce({"values": [], "op": "prod"})) == 1.0
+
+
+def test_reduce_result_serialises_to_a_json_number():
+    value = orjson.loads(orjson.dumps(numeric.reduce({"values": [1, 2], "op": "mean"}),
+                                      option=orjson.OPT_SERIALIZE_NUMPY))
+    assert value == 1.5
+
+
+@pytest.mark.parametrize("data, exc, phrase", [
+    ([1, 2, 3], TypeError, "values"),
+    ("sum", TypeError, "values"),
+    ({"values": [1], "op": "median"}, ValueError, "unknown op"),
+    ({"values": [1], "op": None}, ValueError, "unknown op"),
+    ({"values": [], "op": "mean"}, ValueError, "no values"),
+    ({"values": [], "op": "max"}, ValueError, "no values"),
+    ({"values": ["a", "b"]}, ValueError, "must be numbers"),
+    ({"values": [[1, 2], [3]]}, ValueError, "must be numbers"),
+    ({"values": {"a": 1}}, ValueError, "must be numbers"),
+])
+def test_reduce_errors(data, exc, phrase):
+    with pytest.raises(exc) as info:
+        numeric.reduce(data)
+    assert phrase in str(info.value)
+
+
+
+@pytest.mark.parametrize("key, data", [
+    ("df:reduce", {"op": "sum"}),
+    ("df:reduce", {"values": None}),
+    ("df:reduce", {"values": [1, None, 3]}),
+    ("df:matmul", {"a": [[1, None]], "b": [[1], [2]]}),
+    ("df:fft", [1.0, None, 2.0]),
+], ids=["reduce-values-missing", "reduce-values-null", "reduce-null-element",
+        "matmul-null-element", "fft-null-element"])
+def test_numeric_handlers_refuse_null_values(key, data):
+    _, status, body, _ = run_task(default_registry, task(key, data))
+    assert status == FAILED, f"{key}({data!r}) succeeded with {body!r} instead of raising"
+    code, message = body
+    assert code == "PF500" and message.startswith("ValueError: ")
+
+
+# ============================================================================ numeric: matmul
+
+def test_matmul_matches_numpy():
+    a = [[1, 2], [3, 4]]
+    b = [[5, 6], [7, 8]]
+    got = numeric.matmul({"a": a, "b": b})
+    np.testing.assert_allclose(got, np.array(a) @ np.array(b))
+    assert np.asarray(got).tolist() == [[19.0, 22.0], [43.0, 50.0]]
+
+
+def test_matmul_rectangular_random():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(3, 5))
+    b = rng.normal(size=(5, 2))
+    got = numeric.matmul({"a": a.tolist(), "b": b.tolist()})
+    assert np.shape(got) == (3, 2)
+    np.testing.assert_allclose(got, a @ b, rtol=1e-12)
+    as_json = orjson.loads(orjson.dumps(got, option=orjson.OPT_SERIALIZE_NUMPY))
+    np.testing.assert_allclose(as_json, a @ b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("data, exc, phrase", [
+    ([[1]], TypeError, "matmul"),
+    ({"a": [[1, 2]], "b": [[1, 2]]}, ValueError, "cannot be multiplied"),
+    ({"a": [1, 2], "b": [[1], [2]]}, ValueError, "dimension"),
+    ({"a": [[1, 2]], "b": [[[1]], [[2]]]}, ValueError, "dimension"),
+    ({"b": [[1]]}, ValueError, "dimension"),
+    ({"a": [["x"]], "b": [[1]]}, ValueError, "must be numbers"),
+])
+def test_matmul_errors(data, exc, phrase):
+    with pytest.raises(exc) as info:
+        numeric.matmul(data)
+    assert phrase in str(info.value)
+
+
+# ============================================================================ numeric: fft
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["list", "signal-dict"])
+def test_fft_magnitude_matches_numpy(as_dict):
+    t = np.arange(64)
+    signal = (np.sin(2 * np.pi * 4 * t / 64) + 0.5 * np.cos(2 * np.pi * 10 * t / 64)).tolist()
+    got = numeric.fft_magnitude({"signal": signal} if as_dict else signal)
+    expected = np.abs(np.fft.rfft(np.array(signal)))
+    assert np.shape(got) == (33,)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert int(np.argmax(got)) == 4  # the dominant tone's bin
+    assert np.asarray(got)[10] == pytest.approx(16.0)  # 0.5 * 64 / 2
+
+
+def test_fft_of_a_constant_is_all_dc():
+    got = np.asarray(numeric.fft_magnitude([2.0] * 8))
+    assert got[0] == pytest.approx(16.0)
+    np.testing.assert_allclose(got[1:], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("data, phrase", [
+    ([], "empty"),
+    ({"signal": []}, "empty"),
+    ([[1, 2], [3, 4]], "dimension"),
+    ({"samples": [1, 2]}, "dimension"),
+    (None, "dimension"),
+    (["a", "b"], "must be numbers"),
+])
+def test_fft_errors(data, phrase):
+    with pytest.raises(ValueError) as info:
+        numeric.fft_magnitude(data)
+    assert phrase in str(info.value)
+
+
+# ============================================================================ worker.run_task
+
+def task(key, data, *, deadline_s=60.0, task_no=1, packet_id="pid-1", priority=5,
+         metadata=None):
+    group, element = key.split(":")
+    return (task_no, key, data, packet_id, group, element, priority, metadata,
+            time.monotonic() + deadline_s)
+
+
+def test_run_task_success_returns_ok_and_json_bytes():
+    reg = Registry()
+    reg.register("df", "transform", examples.transform)
+    task_no, status, body, duration = run_task(reg, task("df:transform", "hello world", task_no=7))
+    assert (task_no, status) == (7, OK)
+    assert isinstance(body, bytes)
+    assert orjson.loads(body) == "HELLO WORLD"
+    assert isinstance(duration, float) and duration >= 0
+
+
+def test_run_task_with_the_default_registry_and_numpy_results():
+    _, status, body, _ = run_task(default_registry,
+                                  task("df:matmul", {"a": [[1, 2], [3, 4]], "b": [[5, 6], [7, 8]]}))
+    assert status == OK
+    assert orjson.loads(body) == [[19.0, 22.0], [43.0, 50.0]]
+    _, status, body, _ = run_task(default_registry,
+                                  task("df:reduce", {"values": [1, 2, 3], "op": "mean"}))
+    assert status == OK
+    assert orjson.loads(body) == 2.0
+    _, status, body, _ = run_task(default_registry, task("df:process_data", {"items": [1, 2, 3, 4, 5]}))
+    assert (status, orjson.loads(body)) == (OK, 30)
+    _, status, body, _ = run_task(default_registry, task("cf:validate", None))
+    assert (status, orjson.loads(body)) == (OK, {"valid": False})
+
+
+def test_run_task_passes_a_context_to_two_arg_handlers():
+    reg = Registry()
+    seen = {}
+
+    def with_ctx(data, ctx):
+        seen["ctx"] = ctx
+        return {"remaining_positive": ctx.remaining_ms() > 0}
+
+    reg.register("cf", "ctx", with_ctx)
+    t = task("cf:ctx", None, packet_id="pid-ctx", priority=9, metadata={"k": "v"})
+    _, status, body, _ = run_task(reg, t)
+    assert status == OK
+    assert orjson.loads(body) == {"remaining_positive": True}
+    ctx = seen["ctx"]
+    assert (ctx.packet_id, ctx.group, ctx.element, ctx.priority, ctx.metadata) == (
+        "pid-ctx", "cf", "ctx", 9, {"k": "v"})
+    assert ctx.deadline == t[-1]
+
+
+def test_run_task_handler_raising_is_pf500_with_the_exception_text():
+    reg = Registry()
+
+    def boom(data):
+        raise ValueError("bad input 42")
+
+    reg.register("df", "boom", boom)
+    task_no, status, (code, message), duration = run_task(reg, task("df:boom", 1, task_no=3))
+    assert (task_no, status, code) == (3, FAILED, "PF500")
+    assert message == "ValueError: bad input 42"
+    assert duration >= 0
+
+
+def test_run_task_handler_type_error_is_reported_as_raised():
+    """orjson's encode error is a TypeError: a handler's own TypeError must not be
+    mistaken for a serialisation failure."""
+    reg = Registry()
+    reg.register("df", "transform", examples.transform)
+    _, status, (code, message), _ = run_task(reg, task("df:transform", 123))
+    assert (status, code) == (FAILED, "PF500")
+    assert message.startswith("TypeError: ")
+    assert "expects a string" in message
+    assert "JSON" not in message and "serialis" not in message
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, {"k": object()}, 2**70, {(1, 2): "tuple key"}],
+                         ids=["object", "set", "nested-object", "huge-int", "tuple-key"])
+def test_run_task_unserialisable_result_is_pf500_mentioning_json(value):
+    reg = Registry()
+    reg.register("df", "bad", lambda data: value)
+    _, status, (code, message), _ = run_task(reg, task("df:bad", None))
+    assert (status, code) == (FAILED, "PF500")
+    assert "JSON" in message
+    assert "df:bad" in message
+
+
+def test_run_task_past_deadline_is_pf408_without_calling_the_handler():
+    reg = Registry()
+    calls = []
+    reg.register("df", "spy", lambda data: calls.append(data) or "ran")
+    task_no, status, (code, _message), duration = run_task(reg, task("df:spy", 1, deadline_s=-0.001,
+                                                                     task_no=11))
+    assert (task_no, status, code) == (11, FAILED, "PF408")
+    assert calls == []
+    assert duration == 0
+    # and the same handler does run before its deadline
+    _, status, body, _ = run_task(reg, task("df:spy", 2))
+    assert (status, orjson.loads(body), calls) == (OK, "ran", [2])
+
+
+def test_run_task_unknown_key_is_pf001():
+    _, status, (code, message), _ = run_task(Registry(), task("df:nothing", None))
+    assert (status, code) == (FAILED, "PF001")
+    assert "df:nothing" in message
+
+
+def test_run_task_memory_error_is_pf501():
+    reg = Registry()
+
+    def hungry(data):
+        raise MemoryError()
+
+    reg.register("rm", "alloc", hungry)
+    _, status, (code, _), _ = run_task(reg, task("rm:alloc", None))
+    assert (status, code) == (FAILED, "PF501")
+
+
+def test_run_task_result_is_picklable():
+    """Results travel back to the front through pack()."""
+    reg = Registry()
+    reg.register("df", "noop", examples.noop)
+    for t in (task("df:noop", [1, 2]), task("df:missing", None), task("df:noop", 1, deadline_s=-1)):
+        result = run_task(reg, t)
+        assert FrameReader().feed(pack(result)) == [result]
+
+
+# ============================================================================ pack / FrameReader
+
+FRAMES = [
+    (0, 2, ["df:noop"], 1234),
+    [(1, "df:noop", {"x": 1}, "pid", "df", "noop", 5, None, 1.0)],
+    (5, OK, b'"HELLO WORLD"', 0.25),
+    (6, FAILED, ("PF500", "ValueError: boom"), 1.5),
+    b"",
+    "x" * 100_000,
+    {"nested": [1, 2.5, None, {"deep": b"\x00\x01"}]},
+    np.arange(10),
+]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and np.array_equal(a, b)
+    return a == b
+
+
+def _assert_frames(got, expected=FRAMES):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert _equal(g, e), (g, e)
+
+
+def test_pack_has_a_little_endian_length_header():
+    raw = pack({"a": 1})
+    assert int.from_bytes(raw[:4], "little") == len(raw) - 4
+    assert pickle.loads(raw[4:]) == {"a": 1}
+
+
+def test_frame_reader_whole_stream_at_once():
+    stream = b"".join(pack(f) for f in FRAMES)
+    _assert_frames(FrameReader().feed(stream))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_frame_reader_arbitrary_chunks(seed):
+    rng = random.Random(seed)
+    stream = b"".join(pack(f) for f in FRAMES)
+    reader = FrameReader()
+    got = []
+    pos = 0
+    while pos < len(stream):
+        size = rng.choice([1, 2, 3, 4, 5, 7, 64, 1000, rng.randrange(1, 50_000)])
+        got.extend(reader.feed(stream[pos:pos + size]))
+        pos += size
+    _assert_frames(got)
+    assert reader.feed(b"") == []
+
+
+def test_frame_reader_byte_by_byte():
+    frames = [(i, OK, b"1", 0.0) for i in range(20)]
+    stream = b"".join(pack(f) for f in frames)
+    reader = FrameReader()
+    got = []
+    for i in range(len(stream)):
+        got.extend(reader.feed(stream[i:i + 1]))
+    assert got == frames
+
+
+def test_frame_reader_holds_partial_frames_until_complete():
+    one = pack("first")
+    two = pack(("second", 2))
+    reader = FrameReader()
+    assert reader.feed(one[:3]) == []  # not even a whole header
+    assert reader.feed(one[3:-1]) == []  # header, but the body is one byte short
+    assert reader.feed(one[-1:] + two[:5]) == ["first"]
+    assert reader.feed(two[5:]) == [("second", 2)]
+    assert reader.feed(b"") == []
+
+
+def test_frame_reader_chunk_boundaries_exactly_on_frames():
+    frames = ["a", "bb", "ccc"]
+    reader = FrameReader()
+    assert [reader.feed(pack(f)) for f in frames] == [["a"], ["bb"], ["ccc"]]
+
+
+def test_frame_reader_accepts_memoryview_and_bytearray():
+    stream = pack(1) + pack(2)
+    reader = FrameReader()
+    assert reader.feed(bytearray(stream[:6])) + reader.feed(memoryview(stream[6:])) == [1, 2]
+
+
+def test_nan_survives_pack():
+    (value,) = FrameReader().feed(pack(float("nan")))
+    assert math.isnan(value)
