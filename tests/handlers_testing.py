@@ -65,3 +65,27 @@ def with_context(data, ctx):
 @handler("df", "pid")
 def pid(data):
     return os.getpid()
+
+
+# -- added for tests/test_e2e.py and tests/test_faults.py --------------------------------
+
+@handler("df", "touch")
+def touch(data):
+    """Create the file named by `data` (evidence that this packet really ran); return its path."""
+    with open(data, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return data
+
+
+@handler("df", "stamp")
+def stamp(data):
+    """Return `data` with the worker's monotonic clock in ns: shows the order packets ran in."""
+    return {"data": data, "ns": time.monotonic_ns()}
+
+
+@handler("df", "chatty_fd")
+def chatty_fd(data):
+    """Writes straight to file descriptor 1 (as C extensions do), plus a large print()."""
+    os.write(1, b"raw bytes on fd 1 \x00\x01\x02 that look like nothing\n")
+    print("x" * 100_000)
+    return data

@@ -1,0 +1,761 @@
+#!/usr/bin/env python3
+"""pfnode df:noop benchmark, with its baselines measured in the same run.
+
+    .venv/bin/python bench/run.py             # full run (make bench)
+    .venv/bin/python bench/run.py --quick     # smoke run, well under 30 s
+
+Three systems, each measured R times (interleaved, the order rotated every repeat) and
+reported as medians:
+
+  pfnode    `python -m pfnode serve --workers W --handlers handlers.examples` in its own
+            process; a client in another process sends pre-encoded df:noop submit frames
+            over one raw WebSocket (window 256 for throughput, 1 in flight for RTT) and
+            checks every result (status success, right packet_id, data echoed).
+  executor  concurrent.futures.ProcessPoolExecutor(W) driven in-process, no network:
+            at most 256 futures outstanding for throughput, one at a time for RTT.
+  echo      a bare websockets echo server (uvloop when importable) in its own process,
+            driven by the same client code as pfnode; every echoed frame is checked.
+
+Prints a table on stdout, progress on stderr, and writes bench/results/bench-<time>.json and
+bench/results/latest.json. Every process it starts is stopped at the end, also on Ctrl-C.
+See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVING = re.compile(r"front: serving (ws://\S+)")
+WINDOW = 256
+
+# The packet's data: a small JSON object, about 100 bytes encoded.
+DATA = {"sensor": "bench-01", "ts": 1718000000123, "values": [20.5, 21.25, 19.75, 22.0],
+        "tags": ["lab", "north"], "ok": True}
+
+
+class BenchError(Exception):
+    """A measurement could not be made or gave a wrong answer: the run fails."""
+
+
+_T0 = time.monotonic()
+
+
+def progress(msg: str) -> None:
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: have the kernel send `sig` to this process when its parent dies, so nothing
+    this benchmark starts can outlive it even if it is SIGKILLed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil
+    return sorted_values[int(rank) - 1]
+
+
+# ============================================================================ client side
+# Everything below runs in a child process (multiprocessing, spawn), never in the parent.
+
+def _cpu_s(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _submit_frames(first_seq: int, count: int, tag: str) -> tuple[list[bytes], list[str]]:
+    import orjson
+
+    frames, ids = [], []
+    for seq in range(first_seq, first_seq + count):
+        pid = f"{tag}-{seq}"
+        ids.append(pid)
+        frames.append(orjson.dumps({"type": "submit", "seq": seq, "payload": {
+            "version": "1.0", "id": pid, "group": "df", "element": "noop",
+            "data": DATA, "priority": 5}}))
+    return frames, ids
+
+
+def _checker(mode: str, first_seq: int, frames: list[bytes], ids: list[str]):
+    """Return check(raw) -> index of the answered frame, or None for a frame to ignore.
+    Raises BenchError for anything that is not the right successful answer."""
+    import orjson
+
+    n = len(frames)
+    if mode == "pfnode":
+        def check(raw: bytes) -> int | None:
+            obj = orjson.loads(raw)
+            mtype = obj.get("type")
+            if mtype == "heartbeat":
+                return None
+            if mtype != "result":
+                raise BenchError(f"node sent a {mtype!r} frame, expected a result: {raw[:300]!r}")
+            i = obj.get("seq", -1) - first_seq
+            if not 0 <= i < n:
+                raise BenchError(f"result with unexpected seq {obj.get('seq')}: {raw[:300]!r}")
+            p = obj["payload"]
+            if p.get("status") != "success":
+                raise BenchError(f"packet {ids[i]} did not succeed: {p.get('error')}")
+            if p.get("packet_id") != ids[i]:
+                raise BenchError(f"seq {first_seq + i} answered with packet_id {p.get('packet_id')!r}, "
+                                 f"expected {ids[i]!r}")
+            if p.get("data") != DATA:
+                raise BenchError(f"packet {ids[i]} returned wrong data: {p.get('data')!r}")
+            return i
+    else:
+        def check(raw: bytes) -> int | None:
+            obj = orjson.loads(raw)  # the same parse the pfnode check does
+            i = obj.get("seq", -1) - first_seq
+            if not 0 <= i < n or raw != frames[i]:
+                raise BenchError(f"echo server returned a wrong frame: {raw[:300]!r}")
+            return i
+    return check
+
+
+async def _pipelined(ws, frames: list[bytes], check, window: int, timeout_s: float) -> float:
+    """Send every frame keeping at most `window` unanswered; return elapsed seconds."""
+    import asyncio
+
+    n = len(frames)
+    room = asyncio.Semaphore(window)
+    seen = bytearray(n)
+
+    async def sender() -> None:
+        for frame in frames:
+            await room.acquire()
+            await ws.send(frame, text=True)
+
+    async def receiver() -> None:
+        got = 0
+        while got < n:
+            i = check(await ws.recv(decode=False))
+            if i is None:
+                continue
+            if seen[i]:
+                raise BenchError(f"frame {i} answered twice")
+            seen[i] = 1
+            got += 1
+            room.release()
+
+    start = time.perf_counter()
+    tasks = [asyncio.ensure_future(sender()), asyncio.ensure_future(receiver())]
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_EXCEPTION)
+    elapsed = time.perf_counter() - start
+    for task in pending:
+        task.cancel()
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()
+    if pending:
+        raise BenchError(f"only {sum(seen)} of {n} answers within {timeout_s:.0f} s")
+    return elapsed
+
+
+async def _one_at_a_time(ws, frames: list[bytes], check) -> list[float]:
+    """Send each frame after the previous answer; return round-trip times in µs."""
+    rtts = []
+    clock = time.perf_counter_ns
+    for expected, frame in enumerate(frames):
+        t0 = clock()
+        await ws.send(frame, text=True)
+        while True:
+            raw = await ws.recv(decode=False)
+            t1 = clock()
+            i = check(raw)
+            if i is not None:
+                break
+        if i != expected:
+            raise BenchError(f"answer for frame {i} while waiting for {expected}")
+        rtts.append((t1 - t0) / 1000)
+    return rtts
+
+
+def ws_client(endpoint: str, mode: str, packets: int, rtt_packets: int, window: int,
+              warmup: int, tag: str, cpu_pids: dict[str, list[int]], timeout_s: float) -> dict:
+    """One client run against pfnode (mode 'pfnode') or the echo server (mode 'echo').
+    `cpu_pids` names groups of server processes whose CPU time per throughput packet is
+    reported as `<group>_cpu_us_per_packet`."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    seq = 1
+    plan = {}
+    for phase, count in (("warmup", warmup), ("throughput", packets), ("rtt", rtt_packets)):
+        frames, ids = _submit_frames(seq, count, tag)
+        plan[phase] = (frames, _checker(mode, seq, frames, ids))
+        seq += count
+    frame_bytes = len(plan["throughput"][0][0])
+
+    async def main() -> dict:
+        async with connect(endpoint, compression=None, max_size=None, open_timeout=10) as ws:
+            await _pipelined(ws, *plan["warmup"], window, timeout_s)
+            cpu0 = {group: _cpu_s(pids) for group, pids in cpu_pids.items()}
+            client0 = time.process_time()
+            elapsed = await _pipelined(ws, *plan["throughput"], window, timeout_s)
+            client1 = time.process_time()
+            cpu1 = {group: _cpu_s(pids) for group, pids in cpu_pids.items()}
+            rtts = sorted(await _one_at_a_time(ws, *plan["rtt"]))
+        out = {"throughput": packets / elapsed, "elapsed_s": elapsed,
+               "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
+               "rtt_mean_us": statistics.fmean(rtts),
+               "client_cpu_us_per_packet": (client1 - client0) / packets * 1e6,
+               "frame_bytes": frame_bytes}
+        for group in cpu_pids:
+            out[f"{group}_cpu_us_per_packet"] = (cpu1[group] - cpu0[group]) / packets * 1e6
+        return out
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+def _noop(data):
+    return data
+
+
+def executor_client(workers: int, packets: int, rtt_packets: int, window: int, warmup: int,
+                    timeout_s: float) -> dict:
+    """Baseline A: ProcessPoolExecutor(workers) driven directly, no network."""
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    import psutil
+
+    # The initializer only makes the workers die with this process if it is killed.
+    with ProcessPoolExecutor(workers, initializer=die_with_parent) as ex:
+        # Warm up: every worker started and busy at least once.
+        for result in ex.map(_noop, [DATA] * max(warmup, 4 * workers)):
+            if result != DATA:
+                raise BenchError(f"executor returned wrong data: {result!r}")
+        worker_pids = [p.pid for p in psutil.Process().children()]
+
+        room = threading.BoundedSemaphore(window)
+        lock = threading.Lock()
+        finished = threading.Event()
+        state = {"done": 0, "errors": []}
+
+        def on_done(fut) -> None:
+            try:
+                if fut.result() != DATA:
+                    raise BenchError(f"executor returned wrong data: {fut.result()!r}")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                with lock:
+                    state["errors"].append(repr(exc))
+            with lock:
+                state["done"] += 1
+                if state["done"] == packets:
+                    finished.set()
+            room.release()
+
+        cpu_workers0, cpu_client0 = _cpu_s(worker_pids), time.process_time()
+        start = time.perf_counter()
+        for _ in range(packets):
+            room.acquire()
+            ex.submit(_noop, DATA).add_done_callback(on_done)
+        if not finished.wait(timeout_s):
+            raise BenchError(f"executor: only {state['done']} of {packets} tasks within {timeout_s:.0f} s")
+        elapsed = time.perf_counter() - start
+        cpu_workers1, cpu_client1 = _cpu_s(worker_pids), time.process_time()
+        if state["errors"]:
+            raise BenchError(f"executor: {len(state['errors'])} tasks failed, e.g. {state['errors'][0]}")
+
+        rtts = []
+        clock = time.perf_counter_ns
+        for _ in range(rtt_packets):
+            t0 = clock()
+            result = ex.submit(_noop, DATA).result(timeout_s)
+            rtts.append((clock() - t0) / 1000)
+            if result != DATA:
+                raise BenchError(f"executor returned wrong data: {result!r}")
+        rtts.sort()
+    return {"throughput": packets / elapsed, "elapsed_s": elapsed,
+            "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
+            "rtt_mean_us": statistics.fmean(rtts),
+            "client_cpu_us_per_packet": (cpu_client1 - cpu_client0) / packets * 1e6,
+            "workers_cpu_us_per_packet": (cpu_workers1 - cpu_workers0) / packets * 1e6}
+
+
+def echo_server(conn) -> None:
+    """Baseline B: a bare websockets echo server. Sends its port on `conn`, runs until killed."""
+    import asyncio
+
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosed
+
+    async def echo(ws) -> None:
+        try:
+            async for message in ws:
+                await ws.send(message)
+        except ConnectionClosed:  # a client that failed and dropped the link
+            pass
+
+    async def main() -> None:
+        async with serve(echo, "127.0.0.1", 0, compression=None, max_queue=64, max_size=None) as server:
+            conn.send(("ok", server.sockets[0].getsockname()[1]))
+            conn.close()
+            await asyncio.Future()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def _child_entry(conn, func_name: str, kwargs: dict) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    die_with_parent()
+    try:
+        if func_name == "echo_server":
+            echo_server(conn)
+            return
+        result = globals()[func_name](**kwargs)
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        detail = str(exc) if isinstance(exc, BenchError) else traceback.format_exc()
+        try:
+            conn.send(("error", detail))
+        except OSError:
+            pass
+        return
+    try:
+        conn.send(("ok", result))
+    except OSError:  # the parent stopped waiting (Ctrl-C): nothing to report to
+        pass
+
+
+# ============================================================================ parent side
+
+class Processes:
+    """Every process this benchmark starts, so that all of them can be stopped."""
+
+    def __init__(self) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.children: set = set()
+        self.node: subprocess.Popen | None = None
+        self.node_log: Path | None = None
+        self.node_pids: list[int] = []
+
+    # -- multiprocessing children
+    def call(self, label: str, func_name: str, limit_s: float, **kwargs) -> dict:
+        """Run func_name(**kwargs) in a fresh process; return its result or raise BenchError."""
+        recv_conn, send_conn = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_child_entry, args=(send_conn, func_name, kwargs),
+                                name=f"bench-{label}")
+        proc.start()
+        send_conn.close()
+        self.children.add(proc)
+        answered = False
+        try:
+            if not recv_conn.poll(limit_s):
+                raise BenchError(f"{label}: no answer within {limit_s:.0f} s")
+            try:
+                status, payload = recv_conn.recv()
+            except EOFError:
+                proc.join(5)
+                raise BenchError(f"{label}: client process died (exit code {proc.exitcode})") from None
+            answered = True
+        finally:
+            recv_conn.close()
+            # An answered child exits by itself; any other (timeout, Ctrl-C) is stopped now.
+            self.stop_child(proc, wait_s=5.0 if answered else 0.0)
+        if status != "ok":
+            raise BenchError(f"{label} failed: {payload}")
+        return payload
+
+    def start_echo(self, timeout_s: float = 30.0) -> tuple[str, object]:
+        recv_conn, send_conn = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_child_entry, args=(send_conn, "echo_server", {}),
+                                name="bench-echo-server")
+        proc.start()
+        send_conn.close()
+        self.children.add(proc)
+        try:
+            if not recv_conn.poll(timeout_s):
+                raise BenchError(f"echo server did not start within {timeout_s:.0f} s")
+            status, payload = recv_conn.recv()
+        except EOFError:
+            raise BenchError(f"echo server died at start (exit code {proc.exitcode})") from None
+        finally:
+            recv_conn.close()
+        if status != "ok":
+            raise BenchError(f"echo server failed: {payload}")
+        return f"ws://127.0.0.1:{payload}/", proc
+
+    def stop_child(self, proc, wait_s: float = 5.0) -> None:
+        """Let a child finish for wait_s, then SIGTERM it, then SIGKILL it."""
+        proc.join(wait_s)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        self.children.discard(proc)
+
+    # -- the node
+    def start_node(self, workers: int, log_dir: Path, timeout_s: float = 60.0) -> str:
+        self.node_log = log_dir / "node.log"
+        with open(self.node_log, "wb") as log_file:
+            self.node = subprocess.Popen(
+                [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
+                 "--handlers", "handlers.examples"],
+                cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            match = SERVING.search(self.node_log.read_text(errors="replace"))
+            if match:
+                import psutil
+
+                self.node_pids = [self.node.pid] + [
+                    p.pid for p in psutil.Process(self.node.pid).children(recursive=True)]
+                return match.group(1)
+            if self.node.poll() is not None:
+                raise BenchError(f"node exited with {self.node.returncode}:\n{self.node_log_text()}")
+            time.sleep(0.05)
+        raise BenchError(f"node did not start within {timeout_s:.0f} s:\n{self.node_log_text()}")
+
+    def node_log_text(self, tail: int = 40) -> str:
+        if self.node_log is None or not self.node_log.exists():
+            return ""
+        return "\n".join(self.node_log.read_text(errors="replace").splitlines()[-tail:])
+
+    def stop_node(self) -> int | None:
+        node, self.node = self.node, None
+        if node is None:
+            return None
+        if node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(20)
+            except subprocess.TimeoutExpired:
+                progress("node did not stop within 20 s of SIGTERM; killing it")
+                node.kill()
+                node.wait()
+        # Its workers should have gone with it; make sure.
+        import psutil
+
+        for pid in self.node_pids[1:]:
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    progress(f"node worker pid {pid} outlived the node; killing it")
+                    proc.kill()
+            except psutil.Error:
+                pass
+        return node.returncode
+
+    def stop_all(self) -> None:
+        for proc in list(self.children):
+            self.stop_child(proc, wait_s=0)
+        self.stop_node()
+
+
+def _node_health(endpoint: str) -> dict:
+    import urllib.request
+
+    import orjson
+
+    url = endpoint.split("/packetflow")[0].replace("ws://", "http://", 1) + "/healthz"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return orjson.loads(response.read())
+
+
+def machine_info() -> dict:
+    import orjson
+    import websockets
+
+    info = {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": None,
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "websockets": websockets.__version__,
+        "orjson": orjson.__version__,
+        "uvloop": None,
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import uvloop
+
+        info["uvloop"] = uvloop.__version__
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import pfnode
+
+        info["pfnode"] = pfnode.__version__
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pfnode", "handlers"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        info["git_commit"] = commit + ("+dirty" if dirty else "") if commit else None
+    except (OSError, subprocess.SubprocessError, AttributeError):
+        pass
+    return info
+
+
+def summarise(runs: list[dict]) -> dict:
+    keys = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client_cpu_us_per_packet",
+            "server_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet")
+    out = {}
+    for key in keys:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+            out[key + "_min"] = min(values)
+            out[key + "_max"] = max(values)
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="short smoke run (3000 packets, 300 RTT samples, 1 repeat unless given)")
+    parser.add_argument("--packets", type=int, default=None,
+                        help="packets per throughput measurement (default 20000; --quick 3000)")
+    parser.add_argument("--rtt-packets", type=int, default=None,
+                        help="one-at-a-time round trips per RTT measurement (default 2000; --quick 300)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="measurements of each system; medians are reported (default 3; --quick 1)")
+    parser.add_argument("--workers", type=int, default=cores,
+                        help=f"worker processes for pfnode and the executor (default: cores, {cores})")
+    parser.add_argument("--window", type=int, default=WINDOW,
+                        help=f"packets in flight for throughput (default {WINDOW})")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                        help="where to write the JSON results (default bench/results)")
+    args = parser.parse_args(argv)
+    args.packets = args.packets or (3000 if args.quick else 20000)
+    args.rtt_packets = args.rtt_packets or (300 if args.quick else 2000)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    for name in ("packets", "rtt_packets", "repeats", "workers", "window"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(report: dict) -> None:
+    cfg, med, ratios = report["config"], report["medians"], report["ratios"]
+    names = {"pfnode": f"pfnode df:noop, {cfg['workers']} workers",
+             "executor": f"ProcessPoolExecutor({cfg['workers']}), no network",
+             "echo": "websockets echo server, no workers"}
+    print()
+    print(f"pfnode benchmark: {cfg['packets']:,} packets x {cfg['repeats']} repeats, window {cfg['window']}, "
+          f"RTT over {cfg['rtt_packets']:,} round trips 1 in flight; medians "
+          f"({report['machine']['cpu_count']} CPUs, Python {report['machine']['python']})")
+    header = (f"{'system':<40} {'packets/s':>10} {'(min-max)':>17} {'RTT p50 µs':>11} "
+              f"{'RTT p99 µs':>11} {'client CPU µs/pkt':>18} {'server CPU µs/pkt':>18}")
+    print(header)
+    print("-" * len(header))
+    for key in ("pfnode", "executor", "echo"):
+        m = med[key]
+        spread = f"({fmt(m['throughput_min'])}-{fmt(m['throughput_max'])})"
+        print(f"{names[key]:<40} {fmt(m['throughput']):>10} {spread:>17} {fmt(m['rtt_p50_us']):>11} "
+              f"{fmt(m['rtt_p99_us']):>11} {fmt(m.get('client_cpu_us_per_packet'), '.1f'):>18} "
+              f"{fmt(m.get('server_cpu_us_per_packet'), '.1f'):>18}")
+    p = med["pfnode"]
+    print(f"  pfnode server CPU split: front {fmt(p.get('front_cpu_us_per_packet'), '.1f')} µs/packet, "
+          f"workers {fmt(p.get('workers_cpu_us_per_packet'), '.1f')} µs/packet (all workers together)")
+    print()
+    print("ratios (pfnode / baseline)         throughput   RTT p50   RTT p99")
+    for key, label in (("executor", "pfnode / ProcessPoolExecutor"), ("echo", "pfnode / websockets echo")):
+        r = ratios[key]
+        print(f"  {label:<32} {r['throughput']:>10.2f}x {r['rtt_p50']:>8.2f}x {r['rtt_p99']:>8.2f}x")
+    print()
+    print("targets (DESIGN.md, 2-core machine)")
+    for target in report["targets"]:
+        print(f"  [{'met' if target['met'] else 'NOT MET':>7}] {target['name']}: {target['value']}")
+    print()
+
+
+def run(args: argparse.Namespace, procs: Processes) -> dict:
+    machine = machine_info()
+    load = machine["loadavg_at_start"]
+    progress(f"{machine['cpu_count']} CPUs, Python {machine['python']}, load average "
+             f"{f'{load[0]:.2f}' if load else '?'}; "
+             f"{args.packets} packets x {args.repeats} repeats, {args.rtt_packets} RTT samples, "
+             f"{args.workers} workers")
+    warmup = min(1000, max(200, args.packets // 10))
+    # Generous: a run fails only if a system manages under 200 packets/s or hangs.
+    timeout_s = 30 + (warmup + args.packets) / 200 + args.rtt_packets / 100
+
+    log_dir = Path(tempfile.mkdtemp(prefix="pfnode-bench-"))
+    progress("starting the node ...")
+    node_ep = procs.start_node(args.workers, log_dir)
+    front_pid, worker_pids = procs.node_pids[0], procs.node_pids[1:]
+    progress(f"node at {node_ep} (front pid {front_pid}, workers {worker_pids})")
+    echo_ep, echo_proc = procs.start_echo()
+    progress(f"echo server at {echo_ep} (pid {echo_proc.pid})")
+
+    runs: dict[str, list[dict]] = {"pfnode": [], "executor": [], "echo": []}
+    order = ["pfnode", "executor", "echo"]
+    common = dict(packets=args.packets, rtt_packets=args.rtt_packets, window=args.window,
+                  warmup=warmup, timeout_s=timeout_s)
+    child_timeout = 2 * timeout_s + 30
+    for rep in range(args.repeats):
+        for system in order[rep % 3:] + order[:rep % 3]:  # rotate so no system always goes first
+            label = f"repeat {rep + 1}/{args.repeats} {system}"
+            if system == "pfnode":
+                r = procs.call(label, "ws_client", child_timeout, endpoint=node_ep, mode="pfnode",
+                               tag=f"r{rep}", cpu_pids={"front": [front_pid], "workers": worker_pids},
+                               **common)
+                r["server_cpu_us_per_packet"] = r["front_cpu_us_per_packet"] + r["workers_cpu_us_per_packet"]
+            elif system == "echo":
+                r = procs.call(label, "ws_client", child_timeout, endpoint=echo_ep, mode="echo",
+                               tag=f"r{rep}", cpu_pids={"server": [echo_proc.pid]}, **common)
+                r["server_cpu_us_per_packet"] = r.pop("server_cpu_us_per_packet")
+            else:
+                r = procs.call(label, "executor_client", child_timeout, workers=args.workers, **common)
+                r["server_cpu_us_per_packet"] = r["workers_cpu_us_per_packet"]
+            runs[system].append(r)
+            progress(f"{label}: {r['throughput']:,.0f} packets/s, RTT p50 {r['rtt_p50_us']:,.0f} µs, "
+                     f"p99 {r['rtt_p99_us']:,.0f} µs")
+        if echo_proc.exitcode is not None:
+            raise BenchError(f"echo server exited with {echo_proc.exitcode}")
+        if procs.node is None or procs.node.poll() is not None:
+            raise BenchError(f"node exited during the run:\n{procs.node_log_text()}")
+
+    health = _node_health(node_ep)
+    counters = health.get("counters", {})
+    expected = args.repeats * (warmup + args.packets + args.rtt_packets)
+    progress(f"node counters: {counters}")
+    if counters.get("failed", 0) or counters.get("completed", 0) != expected:
+        raise BenchError(f"node counters disagree with the client: completed {counters.get('completed')}, "
+                         f"expected {expected}, failed {counters.get('failed', 0)}")
+    progress("stopping the node and the echo server ...")
+    procs.stop_child(echo_proc, wait_s=0)
+    rc = procs.stop_node()
+    node_log = procs.node_log.read_text(errors="replace") if procs.node_log else ""
+    problems = [line for line in node_log.splitlines() if " WARNING " in line or " ERROR " in line]
+    if rc != 0:
+        progress(f"node exited with status {rc}")
+    if problems:
+        progress(f"node logged {len(problems)} warnings/errors, e.g.: {problems[0]}")
+    for child in log_dir.iterdir():
+        child.unlink()
+    log_dir.rmdir()
+
+    medians = {system: summarise(rs) for system, rs in runs.items()}
+    p, ex, echo = medians["pfnode"], medians["executor"], medians["echo"]
+    ratios = {key: {"throughput": p["throughput"] / base["throughput"],
+                    "rtt_p50": p["rtt_p50_us"] / base["rtt_p50_us"],
+                    "rtt_p99": p["rtt_p99_us"] / base["rtt_p99_us"]}
+              for key, base in (("executor", ex), ("echo", echo))}
+    targets = [
+        {"name": "df no-op >= 30 000 packets/s through the node",
+         "value": f"{p['throughput']:,.0f} packets/s", "met": p["throughput"] >= 30_000},
+        {"name": "RTT p50 <= 1.5x the websockets echo RTT",
+         "value": f"{ratios['echo']['rtt_p50']:.2f}x ({p['rtt_p50_us']:,.0f} vs {echo['rtt_p50_us']:,.0f} µs)",
+         "met": ratios["echo"]["rtt_p50"] <= 1.5},
+    ]
+    return {
+        "schema": 1,
+        "benchmark": "df:noop throughput and RTT",
+        "machine": machine,
+        "config": {"packets": args.packets, "rtt_packets": args.rtt_packets, "repeats": args.repeats,
+                   "workers": args.workers, "window": args.window, "warmup": warmup,
+                   "quick": args.quick, "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
+                   "frame_bytes": runs["pfnode"][0].get("frame_bytes"),
+                   "node_args": ["serve", "--port", "0", "--workers", str(args.workers),
+                                 "--handlers", "handlers.examples"],
+                   "client_loop": "uvloop" if machine["uvloop"] else "asyncio"},
+        "medians": medians,
+        "ratios": ratios,
+        "targets": targets,
+        "runs": runs,
+        "node": {"exit_status": rc, "counters": counters, "log_warnings": problems[:20]},
+        "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "elapsed_s": round(time.monotonic() - _T0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    procs = Processes()
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        report = run(args, procs)
+    except KeyboardInterrupt:
+        progress("interrupted; stopping every process ...")
+        return 130
+    except BenchError as exc:
+        progress(f"FAILED: {exc}")
+        tail = procs.node_log_text()
+        if tail:
+            progress(f"node log (tail):\n{tail}")
+        return 1
+    finally:
+        # Ctrl-C during cleanup must not leave anything behind either.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        procs.stop_all()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    print_table(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    path = args.out / f"bench-{stamp}.json"
+    path.write_text(text)
+    (args.out / "latest.json").write_text(text)
+    progress(f"wrote {path} and {args.out / 'latest.json'} ({report['elapsed_s']} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
