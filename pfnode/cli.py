@@ -23,6 +23,10 @@ def _modules(text: str) -> tuple[str, ...]:
     return names
 
 
+def defaults_workers() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pfnode", description="PacketFlow v1.0 compute node")
     parser.add_argument("--version", action="version", version=f"pfnode {__version__}")
@@ -34,8 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=int, default=defaults.port, help="TCP port (default %(default)s; 0 picks one)")
     serve.add_argument("--path", default=defaults.path, help="WebSocket path (default %(default)s)")
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                       help="worker processes (default: number of cores, %(default)s)")
+    serve.add_argument("--workers", type=int, default=defaults_workers(),
+                       help="df lane workers (default: usable cores, %(default)s)")
+    serve.add_argument("--ed-workers", type=int, default=defaults.ed_workers,
+                       help="workers reserved for ed packets (default %(default)s)")
+    serve.add_argument("--rm-workers", type=int, default=defaults.rm_workers,
+                       help="memory-limited workers for rm packets (default %(default)s; 0 sends rm to df)")
+    serve.add_argument("--rm-memory-limit-mb", type=int, default=defaults.rm_memory_limit_mb,
+                       help="memory an rm handler may add to its worker (default %(default)s)")
+    serve.add_argument("--cf-core", type=int, default=None,
+                       help="core the cf worker is pinned to (default: the last usable core)")
+    serve.add_argument("--aging-ms", type=int, default=defaults.aging_ms,
+                       help="a waiting packet gains one priority level per this many ms (default "
+                       "%(default)s; 0: strict priorities)")
+    serve.add_argument("--max-queued", type=int, default=defaults.max_queued,
+                       help="node-wide bound on waiting packets; past it PF004 (default %(default)s)")
+    serve.add_argument("--autoscale", action="store_true",
+                       help="grow/shrink the df lane with its queue (off by default)")
+    serve.add_argument("--df-min-workers", type=int, default=defaults.df_min_workers,
+                       help="autoscaling lower bound (default %(default)s)")
+    serve.add_argument("--df-max-workers", type=int, default=defaults.df_max_workers,
+                       help="autoscaling upper bound (default %(default)s)")
     serve.add_argument("--handlers", type=_modules, default=DEFAULT_HANDLER_MODULES,
                        metavar="MOD1,MOD2", help="handler modules to import (default %s)"
                        % ",".join(DEFAULT_HANDLER_MODULES))
@@ -75,6 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is ours to log
     settings = Settings(host=args.host, port=args.port, path=args.path, workers=args.workers,
+                        ed_workers=args.ed_workers, rm_workers=args.rm_workers,
+                        rm_memory_limit_mb=args.rm_memory_limit_mb, cf_core=args.cf_core,
+                        aging_ms=args.aging_ms, max_queued=args.max_queued, autoscale=args.autoscale,
+                        df_min_workers=args.df_min_workers, df_max_workers=args.df_max_workers,
                         handler_modules=args.handlers, default_timeout_ms=args.default_timeout_ms,
                         max_frame_bytes=args.max_frame_bytes,
                         max_inflight_per_connection=args.max_inflight_per_connection,

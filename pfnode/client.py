@@ -43,7 +43,8 @@ class Reactor:
         self.registry = Registry()
         self._ws: ClientConnection | None = None
         self._seq = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, asyncio.Future] = {}  # seq -> reply to a submit
+        self._heartbeats: dict[int, asyncio.Future] = {}  # seq -> reply to our heartbeat
         self._by_packet_id: dict[str, int] = {}  # for peers that answer with seq 0
         self._tasks: set[asyncio.Task] = set()
         self.last_heartbeat: dict | None = None
@@ -99,9 +100,15 @@ class Reactor:
     async def heartbeat(self, timeout_s: float = 10.0) -> dict:
         """Send a heartbeat and return the node's answer (its status)."""
         seq = next(self._seq)
-        future = self._expect(seq)
-        await self._send(protocol.encode_heartbeat(seq, {"timestamp": int(time.time() * 1000)}))
-        return await self._wait(seq, future, timeout_s)
+        future = asyncio.get_running_loop().create_future()
+        self._heartbeats[seq] = future
+        try:
+            await self._send(protocol.encode_heartbeat(seq, {"timestamp": int(time.time() * 1000)}))
+            return await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            raise ReplyTimeout(f"no heartbeat reply to seq {seq} within {timeout_s:.1f} s") from None
+        finally:
+            self._heartbeats.pop(seq, None)
 
     # ------------------------------------------------------------------ internals
     def _expect(self, seq: int) -> asyncio.Future:
@@ -137,7 +144,8 @@ class Reactor:
 
     def _fail_pending(self, exc: PFNodeError) -> None:
         pending, self._pending = self._pending, {}
-        for future in pending.values():
+        heartbeats, self._heartbeats = self._heartbeats, {}
+        for future in (*pending.values(), *heartbeats.values()):
             if not future.done():
                 future.set_exception(exc)
 
@@ -158,8 +166,10 @@ class Reactor:
                         future.set_exception(RemoteError(str(payload.get("code", "PF400")),
                                                          str(payload.get("message", ""))))
                 elif msg.type == "heartbeat":
+                    # the node's own heartbeats carry the node's seq numbers, which may
+                    # equal one of ours: only a heartbeat we asked for answers a waiter
                     self.last_heartbeat = msg.payload
-                    future = self._pending.get(msg.seq)
+                    future = self._heartbeats.get(msg.seq)
                     if future is not None and not future.done():
                         future.set_result(msg.payload)
                 elif msg.type == "submit":

@@ -19,9 +19,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from . import protocol
-from .errors import ErrorCode
-from .pool import DONE, Outcome, Pool, Task
+from . import admin, protocol
+from .capacity import autoscale_step, read_capacity, recommend
+from .errors import ErrorCode, HandlerError
+from .pool import Outcome, Pool, Task
+from .scheduler import DONE, Refusal
 from .settings import Settings
 
 log = logging.getLogger("pfnode.front")
@@ -95,7 +97,7 @@ class Node:
         self.ready = False
         self.server: Server | None = None
         self.stopping = asyncio.Event()
-        self._owners: dict[str, PeerLink] = {}  # packet id -> the link that submitted it
+        self._jobs: set[asyncio.Task] = set()
         self.counters: collections.Counter[str] = collections.Counter()
         self.started_at = time.time()
 
@@ -113,8 +115,14 @@ class Node:
             ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000,
         )
         self.ready = True
-        log.info("front: serving %s with %d workers; handlers: %s", self.endpoint,
-                 s.workers, ", ".join(sorted(self.pool.handler_keys)))
+        shadowed = sorted(admin.BUILTIN_KEYS & self.pool.handler_keys)
+        if shadowed:
+            log.warning("front: handlers %s are shadowed by the node's built-ins", ", ".join(shadowed))
+        if s.autoscale:
+            self._background(self._autoscale_loop())
+        log.info("front: serving %s with lanes %s; handlers: %s", self.endpoint,
+                 ", ".join(f"{k}={v}" for k, v in self.pool.lane_sizes().items()),
+                 ", ".join(sorted(self.pool.handler_keys | admin.BUILTIN_KEYS)))
 
     @property
     def port(self) -> int:
@@ -146,10 +154,12 @@ class Node:
         grace = self.settings.shutdown_grace_ms / 1000
         if self.server is not None:
             self.server.close(close_connections=False)
-        log.info("front: draining %d in-flight packets (grace %.1f s)", len(self._owners), grace)
+        log.info("front: draining %d in-flight packets (grace %.1f s)", self.pool.inflight, grace)
         deadline = time.monotonic() + grace
-        while self._owners and time.monotonic() < deadline:
+        while (self.pool.inflight or self._jobs) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        for job in list(self._jobs):
+            job.cancel()
         await self.pool.close(grace_s=min(2.0, grace))
         for link in list(self.links):
             await link.flush(1.0)
@@ -162,15 +172,15 @@ class Node:
     def health(self) -> dict[str, Any]:
         state = "draining" if self.draining else ("ready" if self.ready else "starting")
         return {"status": state, "endpoint": self.settings.path, "connections": len(self.links),
-                "inflight": len(self._owners), "uptime_s": round(time.time() - self.started_at, 3),
-                "handlers": sorted(self.pool.handler_keys), **self.pool.stats()}
+                "uptime_s": round(time.time() - self.started_at, 3),
+                "handlers": sorted(self.pool.handler_keys | admin.BUILTIN_KEYS), **self.pool.stats()}
 
     def heartbeat_payload(self) -> dict[str, Any]:
         stats = self.pool.stats()
         return {"timestamp": int(time.time() * 1000),
                 "node": {"status": "draining" if self.draining else "ready",
                          "workers": stats["workers"], "queued": stats["queued"],
-                         "inflight": len(self._owners)}}
+                         "inflight": stats["inflight"]}}
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -203,9 +213,8 @@ class Node:
             link.closed = True
             self.links.discard(link)
             dropped = 0
-            for packet_id, task in link.inflight.items():
+            for task in link.inflight.values():
                 self.pool.cancel(task)
-                self._owners.pop(packet_id, None)
                 dropped += 1
             link.inflight.clear()
             heartbeat.cancel()
@@ -244,21 +253,16 @@ class Node:
         if self.draining:
             link.send(protocol.encode_failure(seq, pid, ErrorCode.UNAVAILABLE, "node is shutting down"))
             return
+        builtin = admin.BUILTINS.get(packet.key)
+        if builtin is not None:
+            self._background(self._run_builtin(link, seq, packet, builtin))
+            return
         if packet.key not in self.pool.handler_keys:
             link.send(protocol.encode_failure(seq, pid, ErrorCode.NO_HANDLER, f"No handler for {packet.key}"))
-            return
-        if pid in self._owners:
-            link.send(protocol.encode_failure(seq, pid, ErrorCode.DUPLICATE_ID,
-                                              f"a packet with id {pid!r} is already in flight"))
-            return
-        if packet.dependencies:
-            link.send(protocol.encode_failure(seq, pid, ErrorCode.DEPENDENCY_FAILED,
-                                              "dependencies are not supported by this node yet"))
             return
 
         def on_done(outcome: Outcome) -> None:
             link.inflight.pop(pid, None)
-            self._owners.pop(pid, None)
             if outcome.ok:
                 link.send(protocol.encode_success_raw(seq, pid, outcome.data_json, outcome.duration_ms))
             else:
@@ -267,10 +271,53 @@ class Node:
             if not link.room.is_set() and len(link.inflight) < self.settings.max_inflight_per_connection:
                 link.room.set()
 
-        self._owners[pid] = link
-        task = self.pool.submit(packet, packet.timeout_ms or self.settings.default_timeout_ms, on_done)
-        if task.state is not DONE:  # the pool may answer at once (e.g. while closing)
+        task = self.pool.submit(packet, packet.timeout_ms, on_done)
+        if isinstance(task, Refusal):
+            link.send(protocol.encode_failure(seq, pid, task.code, task.message))
+        elif task.state is not DONE:  # a packet may be answered at once (its dependency failed)
             link.inflight[pid] = task
+
+    async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:
+        started = time.perf_counter()
+        try:
+            value = await builtin(self.pool, packet.data)
+        except HandlerError as exc:
+            link.send(protocol.encode_failure(seq, packet.id, exc.code, exc.message,
+                                              (time.perf_counter() - started) * 1000))
+        else:
+            link.send(protocol.encode_success_raw(seq, packet.id, protocol.encode_json(value),
+                                                  (time.perf_counter() - started) * 1000))
+
+    def _background(self, coro) -> None:
+        job = asyncio.ensure_future(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _autoscale_loop(self) -> None:
+        """Grow the df lane while work queues behind busy workers; shrink it when idle."""
+        s = self.settings
+        idle_since = time.monotonic()
+        while not self.draining:
+            await asyncio.sleep(s.autoscale_interval_ms / 1000)
+            stats = self.pool.stats()["lanes"]["df"]
+            if stats["running"] or stats["queued"]:
+                idle_since = time.monotonic()
+            cap = read_capacity(self.pool.worker_pids())
+            advice = recommend(cap, rm_memory_limit_mb=s.rm_memory_limit_mb,
+                               current=self.pool.lane_sizes(), df_max_workers=s.df_max_workers)
+            busy = stats["busy"]
+            size = self.pool.lane_size("df")
+            step = autoscale_step(size=size, queued=stats["queued"], busy=busy,
+                                  idle_s=time.monotonic() - idle_since, prefetch=s.worker_prefetch,
+                                  min_size=s.df_min_workers, max_size=s.df_max_workers,
+                                  recommended=advice["df"])
+            if step:
+                log.info("front: autoscale df %d -> %d (queued %d, busy %d)", size, size + step,
+                         stats["queued"], busy)
+                try:
+                    await self.pool.resize("df", size + step)
+                except Exception as exc:
+                    log.error("front: autoscale failed: %s", exc)
 
 
 def run(settings: Settings) -> None:

@@ -1,23 +1,29 @@
-"""The worker pool: N worker processes fed by the front's event loop.
+"""The worker pool: lanes of worker processes fed by the front's event loop.
 
 Each worker is a child process (`python -m pfnode.worker`) with its own pipe pair,
 driven through asyncio's subprocess protocol, so the event loop never blocks on a
-worker. The pool hands a worker up to `worker_prefetch` packets at a time; a worker
-runs them strictly in order, which is how the pool knows which packet a dead worker
-was running: the oldest unanswered one. That packet gets PF502 (or PF408 when the
-pool killed the worker for its deadline); the others never started and are queued
-again in their original place. A replacement worker is started at once.
+worker. Workers are grouped in lanes (cf, df, ed, rm; see `LaneSpec`); the pure
+`Scheduler` decides which packet runs next in each lane and when deadlines pass;
+the pool carries its decisions out.
+
+A worker runs the packets it was handed strictly in order, which is how the pool
+knows which packet a dead worker was running: the oldest unanswered one. That
+packet gets PF502 (or PF408 when the pool killed the worker for its deadline); the
+others never started and are queued again in their original place. A replacement
+worker is started at once.
 
 Why not concurrent.futures.ProcessPoolExecutor: it cannot stop one running task,
 one dead worker breaks the whole executor, and it cannot place work on a chosen
-worker. See DESIGN.md and docs/ARCHITECTURE.md.
+worker. See docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import logging
+import os
 import signal
 import sys
 import time
@@ -28,12 +34,11 @@ import orjson
 from . import worker as wire
 from .errors import ConfigError, ErrorCode
 from .protocol import Packet
-from .scheduler import PriorityFifo
+from .registry import DEFAULT_LANE, LANES
+from .scheduler import BLOCKED, DISPATCHED, DONE, QUEUED, Entry, Refusal, Scheduler
 from .settings import Settings
 
 log = logging.getLogger("pfnode.pool")
-
-QUEUED, ASSIGNED, DONE = "queued", "assigned", "done"
 
 
 class Outcome(NamedTuple):
@@ -48,43 +53,72 @@ def failure(code: ErrorCode | str, message: str, duration_ms: float = 0.0) -> Ou
     return Outcome(False, None, code.value if isinstance(code, ErrorCode) else code, message, duration_ms)
 
 
+@dataclasses.dataclass(frozen=True)
+class LaneSpec:
+    name: str
+    size: int
+    prefetch: int  # packets handed to one worker before it has answered any
+    cpu: int | None = None  # pin every worker of the lane to this core
+    memory_limit_mb: int | None = None  # default address-space cap for its handlers
+    resizable: bool = True
+
+
+def lane_specs(settings: Settings) -> dict[str, LaneSpec]:
+    cf_core = settings.cf_core if settings.cf_core is not None else max(os.sched_getaffinity(0))
+    return {
+        # cf: strictly sequential, so one worker, one packet at a time, one core
+        "cf": LaneSpec("cf", 1, 1, cpu=cf_core, resizable=False),
+        "df": LaneSpec("df", settings.workers, settings.worker_prefetch),
+        # ed: reserved workers that take one packet at a time, so an ed packet never
+        # waits behind df work nor behind another packet prefetched to its worker
+        "ed": LaneSpec("ed", settings.ed_workers, 1),
+        "rm": LaneSpec("rm", settings.rm_workers, 1, memory_limit_mb=settings.rm_memory_limit_mb),
+    }
+
+
 class Task:
-    """One packet's journey through the pool."""
+    """One packet's journey through the pool; its scheduling state is `entry.state`."""
 
-    __slots__ = ("no", "packet", "deadline", "on_done", "state", "worker", "timer", "arrival",
-                 "timeout_ms")
+    __slots__ = ("no", "packet", "timeout_ms", "on_done", "worker", "entry", "memory_limit_mb")
 
-    def __init__(self, no: int, packet: Packet, deadline: float, timeout_ms: int,
-                 on_done: Callable[[Outcome], None]) -> None:
+    def __init__(self, no: int, packet: Packet, timeout_ms: int, on_done: Callable[[Outcome], None],
+                 memory_limit_mb: int | None) -> None:
         self.no = no
         self.packet = packet
-        self.deadline = deadline
         self.timeout_ms = timeout_ms
         self.on_done = on_done
-        self.state = QUEUED
+        self.memory_limit_mb = memory_limit_mb
         self.worker: WorkerProcess | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.arrival = 0
+        self.entry: Entry = None  # type: ignore[assignment]
 
-    def wire(self) -> tuple:
+    @property
+    def state(self) -> str:
+        return self.entry.state
+
+    def wire(self, dependencies: dict[str, bytes]) -> tuple:
         p = self.packet
-        return (self.no, p.key, p.data, p.id, p.group, p.element, p.priority, p.metadata, self.deadline)
+        return (self.no, p.key, p.data, p.id, p.group, p.element, p.priority, p.metadata,
+                self.entry.deadline, dependencies, self.memory_limit_mb)
 
 
 class WorkerProcess(asyncio.SubprocessProtocol):
     """The front's side of one worker: its pipes, its outstanding packets, its exit."""
 
-    def __init__(self, pool: "Pool", slot: int) -> None:
+    def __init__(self, pool: "Pool", lane: str, slot: int) -> None:
+        loop = asyncio.get_running_loop()
         self.pool = pool
+        self.lane = lane
         self.slot = slot
         self.pid: int | None = None
+        self.cpus: list[int] = []
         self.transport: asyncio.SubprocessTransport | None = None
         self.outstanding: collections.deque[Task] = collections.deque()
         self.ready = False
-        self.started_at = time.monotonic()
-        self.hello: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.keys: list[str] = []
-        self.exited = asyncio.get_running_loop().create_future()
+        self.retiring = False  # finishing its outstanding packets, then leaving (lane shrink)
+        self.retired = False  # said it leaves on its own: nothing it still holds has started
+        self.hello: asyncio.Future = loop.create_future()
+        self.keys: dict[str, dict] = {}
+        self.exited: asyncio.Future = loop.create_future()
         self._reader = wire.FrameReader()
         self._process_exited = False
         self._stdout_closed = False
@@ -98,10 +132,13 @@ class WorkerProcess(asyncio.SubprocessProtocol):
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         for frame in self._reader.feed(data):
             kind = frame[1]
-            if kind in (wire.OK, wire.FAILED):
+            if kind == wire.OK or kind == wire.FAILED or kind == wire.SKIPPED:
                 self.pool._on_result(self, frame)
+            elif kind == wire.RETIRE:
+                self.retired = True
+                self.ready = False
             elif kind == wire.HELLO and not self.hello.done():
-                self.keys = frame[2]
+                self.keys, self.cpus = frame[2], frame[4]
                 self.hello.set_result(frame[2])
             elif kind == wire.FATAL and not self.hello.done():
                 self.hello.set_exception(ConfigError(frame[2]))
@@ -121,7 +158,7 @@ class WorkerProcess(asyncio.SubprocessProtocol):
         if self._process_exited and self._stdout_closed and not self.exited.done():
             if not self.hello.done():
                 self.hello.set_exception(ConfigError(
-                    f"worker exited with status {self.returncode} before it was ready"))
+                    f"worker exited with {describe_exit(self.returncode)} before it was ready"))
             self.exited.set_result(self.returncode)
             self.pool._on_worker_exit(self)
 
@@ -130,10 +167,10 @@ class WorkerProcess(asyncio.SubprocessProtocol):
     def returncode(self) -> int | None:
         return self.transport.get_returncode() if self.transport else None
 
-    def send(self, batch: list[tuple]) -> None:
+    def send(self, kind: int, items: list) -> None:
         pipe = self.transport.get_pipe_transport(0)  # type: ignore[union-attr]
         if pipe is not None and not pipe.is_closing():
-            pipe.write(wire.pack(batch))
+            pipe.write(wire.pack((kind, items)))
 
     def kill(self, reason: str) -> None:
         if self.kill_reason is None:
@@ -146,10 +183,16 @@ class WorkerProcess(asyncio.SubprocessProtocol):
                 pass
 
     def close_channel(self) -> None:
+        """End of input: the worker finishes what it holds and exits."""
+        self.ready = False
         if self.transport is not None:
             pipe = self.transport.get_pipe_transport(0)
             if pipe is not None:
                 pipe.close()
+
+
+def _nobody_waits(outcome: Outcome) -> None:
+    """on_done of a packet whose submitter has gone."""
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -167,51 +210,82 @@ class Pool:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
-        self._queue: PriorityFifo[Task] = PriorityFifo()
-        self._queued = 0
+        self.lanes = lane_specs(settings)
+        self.targets = {name: spec.size for name, spec in self.lanes.items()}  # wanted lane sizes
+        self.scheduler = Scheduler(aging_ms=settings.aging_ms, max_queued=settings.max_queued,
+                                   result_store_entries=settings.result_store_entries,
+                                   result_store_age_ms=settings.result_store_age_ms,
+                                   result_store_bytes=settings.result_store_bytes)
         self._numbers = itertools.count(1)
-        self._workers: dict[int, WorkerProcess] = {}
-        self._starting: set[WorkerProcess] = set()  # spawned, not yet ready: not in _workers
+        self._slots = itertools.count()
+        self._workers: dict[int, WorkerProcess] = {}  # slot -> worker (ready or retiring)
+        self._starting: set[WorkerProcess] = set()
+        self._spawning: collections.Counter[str] = collections.Counter()  # lane -> workers on their way
         self._pump_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._closing = False
-        self._respawns: set[asyncio.Task] = set()
-        self._recent_deaths: dict[int, collections.deque[float]] = collections.defaultdict(
+        self._background: set[asyncio.Task] = set()
+        self._recent_deaths: dict[str, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=5))
-        self.handler_keys: frozenset[str] = frozenset()
-        self.counters = collections.Counter()
+        self.handlers: dict[str, dict] = {}  # key -> options (lane, timeout_ms, memory_limit_mb)
+        self.counters: collections.Counter[str] = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def handler_keys(self) -> frozenset[str]:
+        return frozenset(self.handlers)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        results = await asyncio.gather(*(self._spawn(slot) for slot in range(self.settings.workers)),
-                                       return_exceptions=True)
+        spawns = [self._spawn(name) for name, spec in self.lanes.items() for _ in range(spec.size)]
+        results = await asyncio.gather(*spawns, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await self.close(grace_s=0)
             raise errors[0]
-        key_sets = {tuple(w.keys) for w in self._workers.values()}
+        key_sets = {orjson.dumps(w.keys, option=orjson.OPT_SORT_KEYS) for w in self._workers.values()}
         if len(key_sets) != 1:
             await self.close(grace_s=0)
-            raise ConfigError(f"workers registered different handlers: {sorted(key_sets)}")
-        self.handler_keys = frozenset(key_sets.pop())
-        log.info("pool: %d workers ready (%s), %d handlers",
-                 len(self._workers), ", ".join(str(w.pid) for w in self._workers.values()),
-                 len(self.handler_keys))
+            raise ConfigError("workers registered different handlers; check the handler modules "
+                              "for import-time randomness")
+        self.handlers = next(iter(self._workers.values())).keys
+        log.info("pool: lanes %s ready; %d handlers",
+                 ", ".join(f"{name}={self.lane_size(name)}" for name in self.lanes), len(self.handlers))
 
-    async def _spawn(self, slot: int) -> WorkerProcess:
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        threads = str(self.settings.worker_blas_threads)
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(name, threads)
+        return env
+
+    async def _spawn(self, lane: str) -> WorkerProcess:
         loop = asyncio.get_running_loop()
-        config = orjson.dumps({"handler_modules": list(self.settings.handler_modules), "slot": slot})
+        spec = self.lanes[lane]
+        slot = next(self._slots)
+        self._spawning[lane] += 1
+        try:
+            return await self._start_worker(lane, spec, slot)
+        finally:
+            self._spawning[lane] -= 1
+
+    async def _start_worker(self, lane: str, spec: LaneSpec, slot: int) -> WorkerProcess:
+        loop = asyncio.get_running_loop()
+        config = orjson.dumps({"handler_modules": list(self.settings.handler_modules), "slot": slot,
+                               "lane": lane, "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb})
         transport, proc = await loop.subprocess_exec(
-            lambda: WorkerProcess(self, slot), sys.executable, "-m", "pfnode.worker", config,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None)
+            lambda: WorkerProcess(self, lane, slot), sys.executable, "-m", "pfnode.worker", config,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+            env=self._worker_env())
         self._starting.add(proc)
         try:
             await asyncio.wait_for(asyncio.shield(proc.hello),
                                    self.settings.worker_start_timeout_ms / 1000)
         except asyncio.TimeoutError:
             proc.kill("start timeout")
-            raise ConfigError(f"worker {slot} (pid {proc.pid}) did not become ready within "
+            raise ConfigError(f"{lane} worker (pid {proc.pid}) did not become ready within "
                               f"{self.settings.worker_start_timeout_ms} ms") from None
         except BaseException:
             proc.kill("start failed")
@@ -221,72 +295,112 @@ class Pool:
         if self._closing:
             proc.close_channel()
             raise ConfigError("pool closed while a worker was starting")
-        self._workers[slot] = proc
+        if self.handlers and proc.keys != self.handlers:
+            proc.kill("handler mismatch")
+            raise ConfigError(f"a new {lane} worker registered different handlers than the others")
         proc.ready = True
+        self._workers[slot] = proc
         self.counters["workers_started"] += 1
         self._schedule_pump()
         return proc
 
     async def close(self, grace_s: float = 2.0) -> None:
-        """Fail whatever is still queued or running with PF503, then stop every worker."""
+        """Fail whatever is still waiting or running with PF503, then stop every worker."""
         self._closing = True
-        for respawn in list(self._respawns):
-            respawn.cancel()
-        while self._queue:
-            task = self._queue.pop()
-            if task.state is QUEUED:
-                self._queued -= 1
-                self._finish(task, failure(ErrorCode.UNAVAILABLE, "node is shutting down"))
+        if self._timer is not None:
+            self._timer.cancel()
+        for job in list(self._background):
+            job.cancel()
+        for entry in list(self.scheduler.inflight.values()):
+            self._finish(entry.payload, failure(ErrorCode.UNAVAILABLE, "node is shutting down"))
         for proc in self._starting:
             proc.kill("shutdown")
-        for proc in list(self._workers.values()):
-            for task in proc.outstanding:
-                if task.state is not DONE:
-                    self._finish(task, failure(ErrorCode.UNAVAILABLE, "node is shutting down"))
-            proc.close_channel()
         procs = list(self._workers.values())
+        for proc in procs:
+            if proc.outstanding:
+                # busy: its packets are answered already, and it cannot notice end of
+                # input until its handler returns, which may be never
+                proc.kill("shutdown")
+            else:
+                proc.close_channel()
         if not procs:
             return
-        done, pending = await asyncio.wait([p.exited for p in procs], timeout=grace_s)
+        _, pending = await asyncio.wait([p.exited for p in procs], timeout=grace_s)
         for proc in procs:
             if not proc.exited.done():
                 proc.kill("shutdown")
         if pending:
             await asyncio.wait([p.exited for p in procs], timeout=5)
 
+    def _in_background(self, coro) -> asyncio.Task:
+        job = asyncio.ensure_future(coro)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+        return job
+
     # ------------------------------------------------------------------ packets
-    def submit(self, packet: Packet, timeout_ms: int, on_done: Callable[[Outcome], None]) -> Task:
-        """Queue a packet whose handler exists; `on_done` is called exactly once."""
-        now = self._clock()
-        task = Task(next(self._numbers), packet, now + timeout_ms / 1000, timeout_ms, on_done)
+    def lane_of(self, packet: Packet) -> str:
+        options = self.handlers.get(packet.key)
+        return options["lane"] if options else DEFAULT_LANE[packet.group]
+
+    def submit(self, packet: Packet, timeout_ms: int | None,
+               on_done: Callable[[Outcome], None]) -> Task | Refusal:
+        """Queue a packet whose handler exists; `on_done` is called exactly once, unless
+        the packet is refused (a `Refusal` is returned and nothing is queued)."""
         if self._closing:
-            self._finish(task, failure(ErrorCode.UNAVAILABLE, "node is shutting down"))
-            return task
-        task.arrival = self._queue.push(task, packet.priority)
-        self._queued += 1
+            return Refusal(ErrorCode.UNAVAILABLE, "node is shutting down")
+        options = self.handlers.get(packet.key, {})
+        if timeout_ms is None:
+            timeout_ms = options.get("timeout_ms") or self.settings.default_timeout_ms
+        lane = options.get("lane") or DEFAULT_LANE[packet.group]
+        if self.lane_size(lane) == 0 and self.targets.get(lane, 0) == 0:
+            lane = "df"  # a lane configured with no workers hands its packets to df
+        task = Task(next(self._numbers), packet, timeout_ms, on_done, options.get("memory_limit_mb"))
+        now = self._clock()
+        entry = Entry(packet.id, lane, packet.priority, now + timeout_ms / 1000,
+                      packet.dependencies or (), task)
+        task.entry = entry
+        refusal = self.scheduler.submit(entry, now)
+        if refusal is not None:
+            self.counters[f"refused_{refusal.code.value}"] += 1
+            return refusal
         self.counters["submitted"] += 1
-        assert self._loop is not None
-        task.timer = self._loop.call_later(timeout_ms / 1000, self._expire, task)
+        self._arm_timer(entry.deadline)
         self._schedule_pump()
         return task
 
     def cancel(self, task: Task) -> None:
         """Forget a packet whose submitter has gone: it will not run if it has not started,
-        and its result is dropped if it has. `on_done` is not called."""
-        if task.state is DONE:
+        and its result is dropped if it has. `on_done` is not called.
+
+        A packet already handed to a worker stays in flight until the worker skips it
+        (it has not started) or finishes it; its deadline still applies, so a hung
+        handler is killed even when nobody waits for its answer."""
+        entry = task.entry
+        if entry.state is DONE:
             return
-        if task.state is QUEUED:
-            self._queued -= 1
-        task.state = DONE
-        if task.timer is not None:
-            task.timer.cancel()
         self.counters["cancelled"] += 1
+        if entry.state is DISPATCHED and task.worker is not None:
+            task.on_done = _nobody_waits
+            task.worker.send(wire.CANCEL, [task.no])
+            return
+        self.scheduler.cancel(entry)
+        self._schedule_pump()
 
     def _finish(self, task: Task, outcome: Outcome) -> None:
-        task.state = DONE
-        if task.timer is not None:
-            task.timer.cancel()
-            task.timer = None
+        """Record a packet's end with the scheduler and answer it (and any dependents
+        that fail because it failed)."""
+        if task.entry.state is DONE:
+            return
+        failures = self.scheduler.complete(task.entry, self._clock(), ok=outcome.ok,
+                                           data_json=outcome.data_json, code=outcome.code)
+        self._answer(task, outcome)
+        for failed in failures:
+            self._answer(failed.entry.payload, failure(failed.code, failed.message))
+        if failures or outcome.ok:
+            self._schedule_pump()  # dependents may have become ready
+
+    def _answer(self, task: Task, outcome: Outcome) -> None:
         if outcome.ok:
             self.counters["completed"] += 1
         else:
@@ -297,22 +411,42 @@ class Pool:
         except Exception:
             log.exception("pool: on_done callback failed for packet %s", task.packet.id)
 
+    # ------------------------------------------------------------------ deadlines
+    def _arm_timer(self, deadline: float) -> None:
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = deadline
+        self._timer = self._loop.call_later(max(0.0, deadline - self._clock()), self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = self._timer_at = None
+        for entry in self.scheduler.tick(self._clock()):
+            self._expire(entry.payload)
+        following = self.scheduler.next_deadline()
+        if following is not None and not self._closing:
+            self._arm_timer(following)
+
     def _expire(self, task: Task) -> None:
-        task.timer = None
-        if task.state is QUEUED:
-            self._queued -= 1
+        state, limit = task.entry.state, task.timeout_ms
+        if state is QUEUED:
+            self._finish(task, failure(ErrorCode.DEADLINE_EXCEEDED, f"deadline of {limit} ms passed while queued"))
+        elif state is BLOCKED:
+            waiting = ", ".join(sorted(task.entry.waiting_on))
             self._finish(task, failure(ErrorCode.DEADLINE_EXCEEDED,
-                                       f"deadline of {task.timeout_ms} ms passed while queued"))
-        elif task.state is ASSIGNED:
+                                       f"deadline of {limit} ms passed while waiting for dependencies: {waiting}"))
+        elif state is DISPATCHED:
             proc = task.worker
-            running = proc is not None and proc.outstanding and proc.outstanding[0] is task
+            running = proc is not None and bool(proc.outstanding) and proc.outstanding[0] is task
             self._finish(task, failure(
                 ErrorCode.DEADLINE_EXCEEDED,
-                f"deadline of {task.timeout_ms} ms passed while running; worker killed" if running
-                else f"deadline of {task.timeout_ms} ms passed while queued at a worker"))
+                f"deadline of {limit} ms passed while running; worker killed" if running
+                else f"deadline of {limit} ms passed while queued at a worker"))
             if running:
                 log.warning("pool: %s packet %s passed its %d ms deadline; killing worker pid %s",
-                            task.packet.key, task.packet.id, task.timeout_ms, proc.pid)
+                            task.packet.key, task.packet.id, limit, proc.pid)
                 self.counters["workers_killed_deadline"] += 1
                 proc.kill("deadline")
 
@@ -322,39 +456,28 @@ class Pool:
             self._pump_scheduled = True
             self._loop.call_soon(self._pump)
 
-    def _pick_worker(self) -> WorkerProcess | None:
-        best = None
-        limit = self.settings.worker_prefetch
-        for proc in self._workers.values():
-            if proc.ready and len(proc.outstanding) < limit and (
-                    best is None or len(proc.outstanding) < len(best.outstanding)):
-                best = proc
-        return best
-
     def _pump(self) -> None:
         self._pump_scheduled = False
         if self._closing:
             return
-        batches: dict[WorkerProcess, list[tuple]] = {}
+        scheduler = self.scheduler
         now = self._clock()
-        while self._queued:
-            proc = self._pick_worker()
-            if proc is None:
-                break
-            task = self._queue.pop()
-            if task.state is not QUEUED:
-                continue  # cancelled or expired while queued
-            self._queued -= 1
-            if task.deadline <= now:
-                self._finish(task, failure(ErrorCode.DEADLINE_EXCEEDED,
-                                           f"deadline of {task.timeout_ms} ms passed while queued"))
-                continue
-            task.state = ASSIGNED
-            task.worker = proc
-            proc.outstanding.append(task)
-            batches.setdefault(proc, []).append(task.wire())
+        batches: dict[WorkerProcess, list[tuple]] = {}
+        for proc in sorted((p for p in self._workers.values() if p.ready),
+                           key=lambda p: len(p.outstanding)):
+            prefetch = self.lanes[proc.lane].prefetch
+            lane_queue = scheduler.lanes[proc.lane]
+            while len(proc.outstanding) < prefetch and len(lane_queue):
+                entry = scheduler.dispatch(proc.lane, now)
+                if entry is None:
+                    break
+                task: Task = entry.payload
+                task.worker = proc
+                proc.outstanding.append(task)
+                deps = scheduler.dependency_results(entry, now) if entry.dependencies else None
+                batches.setdefault(proc, []).append(task.wire(deps))
         for proc, batch in batches.items():
-            proc.send(batch)
+            proc.send(wire.TASKS, batch)
 
     def _on_result(self, proc: WorkerProcess, frame: tuple) -> None:
         task_no, status, body, duration_ms = frame
@@ -363,11 +486,14 @@ class Pool:
             proc.kill("protocol error")
             return
         task = proc.outstanding.popleft()
-        if task.state is not DONE:
-            if status == wire.OK:
-                self._finish(task, Outcome(True, body, None, None, duration_ms))
-            else:
-                self._finish(task, failure(body[0], body[1], duration_ms))
+        if status == wire.OK:
+            self._finish(task, Outcome(True, body, None, None, duration_ms))
+        elif status == wire.SKIPPED:
+            self.scheduler.cancel(task.entry)  # never ran: no result to record
+        else:
+            self._finish(task, failure(body[0], body[1], duration_ms))
+        if proc.retiring and not proc.outstanding:
+            proc.close_channel()
         self._schedule_pump()
 
     def _on_worker_exit(self, proc: WorkerProcess) -> None:
@@ -379,63 +505,121 @@ class Pool:
         how = describe_exit(proc.returncode)
         outstanding = list(proc.outstanding)
         proc.outstanding.clear()
-        if outstanding and outstanding[0].state is not DONE:
-            running = outstanding[0]
-            log.warning("pool: worker pid %s died (%s) while running %s packet %s",
-                        proc.pid, how, running.packet.key, running.packet.id)
-            self._finish(running, failure(ErrorCode.WORKER_DIED,
-                                          f"worker pid {proc.pid} died ({how}) while running the packet"))
+        if proc.retired or proc.retiring:
+            never_started = outstanding
         else:
-            log.warning("pool: worker pid %s exited (%s)%s", proc.pid, how,
-                        f" after being killed ({proc.kill_reason})" if proc.kill_reason else "")
-        for task in outstanding[1:]:
-            if task.state is ASSIGNED:  # never started: back in its original place
-                task.state = QUEUED
+            never_started = outstanding[1:]
+            if outstanding and outstanding[0].state is not DONE:
+                running = outstanding[0]
+                log.warning("pool: worker pid %s died (%s) while running %s packet %s",
+                            proc.pid, how, running.packet.key, running.packet.id)
+                self._finish(running, failure(ErrorCode.WORKER_DIED,
+                                              f"worker pid {proc.pid} died ({how}) while running the packet"))
+            elif proc.kill_reason is None:
+                log.warning("pool: %s worker pid %s exited (%s)", proc.lane, proc.pid, how)
+        for task in never_started:
+            if task.state is DISPATCHED:  # back in its original place
                 task.worker = None
-                self._queue.push(task, task.packet.priority, task.arrival)
-                self._queued += 1
+                self.scheduler.requeue(task.entry)
                 self.counters["requeued"] += 1
-        self.counters["worker_deaths"] += 1
-        deaths = self._recent_deaths[proc.slot]
-        deaths.append(time.monotonic())
-        # Back off when a slot keeps dying quickly (a handler crashing at import, say).
-        delay = 0.0 if len(deaths) < 3 or deaths[-1] - deaths[0] > 10 else min(5.0, 0.25 * len(deaths))
-        self._respawn_later(proc.slot, delay)
+        if proc.retiring:
+            self.counters["workers_retired"] += 1
+        else:
+            self.counters["worker_deaths" if not proc.retired else "workers_recycled"] += 1
+        self._replace_if_short(proc.lane)
         self._schedule_pump()
 
-    def _respawn_later(self, slot: int, delay: float) -> None:
-        respawn = asyncio.ensure_future(self._respawn(slot, delay))
-        self._respawns.add(respawn)
-        respawn.add_done_callback(self._respawns.discard)
+    def _replace_if_short(self, lane: str) -> None:
+        if self._closing:
+            return
+        missing = self.targets[lane] - self.lane_size(lane) - self._spawning[lane]
+        if missing <= 0:
+            return
+        deaths = self._recent_deaths[lane]
+        deaths.append(time.monotonic())
+        # Back off when a lane keeps dying quickly (a handler crashing at import, say).
+        delay = 0.0 if len(deaths) < 3 or deaths[-1] - deaths[0] > 10 else min(5.0, 0.25 * len(deaths))
+        for _ in range(missing):
+            self._in_background(self._respawn(lane, delay))
 
-    async def _respawn(self, slot: int, delay: float) -> None:
+    async def _respawn(self, lane: str, delay: float) -> None:
         if delay:
-            await asyncio.sleep(delay)
+            self._spawning[lane] += 1  # counted as on its way while it waits
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._spawning[lane] -= 1
         try:
-            proc = await self._spawn(slot)
+            proc = await self._spawn(lane)
         except Exception as exc:
-            if self._closing:
-                return
-            log.error("pool: cannot start a replacement worker for slot %d: %s", slot, exc)
-            self._respawn_later(slot, 5.0)
+            if not self._closing:
+                log.error("pool: cannot start a %s worker: %s; retrying in 5 s", lane, exc)
+                self._in_background(self._respawn(lane, 5.0))
             return
         self.counters["workers_replaced"] += 1
-        log.info("pool: worker slot %d replaced by pid %s", slot, proc.pid)
+        log.info("pool: %s worker pid %s started", lane, proc.pid)
+
+    # ------------------------------------------------------------------ lanes
+    def lane_size(self, lane: str) -> int:
+        return sum(1 for p in self._workers.values() if p.lane == lane and not p.retiring)
+
+    def lane_sizes(self) -> dict[str, int]:
+        return {lane: self.lane_size(lane) for lane in self.lanes}
+
+    async def resize(self, lane: str, size: int) -> None:
+        """Grow or shrink a lane. Growing waits until the new workers are ready;
+        shrinking retires the least-busy workers, which finish what they hold first."""
+        spec = self.lanes[lane]
+        if not spec.resizable and size != spec.size:
+            raise ConfigError(f"the {lane} lane has a fixed size of {spec.size}")
+        self.targets[lane] = size
+        current = self.lane_size(lane)
+        if size > current:
+            results = await asyncio.gather(*(self._spawn(lane) for _ in range(size - current)),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise ConfigError(f"could not start {len(errors)} of {size - current} {lane} workers: {errors[0]}")
+        elif size < current:
+            members = sorted((p for p in self._workers.values() if p.lane == lane and not p.retiring),
+                             key=lambda p: len(p.outstanding))
+            for proc in members[:current - size]:
+                proc.retiring = True
+                proc.ready = False
+                if not proc.outstanding:
+                    proc.close_channel()
+        self._schedule_pump()
 
     # ------------------------------------------------------------------ introspection
     @property
     def queued(self) -> int:
-        return self._queued
+        return self.scheduler.queued + self.scheduler.blocked
 
     @property
-    def running(self) -> int:
-        return sum(len(p.outstanding) for p in self._workers.values())
+    def inflight(self) -> int:
+        return len(self.scheduler.inflight)
+
+    def worker_pids(self, lane: str | None = None) -> list[int]:
+        return sorted(p.pid for p in self._workers.values()
+                      if p.pid and p.ready and (lane is None or p.lane == lane))
 
     def stats(self) -> dict[str, Any]:
+        lanes = {}
+        for lane in self.lanes:
+            members = [p for p in self._workers.values() if p.lane == lane and p.ready]
+            lanes[lane] = {"workers": len(members), "target": self.targets[lane],
+                           "queued": self.scheduler.depth(lane),
+                           "running": sum(len(p.outstanding) for p in members),
+                           "busy": sum(1 for p in members if p.outstanding),
+                           "pids": sorted(p.pid for p in members if p.pid),
+                           "cpus": sorted({c for p in members for c in p.cpus})}
         return {
-            "workers": len([p for p in self._workers.values() if p.ready]),
-            "worker_pids": sorted(p.pid for p in self._workers.values() if p.pid),
-            "queued": self._queued,
-            "assigned": self.running,
+            "workers": sum(v["workers"] for v in lanes.values()),
+            "worker_pids": self.worker_pids(),
+            "queued": self.scheduler.queued,
+            "blocked": self.scheduler.blocked,
+            "inflight": self.inflight,
+            "lanes": lanes,
+            "results_stored": len(self.scheduler.results),
             "counters": dict(self.counters),
         }

@@ -22,6 +22,12 @@ from .errors import ConfigError
 from .protocol import _ELEMENT_RE, GROUPS
 
 
+# Where a group's packets run unless the handler says otherwise. co and mc user
+# handlers run on the df lane; the node's own co/mc built-ins run in the front.
+DEFAULT_LANE = {"cf": "cf", "df": "df", "ed": "ed", "rm": "rm", "co": "df", "mc": "df"}
+LANES = ("cf", "df", "ed", "rm")
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
     """Packet metadata a handler may ask for by taking a second parameter."""
@@ -32,6 +38,7 @@ class Context:
     priority: int
     metadata: dict | None
     deadline: float  # time.monotonic() value after which the node gives up on the packet
+    dependencies: dict = dataclasses.field(default_factory=dict)  # dependency id -> its result data
 
     def remaining_ms(self) -> float:
         return max(0.0, (self.deadline - time.monotonic()) * 1000)
@@ -43,10 +50,16 @@ class HandlerSpec:
     element: str
     fn: Callable[..., Any]
     wants_ctx: bool
+    lane: str = "df"
+    timeout_ms: int | None = None  # default deadline for its packets (a packet's own wins)
+    memory_limit_mb: int | None = None  # address space it may add to its worker
 
     @property
     def key(self) -> str:
         return f"{self.group}:{self.element}"
+
+    def options(self) -> dict[str, Any]:
+        return {"lane": self.lane, "timeout_ms": self.timeout_ms, "memory_limit_mb": self.memory_limit_mb}
 
     def __call__(self, data: Any, ctx: Context) -> Any:
         return self.fn(data, ctx) if self.wants_ctx else self.fn(data)
@@ -65,7 +78,8 @@ class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, HandlerSpec] = {}
 
-    def register(self, group: str, element: str, fn: Callable[..., Any]) -> HandlerSpec:
+    def register(self, group: str, element: str, fn: Callable[..., Any], *, lane: str | None = None,
+                 timeout_ms: int | None = None, memory_limit_mb: int | None = None) -> HandlerSpec:
         if group not in GROUPS:
             raise ConfigError(f"cannot register {group}:{element}: unknown group {group!r}; "
                               f"expected one of {', '.join(sorted(GROUPS))}")
@@ -74,17 +88,25 @@ class Registry:
                               "characters of A-Z a-z 0-9 _ . -")
         if not callable(fn):
             raise ConfigError(f"cannot register {group}:{element}: {fn!r} is not callable")
-        spec = HandlerSpec(group, element, fn, _wants_ctx(fn))
+        lane = lane or DEFAULT_LANE[group]
+        if lane not in LANES:
+            raise ConfigError(f"cannot register {group}:{element}: unknown lane {lane!r}; "
+                              f"expected one of {', '.join(LANES)}")
+        for name, value in (("timeout_ms", timeout_ms), ("memory_limit_mb", memory_limit_mb)):
+            if value is not None and (type(value) is not int or value <= 0):
+                raise ConfigError(f"cannot register {group}:{element}: {name} must be a positive integer")
+        spec = HandlerSpec(group, element, fn, _wants_ctx(fn), lane, timeout_ms, memory_limit_mb)
         existing = self._specs.get(spec.key)
-        if existing is not None and existing.fn is not fn:
+        if existing is not None and (existing.fn is not fn or existing.options() != spec.options()):
             raise ConfigError(f"{spec.key} is already registered to {_name(existing.fn)}; "
                               f"refusing to replace it with {_name(fn)}")
         self._specs[spec.key] = spec
         return spec
 
-    def handler(self, group: str, element: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def handler(self, group: str, element: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator form of `register`; takes the same options (lane, timeout_ms, memory_limit_mb)."""
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(group, element, fn)
+            self.register(group, element, fn, **options)
             return fn
         return decorate
 
@@ -93,6 +115,10 @@ class Registry:
 
     def keys(self) -> list[str]:
         return sorted(self._specs)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """key -> options, as a worker reports them to the front."""
+        return {key: self._specs[key].options() for key in sorted(self._specs)}
 
 
 def _name(fn: Callable[..., Any]) -> str:

@@ -20,13 +20,34 @@ class Settings:
     port: int = 8443
     path: str = "/packetflow/v1"
 
-    # Worker pool
-    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    # Worker pool. Lanes: cf has one worker pinned to one core; df has `workers`;
+    # ed has `ed_workers` reserved for ed packets; rm has `rm_workers`, memory-limited.
+    workers: int = dataclasses.field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1)
+    ed_workers: int = 1
+    rm_workers: int = 1
+    cf_core: int | None = None  # the core the cf worker is pinned to; None: the last usable one
+    rm_memory_limit_mb: int = 1024  # address space an rm handler may add to its worker
     handler_modules: tuple[str, ...] = DEFAULT_HANDLER_MODULES
-    # How many packets the front hands one worker before it has answered any;
-    # >1 hides the pipe round trip for small packets.
+    # How many packets the front hands one df worker before it has answered any;
+    # >1 hides the pipe round trip for small packets. cf, ed and rm workers take one at a time.
     worker_prefetch: int = 4
     worker_start_timeout_ms: int = 30_000
+    # Threads for numpy's BLAS in each worker: the pool parallelises across processes,
+    # so more threads per worker only oversubscribe the cores.
+    worker_blas_threads: int = 1
+
+    # Scheduling
+    aging_ms: int = 1000  # a queued packet gains one priority level per aging_ms waited (up to 10)
+    max_queued: int = 100_000  # node-wide bound on packets waiting; past it new packets get PF004
+    result_store_entries: int = 10_000  # completed results kept for dependencies
+    result_store_age_ms: int = 600_000
+    result_store_bytes: int = 256 * 1024 * 1024
+
+    # Autoscaling of the df lane (off by default): between min and max workers, by queue depth
+    autoscale: bool = False
+    autoscale_interval_ms: int = 1000
+    df_min_workers: int = 1
+    df_max_workers: int = dataclasses.field(default_factory=lambda: 2 * (os.cpu_count() or 1))
 
     # Packets
     default_timeout_ms: int = 30_000
@@ -51,13 +72,25 @@ class Settings:
             problems.append(f"path must start with '/', got {self.path!r}")
         if self.workers < 1:
             problems.append(f"workers must be >= 1, got {self.workers}")
+        for name in ("ed_workers", "rm_workers"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.cf_core is not None and self.cf_core not in os.sched_getaffinity(0):
+            problems.append(f"cf_core {self.cf_core} is not one of this process's cores "
+                            f"{sorted(os.sched_getaffinity(0))}")
+        if not 1 <= self.df_min_workers <= self.df_max_workers:
+            problems.append("need 1 <= df_min_workers <= df_max_workers")
         if self.worker_prefetch < 1:
             problems.append(f"worker_prefetch must be >= 1, got {self.worker_prefetch}")
         for name in ("default_timeout_ms", "max_timeout_ms", "max_frame_bytes",
                      "max_inflight_per_connection", "heartbeat_interval_ms",
-                     "heartbeat_missed_limit", "worker_start_timeout_ms"):
+                     "heartbeat_missed_limit", "worker_start_timeout_ms", "rm_memory_limit_mb",
+                     "max_queued", "result_store_entries", "result_store_age_ms", "result_store_bytes",
+                     "autoscale_interval_ms", "worker_blas_threads"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.aging_ms < 0:
+            problems.append(f"aging_ms must be >= 0 (0 turns aging off), got {self.aging_ms}")
         if self.shutdown_grace_ms < 0:
             problems.append(f"shutdown_grace_ms must be >= 0, got {self.shutdown_grace_ms}")
         if self.default_timeout_ms > self.max_timeout_ms:

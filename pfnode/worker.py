@@ -10,8 +10,11 @@ which packet a worker was running when it died.
 """
 from __future__ import annotations
 
+import collections
 import os
 import pickle
+import resource
+import select
 import struct
 import sys
 import time
@@ -21,11 +24,17 @@ import orjson
 
 _HEADER = struct.Struct("<I")
 
-# status codes in result tuples
-OK = 0
-FAILED = 1
-HELLO = 2  # (0, HELLO, [keys], pid): ready
+# The second item of every frame a worker sends says what it is.
+OK = 0  # (task_no, OK, result_json, duration_ms)
+FAILED = 1  # (task_no, FAILED, (code, message), duration_ms)
+HELLO = 2  # (0, HELLO, {key: options}, pid, [cpus]): ready
 FATAL = 3  # (0, FATAL, message, pid): the worker cannot start
+RETIRE = 4  # (0, RETIRE, reason, pid): the worker exits now; nothing after its last result started
+SKIPPED = 5  # (task_no, SKIPPED, None, 0.0): cancelled by the front before it started
+
+# The first item of every frame the front sends says what it is.
+TASKS = 0  # (TASKS, [task, ...])
+CANCEL = 1  # (CANCEL, [task_no, ...]): drop these if they have not started
 
 
 def pack(obj) -> bytes:
@@ -77,28 +86,64 @@ def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def run_task(registry, task) -> tuple:
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class MemoryCap:
+    """Caps the address space a handler may add to this worker (RLIMIT_AS, soft limit),
+    measured from the worker's size after start-up, and lifts the cap afterwards."""
+
+    def __init__(self) -> None:
+        self.baseline = _address_space_bytes()
+        self.soft, self.hard = resource.getrlimit(resource.RLIMIT_AS)
+
+    def limit(self, limit_mb: int | None) -> None:
+        if limit_mb is not None:
+            cap = self.baseline + limit_mb * 1024 * 1024
+            if self.hard != resource.RLIM_INFINITY:
+                cap = min(cap, self.hard)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, self.hard))
+
+    def lift(self, limit_mb: int | None) -> None:
+        if limit_mb is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.soft, self.hard))
+
+
+def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
     from .registry import Context
 
-    task_no, key, data, packet_id, group, element, priority, metadata, deadline = task
+    (task_no, key, data, packet_id, group, element, priority, metadata, deadline,
+     dependencies, memory_limit_mb) = task
     if time.monotonic() >= deadline:
         return (task_no, FAILED, ("PF408", "deadline passed before the packet started"), 0.0)
     spec = registry.get(key)
     if spec is None:  # the front checks keys first; this guards a mismatch between workers
         return (task_no, FAILED, ("PF001", f"no handler for {key}"), 0.0)
-    ctx = Context(packet_id, group, element, priority, metadata, deadline)
+    deps = {dep: orjson.loads(raw) for dep, raw in dependencies.items()} if dependencies else {}
+    ctx = Context(packet_id, group, element, priority, metadata, deadline, deps)
+    if memory_cap is None:
+        memory_limit_mb = None
     start = time.perf_counter()
     try:
-        value = spec(data, ctx)
+        if memory_limit_mb is not None:
+            memory_cap.limit(memory_limit_mb)
+        try:
+            value = spec(data, ctx)
+            try:  # orjson's error is a TypeError: encode apart so a handler's TypeError stays as raised
+                body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+            except orjson.JSONEncodeError as exc:
+                return (task_no, FAILED, ("PF500", f"{key} returned a value that is not "
+                                                   f"JSON-serialisable: {exc}"), _ms_since(start))
+        finally:
+            if memory_limit_mb is not None:
+                memory_cap.lift(memory_limit_mb)
     except MemoryError:
-        return (task_no, FAILED, ("PF501", f"{key} ran out of memory"), _ms_since(start))
+        limit = f" of {memory_limit_mb} MiB" if memory_limit_mb is not None else ""
+        return (task_no, FAILED, ("PF501", f"{key} exceeded its memory limit{limit}"), _ms_since(start))
     except Exception as exc:
         return (task_no, FAILED, ("PF500", f"{type(exc).__name__}: {exc}"), _ms_since(start))
-    try:  # orjson's error is a TypeError: encode apart so a handler's TypeError stays PF500 as raised
-        body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-    except orjson.JSONEncodeError as exc:
-        return (task_no, FAILED, ("PF500", f"{key} returned a value that is not JSON-serialisable: {exc}"),
-                _ms_since(start))
     return (task_no, OK, body, _ms_since(start))
 
 
@@ -129,22 +174,58 @@ def main(argv: list[str]) -> int:
     from .registry import default_registry, load_handler_modules
 
     try:
+        if config.get("cpu") is not None:
+            os.sched_setaffinity(0, {config["cpu"]})
         load_handler_modules(config.get("handler_modules", []))
     except Exception as exc:
         _write_all(out_fd, pack((0, FATAL, str(exc), os.getpid())))
         return 2
-    _write_all(out_fd, pack((0, HELLO, default_registry.keys(), os.getpid())))
+    memory_cap = MemoryCap()
+    lane_limit_mb = config.get("memory_limit_mb")
+    _write_all(out_fd, pack((0, HELLO, default_registry.describe(), os.getpid(),
+                             sorted(os.sched_getaffinity(0)))))
 
+    inbox: collections.deque = collections.deque()
+    cancelled: set[int] = set()
+    open_channel = True
     while True:
-        header = _read_exact(in_fd, 4)
-        if header is None:
-            return 0  # the front closed the channel: a clean stop
-        (length,) = _HEADER.unpack(header)
-        body = _read_exact(in_fd, length)
-        if body is None:
+        # Block for input only when idle; otherwise just take what has arrived, so a
+        # cancel notice reaches packets that were handed over but have not started.
+        while open_channel and (not inbox or select.select([in_fd], [], [], 0)[0]):
+            frame = _read_frame(in_fd)
+            if frame is None:
+                open_channel = False  # the front closed the channel: finish what we hold
+                break
+            kind, items = frame
+            if kind == TASKS:
+                inbox.extend(items)
+            elif kind == CANCEL:
+                cancelled.update(items)
+        if not inbox:
             return 0
-        for task in pickle.loads(body):
-            _write_all(out_fd, pack(run_task(default_registry, task)))
+        task = inbox.popleft()
+        if task[0] in cancelled:
+            cancelled.discard(task[0])
+            _write_all(out_fd, pack((task[0], SKIPPED, None, 0.0)))
+            continue
+        if task[10] is None and lane_limit_mb is not None:
+            task = task[:10] + (lane_limit_mb,)
+        result = run_task(default_registry, task, memory_cap)
+        _write_all(out_fd, pack(result))
+        if result[1] == FAILED and result[2][0] == "PF501":
+            # A worker that hit its cap may be left fragmented or half-initialised:
+            # replace it rather than trust it with the next packet.
+            _write_all(out_fd, pack((0, RETIRE, "memory limit exceeded", os.getpid())))
+            return 0
+
+
+def _read_frame(fd: int):
+    header = _read_exact(fd, 4)
+    if header is None:
+        return None
+    (length,) = _HEADER.unpack(header)
+    body = _read_exact(fd, length)
+    return None if body is None else pickle.loads(body)
 
 
 if __name__ == "__main__":

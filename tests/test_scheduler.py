@@ -1,136 +1,309 @@
-"""Tests of the queue ordering rules: pfnode/scheduler.py."""
-from __future__ import annotations
+"""The scheduler's rules, with a fake clock: pfnode/scheduler.py.
 
-import random
+No asyncio, no processes: events in, decisions out.
+"""
+from __future__ import annotations
 
 import pytest
 
-from pfnode.scheduler import PriorityFifo
+from pfnode.errors import ErrorCode
+from pfnode.scheduler import (BLOCKED, DISPATCHED, DONE, QUEUED, Entry, LaneQueue, ResultStore,
+                              Scheduler, StoredResult)
 
 
-def drain(queue: PriorityFifo) -> list:
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def entry(pid: str, priority: int = 5, lane: str = "df", deadline: float = 10_000.0,
+          deps: tuple[str, ...] = ()) -> Entry:
+    return Entry(pid, lane, priority, deadline, deps)
+
+
+def drain(s: Scheduler, lane: str, now: float) -> list[str]:
     out = []
-    while queue:
-        out.append(queue.pop())
+    while (e := s.dispatch(lane, now)) is not None:
+        out.append(e.id)
     return out
 
 
-def test_empty_queue():
-    q = PriorityFifo()
-    assert len(q) == 0
-    assert not q
-    with pytest.raises(IndexError):
-        q.pop()
+@pytest.fixture
+def clock():
+    return FakeClock()
 
 
-def test_len_and_bool_follow_push_and_pop():
-    q = PriorityFifo()
-    q.push("a", 5)
-    assert len(q) == 1 and q
-    q.push("b", 5)
-    assert len(q) == 2
-    q.pop()
-    assert len(q) == 1 and q
-    q.pop()
-    assert len(q) == 0 and not q
+# ---------------------------------------------------------------- ordering
+
+def test_higher_priority_first_fifo_within_priority(clock):
+    s = Scheduler(aging_ms=0)
+    for pid, prio in [("a5", 5), ("b9", 9), ("c5", 5), ("d1", 1), ("e9", 9), ("f10", 10)]:
+        assert s.submit(entry(pid, prio), clock.now) is None
+    assert drain(s, "df", clock.now) == ["f10", "b9", "e9", "a5", "c5", "d1"]
 
 
-def test_higher_priority_first():
-    q = PriorityFifo()
-    for name, prio in [("p1", 1), ("p10", 10), ("p5", 5), ("p7", 7), ("p2", 2)]:
-        q.push(name, prio)
-    assert drain(q) == ["p10", "p7", "p5", "p2", "p1"]
+def test_lanes_are_separate_queues(clock):
+    s = Scheduler(aging_ms=0)
+    s.submit(entry("cf1", 1, lane="cf"), clock.now)
+    s.submit(entry("df9", 9, lane="df"), clock.now)
+    s.submit(entry("ed5", 5, lane="ed"), clock.now)
+    assert drain(s, "cf", clock.now) == ["cf1"]
+    assert drain(s, "ed", clock.now) == ["ed5"]
+    assert drain(s, "df", clock.now) == ["df9"]
+    assert s.dispatch("rm", clock.now) is None
 
 
-def test_fifo_within_a_priority():
-    q = PriorityFifo()
-    for i in range(20):
-        q.push(f"t{i}", 5)
-    assert drain(q) == [f"t{i}" for i in range(20)]
+def test_unknown_lane_is_a_programming_error(clock):
+    with pytest.raises(ValueError):
+        Scheduler().submit(entry("x", lane="gpu"), clock.now)
 
 
-def test_mixed_priorities_keep_fifo_inside_each():
-    q = PriorityFifo()
-    pushes = [("a", 3), ("b", 9), ("c", 3), ("d", 9), ("e", 1), ("f", 3), ("g", 9)]
-    for name, prio in pushes:
-        q.push(name, prio)
-    assert drain(q) == ["b", "d", "g", "a", "c", "f", "e"]
+def test_requeue_puts_a_dispatched_packet_back_in_its_place(clock):
+    s = Scheduler(aging_ms=0)
+    for pid in ("a", "b", "c"):
+        s.submit(entry(pid), clock.now)
+    first = s.dispatch("df", clock.now)
+    second = s.dispatch("df", clock.now)
+    assert (first.id, second.id) == ("a", "b")
+    s.submit(entry("d"), clock.now)
+    s.requeue(second)
+    s.requeue(first)
+    assert first.state is QUEUED
+    assert drain(s, "df", clock.now) == ["a", "b", "c", "d"]
 
 
-def test_interleaved_push_and_pop():
-    q = PriorityFifo()
-    q.push("low1", 1)
-    q.push("mid1", 5)
-    assert q.pop() == "mid1"
-    q.push("high", 10)
-    q.push("mid2", 5)
-    assert q.pop() == "high"
-    assert q.pop() == "mid2"
-    assert q.pop() == "low1"
-    assert not q
+# ---------------------------------------------------------------- aging
+
+def test_aging_raises_a_waiting_packet_one_level_per_interval():
+    q = LaneQueue(aging_s=1.0)
+    e = entry("low", 3)
+    e.arrived = 0.0
+    assert q.effective_priority(e, 0.5) == 3
+    assert q.effective_priority(e, 2.0) == 5
+    assert q.effective_priority(e, 100.0) == 10  # bounded at the top priority
 
 
-def test_push_returns_increasing_arrivals():
-    q = PriorityFifo()
-    arrivals = [q.push(i, 5) for i in range(5)]
-    assert arrivals == sorted(arrivals)
-    assert len(set(arrivals)) == 5
+def test_no_starvation_under_a_steady_stream_of_high_priority(clock):
+    """A priority-1 packet submitted into a steady stream of priority-10 packets is
+    dispatched within (10 - 1) aging intervals plus the packets that were ahead of it."""
+    s = Scheduler(aging_ms=100)
+    s.submit(entry("old-high", 10), clock.now)
+    s.submit(entry("low", 1), clock.now)
+    dispatched_low_at = None
+    for i in range(200):  # every 10 ms: one new priority-10 packet arrives, one is dispatched
+        clock.advance(0.010)
+        s.submit(entry(f"high-{i}", 10), clock.now)
+        got = s.dispatch("df", clock.now)
+        if got.id == "low":
+            dispatched_low_at = i
+            break
+    assert dispatched_low_at is not None, "priority-1 packet starved"
+    # 9 levels x 100 ms = 900 ms = 90 rounds; it must not take much longer than that
+    assert 85 <= dispatched_low_at <= 95
 
 
-def test_requeue_with_original_arrival_goes_back_to_its_place():
-    q = PriorityFifo()
-    first = q.push("first", 5)
-    q.push("second", 5)
-    q.push("third", 5)
-    assert q.pop() == "first"
-    q.push("fourth", 5)  # arrives while "first" is out (e.g. dispatched to a dead worker)
-    q.push("first", 5, arrival=first)  # requeued: must go before everything that came later
-    assert drain(q) == ["first", "second", "third", "fourth"]
+def test_without_aging_the_low_priority_packet_waits(clock):
+    s = Scheduler(aging_ms=0)
+    s.submit(entry("low", 1), clock.now)
+    for i in range(50):
+        clock.advance(1.0)
+        s.submit(entry(f"high-{i}", 10), clock.now)
+        assert s.dispatch("df", clock.now).id != "low"
 
 
-def test_requeue_without_arrival_goes_to_the_back():
-    q = PriorityFifo()
-    q.push("first", 5)
-    q.push("second", 5)
-    assert q.pop() == "first"
-    q.push("first", 5)
-    assert drain(q) == ["second", "first"]
+# ---------------------------------------------------------------- deadlines
+
+def test_tick_returns_expired_packets_in_every_state(clock):
+    s = Scheduler()
+    s.submit(entry("queued", deadline=clock.now + 1), clock.now)
+    s.submit(entry("blocked", deadline=clock.now + 2, deps=("nobody",)), clock.now)
+    s.submit(entry("running", deadline=clock.now + 3, lane="cf"), clock.now)
+    s.submit(entry("later", deadline=clock.now + 100), clock.now)
+    assert s.dispatch("cf", clock.now).id == "running"
+    assert s.tick(clock.now + 0.5) == []
+    expired = s.tick(clock.advance(3.0))
+    assert [(e.id, e.state) for e in expired] == [("queued", QUEUED), ("blocked", BLOCKED),
+                                                   ("running", DISPATCHED)]
+    assert s.next_deadline() == pytest.approx(clock.now - 3.0 + 100)
 
 
-def test_requeue_keeps_priority_order():
-    q = PriorityFifo()
-    arrival = q.push("old-low", 2)
-    assert q.pop() == "old-low"
-    q.push("new-high", 8)
-    q.push("old-low", 2, arrival=arrival)
-    assert drain(q) == ["new-high", "old-low"]
+def test_answered_packets_leave_no_deadline(clock):
+    s = Scheduler()
+    e = entry("done", deadline=clock.now + 1)
+    s.submit(e, clock.now)
+    s.dispatch("df", clock.now)
+    s.complete(e, clock.now, ok=True, data_json=b"1")
+    assert s.tick(clock.advance(5)) == []
+    assert s.next_deadline() is None
 
 
-def test_next_arrival_reserves_a_place():
-    q = PriorityFifo()
-    reserved = q.next_arrival()
-    q.push("later", 5)
-    q.push("reserved", 5, arrival=reserved)
-    assert drain(q) == ["reserved", "later"]
+def test_deadline_heap_is_compacted_as_packets_complete(clock):
+    s = Scheduler()
+    for i in range(5000):
+        e = entry(f"p{i}", deadline=clock.now + 60)
+        s.submit(e, clock.now)
+        s.dispatch("df", clock.now)
+        s.complete(e, clock.now, ok=True, data_json=b"0")
+    assert len(s._deadlines) <= 2100  # answered packets do not pile up until their deadline
 
 
-def test_items_need_not_be_comparable():
-    """Unique arrivals mean items themselves are never compared."""
-    q = PriorityFifo()
-    items = [object() for _ in range(10)]
-    for item in items:
-        q.push(item, 5)
-    q.push({"a": 1}, 5)
-    assert drain(q)[:10] == items
+def test_expired_queued_packet_is_skipped_by_dispatch(clock):
+    s = Scheduler()
+    late = entry("late", deadline=clock.now + 1)
+    s.submit(late, clock.now)
+    s.submit(entry("fine", deadline=clock.now + 100), clock.now)
+    (expired,) = s.tick(clock.advance(2))
+    s.complete(expired, clock.now, ok=False, code="PF408")
+    assert drain(s, "df", clock.now) == ["fine"]
+    assert s.queued == 0
 
 
-def test_random_order_matches_a_stable_sort():
-    rng = random.Random(1234)
-    q = PriorityFifo()
-    pushed = []
-    for i in range(500):
-        prio = rng.randint(1, 10)
-        q.push(i, prio)
-        pushed.append((i, prio))
-    expected = [i for i, _ in sorted(pushed, key=lambda ip: -ip[1])]  # sort is stable
-    assert drain(q) == expected
+# ---------------------------------------------------------------- dependencies
+
+def test_dependent_waits_until_its_dependency_succeeds(clock):
+    s = Scheduler()
+    a = entry("a")
+    b = entry("b", deps=("a",))
+    s.submit(a, clock.now)
+    s.submit(b, clock.now)
+    assert b.state is BLOCKED and s.blocked == 1
+    assert drain(s, "df", clock.now) == ["a"]
+    assert s.complete(a, clock.now, ok=True, data_json=b'"A"') == []
+    assert b.state is QUEUED and s.blocked == 0
+    assert s.dependency_results(b, clock.now) == {"a": b'"A"'}
+    assert drain(s, "df", clock.now) == ["b"]
+
+
+def test_dependency_already_completed_runs_at_once(clock):
+    s = Scheduler()
+    a = entry("a")
+    s.submit(a, clock.now)
+    s.dispatch("df", clock.now)
+    s.complete(a, clock.now, ok=True, data_json=b"1")
+    b = entry("b", deps=("a",))
+    assert s.submit(b, clock.now) is None
+    assert b.state is QUEUED
+
+
+def test_unknown_dependency_waits_for_its_arrival(clock):
+    s = Scheduler()
+    b = entry("b", deps=("a",))
+    s.submit(b, clock.now)
+    assert b.state is BLOCKED
+    a = entry("a")
+    s.submit(a, clock.now)
+    s.dispatch("df", clock.now)
+    s.complete(a, clock.now, ok=True, data_json=b"1")
+    assert b.state is QUEUED
+
+
+def test_failed_dependency_fails_dependents_transitively(clock):
+    s = Scheduler()
+    a, b, c = entry("a"), entry("b", deps=("a",)), entry("c", deps=("b",))
+    unrelated = entry("u", deps=("x",))
+    for e in (a, b, c, unrelated):
+        s.submit(e, clock.now)
+    s.dispatch("df", clock.now)
+    failures = s.complete(a, clock.now, ok=False, code="PF500")
+    assert sorted(f.entry.id for f in failures) == ["b", "c"]
+    assert all(f.code is ErrorCode.DEPENDENCY_FAILED for f in failures)
+    assert "'a'" in next(f.message for f in failures if f.entry.id == "b")
+    assert b.state is DONE and c.state is DONE
+    assert unrelated.state is BLOCKED
+    assert s.blocked == 1
+
+
+def test_dependency_that_already_failed_refuses_at_submit(clock):
+    s = Scheduler()
+    a = entry("a")
+    s.submit(a, clock.now)
+    s.complete(a, clock.now, ok=False, code="PF408")
+    refusal = s.submit(entry("b", deps=("a",)), clock.now)
+    assert refusal.code is ErrorCode.DEPENDENCY_FAILED and "PF408" in refusal.message
+
+
+def test_self_dependency_is_refused(clock):
+    refusal = Scheduler().submit(entry("a", deps=("a",)), clock.now)
+    assert refusal.code is ErrorCode.DEPENDENCY_FAILED and "itself" in refusal.message
+
+
+def test_cycle_is_refused(clock):
+    s = Scheduler()
+    assert s.submit(entry("a", deps=("c",)), clock.now) is None
+    assert s.submit(entry("b", deps=("a",)), clock.now) is None
+    refusal = s.submit(entry("c", deps=("b",)), clock.now)  # c -> b -> a -> c
+    assert refusal is not None and "cycle" in refusal.message
+    assert "c" not in s.inflight
+
+
+def test_diamond_is_not_a_cycle(clock):
+    s = Scheduler()
+    for e in (entry("a"), entry("b", deps=("a",)), entry("c", deps=("a",)), entry("d", deps=("b", "c"))):
+        assert s.submit(e, clock.now) is None
+
+
+def test_expired_blocked_packet_fails_its_own_dependents(clock):
+    s = Scheduler()
+    b = entry("b", deps=("never",), deadline=clock.now + 1)
+    c = entry("c", deps=("b",), deadline=clock.now + 50)
+    s.submit(b, clock.now)
+    s.submit(c, clock.now)
+    (expired,) = s.tick(clock.advance(2))
+    failures = s.complete(expired, clock.now, ok=False, code="PF408")
+    assert [f.entry.id for f in failures] == ["c"]
+
+
+def test_cancel_does_not_record_a_result(clock):
+    s = Scheduler()
+    a = entry("a")
+    b = entry("b", deps=("a",))
+    s.submit(a, clock.now)
+    s.submit(b, clock.now)
+    s.cancel(a)
+    assert s.results.get("a", clock.now) is None
+    assert b.state is BLOCKED  # waits for a new "a" or its deadline
+
+
+# ---------------------------------------------------------------- admission and ids
+
+def test_duplicate_inflight_id_is_refused_and_reusable_after(clock):
+    s = Scheduler()
+    a = entry("a")
+    assert s.submit(a, clock.now) is None
+    refusal = s.submit(entry("a"), clock.now)
+    assert refusal.code is ErrorCode.DUPLICATE_ID
+    s.dispatch("df", clock.now)
+    s.complete(a, clock.now, ok=True, data_json=b"1")
+    assert s.submit(entry("a"), clock.now) is None
+
+
+def test_admission_bound_refuses_new_packets_and_keeps_queued_ones(clock):
+    s = Scheduler(max_queued=3)
+    for pid in ("a", "b", "c"):
+        assert s.submit(entry(pid), clock.now) is None
+    refusal = s.submit(entry("d"), clock.now)
+    assert refusal.code is ErrorCode.OVERLOADED
+    assert s.submit(entry("e", deps=("a",)), clock.now).code is ErrorCode.OVERLOADED
+    assert drain(s, "df", clock.now) == ["a", "b", "c"]
+    assert s.submit(entry("d"), clock.now) is None  # room again once they left the queue
+
+
+# ---------------------------------------------------------------- result store
+
+def test_result_store_bounds_entries_age_and_bytes():
+    store = ResultStore(max_entries=3, max_age_s=10, max_bytes=10)
+    for i in range(5):
+        store.put(f"p{i}", StoredResult(True, b"1", None, float(i)))
+    assert len(store) == 3 and store.get("p0", 4.0) is None and store.get("p4", 4.0) is not None
+    assert store.get("p2", 12.5) is None  # older than 10 s
+    assert store.get("p4", 12.5) is not None
+    store.put("big", StoredResult(True, b"x" * 8, None, 13.0))
+    store.put("big2", StoredResult(True, b"y" * 8, None, 13.0))
+    assert store.get("big", 13.0) is None and store.bytes <= 10
+    store.put("huge", StoredResult(True, b"z" * 100, None, 13.0))
+    kept = store.get("huge", 13.0)
+    assert kept.ok and kept.data_json is None  # the outcome is kept, the oversized data is not
