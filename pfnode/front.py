@@ -80,7 +80,11 @@ class PeerLink:
         silent_limit = interval * settings.heartbeat_missed_limit
         while True:
             await asyncio.sleep(interval)
-            if time.monotonic() - self.last_seen > silent_limit:
+            if not self.room.is_set():
+                # Reads are paused by our own backpressure: the peer's frames wait unread,
+                # so its silence is ours. It is judged again once reading resumes.
+                self.last_seen = time.monotonic()
+            elif time.monotonic() - self.last_seen > silent_limit:
                 log.warning("front: %s silent for %.0f s; closing", self.peer, silent_limit)
                 await self.ws.close(HEARTBEAT_TIMEOUT_CLOSE_CODE, "heartbeat timeout")
                 return
@@ -152,8 +156,8 @@ class Node:
         self.draining = True
         self.ready = False
         grace = self.settings.shutdown_grace_ms / 1000
-        if self.server is not None:
-            self.server.close(close_connections=False)
+        # The listening socket stays open while draining, so that /healthz can say so;
+        # new WebSocket handshakes are refused with 503 (see _process_request).
         log.info("front: draining %d in-flight packets (grace %.1f s)", self.pool.inflight, grace)
         deadline = time.monotonic() + grace
         while (self.pool.inflight or self._jobs) and time.monotonic() < deadline:
@@ -165,6 +169,7 @@ class Node:
             await link.flush(1.0)
             await link.ws.close(1001, "node shutting down")
         if self.server is not None:
+            self.server.close()
             await self.server.wait_closed()
         log.info("front: stopped (%s)", dict(self.pool.counters))
 

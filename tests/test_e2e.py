@@ -291,11 +291,12 @@ def test_packet_field_rules_from_the_protocol_page(node):
             assert replies[4]["data"] == "Z"
             assert replies[5]["data"]["priority"] == 5
 
-            # dependencies are not supported yet: refused with PF006 rather than run out of order
-            await raw.submit(6, packet("transform", "w", dependencies=["some-other-packet"]))
+            # an unknown dependency is waited for until the packet's own deadline
+            await raw.submit(6, packet("transform", "w", dependencies=["some-other-packet"], timeout_ms=300))
             reply = await raw.recv()
             assert reply["type"] == "result" and reply["seq"] == 6
-            assert reply["payload"]["error"]["code"] == "PF006"
+            assert reply["payload"]["error"]["code"] == "PF408"
+            assert "some-other-packet" in reply["payload"]["error"]["message"]
 
             # more than a day is refused
             await raw.submit(7, packet("transform", "v", timeout_ms=24 * 3600 * 1000 + 1))
@@ -499,7 +500,7 @@ def test_heartbeat_is_answered_with_the_same_seq_and_the_node_status(node):
             assert isinstance(payload["timestamp"], int)
             assert abs(payload["timestamp"] - now_ms) < 5_000
             assert payload["node"]["status"] == "ready"
-            assert payload["node"]["workers"] == 2
+            assert payload["node"]["workers"] == node.health()["workers"] == 5  # df 2, cf, ed, rm
             assert payload["node"]["queued"] >= 0 and payload["node"]["inflight"] >= 0
             # a null payload (Elixir) is a heartbeat too
             await raw.send('{"type":"heartbeat","seq":5556,"payload":null}')
@@ -507,7 +508,7 @@ def test_heartbeat_is_answered_with_the_same_seq_and_the_node_status(node):
             assert beat["seq"] == 5556 and beat["payload"]["node"]["status"] == "ready"
         async with Reactor(node.endpoint) as reactor:
             status = await reactor.heartbeat()
-            assert status["node"]["status"] == "ready" and status["node"]["workers"] == 2
+            assert status["node"]["status"] == "ready" and status["node"]["workers"] == 5
     run(go())
 
 
@@ -544,9 +545,6 @@ def test_node_sends_heartbeats_and_drops_a_silent_peer_but_not_a_talking_one(fas
     assert [b["seq"] for b in beats] == sorted(b["seq"] for b in beats)  # the node counts up
 
 
-@pytest.mark.xfail(reason="BUG (pfnode/client.py): Reactor resolves any pending request whose seq "
-                          "equals the seq of a node-initiated heartbeat, so submit() returns the "
-                          "heartbeat payload (a dict) instead of the Result", strict=True)
 def test_reactor_submit_is_not_answered_by_an_unsolicited_node_heartbeat(fast_heartbeat_node):
     async def go():
         async with Reactor(fast_heartbeat_node.endpoint) as reactor:
@@ -564,8 +562,8 @@ def test_healthz_reports_ready_as_json(node):
     assert headers["content-type"] == "application/json"
     health = orjson.loads(body)
     assert health["status"] == "ready"
-    assert health["workers"] == 2
-    assert len(health["worker_pids"]) == 2
+    assert health["workers"] == 5 and health["lanes"]["df"]["workers"] == 2  # and cf, ed, rm
+    assert len(health["worker_pids"]) == 5
     for pid in health["worker_pids"]:  # real, live child processes of the node
         proc = psutil.Process(pid)
         assert proc.ppid() == node.proc.pid

@@ -33,9 +33,15 @@ def _create_times(pids) -> dict[int, float]:
     return {pid: psutil.Process(pid).create_time() for pid in pids}
 
 
+OTHER_LANES = 3  # cf, ed and rm have one worker each by default
+
+
 def _healthy(node, workers: int):
+    """/healthz once the df lane has `workers` ready workers and every other lane its one."""
     health = node.health()
-    return health if health["workers"] == workers and len(health["worker_pids"]) == workers else None
+    total = workers + OTHER_LANES
+    ready = health["lanes"]["df"]["workers"] == workers and health["workers"] == total
+    return health if ready and len(health["worker_pids"]) == total else None
 
 
 # ---------------------------------------------------------------------------- deadlines
@@ -187,10 +193,6 @@ def test_inflight_limit_applies_backpressure_and_every_packet_completes(fresh_no
     assert max(seen_inflight) >= 2  # the limit was actually reached for a while
 
 
-@pytest.mark.xfail(reason="BUG: while a peer is at --max-inflight-per-connection the front stops reading "
-                          "it, so its heartbeats are neither seen (last_seen) nor answered; after 3 "
-                          "heartbeat intervals the node closes it 4408 as 'silent' and drops its packets",
-                   strict=True)
 def test_a_peer_at_its_inflight_limit_that_sends_heartbeats_is_not_dropped(fresh_node):
     n = fresh_node("--heartbeat-interval-ms", "300", "--max-inflight-per-connection", "2", workers=2)
 
@@ -244,10 +246,6 @@ def test_disconnect_drops_the_peers_queued_packets_and_frees_the_worker(fresh_no
     assert health["queued"] == 0 and health["inflight"] == 0
 
 
-@pytest.mark.xfail(reason="BUG: packets of a disconnected peer already handed to a worker (prefetch) "
-                          "still run, although PROTOCOL.md says packets that have not started are dropped "
-                          "(never run); Pool.cancel() only marks them, the worker never learns",
-                   strict=True)
 def test_disconnect_drops_packets_that_had_not_started(fresh_node, tmp_path):
     n = fresh_node(workers=1)
     marks = [tmp_path / f"ran-{i}" for i in range(10)]
@@ -266,10 +264,6 @@ def test_disconnect_drops_packets_that_had_not_started(fresh_node, tmp_path):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(reason="BUG: when the peer of a running packet disconnects, Pool.cancel() cancels "
-                          "its deadline timer, so a hung handler is never killed and its worker is "
-                          "lost for good (1 worker: every later packet times out PF408)",
-                   strict=True)
 def test_a_hung_packet_whose_peer_disconnected_is_still_killed_at_its_deadline(fresh_node):
     n = fresh_node(workers=1)
 
@@ -347,10 +341,6 @@ def test_stop_signal_with_nothing_left_to_finish_exits_promptly(fresh_node, sig)
         assert wait_until(lambda: _gone_or_replaced(pid, times[pid]), timeout_s=3)
 
 
-@pytest.mark.xfail(reason="BUG: with a handler still running when the grace runs out, the node exits only "
-                          "after grace + min(2 s, grace): Pool.close() answers the packet PF503 and then "
-                          "waits for its worker to notice EOF on stdin, which a busy worker cannot, "
-                          "before it kills it", strict=True)
 def test_sigterm_exits_within_the_grace_even_when_a_handler_hangs(fresh_node):
     n = fresh_node("--shutdown-grace-ms", "1500", workers=1)
 
@@ -369,9 +359,6 @@ def test_sigterm_exits_within_the_grace_even_when_a_handler_hangs(fresh_node):
     assert exited_after < 1.5 + 1.0, f"exited {exited_after:.2f} s after SIGTERM with a 1.5 s grace"
 
 
-@pytest.mark.xfail(reason="BUG (or docs/PROTOCOL.md is wrong): during the SIGTERM grace /healthz should "
-                          "answer 503 'draining', but the listening socket is already closed, so health "
-                          "checks get 'connection refused'", strict=True)
 def test_healthz_reports_draining_during_the_grace(fresh_node):
     n = fresh_node("--shutdown-grace-ms", "1500", workers=1)
 

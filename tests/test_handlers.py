@@ -214,10 +214,10 @@ def test_fft_errors(data, phrase):
 # ============================================================================ worker.run_task
 
 def task(key, data, *, deadline_s=60.0, task_no=1, packet_id="pid-1", priority=5,
-         metadata=None):
+         metadata=None, dependencies=None, memory_limit_mb=None):
     group, element = key.split(":")
     return (task_no, key, data, packet_id, group, element, priority, metadata,
-            time.monotonic() + deadline_s)
+            time.monotonic() + deadline_s, dependencies, memory_limit_mb)
 
 
 def test_run_task_success_returns_ok_and_json_bytes():
@@ -261,7 +261,22 @@ def test_run_task_passes_a_context_to_two_arg_handlers():
     ctx = seen["ctx"]
     assert (ctx.packet_id, ctx.group, ctx.element, ctx.priority, ctx.metadata) == (
         "pid-ctx", "cf", "ctx", 9, {"k": "v"})
-    assert ctx.deadline == t[-1]
+    assert ctx.deadline == t[8]
+    assert ctx.dependencies == {}
+
+
+def test_run_task_decodes_dependency_results_for_the_context():
+    reg = Registry()
+    seen = {}
+
+    def with_deps(data, ctx):
+        seen.update(ctx.dependencies)
+        return sum(ctx.dependencies.values())
+
+    reg.register("df", "deps", with_deps)
+    _, status, body, _ = run_task(reg, task("df:deps", None, dependencies={"a": b"2", "b": b"40"}))
+    assert status == OK and orjson.loads(body) == 42
+    assert seen == {"a": 2, "b": 40}
 
 
 def test_run_task_handler_raising_is_pf500_with_the_exception_text():
@@ -329,6 +344,22 @@ def test_run_task_memory_error_is_pf501():
     reg.register("rm", "alloc", hungry)
     _, status, (code, _), _ = run_task(reg, task("rm:alloc", None))
     assert (status, code) == (FAILED, "PF501")
+
+
+def test_run_task_memory_cap_turns_a_large_allocation_into_pf501_and_is_lifted_after():
+    import resource
+
+    from pfnode.worker import MemoryCap
+
+    reg = Registry()
+    reg.register("rm", "alloc", lambda mb: len(bytearray(mb * 1024 * 1024)))
+    cap = MemoryCap()
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    _, status, (code, message), _ = run_task(reg, task("rm:alloc", 512, memory_limit_mb=64), cap)
+    assert (status, code) == (FAILED, "PF501") and "64 MiB" in message
+    assert resource.getrlimit(resource.RLIMIT_AS) == before  # the cap does not outlive the call
+    _, status, body, _ = run_task(reg, task("rm:alloc", 8, memory_limit_mb=64), cap)
+    assert status == OK and orjson.loads(body) == 8 * 1024 * 1024
 
 
 def test_run_task_result_is_picklable():
