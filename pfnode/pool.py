@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import heapq
 import itertools
 import logging
 import os
@@ -463,12 +464,19 @@ class Pool:
         scheduler = self.scheduler
         now = self._clock()
         batches: dict[WorkerProcess, list[tuple]] = {}
-        for proc in sorted((p for p in self._workers.values() if p.ready),
-                           key=lambda p: len(p.outstanding)):
-            prefetch = self.lanes[proc.lane].prefetch
-            lane_queue = scheduler.lanes[proc.lane]
-            while len(proc.outstanding) < prefetch and len(lane_queue):
-                entry = scheduler.dispatch(proc.lane, now)
+        free: dict[str, list[tuple[int, int, WorkerProcess]]] = collections.defaultdict(list)
+        for proc in self._workers.values():
+            if proc.ready and len(proc.outstanding) < self.lanes[proc.lane].prefetch:
+                free[proc.lane].append((len(proc.outstanding), proc.slot, proc))
+        for lane, loads in free.items():
+            lane_queue = scheduler.lanes[lane]
+            prefetch = self.lanes[lane].prefetch
+            heapq.heapify(loads)
+            # each packet goes to the least loaded worker of its lane, so work fans out
+            # across idle workers before any worker's prefetch window fills
+            while loads and len(lane_queue):
+                load, slot, proc = loads[0]
+                entry = scheduler.dispatch(lane, now)
                 if entry is None:
                     break
                 task: Task = entry.payload
@@ -476,6 +484,10 @@ class Pool:
                 proc.outstanding.append(task)
                 deps = scheduler.dependency_results(entry, now) if entry.dependencies else None
                 batches.setdefault(proc, []).append(task.wire(deps))
+                if load + 1 < prefetch:
+                    heapq.heapreplace(loads, (load + 1, slot, proc))
+                else:
+                    heapq.heappop(loads)
         for proc, batch in batches.items():
             proc.send(wire.TASKS, batch)
 
