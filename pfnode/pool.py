@@ -354,7 +354,7 @@ class Pool:
         if timeout_ms is None:
             timeout_ms = options.get("timeout_ms") or self.settings.default_timeout_ms
         lane = options.get("lane") or DEFAULT_LANE[packet.group]
-        if self.lane_size(lane) == 0 and self.targets.get(lane, 0) == 0:
+        if self.targets[lane] == 0 and self.lane_size(lane) == 0:
             lane = "df"  # a lane configured with no workers hands its packets to df
         task = Task(next(self._numbers), packet, timeout_ms, on_done, options.get("memory_limit_mb"))
         now = self._clock()

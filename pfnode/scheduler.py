@@ -175,6 +175,7 @@ class Scheduler:
         self._deadlines: list[tuple[float, int, Entry]] = []
         self._order = itertools.count()
         self.blocked = 0
+        self.dispatched = 0
         self._retired_in_heap = 0  # done entries still in _deadlines, dropped lazily
 
     # ------------------------------------------------------------------ events
@@ -220,12 +221,14 @@ class Scheduler:
         entry = self.lanes[lane].pop(now)
         if entry is not None:
             entry.state = DISPATCHED
+            self.dispatched += 1
         return entry
 
     def requeue(self, entry: Entry) -> None:
         """A dispatched packet that never started (its worker died) goes back in its place."""
         if entry.state is DISPATCHED:
             entry.state = QUEUED
+            self.dispatched -= 1
             self.lanes[entry.lane].push(entry)
 
     def complete(self, entry: Entry, now: float, *, ok: bool, data_json: bytes | None = None,
@@ -290,7 +293,9 @@ class Scheduler:
     # ------------------------------------------------------------------ state
     @property
     def queued(self) -> int:
-        return sum(len(q) for q in self.lanes.values())
+        """Packets ready and waiting in a lane queue (every in-flight packet is queued,
+        blocked or dispatched)."""
+        return len(self.inflight) - self.blocked - self.dispatched
 
     def depth(self, lane: str) -> int:
         return len(self.lanes[lane])
@@ -302,6 +307,8 @@ class Scheduler:
             self.lanes[entry.lane].live -= 1
         elif entry.state is BLOCKED:
             self.blocked -= 1
+        elif entry.state is DISPATCHED:
+            self.dispatched -= 1
         entry.state = DONE
         if self.inflight.get(entry.id) is entry:
             del self.inflight[entry.id]

@@ -25,10 +25,19 @@ def entry(pid: str, priority: int = 5, lane: str = "df", deadline: float = 10_00
     return Entry(pid, lane, priority, deadline, deps)
 
 
+def check_counts(s: Scheduler) -> None:
+    """The scheduler's counters agree with the states of its in-flight entries."""
+    states = [e.state for e in s.inflight.values()]
+    assert s.queued == states.count(QUEUED) == sum(len(q) for q in s.lanes.values())
+    assert s.blocked == states.count(BLOCKED)
+    assert s.dispatched == states.count(DISPATCHED)
+
+
 def drain(s: Scheduler, lane: str, now: float) -> list[str]:
     out = []
     while (e := s.dispatch(lane, now)) is not None:
         out.append(e.id)
+        check_counts(s)
     return out
 
 
@@ -307,3 +316,46 @@ def test_result_store_bounds_entries_age_and_bytes():
     store.put("huge", StoredResult(True, b"z" * 100, None, 13.0))
     kept = store.get("huge", 13.0)
     assert kept.ok and kept.data_json is None  # the outcome is kept, the oversized data is not
+
+
+def test_random_event_sequences_keep_the_counters_and_states_consistent():
+    """2 000 random events (submits with dependencies, dispatches, completions, cancels,
+    requeues, deadline ticks): the counters always match the entries' states, every
+    dispatched packet was ready, and every dependent ran only after its dependencies."""
+    import random
+
+    rng = random.Random(7)
+    clock = FakeClock()
+    s = Scheduler(aging_ms=50, max_queued=60)
+    dispatched: list[Entry] = []
+    succeeded: set[str] = set()
+    for step in range(2000):
+        op = rng.random()
+        if op < 0.35:
+            deps = tuple(f"p{rng.randrange(max(1, step))}" for _ in range(rng.randrange(3)))
+            s.submit(entry(f"p{step}", rng.randint(1, 10), lane=rng.choice(["cf", "df"]),
+                           deadline=clock.now + rng.uniform(0.05, 2.0), deps=deps), clock.now)
+        elif op < 0.6:
+            got = s.dispatch(rng.choice(["cf", "df"]), clock.now)
+            if got is not None:
+                assert got.state is DISPATCHED
+                assert all(dep in succeeded for dep in got.dependencies), "ran before its dependencies"
+                dispatched.append(got)
+        elif op < 0.8 and dispatched:
+            done = dispatched.pop(rng.randrange(len(dispatched)))
+            if done.state is DISPATCHED:
+                ok = rng.random() < 0.8
+                s.complete(done, clock.now, ok=ok, data_json=b"1" if ok else None,
+                           code=None if ok else "PF500")
+                if ok:
+                    succeeded.add(done.id)
+        elif op < 0.85 and dispatched:
+            back = dispatched.pop(rng.randrange(len(dispatched)))
+            s.requeue(back)
+        elif op < 0.9 and s.inflight:
+            s.cancel(rng.choice(list(s.inflight.values())))
+        else:
+            for late in s.tick(clock.advance(rng.uniform(0.0, 0.2))):
+                s.complete(late, clock.now, ok=False, code="PF408")
+        check_counts(s)
+        assert s.queued + s.blocked <= 60
