@@ -1,7 +1,9 @@
 """numpy handlers: reductions, matrix multiply, FFT magnitude.
 
-Inputs are JSON lists (nested for matrices); outputs are numpy values, which the
-worker serialises to JSON directly (no .tolist() detour needed).
+Inputs are JSON lists (nested for matrices) or, for packets that opt in to numpy payloads
+(metadata `"ndarray": true`, docs/PROTOCOL.md), numpy arrays; a float64 array is used as it
+is, without a copy. Outputs are numpy values, which the worker serialises to JSON directly
+(no .tolist() detour needed), or sends back as `$ndarray` objects under the opt-in.
 """
 from __future__ import annotations
 
@@ -14,20 +16,24 @@ _REDUCERS = {"sum": np.sum, "mean": np.mean, "min": np.min, "max": np.max,
 
 
 def _as_array(values, name: str, ndim: int | None = None) -> np.ndarray:
-    try:
+    given_array = isinstance(values, np.ndarray)
+    if given_array and values.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be real numbers, got an array of dtype {values.dtype}")
+    try:  # a native float64 ndarray (a numpy payload) comes back as it is, not copied
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numbers: {exc}") from None
     if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {list(array.shape)}")
-    if np.isnan(array).any():  # JSON has no NaN: a NaN here was a null
+    # JSON has no NaN: a NaN in a list was a null. In an ndarray payload NaN is a value.
+    if not given_array and np.isnan(array).any():
         raise ValueError(f"{name} must be numbers, not null")
     return array
 
 
 @handler("df", "reduce")
 def reduce(data):
-    """{"values": [...], "op": "sum"|"mean"|"min"|"max"|"std"|"prod"} -> number."""
+    """{"values": [...] or an ndarray, "op": "sum"|"mean"|"min"|"max"|"std"|"prod"} -> number."""
     if not isinstance(data, dict):
         raise TypeError('df:reduce expects {"values": [...], "op": "sum"}')
     op = data.get("op", "sum")
@@ -41,7 +47,7 @@ def reduce(data):
 
 @handler("df", "matmul")
 def matmul(data):
-    """{"a": [[...]], "b": [[...]]} -> a @ b as nested lists."""
+    """{"a": [[...]], "b": [[...]]} (lists or 2-d ndarrays) -> a @ b (an ndarray)."""
     if not isinstance(data, dict):
         raise TypeError('df:matmul expects {"a": [[...]], "b": [[...]]}')
     a = _as_array(data.get("a"), "a", ndim=2)
@@ -53,7 +59,7 @@ def matmul(data):
 
 @handler("df", "fft")
 def fft_magnitude(data):
-    """[samples] (or {"signal": [samples]}) -> |rfft(samples)|."""
+    """[samples] or {"signal": [samples]} (lists or a 1-d ndarray) -> |rfft(samples)|."""
     signal = data.get("signal") if isinstance(data, dict) else data
     samples = _as_array(signal, "signal", ndim=1)
     if samples.size == 0:

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=int, default=defaults.port, help="TCP port (default %(default)s; 0 picks one)")
     serve.add_argument("--path", default=defaults.path, help="WebSocket path (default %(default)s)")
+    serve.add_argument("--transport", choices=["websockets", "picows"],
+                       default=os.environ.get("PFNODE_TRANSPORT", defaults.transport),
+                       help="WebSocket layer (default %(default)s; env PFNODE_TRANSPORT)")
     serve.add_argument("--workers", type=int, default=defaults_workers(),
                        help="df lane workers (default: usable cores, %(default)s)")
     serve.add_argument("--ed-workers", type=int, default=defaults.ed_workers,
@@ -97,7 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is ours to log
-    settings = Settings(host=args.host, port=args.port, path=args.path, workers=args.workers,
+    settings = Settings(host=args.host, port=args.port, path=args.path, transport=args.transport,
+                        workers=args.workers,
                         ed_workers=args.ed_workers, rm_workers=args.rm_workers,
                         rm_memory_limit_mb=args.rm_memory_limit_mb, cf_core=args.cf_core,
                         aging_ms=args.aging_ms, max_queued=args.max_queued, autoscale=args.autoscale,

@@ -8,10 +8,15 @@
 frame from the node (the message itself was refused) raises `RemoteError`. Many
 submits may be in flight at once on one link. `register` lets the reactor answer
 `submit` frames the endpoint sends it.
+
+numpy arrays travel as `$ndarray` objects when a packet opts in (docs/PROTOCOL.md, "numpy
+payloads"): `submit(..., ndarray=True)` does it all, or use pfnode.ndarray's encode_array /
+decode_tree with `metadata={"ndarray": True}` by hand.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -89,13 +94,25 @@ class Reactor:
 
     async def submit(self, group: str, element: str, data: Any = None, priority: int = 5,
                      timeout_ms: int | None = None, dependencies: list[str] | None = None,
-                     metadata: dict | None = None, packet_id: str | None = None) -> Result:
+                     metadata: dict | None = None, packet_id: str | None = None,
+                     ndarray: bool = False) -> Result:
+        """Send one packet and wait for its result. `ndarray=True` sends the numpy arrays in
+        `data` as `$ndarray` objects, sets `"ndarray": true` in the metadata, and decodes the
+        arrays in a success result's data (pfnode.ndarray; docs/PROTOCOL.md)."""
+        if ndarray:
+            from . import ndarray as nd  # numpy only for callers that use it
+
+            data = nd.encode_tree(data)
+            metadata = {**(metadata or {}), nd.OPT_IN_KEY: True}
         packet = Packet(id=packet_id or str(uuid.uuid4()), group=group, element=element, data=data,
                         priority=priority, timeout_ms=timeout_ms,
                         dependencies=tuple(dependencies) if dependencies is not None else None,
                         metadata=metadata)
         wait_s = (timeout_ms or DEFAULT_TIMEOUT_MS) / 1000 + REPLY_SLACK_S
-        return await self._request(packet, wait_s)
+        result = await self._request(packet, wait_s)
+        if ndarray and result.ok:
+            result = dataclasses.replace(result, data=nd.decode_tree(result.data))
+        return result
 
     async def heartbeat(self, timeout_s: float = 10.0) -> dict:
         """Send a heartbeat and return the node's answer (its status)."""

@@ -52,3 +52,8 @@ class ConnectionLost(PFNodeError):
 
 class ReplyTimeout(PFNodeError, TimeoutError):
     """No reply arrived in time for a request sent over the link."""
+
+
+class PayloadError(PFNodeError, ValueError):
+    """A `$ndarray` tagged object that cannot be decoded, or a value that cannot be encoded
+    as one (pfnode.ndarray). In a worker, a bad packet payload is answered PF002."""

@@ -1,27 +1,29 @@
 """The asyncio front process: WebSocket links in, pool work out, results back.
 
-It owns the sockets and the timers and nothing else: frames are decoded by the
-sans-I/O `protocol` module, packets run in the `pool`. One `PeerLink` per
-WebSocket connection holds that peer's in-flight packets and its outgoing queue.
+It owns the links and the timers and nothing else: frames are decoded by the
+sans-I/O `protocol` module, packets run in the `pool`. The WebSocket layer is a
+small interface (`PeerLink` plus a `serve` function per transport, see
+`pfnode/ws_websockets.py` and `pfnode/ws_picows.py`): a transport hands the node
+each complete text/binary message and carries out `send`, `pause_reading`,
+`resume_reading` and `close`; every protocol rule lives here, so the transports
+behave identically.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import importlib
 import logging
 import signal
 import time
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from . import admin, protocol
 from .capacity import autoscale_step, read_capacity, recommend
-from .errors import ErrorCode, HandlerError
+from .errors import ConfigError, ErrorCode, HandlerError
 from .pool import Outcome, Pool, Task
 from .scheduler import DONE, Refusal
 from .settings import Settings
@@ -29,6 +31,7 @@ from .settings import Settings
 log = logging.getLogger("pfnode.front")
 
 HEARTBEAT_TIMEOUT_CLOSE_CODE = 4408  # a private-use close code: "peer silent too long"
+TRANSPORTS = {"websockets": "pfnode.ws_websockets", "picows": "pfnode.ws_picows"}
 
 
 def hard_frame_limit(settings: Settings) -> int:
@@ -37,59 +40,77 @@ def hard_frame_limit(settings: Settings) -> int:
     return max(2 * settings.max_frame_bytes, settings.max_frame_bytes + (1 << 20))
 
 
-class PeerLink:
-    """One connected peer: its in-flight packets, its outgoing frames, its liveness."""
+@dataclasses.dataclass(frozen=True)
+class HttpReply:
+    """A plain HTTP answer instead of a WebSocket upgrade."""
 
-    def __init__(self, node: "Node", ws: ServerConnection) -> None:
+    status: int
+    reason: str
+    content_type: str
+    body: bytes
+
+
+class PeerLink:
+    """One connected peer: its in-flight packets and its liveness. A transport subclasses
+    it and implements `_write`, `_pause`, `_resume`, `close` and `flush`."""
+
+    def __init__(self, node: "Node", peer: str) -> None:
         self.node = node
-        self.ws = ws
-        self.peer = "%s:%s" % ws.remote_address[:2] if ws.remote_address else "?"
+        self.peer = peer
         self.inflight: dict[str, Task] = {}
-        self.room = asyncio.Event()
-        self.room.set()
         self.last_seen = time.monotonic()
         self.heartbeat_seq = 0
-        self._outgoing: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
+        self.reading_paused = False
         self.closed = False
+        self._backlog: collections.deque[bytes | str] = collections.deque()
+        self._heartbeat: asyncio.Task | None = None
 
+    # -- called by the node
     def send(self, frame: bytes) -> None:
         if not self.closed:
-            self._outgoing.append(frame)
-            self._wake.set()
+            self._write(frame)
 
-    async def write_loop(self) -> None:
-        ws, out = self.ws, self._outgoing
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while out:
-                    await ws.send(out.popleft(), text=True)
-        except ConnectionClosed:
-            pass
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self._pause()
+
+    def resume_reading(self) -> None:
+        """Read again; messages that arrived while paused are handled first, in order."""
+        if self.reading_paused:
+            self.reading_paused = False
+            while self._backlog and not self.reading_paused and not self.closed:
+                self.node.on_message(self, self._backlog.popleft())
+            if not self.reading_paused:
+                self._resume()
+
+    # -- called by the transport
+    def deliver(self, message: bytes | str) -> None:
+        """One complete message from the peer. A transport that reads ahead while paused
+        keeps order through the backlog, so the in-flight limit holds exactly."""
+        if self.reading_paused or self._backlog:
+            self._backlog.append(message)
+        else:
+            self.node.on_message(self, message)
+
+    # -- transport specifics
+    def _write(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def _pause(self) -> None:
+        raise NotImplementedError
+
+    def _resume(self) -> None:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """A WebSocket ping with each heartbeat, where the library does not ping by itself."""
+
+    def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
 
     async def flush(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self._outgoing and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-
-    async def heartbeat_loop(self) -> None:
-        settings = self.node.settings
-        interval = settings.heartbeat_interval_ms / 1000
-        silent_limit = interval * settings.heartbeat_missed_limit
-        while True:
-            await asyncio.sleep(interval)
-            if not self.room.is_set():
-                # Reads are paused by our own backpressure: the peer's frames wait unread,
-                # so its silence is ours. It is judged again once reading resumes.
-                self.last_seen = time.monotonic()
-            elif time.monotonic() - self.last_seen > silent_limit:
-                log.warning("front: %s silent for %.0f s; closing", self.peer, silent_limit)
-                await self.ws.close(HEARTBEAT_TIMEOUT_CLOSE_CODE, "heartbeat timeout")
-                return
-            self.heartbeat_seq += 1
-            self.send(protocol.encode_heartbeat(self.heartbeat_seq, self.node.heartbeat_payload()))
+        raise NotImplementedError
 
 
 class Node:
@@ -99,7 +120,7 @@ class Node:
         self.links: set[PeerLink] = set()
         self.draining = False
         self.ready = False
-        self.server: Server | None = None
+        self.server: Any = None  # the transport's server: .sockets, .close(), .wait_closed()
         self.stopping = asyncio.Event()
         self._jobs: set[asyncio.Task] = set()
         self.counters: collections.Counter[str] = collections.Counter()
@@ -107,22 +128,21 @@ class Node:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        try:
+            transport = importlib.import_module(TRANSPORTS[self.settings.transport])
+        except ImportError as exc:
+            raise ConfigError(f"transport {self.settings.transport!r} is not available: {exc}") from exc
         await self.pool.start()
-        s = self.settings
-        self.server = await serve(
-            self._serve_link, s.host, s.port,
-            process_request=self._process_request,
-            max_size=hard_frame_limit(s),
-            max_queue=64,
-            compression=None,  # per-message deflate costs more CPU than it saves on loopback/LAN
-            ping_interval=s.heartbeat_interval_ms / 1000,
-            ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000,
-        )
+        try:
+            self.server = await transport.serve(self)
+        except BaseException:
+            await self.pool.close(grace_s=0)
+            raise
         self.ready = True
         shadowed = sorted(admin.BUILTIN_KEYS & self.pool.handler_keys)
         if shadowed:
             log.warning("front: handlers %s are shadowed by the node's built-ins", ", ".join(shadowed))
-        if s.autoscale:
+        if self.settings.autoscale:
             self._background(self._autoscale_loop())
         log.info("front: serving %s with lanes %s; handlers: %s", self.endpoint,
                  ", ".join(f"{k}={v}" for k, v in self.pool.lane_sizes().items()),
@@ -167,7 +187,10 @@ class Node:
         await self.pool.close(grace_s=min(2.0, grace))
         for link in list(self.links):
             await link.flush(1.0)
-            await link.ws.close(1001, "node shutting down")
+            link.close(1001, "node shutting down")
+        deadline = time.monotonic() + 2.0
+        while self.links and time.monotonic() < deadline:  # let the close handshakes finish
+            await asyncio.sleep(0.01)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -187,71 +210,84 @@ class Node:
                          "workers": stats["workers"], "queued": stats["queued"],
                          "inflight": stats["inflight"]}}
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.partition("?")[0]
+    def http_route(self, path: str, upgrade: bool = True) -> HttpReply | None:
+        """What a transport answers an HTTP request for `path` with, or None to go on
+        with the WebSocket upgrade (`upgrade`: the request asked for one)."""
+        path = path.partition("?")[0]
         if path == "/healthz":
             body = orjson.dumps(self.health(), option=orjson.OPT_INDENT_2) + b"\n"
-            status = 200 if self.ready else 503
-            return Response(status, "OK" if status == 200 else "Service Unavailable",
-                            Headers([("Content-Type", "application/json"),
-                                     ("Content-Length", str(len(body))),
-                                     ("Cache-Control", "no-store")]), body)
+            if self.ready:
+                return HttpReply(200, "OK", "application/json", body)
+            return HttpReply(503, "Service Unavailable", "application/json", body)
         if path != self.settings.path:
-            return connection.respond(404, f"Not found. The PacketFlow endpoint is {self.settings.path}\n")
+            return HttpReply(404, "Not Found", "text/plain; charset=utf-8",
+                             f"Not found. The PacketFlow endpoint is {self.settings.path}\n".encode())
         if self.draining:
-            return connection.respond(503, "Node shutting down\n")
+            return HttpReply(503, "Service Unavailable", "text/plain; charset=utf-8", b"Node shutting down\n")
+        if not upgrade:
+            return HttpReply(426, "Upgrade Required", "text/plain; charset=utf-8",
+                             b"This is a PacketFlow WebSocket endpoint; connect with a WebSocket client.\n")
         return None
 
-    # ------------------------------------------------------------------ WebSocket
-    async def _serve_link(self, ws: ServerConnection) -> None:
-        link = PeerLink(self, ws)
+    # ------------------------------------------------------------------ links
+    def on_open(self, link: PeerLink) -> None:
         self.links.add(link)
         self.counters["connections"] += 1
         log.debug("front: %s connected", link.peer)
-        writer = asyncio.ensure_future(link.write_loop())
-        heartbeat = asyncio.ensure_future(link.heartbeat_loop())
-        try:
-            await self._read_loop(link)
-        except ConnectionClosed:
-            pass
-        finally:
-            link.closed = True
-            self.links.discard(link)
-            dropped = 0
-            for task in link.inflight.values():
-                self.pool.cancel(task)
-                dropped += 1
-            link.inflight.clear()
-            heartbeat.cancel()
-            writer.cancel()
-            log.log(logging.INFO if dropped else logging.DEBUG,
-                    "front: %s disconnected (%s)%s", link.peer, ws.close_code,
-                     f"; dropped {dropped} in-flight packets" if dropped else "")
+        link._heartbeat = asyncio.ensure_future(self._heartbeat_loop(link))
 
-    async def _read_loop(self, link: PeerLink) -> None:
+    def on_close(self, link: PeerLink, code: int | None) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        self.links.discard(link)
+        dropped = len(link.inflight)
+        for task in link.inflight.values():
+            self.pool.cancel(task)
+        link.inflight.clear()
+        if link._heartbeat is not None:
+            link._heartbeat.cancel()
+        log.log(logging.INFO if dropped else logging.DEBUG, "front: %s disconnected (%s)%s",
+                link.peer, code, f"; dropped {dropped} in-flight packets" if dropped else "")
+
+    def on_message(self, link: PeerLink, frame: bytes | str) -> None:
         s = self.settings
-        limit = s.max_inflight_per_connection
-        async for frame in link.ws:
-            link.last_seen = time.monotonic()
-            msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes,
-                                  max_timeout_ms=s.max_timeout_ms)
-            if isinstance(msg, protocol.Rejected):
-                self.counters[f"rejected_{msg.code}"] += 1
-                log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
-                link.send(msg.reply)
-            elif msg.type == "submit":
-                self._submit(link, msg.seq, msg.payload)
-                if len(link.inflight) >= limit:
-                    # Backpressure: stop reading this peer until a result frees a slot;
-                    # TCP flow control then slows the sender.
-                    link.room.clear()
-                    await link.room.wait()
-            elif msg.type == "heartbeat":
-                link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
-            else:
-                # result/error frames answer packets the node sent; this node sends none
-                # yet, so they correlate with nothing.
-                log.debug("front: %s sent an unsolicited %s frame (seq %d)", link.peer, msg.type, msg.seq)
+        link.last_seen = time.monotonic()
+        msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes, max_timeout_ms=s.max_timeout_ms)
+        if isinstance(msg, protocol.Rejected):
+            self.counters[f"rejected_{msg.code}"] += 1
+            log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
+            link.send(msg.reply)
+        elif msg.type == "submit":
+            self._submit(link, msg.seq, msg.payload)
+            if len(link.inflight) >= s.max_inflight_per_connection:
+                # Backpressure: stop reading this peer until a result frees a slot;
+                # TCP flow control then slows the sender.
+                link.pause_reading()
+        elif msg.type == "heartbeat":
+            link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
+        else:
+            # result/error frames answer packets the node sent; this node sends none
+            # yet, so they correlate with nothing.
+            log.debug("front: %s sent an unsolicited %s frame (seq %d)", link.peer, msg.type, msg.seq)
+
+    async def _heartbeat_loop(self, link: PeerLink) -> None:
+        s = self.settings
+        interval = s.heartbeat_interval_ms / 1000
+        silent_limit = interval * s.heartbeat_missed_limit
+        while not link.closed:
+            await asyncio.sleep(interval)
+            if link.reading_paused:
+                # Reads are paused by our own backpressure: the peer's frames wait unread,
+                # so its silence is ours. It is judged again once reading resumes.
+                link.last_seen = time.monotonic()
+            elif time.monotonic() - link.last_seen > silent_limit:
+                log.warning("front: %s silent for %.0f s; closing", link.peer, silent_limit)
+                link.close(HEARTBEAT_TIMEOUT_CLOSE_CODE, "heartbeat timeout")
+                return
+            link.heartbeat_seq += 1
+            link.send(protocol.encode_heartbeat(link.heartbeat_seq, self.heartbeat_payload()))
+            link.ping()
 
     def _submit(self, link: PeerLink, seq: int, packet: protocol.Packet) -> None:
         pid = packet.id
@@ -273,8 +309,8 @@ class Node:
             else:
                 link.send(protocol.encode_failure(seq, pid, outcome.code, outcome.message,
                                                   outcome.duration_ms))
-            if not link.room.is_set() and len(link.inflight) < self.settings.max_inflight_per_connection:
-                link.room.set()
+            if link.reading_paused and len(link.inflight) < self.settings.max_inflight_per_connection:
+                link.resume_reading()
 
         task = self.pool.submit(packet, packet.timeout_ms, on_done)
         if isinstance(task, Refusal):

@@ -19,6 +19,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8443
     path: str = "/packetflow/v1"
+    # The WebSocket layer: "picows" (Cython, faster) or "websockets" (pure Python)
+    transport: str = "websockets"
 
     # Worker pool. Lanes: cf has one worker pinned to one core; df has `workers`;
     # ed has `ed_workers` reserved for ed packets; rm has `rm_workers`, memory-limited.
@@ -68,6 +70,8 @@ class Settings:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be 0..65535, got {self.port}")
+        if self.transport not in ("websockets", "picows"):
+            problems.append(f"transport must be websockets or picows, got {self.transport!r}")
         if not self.path.startswith("/"):
             problems.append(f"path must start with '/', got {self.path!r}")
         if self.workers < 1:

@@ -112,6 +112,7 @@ class MemoryCap:
 
 
 def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
+    from .errors import PayloadError
     from .registry import Context
 
     (task_no, key, data, packet_id, group, element, priority, metadata, deadline,
@@ -130,12 +131,24 @@ def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
         if memory_limit_mb is not None:
             memory_cap.limit(memory_limit_mb)
         try:
+            nd = None
+            if type(metadata) is dict and metadata.get("ndarray") is True:  # pfnode.ndarray.OPT_IN_KEY
+                from . import ndarray as nd  # imported (with numpy) only by packets that opt in
+                try:
+                    data = nd.decode_tree(data)
+                except PayloadError as exc:
+                    return (task_no, FAILED, ("PF002", str(exc)), _ms_since(start))
             value = spec(data, ctx)
             try:  # orjson's error is a TypeError: encode apart so a handler's TypeError stays as raised
+                if nd is not None:
+                    value = nd.encode_tree(value)
                 body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
             except orjson.JSONEncodeError as exc:
                 return (task_no, FAILED, ("PF500", f"{key} returned a value that is not "
                                                    f"JSON-serialisable: {exc}"), _ms_since(start))
+            except PayloadError as exc:  # from nd.encode_tree: e.g. an object-dtype array
+                return (task_no, FAILED, ("PF500", f"{key} returned a value that cannot be "
+                                                   f"encoded as ndarrays: {exc}"), _ms_since(start))
         finally:
             if memory_limit_mb is not None:
                 memory_cap.lift(memory_limit_mb)
