@@ -22,8 +22,13 @@ interop-deps:
 run: venv
 	$(VENV)/bin/pfnode serve $(ARGS)
 
+# The whole suite on the default transport (picows), then every suite that talks to a
+# node over a socket once more on the websockets transport: behaviour must be identical.
+WIRE_TESTS := tests/test_e2e.py tests/test_faults.py tests/test_cli.py tests/test_lanes.py tests/test_ndarray.py tests/test_interop_ts.py
+
 test: venv interop-deps
 	$(PY) -m pytest $(ARGS)
+	PFNODE_TRANSPORT=websockets $(PY) -m pytest $(WIRE_TESTS) $(ARGS)
 
 bench: venv
 	$(PY) bench/run.py $(ARGS)

@@ -19,8 +19,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8443
     path: str = "/packetflow/v1"
-    # The WebSocket layer: "picows" (Cython, faster) or "websockets" (pure Python)
-    transport: str = "websockets"
+    # The WebSocket layer: "picows" (Cython, the faster: see bench/) or "websockets"
+    # (pure Python, the reference); both pass the same test suite
+    transport: str = "picows"
 
     # Worker pool. Lanes: cf has one worker pinned to one core; df has `workers`;
     # ed has `ed_workers` reserved for ed packets; rm has `rm_workers`, memory-limited.

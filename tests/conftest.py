@@ -90,3 +90,9 @@ def fresh_node(tmp_path):
     yield make
     for running in started:
         running.stop()
+
+
+def pytest_report_header(config) -> str:
+    from pfnode.settings import Settings
+
+    return f"pfnode transport under test: {os.environ.get('PFNODE_TRANSPORT') or Settings().transport}"
