@@ -230,12 +230,13 @@ class Pool:
         self._recent_deaths: dict[str, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=5))
         self.handlers: dict[str, dict] = {}  # key -> options (lane, timeout_ms, memory_limit_mb)
+        self._handler_keys: frozenset[str] = frozenset()
         self.counters: collections.Counter[str] = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def handler_keys(self) -> frozenset[str]:
-        return frozenset(self.handlers)
+        return self._handler_keys
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -252,6 +253,7 @@ class Pool:
             raise ConfigError("workers registered different handlers; check the handler modules "
                               "for import-time randomness")
         self.handlers = next(iter(self._workers.values())).keys
+        self._handler_keys = frozenset(self.handlers)
         log.info("pool: lanes %s ready; %d handlers",
                  ", ".join(f"{name}={self.lane_size(name)}" for name in self.lanes), len(self.handlers))
 
@@ -466,7 +468,9 @@ class Pool:
         batches: dict[WorkerProcess, list[tuple]] = {}
         free: dict[str, list[tuple[int, int, WorkerProcess]]] = collections.defaultdict(list)
         for proc in self._workers.values():
-            if proc.ready and len(proc.outstanding) < self.lanes[proc.lane].prefetch:
+            # A worker is refilled once it is down to half its window (the low-water mark),
+            # so each pipe write carries several packets instead of one per answer.
+            if proc.ready and len(proc.outstanding) <= self.lanes[proc.lane].prefetch // 2:
                 free[proc.lane].append((len(proc.outstanding), proc.slot, proc))
         for lane, loads in free.items():
             lane_queue = scheduler.lanes[lane]

@@ -18,6 +18,16 @@ from .front import Node, PeerLink, hard_frame_limit
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 
 
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
 class PicowsLink(PeerLink, WSListener):
     def __init__(self, node: Node) -> None:
         PeerLink.__init__(self, node, "?")
@@ -25,6 +35,7 @@ class PicowsLink(PeerLink, WSListener):
         self._parts: list[bytes] | None = None  # a fragmented message being assembled
         self._parts_size = 0
         self._limit = hard_frame_limit(node.settings)
+        self._pending: list[bytes] = []  # frames to send at the end of this loop turn
 
     # -- picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -62,7 +73,21 @@ class PicowsLink(PeerLink, WSListener):
 
     # -- PeerLink
     def _write(self, frame: bytes) -> None:
-        self.transport.send(_TEXT, frame)
+        # Frames written in one turn of the event loop leave in one socket write.
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush_pending)
+        self._pending.append(frame)
+
+    def _flush_pending(self) -> None:
+        frames, self._pending = self._pending, []
+        if self.transport is None or self.transport.is_disconnected:
+            return
+        if len(frames) == 1:
+            self.transport.send(_TEXT, frames[0])
+        else:
+            # Server frames are not masked, so a text frame is a 2-10 byte header and the
+            # payload: framing them here lets one write carry them all.
+            self.transport.underlying_transport.write(b"".join(text_frame(f) for f in frames))
 
     def _pause(self) -> None:
         self.transport.underlying_transport.pause_reading()
@@ -79,6 +104,7 @@ class PicowsLink(PeerLink, WSListener):
             self.transport.disconnect(graceful=True)
 
     async def flush(self, timeout_s: float) -> None:
+        self._flush_pending()
         deadline = time.monotonic() + timeout_s
         underlying = self.transport.underlying_transport
         while underlying.get_write_buffer_size() and time.monotonic() < deadline:
