@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
-"""pfnode df:noop benchmark, with its baselines measured in the same run.
+"""pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane
+no-op rows and ed latency while the df lane is saturated.
 
-    .venv/bin/python bench/run.py             # full run (make bench)
+    .venv/bin/python bench/run.py             # full run (make bench), about 1.5 minutes on 2 cores
     .venv/bin/python bench/run.py --quick     # smoke run, well under 30 s
 
 Three systems, each measured R times (interleaved, the order rotated every repeat) and
 reported as medians:
 
-  pfnode    `python -m pfnode serve --workers W --handlers handlers.examples` in its own
-            process; a client in another process sends pre-encoded df:noop submit frames
-            over one raw WebSocket (window 256 for throughput, 1 in flight for RTT) and
+  pfnode    `python -m pfnode serve --workers W --handlers handlers.examples,bench.handlers_bench`
+            in its own process; a client in another process sends pre-encoded df:noop submit
+            frames over one raw WebSocket (window 256 for throughput, 1 in flight for RTT) and
             checks every result (status success, right packet_id, data echoed).
   executor  concurrent.futures.ProcessPoolExecutor(W) driven in-process, no network:
             at most 256 futures outstanding for throughput, one at a time for RTT.
   echo      a bare websockets echo server (uvloop when importable) in its own process,
             driven by the same client code as pfnode; every echoed frame is checked.
+
+In the same repeats, against the same node:
+
+  lanes     cf:noop, df:noop, ed:noop, rm:noop (bench/handlers_bench.py): throughput (window
+            256) and RTT (1 in flight) of each lane, measured like the pfnode row.
+  ed load   one client process, two connections: ed:noop one at a time for S seconds with the
+            df lane idle, and for S seconds while the other connection keeps 64 df:sleep_ms 50
+            packets in flight (refilled as each one answers), so every df worker is busy and
+            the df queue never empties; ed RTT p50/p99/max in both, and their ratio.
 
 Prints a table on stdout, progress on stderr, and writes bench/results/bench-<time>.json and
 bench/results/latest.json. Every process it starts is stopped at the end, also on Ctrl-C.
@@ -41,6 +51,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVING = re.compile(r"front: serving (ws://\S+)")
 WINDOW = 256
+# The node loads the spec's examples (df:noop) and the bench-only handlers (cf/ed/rm:noop,
+# df:sleep_ms); its workers run with the repository root as cwd, so `bench.handlers_bench` imports.
+NODE_HANDLERS = "handlers.examples,bench.handlers_bench"
+GROUPS = ("cf", "df", "ed", "rm")
 
 # The packet's data: a small JSON object, about 100 bytes encoded.
 DATA = {"sensor": "bench-01", "ts": 1718000000123, "values": [20.5, 21.25, 19.75, 22.0],
@@ -93,16 +107,20 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
-def _submit_frames(first_seq: int, count: int, tag: str) -> tuple[list[bytes], list[str]]:
+def _submit_frame(seq: int, tag: str, group: str = "df", element: str = "noop", data=DATA) -> bytes:
     import orjson
 
+    return orjson.dumps({"type": "submit", "seq": seq, "payload": {
+        "version": "1.0", "id": f"{tag}-{seq}", "group": group, "element": element,
+        "data": data, "priority": 5}})
+
+
+def _submit_frames(first_seq: int, count: int, tag: str, group: str = "df",
+                   element: str = "noop") -> tuple[list[bytes], list[str]]:
     frames, ids = [], []
     for seq in range(first_seq, first_seq + count):
-        pid = f"{tag}-{seq}"
-        ids.append(pid)
-        frames.append(orjson.dumps({"type": "submit", "seq": seq, "payload": {
-            "version": "1.0", "id": pid, "group": "df", "element": "noop",
-            "data": DATA, "priority": 5}}))
+        ids.append(f"{tag}-{seq}")
+        frames.append(_submit_frame(seq, tag, group, element))
     return frames, ids
 
 
@@ -201,10 +219,11 @@ async def _one_at_a_time(ws, frames: list[bytes], check) -> list[float]:
 
 
 def ws_client(endpoint: str, mode: str, packets: int, rtt_packets: int, window: int,
-              warmup: int, tag: str, cpu_pids: dict[str, list[int]], timeout_s: float) -> dict:
-    """One client run against pfnode (mode 'pfnode') or the echo server (mode 'echo').
-    `cpu_pids` names groups of server processes whose CPU time per throughput packet is
-    reported as `<group>_cpu_us_per_packet`."""
+              warmup: int, tag: str, cpu_pids: dict[str, list[int]], timeout_s: float,
+              group: str = "df", element: str = "noop") -> dict:
+    """One client run against pfnode (mode 'pfnode', packets `group:element`) or the echo
+    server (mode 'echo'). `cpu_pids` names groups of server processes whose CPU time per
+    throughput packet is reported as `<group>_cpu_us_per_packet`."""
     import asyncio
 
     from websockets.asyncio.client import connect
@@ -212,7 +231,7 @@ def ws_client(endpoint: str, mode: str, packets: int, rtt_packets: int, window: 
     seq = 1
     plan = {}
     for phase, count in (("warmup", warmup), ("throughput", packets), ("rtt", rtt_packets)):
-        frames, ids = _submit_frames(seq, count, tag)
+        frames, ids = _submit_frames(seq, count, tag, group, element)
         plan[phase] = (frames, _checker(mode, seq, frames, ids))
         seq += count
     frame_bytes = len(plan["throughput"][0][0])
@@ -230,9 +249,195 @@ def ws_client(endpoint: str, mode: str, packets: int, rtt_packets: int, window: 
                "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
                "rtt_mean_us": statistics.fmean(rtts),
                "client_cpu_us_per_packet": (client1 - client0) / packets * 1e6,
-               "frame_bytes": frame_bytes}
+               "frame_bytes": frame_bytes, "packets_answered": warmup + packets + rtt_packets}
         for group in cpu_pids:
             out[f"{group}_cpu_us_per_packet"] = (cpu1[group] - cpu0[group]) / packets * 1e6
+        return out
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+# -- ed latency while the df lane is saturated
+
+def _result_checker(tag: str, data):
+    """Return check(raw) -> the seq of a successful result for packet `<tag>-<seq>` that
+    returned `data`, or None for a heartbeat. Raises BenchError for anything else."""
+    import orjson
+
+    def check(raw: bytes) -> int | None:
+        obj = orjson.loads(raw)
+        mtype = obj.get("type")
+        if mtype == "heartbeat":
+            return None
+        if mtype != "result":
+            raise BenchError(f"node sent a {mtype!r} frame, expected a result: {raw[:300]!r}")
+        seq, p = obj.get("seq"), obj["payload"]
+        if p.get("status") != "success":
+            raise BenchError(f"packet {tag}-{seq} did not succeed: {p.get('error')}")
+        if p.get("packet_id") != f"{tag}-{seq}":
+            raise BenchError(f"seq {seq} answered with packet_id {p.get('packet_id')!r}, expected {tag}-{seq}")
+        if p.get("data") != data:
+            raise BenchError(f"packet {tag}-{seq} returned wrong data: {p.get('data')!r}")
+        return seq
+    return check
+
+
+async def _ed_for(ws, seconds: float, tag: str, first_seq: int) -> tuple[list[float], int]:
+    """Send ed:noop packets one at a time (each after the previous answer) for `seconds`;
+    return (sorted round-trip times in µs, the next seq)."""
+    check = _result_checker(tag, DATA)
+    rtts = []
+    clock = time.perf_counter_ns
+    seq = first_seq
+    end = clock() + int(seconds * 1e9)
+    while True:
+        frame = _submit_frame(seq, tag, "ed", "noop")
+        t0 = clock()
+        if t0 >= end:
+            break
+        await ws.send(frame, text=True)
+        while True:
+            raw = await ws.recv(decode=False)
+            t1 = clock()
+            got = check(raw)
+            if got is not None:
+                break
+        if got != seq:
+            raise BenchError(f"answer for ed seq {got} while waiting for {seq}")
+        rtts.append((t1 - t0) / 1000)
+        seq += 1
+    if not rtts:
+        raise BenchError("no ed round trip completed")
+    rtts.sort()
+    return rtts, seq
+
+
+class _DfFiller:
+    """Keeps `inflight` df:sleep_ms packets unanswered on one connection, sending a new one as
+    each answer arrives, until `refill` is cleared; then waits for the rest. Every answer is
+    checked (success, its own packet_id, the data it was given, answered once)."""
+
+    def __init__(self, ws, inflight: int, sleep_ms: int, tag: str) -> None:
+        self.ws, self.inflight, self.sleep_ms, self.tag = ws, inflight, sleep_ms, tag
+        self.check = _result_checker(tag, sleep_ms)
+        self.next_seq = 1
+        self.outstanding: set[int] = set()
+        self.answered = 0
+        self.refill = True
+
+    async def _send_one(self) -> None:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        self.outstanding.add(seq)
+        await self.ws.send(_submit_frame(seq, self.tag, "df", "sleep_ms", self.sleep_ms), text=True)
+
+    async def run(self) -> None:
+        for _ in range(self.inflight):
+            await self._send_one()
+        while self.outstanding:
+            seq = self.check(await self.ws.recv(decode=False))
+            if seq is None:
+                continue
+            if seq not in self.outstanding:
+                raise BenchError(f"df:sleep_ms seq {seq} answered twice, or never sent")
+            self.outstanding.remove(seq)
+            self.answered += 1
+            if self.refill:
+                await self._send_one()
+
+
+def _lane_state(health: dict, lane: str) -> dict | None:
+    state = health.get("lanes", {}).get(lane)
+    if not isinstance(state, dict):
+        return None
+    return {key: state.get(key) for key in ("workers", "busy", "running", "queued")}
+
+
+def _saturated(state: dict | None) -> bool | None:
+    """Every worker of the lane holds a packet and more wait in its queue; None: unknown."""
+    if state is None or None in (state["workers"], state["busy"], state["queued"]):
+        return None
+    return state["workers"] > 0 and state["busy"] == state["workers"] and state["queued"] > 0
+
+
+def _latency_stats(rtts: list[float], seconds: float) -> dict:
+    return {"packets": len(rtts), "elapsed_s": seconds,
+            "p50_ms": percentile(rtts, 50) / 1000, "p99_ms": percentile(rtts, 99) / 1000,
+            "p999_ms": percentile(rtts, 99.9) / 1000, "max_ms": rtts[-1] / 1000,
+            "mean_ms": statistics.fmean(rtts) / 1000}
+
+
+def ed_load_client(endpoint: str, seconds: float, df_inflight: int, sleep_ms: int,
+                   idle_first: bool, tag: str, timeout_s: float) -> dict:
+    """ed:noop RTT, one at a time on one connection, for `seconds` with the df lane idle and
+    for `seconds` while a second connection keeps `df_inflight` df:sleep_ms packets in flight."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    async def health_df() -> dict | None:
+        health = await asyncio.get_running_loop().run_in_executor(None, _node_health, endpoint)
+        return _lane_state(health, "df")
+
+    async def main() -> dict:
+        out: dict = {"idle_first": idle_first}
+        async with connect(endpoint, compression=None, max_size=None, open_timeout=10) as ed_ws, \
+                connect(endpoint, compression=None, max_size=None, open_timeout=10) as df_ws:
+            ed_tag = f"{tag}ed"
+            _, seq = await _ed_for(ed_ws, min(0.5, seconds / 4), ed_tag, 1)  # warm-up, not counted
+            answered = seq - 1
+            for phase in (("idle", "loaded") if idle_first else ("loaded", "idle")):
+                if phase == "idle":
+                    before = await health_df()
+                    if before is not None and (before["running"] or before["queued"]):
+                        raise BenchError(f"df lane not idle before the idle phase: {before}")
+                    start = time.perf_counter()
+                    rtts, next_seq = await _ed_for(ed_ws, seconds, ed_tag, seq)
+                    out["idle"] = _latency_stats(rtts, time.perf_counter() - start)
+                    answered, seq = answered + next_seq - seq, next_seq
+                    continue
+                filler = _DfFiller(df_ws, df_inflight, sleep_ms, f"{tag}df")
+                task = asyncio.ensure_future(filler.run())
+                try:
+                    # Wait until every df worker holds packets and more are queued.
+                    deadline = time.monotonic() + 10 + df_inflight * sleep_ms / 1000
+                    while True:
+                        await asyncio.sleep(0.05)
+                        if task.done():
+                            task.result()
+                            raise BenchError("the df filler stopped early")
+                        at_start = await health_df()
+                        if _saturated(at_start) is not False:
+                            break
+                        if time.monotonic() > deadline:
+                            raise BenchError(f"the df lane did not saturate: {at_start}")
+                    answered0, start = filler.answered, time.perf_counter()
+                    rtts, next_seq = await _ed_for(ed_ws, seconds, ed_tag, seq)
+                    elapsed = time.perf_counter() - start
+                    df_answered = filler.answered - answered0
+                    if task.done():
+                        task.result()
+                        raise BenchError("the df filler stopped early")
+                    at_end = await health_df()
+                    filler.refill = False
+                    try:
+                        await asyncio.wait_for(asyncio.shield(task), timeout_s)
+                    except TimeoutError:
+                        raise BenchError(f"{len(filler.outstanding)} df:sleep_ms packets still unanswered "
+                                         f"{timeout_s:.0f} s after the loaded phase") from None
+                finally:
+                    task.cancel()
+                loaded = _latency_stats(rtts, elapsed)
+                loaded.update({"df_packets": df_answered, "df_throughput": df_answered / elapsed,
+                               "df_lane_at_start": at_start, "df_lane_at_end": at_end,
+                               "df_saturated": _saturated(at_start) and _saturated(at_end)})
+                out["loaded"] = loaded
+                answered, seq = answered + next_seq - seq, next_seq
+                answered += filler.answered
+        out["packets_answered"] = answered
         return out
 
     try:
@@ -432,7 +637,7 @@ class Processes:
         with open(self.node_log, "wb") as log_file:
             self.node = subprocess.Popen(
                 [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
-                 "--handlers", "handlers.examples"],
+                 "--handlers", NODE_HANDLERS],
                 cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         deadline = time.monotonic() + timeout_s
@@ -541,7 +746,8 @@ def machine_info() -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     keys = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client_cpu_us_per_packet",
-            "server_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet")
+            "server_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet",
+            "lane_cpu_us_per_packet")
     out = {}
     for key in keys:
         values = [r[key] for r in runs if r.get(key) is not None]
@@ -549,6 +755,29 @@ def summarise(runs: list[dict]) -> dict:
             out[key] = statistics.median(values)
             out[key + "_min"] = min(values)
             out[key + "_max"] = max(values)
+    return out
+
+
+def summarise_ed(runs: list[dict], args: argparse.Namespace) -> dict:
+    """Medians over the repeats of each phase's p50/p99/mean and the df throughput; the
+    worst max over all of them."""
+    out: dict = {"df_inflight": args.ed_df_inflight, "df_sleep_ms": args.ed_df_sleep_ms,
+                 "seconds_per_phase": args.ed_seconds,
+                 # Each df worker sleeps sleep_ms per packet, so the lane can do no more than this.
+                 "df_throughput_ceiling": args.workers * 1000 / args.ed_df_sleep_ms if args.ed_df_sleep_ms else None,
+                 "df_saturated_runs": sum(1 for r in runs if r["loaded"]["df_saturated"])}
+    for phase in ("idle", "loaded"):
+        phase_out = {}
+        for key in ("p50_ms", "p99_ms", "p999_ms", "mean_ms", "df_throughput"):
+            values = [r[phase][key] for r in runs if key in r[phase]]
+            if values:
+                phase_out[key] = statistics.median(values)
+                phase_out[key + "_min"] = min(values)
+                phase_out[key + "_max"] = max(values)
+        phase_out["max_ms"] = max(r[phase]["max_ms"] for r in runs)
+        phase_out["packets"] = sum(r[phase]["packets"] for r in runs)
+        out[phase] = phase_out
+    out["ratios"] = {key: out["loaded"][f"{key}_ms"] / out["idle"][f"{key}_ms"] for key in ("p50", "p99", "max")}
     return out
 
 
@@ -568,15 +797,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"worker processes for pfnode and the executor (default: cores, {cores})")
     parser.add_argument("--window", type=int, default=WINDOW,
                         help=f"packets in flight for throughput (default {WINDOW})")
+    parser.add_argument("--group-packets", type=int, default=None,
+                        help="packets per throughput measurement of each lane's no-op (default 5000; --quick 1000)")
+    parser.add_argument("--group-rtt-packets", type=int, default=None,
+                        help="round trips per RTT measurement of each lane's no-op (default 1000; --quick 200)")
+    parser.add_argument("--ed-seconds", type=float, default=None,
+                        help="seconds of ed:noop round trips per phase, df idle and df saturated "
+                             "(default 5; --quick 1)")
+    parser.add_argument("--ed-df-inflight", type=int, default=64,
+                        help="df:sleep_ms packets kept in flight to saturate the df lane (default 64)")
+    parser.add_argument("--ed-df-sleep-ms", type=int, default=50,
+                        help="milliseconds each of those df packets sleeps (default 50)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
                         help="where to write the JSON results (default bench/results)")
     args = parser.parse_args(argv)
     args.packets = args.packets or (3000 if args.quick else 20000)
     args.rtt_packets = args.rtt_packets or (300 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    for name in ("packets", "rtt_packets", "repeats", "workers", "window"):
+    args.group_packets = args.group_packets or (1000 if args.quick else 5000)
+    args.group_rtt_packets = args.group_rtt_packets or (200 if args.quick else 1000)
+    args.ed_seconds = args.ed_seconds or (1.0 if args.quick else 5.0)
+    for name in ("packets", "rtt_packets", "repeats", "workers", "window", "group_packets",
+                 "group_rtt_packets", "ed_df_inflight"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.ed_seconds <= 0:
+        parser.error("--ed-seconds must be positive")
+    if args.ed_df_sleep_ms < 0:
+        parser.error("--ed-df-sleep-ms must be at least 0")
     return args
 
 
@@ -612,9 +860,63 @@ def print_table(report: dict) -> None:
         r = ratios[key]
         print(f"  {label:<32} {r['throughput']:>10.2f}x {r['rtt_p50']:>8.2f}x {r['rtt_p99']:>8.2f}x")
     print()
+    print_groups(report)
+    print_ed_load(report)
     print("targets (DESIGN.md, 2-core machine)")
     for target in report["targets"]:
         print(f"  [{'met' if target['met'] else 'NOT MET':>7}] {target['name']}: {target['value']}")
+    start, end = report["machine"].get("loadavg_at_start"), report.get("loadavg_at_end")
+    if start and end:
+        print(f"  (1-minute load average {start[0]:.2f} at the start, {end[0]:.2f} at the end: other processes "
+              f"on these {report['machine']['cpu_count']} CPUs show up in the tails)")
+    print()
+
+
+LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "prefetch 4", "ed": "reserved, 1 at a time",
+              "rm": "memory-capped, 1 at a time"}
+
+
+def print_groups(report: dict) -> None:
+    cfg, groups = report["config"], report["groups"]
+    print(f"per-lane no-op through the node: {cfg['group_packets']:,} packets x {cfg['repeats']} repeats, "
+          f"window {cfg['window']}, RTT over {cfg['group_rtt_packets']:,} round trips 1 in flight; medians")
+    header = (f"{'lane (handler)':<16} {'workers':<30} {'packets/s':>10} {'(min-max)':>17} {'RTT p50 µs':>11} "
+              f"{'RTT p99 µs':>11} {'front CPU µs/pkt':>17} {'lane CPU µs/pkt':>16}")
+    print(header)
+    print("-" * len(header))
+    for group in GROUPS:
+        m = groups[group]
+        workers = f"{fmt(m.get('workers'))}, {LANE_NOTES[group]}"
+        spread = f"({fmt(m['throughput_min'])}-{fmt(m['throughput_max'])})"
+        print(f"{group + ' (' + m['handler'] + ')':<16} {workers:<30} {fmt(m['throughput']):>10} {spread:>17} "
+              f"{fmt(m['rtt_p50_us']):>11} {fmt(m['rtt_p99_us']):>11} "
+              f"{fmt(m.get('front_cpu_us_per_packet'), '.1f'):>17} {fmt(m.get('lane_cpu_us_per_packet'), '.1f'):>16}")
+    print()
+
+
+def print_ed_load(report: dict) -> None:
+    ed = report["ed_load"]
+    idle, loaded, ratios = ed["idle"], ed["loaded"], ed["ratios"]
+    runs = len(report["ed_load_runs"])
+    print(f"ed latency while the df lane is saturated: ed:noop 1 in flight for {ed['seconds_per_phase']:g} s "
+          f"per phase on one connection; {ed['df_inflight']} df:sleep_ms {ed['df_sleep_ms']} kept in flight on "
+          f"another; {runs} repeats; medians (max: worst of all)")
+    header = (f"{'df lane':<34} {'ed packets':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+              f"{'max ms':>8} {'df packets/s':>13}")
+    print(header)
+    print("-" * len(header))
+    ceiling = ed["df_throughput_ceiling"]
+    for name, m in (("idle", idle), (f"saturated ({ed['df_saturated_runs']}/{runs} runs verified)", loaded)):
+        df = "-"
+        if "df_throughput" in m:
+            df = f"{m['df_throughput']:,.1f}" + (f" / {ceiling:g}" if ceiling else "")
+        print(f"{name:<34} {m['packets']:>10,} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['p999_ms']:>9.3f} "
+              f"{m['max_ms']:>8.3f} {df:>13}")
+    print(f"{'ratio saturated / idle':<34} {'':>10} {ratios['p50']:>7.2f}x {ratios['p99']:>7.2f}x {'':>9} "
+          f"{ratios['max']:>7.2f}x")
+    print(f"  target: ed p99 <= 2 ms while df is saturated; df packets/s is the lane's rate during the "
+          f"loaded phase / its ceiling ({report['config']['workers']} workers x 1000 / {ed['df_sleep_ms']} ms)"
+          if ceiling else "  target: ed p99 <= 2 ms while df is saturated")
     print()
 
 
@@ -624,10 +926,15 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     progress(f"{machine['cpu_count']} CPUs, Python {machine['python']}, load average "
              f"{f'{load[0]:.2f}' if load else '?'}; "
              f"{args.packets} packets x {args.repeats} repeats, {args.rtt_packets} RTT samples, "
-             f"{args.workers} workers")
+             f"{args.workers} workers; lanes {args.group_packets} packets, {args.group_rtt_packets} RTT "
+             f"samples; ed load {args.ed_seconds:g} s per phase")
     warmup = min(1000, max(200, args.packets // 10))
     # Generous: a run fails only if a system manages under 200 packets/s or hangs.
     timeout_s = 30 + (warmup + args.packets) / 200 + args.rtt_packets / 100
+    group_warmup = min(1000, max(200, args.group_packets // 10))
+    group_timeout_s = 30 + (group_warmup + args.group_packets) / 200 + args.group_rtt_packets / 100
+    # The drain after the loaded phase: every df:sleep_ms in flight run on one worker, and then some.
+    ed_timeout_s = 30 + args.ed_df_inflight * args.ed_df_sleep_ms / 1000
 
     log_dir = Path(tempfile.mkdtemp(prefix="pfnode-bench-"))
     progress("starting the node ...")
@@ -636,8 +943,13 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     progress(f"node at {node_ep} (front pid {front_pid}, workers {worker_pids})")
     echo_ep, echo_proc = procs.start_echo()
     progress(f"echo server at {echo_ep} (pid {echo_proc.pid})")
+    lanes_at_start = _node_health(node_ep).get("lanes", {})
+    lane_pids = {lane: lanes_at_start.get(lane, {}).get("pids") or worker_pids for lane in GROUPS}
+    progress("lane workers: " + ", ".join(f"{lane} {lane_pids[lane]}" for lane in GROUPS))
 
     runs: dict[str, list[dict]] = {"pfnode": [], "executor": [], "echo": []}
+    group_runs: dict[str, list[dict]] = {group: [] for group in GROUPS}
+    ed_runs: list[dict] = []
     order = ["pfnode", "executor", "echo"]
     common = dict(packets=args.packets, rtt_packets=args.rtt_packets, window=args.window,
                   warmup=warmup, timeout_s=timeout_s)
@@ -660,6 +972,29 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
             runs[system].append(r)
             progress(f"{label}: {r['throughput']:,.0f} packets/s, RTT p50 {r['rtt_p50_us']:,.0f} µs, "
                      f"p99 {r['rtt_p99_us']:,.0f} µs")
+        # Each lane's no-op, against the same node; the order rotates too.
+        for group in GROUPS[rep % 4:] + GROUPS[:rep % 4]:
+            label = f"repeat {rep + 1}/{args.repeats} lane {group}:noop"
+            r = procs.call(label, "ws_client", 2 * group_timeout_s + 30, endpoint=node_ep, mode="pfnode",
+                           tag=f"g{rep}{group}", group=group, element="noop",
+                           cpu_pids={"front": [front_pid], "lane": lane_pids[group]},
+                           packets=args.group_packets, rtt_packets=args.group_rtt_packets,
+                           window=args.window, warmup=group_warmup, timeout_s=group_timeout_s)
+            group_runs[group].append(r)
+            progress(f"{label}: {r['throughput']:,.0f} packets/s, RTT p50 {r['rtt_p50_us']:,.0f} µs, "
+                     f"p99 {r['rtt_p99_us']:,.0f} µs")
+        # ed latency with the df lane idle and saturated (the phase order alternates).
+        label = f"repeat {rep + 1}/{args.repeats} ed load"
+        r = procs.call(label, "ed_load_client", 2 * (ed_timeout_s + 2 * args.ed_seconds) + 30,
+                       endpoint=node_ep, seconds=args.ed_seconds, df_inflight=args.ed_df_inflight,
+                       sleep_ms=args.ed_df_sleep_ms, idle_first=rep % 2 == 0, tag=f"e{rep}",
+                       timeout_s=ed_timeout_s)
+        ed_runs.append(r)
+        idle, loaded = r["idle"], r["loaded"]
+        progress(f"{label}: ed RTT idle p50 {idle['p50_ms']:.3f} / p99 {idle['p99_ms']:.3f} ms, "
+                 f"df saturated p50 {loaded['p50_ms']:.3f} / p99 {loaded['p99_ms']:.3f} / max "
+                 f"{loaded['max_ms']:.3f} ms, df {loaded['df_throughput']:,.1f} packets/s "
+                 f"(saturated: {loaded['df_saturated']})")
         if echo_proc.exitcode is not None:
             raise BenchError(f"echo server exited with {echo_proc.exitcode}")
         if procs.node is None or procs.node.poll() is not None:
@@ -668,6 +1003,8 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     health = _node_health(node_ep)
     counters = health.get("counters", {})
     expected = args.repeats * (warmup + args.packets + args.rtt_packets)
+    expected += sum(r["packets_answered"] for rs in group_runs.values() for r in rs)
+    expected += sum(r["packets_answered"] for r in ed_runs)
     progress(f"node counters: {counters}")
     if counters.get("failed", 0) or counters.get("completed", 0) != expected:
         raise BenchError(f"node counters disagree with the client: completed {counters.get('completed')}, "
@@ -691,28 +1028,46 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
                     "rtt_p50": p["rtt_p50_us"] / base["rtt_p50_us"],
                     "rtt_p99": p["rtt_p99_us"] / base["rtt_p99_us"]}
               for key, base in (("executor", ex), ("echo", echo))}
+    groups = {group: summarise(rs) for group, rs in group_runs.items()}
+    for group in GROUPS:
+        groups[group]["workers"] = lanes_at_start.get(group, {}).get("workers")
+        groups[group]["handler"] = f"{group}:noop"
+    ed_load = summarise_ed(ed_runs, args)
+    loaded, idle = ed_load["loaded"], ed_load["idle"]
     targets = [
         {"name": "df no-op >= 30 000 packets/s through the node",
          "value": f"{p['throughput']:,.0f} packets/s", "met": p["throughput"] >= 30_000},
         {"name": "RTT p50 <= 1.5x the websockets echo RTT",
          "value": f"{ratios['echo']['rtt_p50']:.2f}x ({p['rtt_p50_us']:,.0f} vs {echo['rtt_p50_us']:,.0f} µs)",
          "met": ratios["echo"]["rtt_p50"] <= 1.5},
+        {"name": "ed p99 <= 2 ms while the df lane is saturated",
+         "value": f"{loaded['p99_ms']:.3f} ms (idle {idle['p99_ms']:.3f} ms, "
+                  f"{ed_load['ratios']['p99']:.2f}x; df lane saturated in "
+                  f"{ed_load['df_saturated_runs']} of {len(ed_runs)} runs)",
+         "met": loaded["p99_ms"] <= 2.0 and ed_load["df_saturated_runs"] == len(ed_runs)},
     ]
     return {
         "schema": 1,
-        "benchmark": "df:noop throughput and RTT",
+        "benchmark": "df:noop throughput and RTT; per-lane no-op; ed latency while df is saturated",
         "machine": machine,
         "config": {"packets": args.packets, "rtt_packets": args.rtt_packets, "repeats": args.repeats,
                    "workers": args.workers, "window": args.window, "warmup": warmup,
                    "quick": args.quick, "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
                    "frame_bytes": runs["pfnode"][0].get("frame_bytes"),
                    "node_args": ["serve", "--port", "0", "--workers", str(args.workers),
-                                 "--handlers", "handlers.examples"],
+                                 "--handlers", NODE_HANDLERS],
+                   "group_packets": args.group_packets, "group_rtt_packets": args.group_rtt_packets,
+                   "group_warmup": group_warmup, "ed_seconds": args.ed_seconds,
+                   "ed_df_inflight": args.ed_df_inflight, "ed_df_sleep_ms": args.ed_df_sleep_ms,
                    "client_loop": "uvloop" if machine["uvloop"] else "asyncio"},
         "medians": medians,
         "ratios": ratios,
         "targets": targets,
         "runs": runs,
+        "groups": groups,
+        "group_runs": group_runs,
+        "ed_load": ed_load,
+        "ed_load_runs": ed_runs,
         "node": {"exit_status": rc, "counters": counters, "log_warnings": problems[:20]},
         "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "elapsed_s": round(time.monotonic() - _T0, 1),
