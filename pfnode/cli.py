@@ -99,7 +99,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is ours to log
+    for library in ("websockets", "picows"):  # one line per connection is ours to log, at DEBUG
+        logging.getLogger(library).setLevel(logging.WARNING)
     settings = Settings(host=args.host, port=args.port, path=args.path, transport=args.transport,
                         workers=args.workers,
                         ed_workers=args.ed_workers, rm_workers=args.rm_workers,

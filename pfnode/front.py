@@ -253,7 +253,8 @@ class Node:
     def on_message(self, link: PeerLink, frame: bytes | str) -> None:
         s = self.settings
         link.last_seen = time.monotonic()
-        msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes, max_timeout_ms=s.max_timeout_ms)
+        msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes, max_timeout_ms=s.max_timeout_ms,
+                              raw_data=True)
         if isinstance(msg, protocol.Rejected):
             self.counters[f"rejected_{msg.code}"] += 1
             log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
@@ -321,7 +322,7 @@ class Node:
     async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:
         started = time.perf_counter()
         try:
-            value = await builtin(self.pool, packet.data)
+            value = await builtin(self.pool, orjson.loads(memoryview(packet.data)))
         except HandlerError as exc:
             link.send(protocol.encode_failure(seq, packet.id, exc.code, exc.message,
                                               (time.perf_counter() - started) * 1000))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Union
+from typing import Any, Optional, Union
 
+import msgspec
 import orjson
 
 from .errors import ErrorCode
@@ -106,6 +107,33 @@ class Rejected:
 Decoded = Union[Message, Rejected]
 
 
+class RawJSON(bytes):
+    """A packet's `data` as JSON text the front did not turn into Python objects."""
+
+
+class _PacketWire(msgspec.Struct):
+    """The packet fields the front routes on; `data` stays raw JSON (validated, not built)."""
+
+    version: Any = None
+    id: Any = None
+    group: Any = None
+    element: Any = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    priority: Any = None
+    timeout_ms: Any = None
+    dependencies: Any = None
+    metadata: Any = None
+
+
+class _SubmitWire(msgspec.Struct):
+    type: Any = None
+    seq: Any = None
+    payload: Optional[_PacketWire] = None
+
+
+_SUBMIT_DECODER = msgspec.json.Decoder(_SubmitWire)
+
+
 class _Invalid(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         self.code = code
@@ -115,14 +143,22 @@ class _Invalid(Exception):
 # ---------------------------------------------------------------------------- decoding
 
 def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
-           max_timeout_ms: int | None = None) -> Decoded:
-    """Decode and validate one WebSocket text frame."""
+           max_timeout_ms: int | None = None, raw_data: bool = False) -> Decoded:
+    """Decode and validate one WebSocket text frame.
+
+    With `raw_data`, a submit's `data` is returned as `RawJSON` (its JSON text, checked
+    for well-formedness in C but never built into Python objects): the front's cost then
+    does not grow with the payload, and the worker parses it."""
     # A str holds at most 4 UTF-8 bytes per character: only a long one needs encoding to measure.
     if max_frame_bytes is not None and (len(frame) * 4 if isinstance(frame, str) else len(frame)) > max_frame_bytes:
         raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
         if len(raw) > max_frame_bytes:
             return _reject(_seq_from_oversized(raw), ErrorCode.TOO_LARGE,
                            f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes")
+    if raw_data:
+        lazy = _decode_submit_raw(frame, max_timeout_ms)
+        if lazy is not None:
+            return lazy
     try:
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
@@ -153,6 +189,26 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
                        f"{mtype} payload must be an object or null, got {_json_type(payload)}")
     return Message(mtype, seq, payload if payload is not None else {})
+
+
+def _decode_submit_raw(frame: str | bytes, max_timeout_ms: int | None) -> Decoded | None:
+    """The submit fast path of `decode`; None for anything else (a heartbeat, a frame that
+    is not well-formed, a payload that is not an object), which the general path handles
+    and explains."""
+    try:
+        wire = _SUBMIT_DECODER.decode(frame)
+    except msgspec.MsgspecError:
+        return None
+    seq, p = wire.seq, wire.payload
+    if wire.type != "submit" or p is None or type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        return None
+    fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
+              "data": RawJSON(p.data), "priority": p.priority, "timeout_ms": p.timeout_ms,
+              "dependencies": p.dependencies, "metadata": p.metadata}
+    try:
+        return Message("submit", seq, parse_packet(fields, max_timeout_ms=max_timeout_ms))
+    except _Invalid as exc:
+        return _reject(seq, exc.code, exc.message, p.id if isinstance(p.id, str) else None)
 
 
 def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:

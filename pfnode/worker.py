@@ -113,6 +113,7 @@ class MemoryCap:
 
 def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
     from .errors import PayloadError
+    from .protocol import RawJSON
     from .registry import Context
 
     (task_no, key, data, packet_id, group, element, priority, metadata, deadline,
@@ -131,6 +132,8 @@ def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
         if memory_limit_mb is not None:
             memory_cap.limit(memory_limit_mb)
         try:
+            if type(data) is RawJSON:  # the front forwarded the data's JSON text unparsed
+                data = orjson.loads(memoryview(data))  # orjson takes no bytes subclass
             nd = None
             if type(metadata) is dict and metadata.get("ndarray") is True:  # pfnode.ndarray.OPT_IN_KEY
                 from . import ndarray as nd  # imported (with numpy) only by packets that opt in

@@ -818,3 +818,44 @@ def test_decode_never_raises_on_random_input():
     assert accepted >= 20  # the mutated frames reach the deeper validation paths
 
 
+
+
+# ============================================================================ raw data (the front's path)
+
+@pytest.mark.parametrize("data", [None, 1, "text", [1, 2.5, None], {"nested": {"x": [True, "]}\""]}}])
+def test_raw_data_decoding_keeps_data_as_json_text_and_agrees_with_full_decoding(data):
+    from pfnode.protocol import RawJSON
+
+    frame = orjson.dumps({"type": "submit", "seq": 12, "payload": {
+        "version": "1.0", "id": "raw-1", "group": "df", "element": "noop", "data": data,
+        "priority": 7, "timeout_ms": None, "metadata": {"data": "not this one"}}})
+    lazy = decode(frame, raw_data=True)
+    full = decode(frame)
+    assert isinstance(lazy.payload.data, RawJSON)
+    assert orjson.loads(memoryview(lazy.payload.data)) == data
+    assert lazy.payload.metadata == {"data": "not this one"}
+    assert (lazy.seq, lazy.payload.id, lazy.payload.priority) == (full.seq, full.payload.id, full.payload.priority)
+
+
+def test_raw_data_decoding_of_absent_data_and_elixir_key_order():
+    elixir = orjson.dumps({"payload": {"data": [3, 2], "dependencies": None, "element": "noop",
+                                       "group": "df", "id": "ex", "metadata": None, "priority": 5,
+                                       "timeout_ms": None, "version": "1.0"}, "seq": 4, "type": "submit"})
+    msg = decode(elixir, raw_data=True)
+    assert bytes(msg.payload.data) == b"[3,2]" and msg.seq == 4
+    absent = orjson.dumps({"type": "submit", "seq": 5, "payload": {"version": "1.0", "id": "n",
+                                                                   "group": "cf", "element": "validate"}})
+    assert bytes(decode(absent, raw_data=True).payload.data) == b"null"
+
+
+@pytest.mark.parametrize("frame, code", [
+    (b'{"type":"submit","seq":1,"payload":{"version":"1.0","id":"a","group":"df","element":"x","data":[1,2,,3]}}', "PF400"),
+    (b'{"type":"submit","seq":1,"payload":[1]}', "PF002"),
+    (b'{"type":"submit","seq":1,"payload":{"version":"2.0","id":"a","group":"df","element":"x"}}', "PF002"),
+    (b'{"type":"submit","seq":-1,"payload":{}}', "PF400"),
+    (b'[1]', "PF400"),
+])
+def test_raw_data_decoding_rejects_exactly_like_full_decoding(frame, code):
+    lazy, full = decode(frame, raw_data=True), decode(frame)
+    assert isinstance(lazy, Rejected) and lazy.code == code
+    assert (lazy.seq, lazy.code, lazy.message) == (full.seq, full.code, full.message)
