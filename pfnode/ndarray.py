@@ -145,34 +145,24 @@ def _decode(value: Any) -> Any:
     if kind is dict:
         if TAG in value:
             return decode_array(value)
-        out = None
-        for key, item in value.items():
-            if type(item) is dict or type(item) is list:
-                try:
-                    new = _decode(item)
-                except PayloadError as exc:
-                    _add_step(exc, f"[{key!r}]")
-                    raise
-                if new is not item:
-                    if out is None:
-                        out = dict(value)
-                    out[key] = new
-        return value if out is None else out
-    if kind is list:
-        out = None
-        for i, item in enumerate(value):
-            if type(item) is dict or type(item) is list:
-                try:
-                    new = _decode(item)
-                except PayloadError as exc:
-                    _add_step(exc, f"[{i}]")
-                    raise
-                if new is not item:
-                    if out is None:
-                        out = list(value)
-                    out[i] = new
-        return value if out is None else out
-    return value
+        items, copy = value.items(), dict
+    elif kind is list:
+        items, copy = enumerate(value), list
+    else:
+        return value
+    out = None
+    for key, item in items:
+        if type(item) is dict or type(item) is list:
+            try:
+                new = _decode(item)
+            except PayloadError as exc:
+                _add_step(exc, f"[{key!r}]" if kind is dict else f"[{key}]")
+                raise
+            if new is not item:
+                if out is None:
+                    out = copy(value)  # copy only the containers that change
+                out[key] = new
+    return value if out is None else out
 
 
 def encode_tree(value: Any) -> Any:
