@@ -23,10 +23,6 @@ def _modules(text: str) -> tuple[str, ...]:
     return names
 
 
-def defaults_workers() -> int:
-    return len(os.sched_getaffinity(0)) or 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pfnode", description="PacketFlow v1.0 compute node")
     parser.add_argument("--version", action="version", version=f"pfnode {__version__}")
@@ -41,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["websockets", "picows"],
                        default=os.environ.get("PFNODE_TRANSPORT", defaults.transport),
                        help="WebSocket layer (default %(default)s; env PFNODE_TRANSPORT)")
-    serve.add_argument("--workers", type=int, default=defaults_workers(),
-                       help="df lane workers (default: usable cores, %(default)s)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="df lane workers (default: from capacity: one per usable core, "
+                       "as memory allows)")
     serve.add_argument("--ed-workers", type=int, default=defaults.ed_workers,
                        help="workers reserved for ed packets (default %(default)s)")
     serve.add_argument("--rm-workers", type=int, default=defaults.rm_workers,

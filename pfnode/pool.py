@@ -64,12 +64,21 @@ class LaneSpec:
     resizable: bool = True
 
 
+def recommended_df_workers(settings: Settings) -> int:
+    """The df lane's size when the settings leave it to capacity."""
+    from .capacity import read_capacity, recommend
+
+    others = {"cf": 1, "ed": settings.ed_workers, "rm": settings.rm_workers}
+    return recommend(read_capacity(), rm_memory_limit_mb=settings.rm_memory_limit_mb,
+                     current=others, df_max_workers=settings.df_max_workers)["df"]
+
+
 def lane_specs(settings: Settings) -> dict[str, LaneSpec]:
     cf_core = settings.cf_core if settings.cf_core is not None else max(os.sched_getaffinity(0))
     return {
         # cf: strictly sequential, so one worker, one packet at a time, one core
         "cf": LaneSpec("cf", 1, 1, cpu=cf_core, resizable=False),
-        "df": LaneSpec("df", settings.workers, settings.worker_prefetch),
+        "df": LaneSpec("df", settings.workers or recommended_df_workers(settings), settings.worker_prefetch),
         # ed: reserved workers that take one packet at a time, so an ed packet never
         # waits behind df work nor behind another packet prefetched to its worker
         "ed": LaneSpec("ed", settings.ed_workers, 1),

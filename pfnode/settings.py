@@ -25,7 +25,8 @@ class Settings:
 
     # Worker pool. Lanes: cf has one worker pinned to one core; df has `workers`;
     # ed has `ed_workers` reserved for ed packets; rm has `rm_workers`, memory-limited.
-    workers: int = dataclasses.field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1)
+    # None: as the capacity recommendation says at start (usable cores, as memory allows)
+    workers: int | None = None
     ed_workers: int = 1
     rm_workers: int = 1
     cf_core: int | None = None  # the core the cf worker is pinned to; None: the last usable one
@@ -75,7 +76,7 @@ class Settings:
             problems.append(f"transport must be websockets or picows, got {self.transport!r}")
         if not self.path.startswith("/"):
             problems.append(f"path must start with '/', got {self.path!r}")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             problems.append(f"workers must be >= 1, got {self.workers}")
         for name in ("ed_workers", "rm_workers"):
             if getattr(self, name) < 0:

@@ -65,3 +65,15 @@ def test_autoscale_shrinks_after_idling_and_respects_bounds():
     assert step(size=1, idle_s=60.0) == 0
     assert step(size=0) == 1
     assert step(size=9) == -1
+
+
+def test_df_lane_size_left_to_capacity_follows_the_recommendation():
+    from pfnode.pool import lane_specs
+    from pfnode.settings import Settings
+
+    settings = Settings(ed_workers=1, rm_workers=1)
+    assert settings.workers is None
+    expected = recommend(read_capacity(), rm_memory_limit_mb=settings.rm_memory_limit_mb,
+                         current={"cf": 1, "ed": 1, "rm": 1}, df_max_workers=settings.df_max_workers)["df"]
+    assert lane_specs(settings)["df"].size == expected >= 1
+    assert lane_specs(Settings(workers=3))["df"].size == 3

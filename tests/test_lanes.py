@@ -198,3 +198,18 @@ def test_mc_scale_grows_and_shrinks_df_under_load_without_losing_a_packet(fresh_
     assert status.data["counters"]["workers_retired"] == 2
     assert bad.error_code == "PF500" and "fixed size" in bad.error["message"]
     assert auto.ok and auto.data["after"]["df"] == auto.data["recommended"]["df"]
+
+
+def test_autoscale_grows_the_df_lane_while_work_queues(fresh_node):
+    node = fresh_node("--autoscale", "--df-max-workers", "3", handlers=LANE_HANDLERS, workers=1)
+
+    async def go():
+        async with Reactor(node.endpoint) as r:
+            load = [asyncio.ensure_future(r.submit("df", "span", {"tag": i, "s": 0.02})) for i in range(250)]
+            results = await asyncio.gather(*load)
+            return results, node.health()
+
+    results, health = run(go())
+    assert all(res.ok for res in results)
+    assert health["lanes"]["df"]["target"] >= 2, "autoscaling did not grow the df lane"
+    assert len({res.data["pid"] for res in results}) >= 2
