@@ -35,7 +35,7 @@ import orjson
 from . import worker as wire
 from .errors import ConfigError, ErrorCode
 from .protocol import Packet
-from .registry import DEFAULT_LANE, LANES
+from .registry import DEFAULT_LANE
 from .scheduler import BLOCKED, DISPATCHED, DONE, QUEUED, Entry, Refusal, Scheduler
 from .settings import Settings
 
@@ -274,7 +274,6 @@ class Pool:
         return env
 
     async def _spawn(self, lane: str) -> WorkerProcess:
-        loop = asyncio.get_running_loop()
         spec = self.lanes[lane]
         slot = next(self._slots)
         self._spawning[lane] += 1
@@ -351,10 +350,6 @@ class Pool:
         return job
 
     # ------------------------------------------------------------------ packets
-    def lane_of(self, packet: Packet) -> str:
-        options = self.handlers.get(packet.key)
-        return options["lane"] if options else DEFAULT_LANE[packet.group]
-
     def submit(self, packet: Packet, timeout_ms: int | None,
                on_done: Callable[[Outcome], None]) -> Task | Refusal:
         """Queue a packet whose handler exists; `on_done` is called exactly once, unless

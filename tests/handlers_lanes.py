@@ -46,7 +46,7 @@ def rm_alloc(data):
 def df_alloc_capped(data):
     """A df handler with its own memory cap (64 MiB)."""
     block = np.ones(int(data["mb"]) * 1024 * 1024 // 8)
-    return {"mb": data["mb"], "pid": os.getpid()}
+    return {"mb": data["mb"], "pid": os.getpid(), "touched": float(block[-1])}
 
 
 @handler("df", "deps")

@@ -338,7 +338,7 @@ def test_stop_signal_with_nothing_left_to_finish_exits_promptly(fresh_node, sig)
     assert n.proc.wait(timeout=10) == 0
     assert time.monotonic() - started < 3.0
     for pid in pids:
-        assert wait_until(lambda: _gone_or_replaced(pid, times[pid]), timeout_s=3)
+        assert wait_until(lambda pid=pid: _gone_or_replaced(pid, times[pid]), timeout_s=3)
 
 
 def test_sigterm_exits_within_the_grace_even_when_a_handler_hangs(fresh_node):
