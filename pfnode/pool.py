@@ -36,7 +36,7 @@ from . import worker as wire
 from .errors import ConfigError, ErrorCode
 from .protocol import Packet
 from .registry import DEFAULT_LANE
-from .scheduler import BLOCKED, DISPATCHED, DONE, QUEUED, Entry, Refusal, Scheduler
+from .scheduler import BLOCKED, DISPATCHED, DONE, QUEUED, Entry, Refusal, Scheduler, adaptive_window
 from .settings import Settings
 
 log = logging.getLogger("pfnode.pool")
@@ -123,6 +123,8 @@ class WorkerProcess(asyncio.SubprocessProtocol):
         self.cpus: list[int] = []
         self.transport: asyncio.SubprocessTransport | None = None
         self.outstanding: collections.deque[Task] = collections.deque()
+        self.window = pool.lanes[lane].prefetch  # packets it may hold; adapts to handler time
+        self.mean_ms = 1.0  # moving average of its handlers' run time
         self.ready = False
         self.retiring = False  # finishing its outstanding packets, then leaving (lane shrink)
         self.retired = False  # said it leaves on its own: nothing it still holds has started
@@ -474,11 +476,10 @@ class Pool:
         for proc in self._workers.values():
             # A worker is refilled once it is down to half its window (the low-water mark),
             # so each pipe write carries several packets instead of one per answer.
-            if proc.ready and len(proc.outstanding) <= self.lanes[proc.lane].prefetch // 2:
+            if proc.ready and len(proc.outstanding) <= proc.window // 2:
                 free[proc.lane].append((len(proc.outstanding), proc.slot, proc))
         for lane, loads in free.items():
             lane_queue = scheduler.lanes[lane]
-            prefetch = self.lanes[lane].prefetch
             heapq.heapify(loads)
             # each packet goes to the least loaded worker of its lane, so work fans out
             # across idle workers before any worker's prefetch window fills
@@ -492,7 +493,7 @@ class Pool:
                 proc.outstanding.append(task)
                 deps = scheduler.dependency_results(entry, now) if entry.dependencies else None
                 batches.setdefault(proc, []).append(task.wire(deps))
-                if load + 1 < prefetch:
+                if load + 1 < proc.window:
                     heapq.heapreplace(loads, (load + 1, slot, proc))
                 else:
                     heapq.heappop(loads)
@@ -506,6 +507,8 @@ class Pool:
             proc.kill("protocol error")
             return
         task = proc.outstanding.popleft()
+        proc.mean_ms += (duration_ms - proc.mean_ms) * 0.1
+        proc.window = adaptive_window(self.lanes[proc.lane].prefetch, proc.mean_ms)
         if status == wire.OK:
             self._finish(task, Outcome(True, body, None, None, duration_ms))
         elif status == wire.SKIPPED:

@@ -163,6 +163,23 @@ class LaneQueue:
         return self.live
 
 
+MAX_WINDOW = 32
+WINDOW_WORK_MS = 1.0
+
+
+def adaptive_window(base: int, mean_ms: float) -> int:
+    """How many packets one worker may hold, given its handlers' mean run time.
+
+    A lane that allows prefetch (`base` > 1) holds about WINDOW_WORK_MS of queued work
+    per worker: up to MAX_WINDOW packets when handlers take microseconds (so they travel
+    to the worker in batches, one pipe write for many), never fewer than `base`. A slow
+    handler keeps the window at `base`, so priorities still decide what runs next.
+    """
+    if base <= 1:
+        return 1
+    return max(base, min(MAX_WINDOW, int(WINDOW_WORK_MS / max(mean_ms, 0.001))))
+
+
 class Scheduler:
     def __init__(self, *, aging_ms: int = 1000, max_queued: int = 100_000,
                  result_store_entries: int = 10_000, result_store_age_ms: int = 600_000,

@@ -359,3 +359,12 @@ def test_random_event_sequences_keep_the_counters_and_states_consistent():
                 s.complete(late, clock.now, ok=False, code="PF408")
         check_counts(s)
         assert s.queued + s.blocked <= 60
+
+
+def test_adaptive_window_batches_tiny_packets_and_keeps_slow_ones_at_the_base():
+    from pfnode.scheduler import MAX_WINDOW, adaptive_window
+
+    assert adaptive_window(1, 0.001) == 1  # lanes without prefetch (cf, ed, rm) stay at one
+    assert adaptive_window(4, 0.002) == MAX_WINDOW  # microsecond handlers travel in batches
+    assert adaptive_window(4, 0.1) == 10  # about 1 ms of queued work per worker
+    assert adaptive_window(4, 0.5) == 4 and adaptive_window(4, 50.0) == 4  # never below the base
