@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="memory an rm handler may add to its worker (default %(default)s)")
     serve.add_argument("--cf-core", type=int, default=None,
                        help="core the cf worker is pinned to (default: the last usable core)")
+    serve.add_argument("--worker-shm-bytes", type=int, default=defaults.worker_shm_bytes,
+                       help="shared-memory ring per worker and direction for payloads over "
+                       f"{defaults.shm_threshold_bytes} bytes (default %(default)s; 0: pipes only)")
     serve.add_argument("--aging-ms", type=int, default=defaults.aging_ms,
                        help="a waiting packet gains one priority level per this many ms (default "
                        "%(default)s; 0: strict priorities)")
@@ -96,13 +99,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    for library in ("websockets", "picows"):  # one line per connection is ours to log, at DEBUG
-        logging.getLogger(library).setLevel(logging.WARNING)
+    # one line per connection is ours to log, at DEBUG; picows also warns each time a
+    # slow reader's write buffer crosses its high mark, which the node handles (it stops
+    # reading that peer until the buffer drains): not worth a warning per event
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("picows").setLevel(logging.ERROR)
     settings = Settings(host=args.host, port=args.port, path=args.path, transport=args.transport,
                         workers=args.workers,
                         ed_workers=args.ed_workers, rm_workers=args.rm_workers,
                         rm_memory_limit_mb=args.rm_memory_limit_mb, cf_core=args.cf_core,
-                        aging_ms=args.aging_ms, max_queued=args.max_queued, autoscale=args.autoscale,
+                        aging_ms=args.aging_ms, worker_shm_bytes=args.worker_shm_bytes,
+                        max_queued=args.max_queued, autoscale=args.autoscale,
                         df_min_workers=args.df_min_workers, df_max_workers=args.df_max_workers,
                         handler_modules=args.handlers, default_timeout_ms=args.default_timeout_ms,
                         max_frame_bytes=args.max_frame_bytes,

@@ -60,7 +60,7 @@ class PeerLink:
         self.inflight: dict[str, Task] = {}
         self.last_seen = time.monotonic()
         self.heartbeat_seq = 0
-        self.reading_paused = False
+        self._pause_reasons: set[str] = set()  # "inflight" (its limit), "writing" (slow reader)
         self.closed = False
         self._backlog: collections.deque[bytes | str] = collections.deque()
         self._heartbeat: asyncio.Task | None = None
@@ -70,19 +70,25 @@ class PeerLink:
         if not self.closed:
             self._write(frame)
 
-    def pause_reading(self) -> None:
-        if not self.reading_paused:
-            self.reading_paused = True
-            self._pause()
+    @property
+    def reading_paused(self) -> bool:
+        return bool(self._pause_reasons)
 
-    def resume_reading(self) -> None:
-        """Read again; messages that arrived while paused are handled first, in order."""
-        if self.reading_paused:
-            self.reading_paused = False
-            while self._backlog and not self.reading_paused and not self.closed:
-                self.node.on_message(self, self._backlog.popleft())
-            if not self.reading_paused:
-                self._resume()
+    def pause_reading(self, reason: str = "inflight") -> None:
+        if not self._pause_reasons:
+            self._pause()
+        self._pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str = "inflight") -> None:
+        """Read again once no reason to pause is left; messages that arrived while paused
+        are handled first, in order."""
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        while self._backlog and not self._pause_reasons and not self.closed:
+            self.node.on_message(self, self._backlog.popleft())
+        if not self._pause_reasons:
+            self._resume()
 
     # -- called by the transport
     def deliver(self, message: bytes | str) -> None:
@@ -264,7 +270,7 @@ class Node:
             if len(link.inflight) >= s.max_inflight_per_connection:
                 # Backpressure: stop reading this peer until a result frees a slot;
                 # TCP flow control then slows the sender.
-                link.pause_reading()
+                link.pause_reading("inflight")
         elif msg.type == "heartbeat":
             link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
         else:
@@ -311,7 +317,7 @@ class Node:
                 link.send(protocol.encode_failure(seq, pid, outcome.code, outcome.message,
                                                   outcome.duration_ms))
             if link.reading_paused and len(link.inflight) < self.settings.max_inflight_per_connection:
-                link.resume_reading()
+                link.resume_reading("inflight")
 
         task = self.pool.submit(packet, packet.timeout_ms, on_done)
         if isinstance(task, Refusal):

@@ -33,8 +33,9 @@ from typing import Any, Callable, NamedTuple
 import orjson
 
 from . import worker as wire
+from .arena import Arena, ShmRef
 from .errors import ConfigError, ErrorCode
-from .protocol import Packet
+from .protocol import Packet, RawJSON
 from .registry import DEFAULT_LANE
 from .scheduler import BLOCKED, DISPATCHED, DONE, QUEUED, Entry, Refusal, Scheduler, adaptive_window
 from .settings import Settings
@@ -105,18 +106,25 @@ class Task:
     def state(self) -> str:
         return self.entry.state
 
-    def wire(self, dependencies: dict[str, bytes]) -> tuple:
+    def wire(self, dependencies: dict[str, bytes] | None, arena: Arena | None = None,
+             threshold: int = 0) -> tuple:
         p = self.packet
-        return (self.no, p.key, p.data, p.id, p.group, p.element, p.priority, p.metadata,
+        data = p.data
+        if arena is not None and type(data) is RawJSON and len(data) > threshold:
+            data = arena.put(data) or data  # the pipe carries it when the arena is full
+        return (self.no, p.key, data, p.id, p.group, p.element, p.priority, p.metadata,
                 self.entry.deadline, dependencies, self.memory_limit_mb)
 
 
 class WorkerProcess(asyncio.SubprocessProtocol):
     """The front's side of one worker: its pipes, its outstanding packets, its exit."""
 
-    def __init__(self, pool: "Pool", lane: str, slot: int) -> None:
+    def __init__(self, pool: "Pool", lane: str, slot: int,
+                 arenas: tuple[Arena, Arena] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.pool = pool
+        # shared memory for bulk payloads: tasks' data in, results out (see pfnode/arena.py)
+        self.inbound, self.outbound = arenas if arenas else (None, None)
         self.lane = lane
         self.slot = slot
         self.pid: int | None = None
@@ -172,6 +180,9 @@ class WorkerProcess(asyncio.SubprocessProtocol):
                 self.hello.set_exception(ConfigError(
                     f"worker exited with {describe_exit(self.returncode)} before it was ready"))
             self.exited.set_result(self.returncode)
+            for arena in (self.inbound, self.outbound):
+                if arena is not None:
+                    arena.close(unlink=True)
             self.pool._on_worker_exit(self)
 
     # -- helpers
@@ -286,12 +297,23 @@ class Pool:
 
     async def _start_worker(self, lane: str, spec: LaneSpec, slot: int) -> WorkerProcess:
         loop = asyncio.get_running_loop()
-        config = orjson.dumps({"handler_modules": list(self.settings.handler_modules), "slot": slot,
-                               "lane": lane, "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb})
-        transport, proc = await loop.subprocess_exec(
-            lambda: WorkerProcess(self, lane, slot), sys.executable, "-m", "pfnode.worker", config,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-            env=self._worker_env())
+        s = self.settings
+        arenas = None
+        if s.worker_shm_bytes:  # bulk payloads through shared memory, both ways
+            arenas = (Arena.create(s.worker_shm_bytes, f"{slot}-in"), Arena.create(s.worker_shm_bytes, f"{slot}-out"))
+        config = orjson.dumps({"handler_modules": list(s.handler_modules), "slot": slot,
+                               "lane": lane, "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
+                               "arenas": [a.path for a in arenas] if arenas else None,
+                               "shm_threshold_bytes": s.shm_threshold_bytes})
+        try:
+            transport, proc = await loop.subprocess_exec(
+                lambda: WorkerProcess(self, lane, slot, arenas), sys.executable, "-m", "pfnode.worker",
+                config, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+                env=self._worker_env())
+        except BaseException:
+            for arena in arenas or ():
+                arena.close(unlink=True)
+            raise
         self._starting.add(proc)
         try:
             await asyncio.wait_for(asyncio.shield(proc.hello),
@@ -492,7 +514,10 @@ class Pool:
                 task.worker = proc
                 proc.outstanding.append(task)
                 deps = scheduler.dependency_results(entry, now) if entry.dependencies else None
-                batches.setdefault(proc, []).append(task.wire(deps))
+                item = task.wire(deps, proc.inbound, self.settings.shm_threshold_bytes)
+                if type(item[2]) is ShmRef:
+                    self.counters["shm_payloads_in"] += 1
+                batches.setdefault(proc, []).append(item)
                 if load + 1 < proc.window:
                     heapq.heapreplace(loads, (load + 1, slot, proc))
                 else:
@@ -502,6 +527,9 @@ class Pool:
 
     def _on_result(self, proc: WorkerProcess, frame: tuple) -> None:
         task_no, status, body, duration_ms = frame
+        if type(body) is ShmRef:
+            body = proc.outbound.take(body)  # copy out and free, whatever becomes of the result
+            self.counters["shm_payloads_out"] += 1
         if not proc.outstanding or proc.outstanding[0].no != task_no:
             log.error("pool: worker pid %s answered task %s out of order; killing it", proc.pid, task_no)
             proc.kill("protocol error")

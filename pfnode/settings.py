@@ -39,6 +39,10 @@ class Settings:
     # Threads for numpy's BLAS in each worker: the pool parallelises across processes,
     # so more threads per worker only oversubscribe the cores.
     worker_blas_threads: int = 1
+    # Payloads over shm_threshold_bytes travel through a shared-memory ring of
+    # worker_shm_bytes per direction per worker instead of the pipe (0: pipes only).
+    worker_shm_bytes: int = 8 * 1024 * 1024
+    shm_threshold_bytes: int = 32 * 1024
 
     # Scheduling
     aging_ms: int = 1000  # a queued packet gains one priority level per aging_ms waited (up to 10)
@@ -95,6 +99,8 @@ class Settings:
                      "autoscale_interval_ms", "worker_blas_threads"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.worker_shm_bytes < 0 or self.shm_threshold_bytes < 0:
+            problems.append("worker_shm_bytes and shm_threshold_bytes must be >= 0")
         if self.aging_ms < 0:
             problems.append(f"aging_ms must be >= 0 (0 turns aging off), got {self.aging_ms}")
         if self.shutdown_grace_ms < 0:

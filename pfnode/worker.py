@@ -198,6 +198,13 @@ def main(argv: list[str]) -> int:
         return 2
     memory_cap = MemoryCap()
     lane_limit_mb = config.get("memory_limit_mb")
+    inbound = outbound = None
+    if config.get("arenas"):
+        from .arena import Arena, ShmRef
+        from .protocol import RawJSON
+
+        inbound, outbound = (Arena.attach(path) for path in config["arenas"])
+        threshold = config.get("shm_threshold_bytes", 0)
     _write_all(out_fd, pack((0, HELLO, default_registry.describe(), os.getpid(),
                              sorted(os.sched_getaffinity(0)))))
 
@@ -220,6 +227,9 @@ def main(argv: list[str]) -> int:
         if not inbox:
             return 0
         task = inbox.popleft()
+        if inbound is not None and type(task[2]) is ShmRef:
+            # copied out (and its space freed) before anything else, skipped or not
+            task = task[:2] + (RawJSON(inbound.take(task[2])),) + task[3:]
         if task[0] in cancelled:
             cancelled.discard(task[0])
             _write_all(out_fd, pack((task[0], SKIPPED, None, 0.0)))
@@ -227,6 +237,10 @@ def main(argv: list[str]) -> int:
         if task[10] is None and lane_limit_mb is not None:
             task = task[:10] + (lane_limit_mb,)
         result = run_task(default_registry, task, memory_cap)
+        if outbound is not None and result[1] == OK and len(result[2]) > threshold:
+            ref = outbound.put(result[2])
+            if ref is not None:
+                result = (result[0], OK, ref, result[3])
         _write_all(out_fd, pack(result))
         if result[1] == FAILED and result[2][0] == "PF501":
             # A worker that hit its cap may be left fragmented or half-initialised:

@@ -68,6 +68,14 @@ class PicowsLink(PeerLink, WSListener):
         # hearing from the peer: as with the websockets transport, liveness is judged on
         # PacketFlow frames, and a peer's library answers pings on its own.
 
+    def pause_writing(self) -> None:
+        # The peer reads our results slower than they come: take no new work from it
+        # until its socket drains (picows calls this past the write buffer's high mark).
+        self.pause_reading("writing")
+
+    def resume_writing(self) -> None:
+        self.resume_reading("writing")
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.node.on_close(self, None)
 
