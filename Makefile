@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# make bench also needs the bench extra (matplotlib, for the PNG); make test does not.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 # The TypeScript interop peer needs Node.js and the ws package from npm.
 interop-deps:
 	cd tests/interop/ts && npm install --no-audit --no-fund --silent
@@ -30,8 +37,15 @@ test: venv interop-deps
 	$(PY) -m pytest $(ARGS)
 	PFNODE_TRANSPORT=websockets $(PY) -m pytest $(WIRE_TESTS) $(ARGS)
 
-bench: venv
+# bench/run.py (ARGS go to it, e.g. ARGS=--quick), then the pytest-benchmark micro-benchmarks
+# (MICRO_ARGS go to pytest). Plain `pytest` never collects bench/: testpaths is tests/.
+MICRO_ARGS ?=
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
+	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-sort=name \
+		--benchmark-columns=min,median,mean,stddev,ops,rounds \
+		--benchmark-json=bench/results/micro-latest.json $(MICRO_ARGS)
 
 clean:
 	rm -rf $(VENV) tests/interop/ts/node_modules bench/results

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane
-no-op rows and ed latency while the df lane is saturated.
+no-op rows, ed latency while the df lane is saturated, payload sizes, and the two transports.
 
-    .venv/bin/python bench/run.py             # full run (make bench), about 1.5 minutes on 2 cores
-    .venv/bin/python bench/run.py --quick     # smoke run, well under 30 s
+    .venv/bin/python bench/run.py             # full run (make bench), about 2.5 minutes on 2 cores
+    .venv/bin/python bench/run.py --quick     # smoke run, under 20 s
 
-Three systems, each measured R times (interleaved, the order rotated every repeat) and
+Four systems, each measured R times (interleaved, the order rotated every repeat) and
 reported as medians:
 
   pfnode    `python -m pfnode serve --workers W --handlers handlers.examples,bench.handlers_bench`
@@ -16,6 +16,9 @@ reported as medians:
             at most 256 futures outstanding for throughput, one at a time for RTT.
   echo      a bare websockets echo server (uvloop when importable) in its own process,
             driven by the same client code as pfnode; every echoed frame is checked.
+  pfnode_websockets
+            a second node, `--transport websockets` (the previous default transport), started
+            with the first and measured like it: the picows / websockets ratio.
 
 In the same repeats, against the same node:
 
@@ -25,10 +28,16 @@ In the same repeats, against the same node:
             df lane idle, and for S seconds while the other connection keeps 64 df:sleep_ms 50
             packets in flight (refilled as each one answers), so every df worker is busy and
             the df queue never empties; ed RTT p50/p99/max in both, and their ratio.
+  payloads  df:noop with 12, 8 192 and 131 072 float64 values (100 B, 64 KiB, 1 MiB of array),
+            each as a JSON list and as an $ndarray object (metadata {"ndarray": true}); every
+            answer checked equal to what was sent. Throughput (window 16; 4 for 1 MiB), RTT one
+            in flight, and the CPU per packet of the front and of the df workers; the same frames
+            through the echo server as the baseline.
 
-Prints a table on stdout, progress on stderr, and writes bench/results/bench-<time>.json and
-bench/results/latest.json. Every process it starts is stopped at the end, also on Ctrl-C.
-See bench/README.md.
+Prints tables on stdout, progress on stderr, and writes bench/results/bench-<time>.json,
+bench/results/latest.json and the plot, bench/results/bench-<time>.png and latest.png
+(skipped with a message when matplotlib is missing). Every process it starts is stopped at the
+end, also on Ctrl-C. See bench/README.md.
 """
 from __future__ import annotations
 
@@ -55,6 +64,16 @@ WINDOW = 256
 # df:sleep_ms); its workers run with the repository root as cwd, so `bench.handlers_bench` imports.
 NODE_HANDLERS = "handlers.examples,bench.handlers_bench"
 GROUPS = ("cf", "df", "ed", "rm")
+# The df:noop rows: the node on its default transport (picows), the executor, the echo server,
+# and a second node on the websockets transport (the previous default).
+SYSTEMS = ("pfnode", "executor", "echo", "pfnode_websockets")
+# Payload sizes: float64 arrays of this many bytes (12, 8 192 and 131 072 values), each sent as a
+# JSON list of floats and as an $ndarray object. The larger ones get fewer packets.
+PAYLOAD_SIZES = (("100 B", 96), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024))
+PAYLOAD_PACKET_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 16}
+PAYLOAD_RTT_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 16}
+LARGE_PAYLOAD_BYTES = 1024 * 1024  # from this size on the throughput window is --payload-large-window
+ENCODINGS = ("json", "ndarray")
 
 # The packet's data: a small JSON object, about 100 bytes encoded.
 DATA = {"sensor": "bench-01", "ts": 1718000000123, "values": [20.5, 21.25, 19.75, 22.0],
@@ -253,6 +272,207 @@ def ws_client(endpoint: str, mode: str, packets: int, rtt_packets: int, window: 
         for group in cpu_pids:
             out[f"{group}_cpu_us_per_packet"] = (cpu1[group] - cpu0[group]) / packets * 1e6
         return out
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+# -- payload sizes: df:noop with 100 B, 64 KiB and 1 MiB of float64 data, as a JSON list and as
+#    an $ndarray object (docs/PROTOCOL.md, "numpy payloads")
+
+def _payload_values(nbytes: int):
+    """nbytes / 8 float64 values, the same ones in every process (seeded by the size)."""
+    import numpy as np
+
+    return np.random.default_rng(nbytes).standard_normal(max(1, nbytes // 8))
+
+
+def _payload_json(values, encoding: str) -> bytes:
+    """The packet's `data` as JSON text: a list of floats, or one $ndarray object."""
+    import orjson
+
+    if encoding == "json":
+        return orjson.dumps(values.tolist())
+    from pfnode.ndarray import encode_array
+
+    return orjson.dumps(encode_array(values))
+
+
+def _same_payload(got: bytes, encoding: str, values) -> bool:
+    """True when `got` (data JSON text) holds exactly `values` in `encoding`: the slow check,
+    used only when the bytes differ from what was sent (any faithful re-encoding passes)."""
+    import numpy as np
+    import orjson
+
+    try:
+        obj = orjson.loads(got)
+        if encoding == "json":
+            return (type(obj) is list and len(obj) == len(values)
+                    and all(type(x) is float for x in obj) and np.array_equal(np.array(obj), values))
+        from pfnode.ndarray import decode_tree
+
+        array = decode_tree(obj)
+        return (isinstance(array, np.ndarray) and array.dtype == values.dtype
+                and array.shape == values.shape and np.array_equal(array, values))
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not the same
+        return False
+
+
+class _PayloadFrames:
+    """Submit frames for seqs first..first+count-1 that all carry `data_json`, built as they are
+    sent: hundreds of pre-encoded 2.6 MB frames would not fit in memory. Building one is a single
+    copy of the data (b"".join), the same for the node and the echo server."""
+
+    def __init__(self, first_seq: int, count: int, tag: str, data_json: bytes, ndarray: bool) -> None:
+        self.first_seq, self.count, self.tag, self.data_json = first_seq, count, tag.encode(), data_json
+        self.meta = b',"metadata":{"ndarray":true}' if ndarray else b""
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return (self[i] for i in range(self.count))
+
+    def __getitem__(self, i: int) -> bytes:
+        seq = self.first_seq + i
+        head = (b'{"type":"submit","seq":%d,"payload":{"version":"1.0","id":"%s-%d","group":"df",'
+                b'"element":"noop","priority":5%s,"data":' % (seq, self.tag, seq, self.meta))
+        return b"".join((head, self.data_json, b"}}"))
+
+
+_FRAME_DECODER = None
+
+
+def _frame_decoder():
+    """A msgspec decoder that keeps a frame's payload `data` as raw JSON: every answer is checked
+    without the client building 131 072 floats (it still scans them: the JSON must be valid)."""
+    global _FRAME_DECODER
+    if _FRAME_DECODER is None:
+        from typing import Any
+
+        import msgspec
+
+        # defstruct: real types, not annotations (this module has `from __future__ import annotations`)
+        payload = msgspec.defstruct("Payload", [("packet_id", Any, None), ("id", Any, None),
+                                                ("status", Any, None),
+                                                ("data", msgspec.Raw, msgspec.Raw(b"null")),
+                                                ("error", Any, None)])
+        Frame = msgspec.defstruct("Frame", [("type", Any, None), ("seq", Any, None),
+                                            ("payload", payload | None, None)])
+        _FRAME_DECODER = msgspec.json.Decoder(Frame)
+    return _FRAME_DECODER
+
+
+def _payload_checker(mode: str, first_seq: int, count: int, tag: str, data_json: bytes,
+                     encoding: str, values):
+    """check(raw) -> index of the answered frame, None for a heartbeat; BenchError otherwise.
+    pfnode: a success result for the right seq and packet id whose data equals what was sent
+    (byte for byte, or else decoded and compared value for value). echo: the submit frame
+    itself, with the same checks on its id and data."""
+    decoder = _frame_decoder()
+    expect_type = "result" if mode == "pfnode" else "submit"
+
+    def check(raw: bytes) -> int | None:
+        frame = decoder.decode(raw)
+        if frame.type == "heartbeat" and mode == "pfnode":
+            return None
+        if frame.type != expect_type:
+            raise BenchError(f"got a {frame.type!r} frame, expected {expect_type}: {raw[:300]!r}")
+        seq = frame.seq if type(frame.seq) is int else -1
+        i, p = seq - first_seq, frame.payload
+        if not 0 <= i < count or p is None:
+            raise BenchError(f"answer with unexpected seq {frame.seq}: {raw[:300]!r}")
+        packet_id = f"{tag}-{seq}"
+        if mode == "pfnode":
+            if p.status != "success":
+                raise BenchError(f"packet {packet_id} did not succeed: {p.error}")
+            if p.packet_id != packet_id:
+                raise BenchError(f"seq {seq} answered with packet_id {p.packet_id!r}, expected {packet_id!r}")
+        elif p.id != packet_id:
+            raise BenchError(f"echo server returned id {p.id!r} for seq {seq}, expected {packet_id!r}")
+        got = bytes(p.data)
+        if got != data_json and not _same_payload(got, encoding, values):
+            raise BenchError(f"packet {packet_id} ({encoding}, {len(data_json):,} bytes of data) came back "
+                             f"with different data ({len(got):,} bytes): {got[:120]!r}...")
+        return i
+    return check
+
+
+def _worker_codec_us(data_json: bytes, encoding: str, repeats: int = 7) -> float:
+    """Median µs of what a worker must do with this payload whatever the node: parse the data
+    (and base64-decode its array), then encode the result again. Timed in the client process."""
+    import orjson
+
+    if encoding == "ndarray":
+        from pfnode.ndarray import decode_tree, encode_tree
+
+        def work() -> bytes:
+            return orjson.dumps(encode_tree(decode_tree(orjson.loads(data_json))))
+    else:
+        def work() -> bytes:
+            return orjson.dumps(orjson.loads(data_json))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        work()
+        times.append((time.perf_counter_ns() - t0) / 1000)
+    return statistics.median(times)
+
+
+def payload_client(endpoint: str, mode: str, variants: list[dict], tag: str,
+                   cpu_pids: dict[str, list[int]], timeout_s: float) -> list[dict]:
+    """Each payload variant in turn on one connection, against pfnode (df:noop) or the echo
+    server: warm-up, throughput at the variant's window, RTT one at a time. `cpu_pids` as in
+    ws_client. Returns one dict per variant, in order."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    async def one(ws, v: dict, first_seq: int, vtag: str) -> tuple[dict, int]:
+        values = _payload_values(v["nbytes"])
+        data_json = _payload_json(values, v["encoding"])
+        plan = {}
+        seq = first_seq
+        for phase, count in (("warmup", v["warmup"]), ("throughput", v["packets"]), ("rtt", v["rtt_packets"])):
+            frames = _PayloadFrames(seq, count, vtag, data_json, v["encoding"] == "ndarray")
+            plan[phase] = (frames, _payload_checker(mode, seq, count, vtag, data_json, v["encoding"], values))
+            seq += count
+        window = v["window"]
+        await _pipelined(ws, *plan["warmup"], window, timeout_s)
+        cpu0 = {group: _cpu_s(pids) for group, pids in cpu_pids.items()}
+        client0 = time.process_time()
+        elapsed = await _pipelined(ws, *plan["throughput"], window, timeout_s)
+        client1 = time.process_time()
+        cpu1 = {group: _cpu_s(pids) for group, pids in cpu_pids.items()}
+        rtts = sorted(await _one_at_a_time(ws, *plan["rtt"]))
+        packets = v["packets"]
+        frame_bytes = len(plan["throughput"][0][0])
+        out = {"size": v["size"], "encoding": v["encoding"], "array_bytes": v["nbytes"],
+               "data_bytes": len(data_json), "frame_bytes": frame_bytes, "window": window,
+               "throughput": packets / elapsed, "elapsed_s": elapsed,
+               "array_mb_s": packets * v["nbytes"] / elapsed / 1e6,
+               "wire_mb_s": packets * frame_bytes / elapsed / 1e6,
+               "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
+               "rtt_mean_us": statistics.fmean(rtts),
+               "client_cpu_us_per_packet": (client1 - client0) / packets * 1e6,
+               "packets_answered": v["warmup"] + packets + v["rtt_packets"]}
+        for group in cpu_pids:
+            out[f"{group}_cpu_us_per_packet"] = (cpu1[group] - cpu0[group]) / packets * 1e6
+        if mode == "pfnode":
+            out["worker_codec_us"] = _worker_codec_us(data_json, v["encoding"])
+        return out, seq
+
+    async def main() -> list[dict]:
+        results = []
+        async with connect(endpoint, compression=None, max_size=None, open_timeout=10) as ws:
+            seq = 1
+            for n, v in enumerate(variants):
+                r, seq = await one(ws, v, seq, f"{tag}v{n}")
+                results.append(r)
+        return results
 
     try:
         import uvloop
@@ -564,15 +784,39 @@ def _child_entry(conn, func_name: str, kwargs: dict) -> None:
 
 # ============================================================================ parent side
 
+class NodeProcess:
+    """One `pfnode serve` started by the benchmark."""
+
+    def __init__(self, name: str, argv: list[str], popen: subprocess.Popen, log_path: Path) -> None:
+        self.name, self.argv, self.popen, self.log_path = name, argv, popen, log_path
+        self.pids: list[int] = []  # the front first, then its workers
+        self.endpoint = ""
+        self.returncode: int | None = None
+
+    @property
+    def front_pid(self) -> int:
+        return self.pids[0]
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self.pids[1:]
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_text(self, tail: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-tail:])
+
+
 class Processes:
     """Every process this benchmark starts, so that all of them can be stopped."""
 
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("spawn")
         self.children: set = set()
-        self.node: subprocess.Popen | None = None
-        self.node_log: Path | None = None
-        self.node_pids: list[int] = []
+        self.nodes: dict[str, NodeProcess] = {}  # by name: "picows" (the main node), "websockets"
 
     # -- multiprocessing children
     def call(self, label: str, func_name: str, limit_s: float, **kwargs) -> dict:
@@ -631,63 +875,74 @@ class Processes:
             proc.join(5)
         self.children.discard(proc)
 
-    # -- the node
-    def start_node(self, workers: int, log_dir: Path, timeout_s: float = 60.0) -> str:
-        self.node_log = log_dir / "node.log"
-        with open(self.node_log, "wb") as log_file:
-            self.node = subprocess.Popen(
-                [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
-                 "--handlers", NODE_HANDLERS],
+    # -- the nodes
+    def start_node(self, workers: int, log_dir: Path, transport: str = "picows",
+                   timeout_s: float = 60.0) -> NodeProcess:
+        """Start `pfnode serve` on `transport` (also its name here) and wait until it serves."""
+        log_path = log_dir / f"node-{transport}.log"
+        argv = ["serve", "--port", "0", "--transport", transport, "--workers", str(workers),
+                "--handlers", NODE_HANDLERS]
+        with open(log_path, "wb") as log_file:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "pfnode", *argv],
                 cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+        node = self.nodes[transport] = NodeProcess(transport, argv, popen, log_path)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            match = SERVING.search(self.node_log.read_text(errors="replace"))
+            match = SERVING.search(log_path.read_text(errors="replace"))
             if match:
                 import psutil
 
-                self.node_pids = [self.node.pid] + [
-                    p.pid for p in psutil.Process(self.node.pid).children(recursive=True)]
-                return match.group(1)
-            if self.node.poll() is not None:
-                raise BenchError(f"node exited with {self.node.returncode}:\n{self.node_log_text()}")
+                node.pids = [popen.pid] + [p.pid for p in psutil.Process(popen.pid).children(recursive=True)]
+                node.endpoint = match.group(1)
+                return node
+            if popen.poll() is not None:
+                raise BenchError(f"{transport} node exited with {popen.returncode}:\n{node.log_text()}")
             time.sleep(0.05)
-        raise BenchError(f"node did not start within {timeout_s:.0f} s:\n{self.node_log_text()}")
+        raise BenchError(f"{transport} node did not start within {timeout_s:.0f} s:\n{node.log_text()}")
 
     def node_log_text(self, tail: int = 40) -> str:
-        if self.node_log is None or not self.node_log.exists():
-            return ""
-        return "\n".join(self.node_log.read_text(errors="replace").splitlines()[-tail:])
+        """The tail of every running or stopped node's log, each under its name."""
+        parts = []
+        for node in self.nodes.values():
+            text = node.log_text(tail)
+            if text:
+                parts.append(f"--- {node.name} node log\n{text}")
+        return "\n".join(parts)
 
-    def stop_node(self) -> int | None:
-        node, self.node = self.node, None
-        if node is None:
+    def stop_node(self, name: str) -> int | None:
+        node = self.nodes.get(name)
+        if node is None or node.popen is None:
             return None
-        if node.poll() is None:
-            node.send_signal(signal.SIGTERM)
+        popen, node.popen = node.popen, None
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
             try:
-                node.wait(20)
+                popen.wait(20)
             except subprocess.TimeoutExpired:
-                progress("node did not stop within 20 s of SIGTERM; killing it")
-                node.kill()
-                node.wait()
+                progress(f"{name} node did not stop within 20 s of SIGTERM; killing it")
+                popen.kill()
+                popen.wait()
         # Its workers should have gone with it; make sure.
         import psutil
 
-        for pid in self.node_pids[1:]:
+        for pid in node.pids[1:]:
             try:
                 proc = psutil.Process(pid)
                 if proc.status() != psutil.STATUS_ZOMBIE:
-                    progress(f"node worker pid {pid} outlived the node; killing it")
+                    progress(f"{name} node worker pid {pid} outlived the node; killing it")
                     proc.kill()
             except psutil.Error:
                 pass
-        return node.returncode
+        node.returncode = popen.returncode
+        return popen.returncode
 
     def stop_all(self) -> None:
         for proc in list(self.children):
             self.stop_child(proc, wait_s=0)
-        self.stop_node()
+        for name in list(self.nodes):
+            self.stop_node(name)
 
 
 def _node_health(endpoint: str) -> dict:
@@ -747,7 +1002,7 @@ def machine_info() -> dict:
 def summarise(runs: list[dict]) -> dict:
     keys = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client_cpu_us_per_packet",
             "server_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet",
-            "lane_cpu_us_per_packet")
+            "lane_cpu_us_per_packet", "array_mb_s", "wire_mb_s", "worker_codec_us")
     out = {}
     for key in keys:
         values = [r[key] for r in runs if r.get(key) is not None]
@@ -808,8 +1063,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="df:sleep_ms packets kept in flight to saturate the df lane (default 64)")
     parser.add_argument("--ed-df-sleep-ms", type=int, default=50,
                         help="milliseconds each of those df packets sleeps (default 50)")
+    parser.add_argument("--payload-packets", type=int, default=None,
+                        help="packets per throughput measurement of the 100 B payloads; 64 KiB gets a "
+                             "quarter, 1 MiB a 16th, at least 10 (default 4000; --quick 1000)")
+    parser.add_argument("--payload-rtt-packets", type=int, default=None,
+                        help="round trips per RTT measurement of the 100 B payloads; 64 KiB gets a "
+                             "quarter, 1 MiB a 16th, at least 5 (default 500; --quick 200)")
+    parser.add_argument("--payload-window", type=int, default=16,
+                        help="packets in flight for the payload throughput (default 16)")
+    parser.add_argument("--payload-large-window", type=int, default=4,
+                        help="packets in flight for the 1 MiB payload throughput (default 4)")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
-                        help="where to write the JSON results (default bench/results)")
+                        help="where to write the JSON results and the PNG (default bench/results)")
     args = parser.parse_args(argv)
     args.packets = args.packets or (3000 if args.quick else 20000)
     args.rtt_packets = args.rtt_packets or (300 if args.quick else 2000)
@@ -817,8 +1083,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.group_packets = args.group_packets or (1000 if args.quick else 5000)
     args.group_rtt_packets = args.group_rtt_packets or (200 if args.quick else 1000)
     args.ed_seconds = args.ed_seconds or (1.0 if args.quick else 5.0)
+    args.payload_packets = args.payload_packets or (1000 if args.quick else 4000)
+    args.payload_rtt_packets = args.payload_rtt_packets or (200 if args.quick else 500)
     for name in ("packets", "rtt_packets", "repeats", "workers", "window", "group_packets",
-                 "group_rtt_packets", "ed_df_inflight"):
+                 "group_rtt_packets", "ed_df_inflight", "payload_packets", "payload_rtt_packets",
+                 "payload_window", "payload_large_window"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.ed_seconds <= 0:
@@ -836,7 +1105,8 @@ def print_table(report: dict) -> None:
     cfg, med, ratios = report["config"], report["medians"], report["ratios"]
     names = {"pfnode": f"pfnode df:noop, {cfg['workers']} workers",
              "executor": f"ProcessPoolExecutor({cfg['workers']}), no network",
-             "echo": "websockets echo server, no workers"}
+             "echo": "websockets echo server, no workers",
+             "pfnode_websockets": "pfnode df:noop, websockets transport"}
     print()
     print(f"pfnode benchmark: {cfg['packets']:,} packets x {cfg['repeats']} repeats, window {cfg['window']}, "
           f"RTT over {cfg['rtt_packets']:,} round trips 1 in flight; medians "
@@ -845,7 +1115,7 @@ def print_table(report: dict) -> None:
               f"{'RTT p99 µs':>11} {'client CPU µs/pkt':>18} {'server CPU µs/pkt':>18}")
     print(header)
     print("-" * len(header))
-    for key in ("pfnode", "executor", "echo"):
+    for key in SYSTEMS:
         m = med[key]
         spread = f"({fmt(m['throughput_min'])}-{fmt(m['throughput_max'])})"
         print(f"{names[key]:<40} {fmt(m['throughput']):>10} {spread:>17} {fmt(m['rtt_p50_us']):>11} "
@@ -856,13 +1126,19 @@ def print_table(report: dict) -> None:
           f"workers {fmt(p.get('workers_cpu_us_per_packet'), '.1f')} µs/packet (all workers together)")
     print()
     print("ratios (pfnode / baseline)         throughput   RTT p50   RTT p99")
-    for key, label in (("executor", "pfnode / ProcessPoolExecutor"), ("echo", "pfnode / websockets echo")):
+    for key, label in (("executor", "pfnode / ProcessPoolExecutor"), ("echo", "pfnode / websockets echo"),
+                       ("websockets_transport", "picows / websockets transport")):
         r = ratios[key]
         print(f"  {label:<32} {r['throughput']:>10.2f}x {r['rtt_p50']:>8.2f}x {r['rtt_p99']:>8.2f}x")
+    w = med["pfnode_websockets"]
+    print(f"  (the same node and client on each transport; websockets-transport server CPU split: front "
+          f"{fmt(w.get('front_cpu_us_per_packet'), '.1f')} µs/packet, workers "
+          f"{fmt(w.get('workers_cpu_us_per_packet'), '.1f')} µs/packet)")
     print()
     print_groups(report)
     print_ed_load(report)
-    print("targets (DESIGN.md, 2-core machine)")
+    print_payloads(report)
+    print("targets (DESIGN.md and the payload issue, 2-core machine)")
     for target in report["targets"]:
         print(f"  [{'met' if target['met'] else 'NOT MET':>7}] {target['name']}: {target['value']}")
     start, end = report["machine"].get("loadavg_at_start"), report.get("loadavg_at_end")
@@ -920,6 +1196,223 @@ def print_ed_load(report: dict) -> None:
     print()
 
 
+# -- payload sizes
+
+def payload_variants(args: argparse.Namespace) -> list[dict]:
+    """The payload measurements, in the order a client runs them: each size as a JSON list and
+    as an $ndarray. Larger payloads get fewer packets (and the largest a smaller window)."""
+    variants = []
+    for size, nbytes in PAYLOAD_SIZES:
+        large = nbytes >= LARGE_PAYLOAD_BYTES
+        packets = max(10, args.payload_packets // PAYLOAD_PACKET_DIVISOR[size])
+        rtt_packets = max(5, args.payload_rtt_packets // PAYLOAD_RTT_DIVISOR[size])
+        window = args.payload_large_window if large else args.payload_window
+        for encoding in ENCODINGS:
+            variants.append({"size": size, "nbytes": nbytes, "encoding": encoding, "packets": packets,
+                             "rtt_packets": rtt_packets, "window": window,
+                             "warmup": max(2 * window, packets // 10)})
+    return variants
+
+
+def summarise_payloads(variants: list[dict], payload_runs: dict[str, list[list[dict]]]) -> list[dict]:
+    """One entry per variant: its configuration, frame sizes, and the medians over the repeats
+    for pfnode and for the echo server."""
+    out = []
+    for i, v in enumerate(variants):
+        entry = {key: v[key] for key in ("size", "encoding", "nbytes", "window", "packets", "rtt_packets")}
+        entry["values"] = max(1, v["nbytes"] // 8)
+        first = payload_runs["pfnode"][0][i]
+        entry["data_bytes"], entry["frame_bytes"] = first["data_bytes"], first["frame_bytes"]
+        for system in ("pfnode", "echo"):
+            entry[system] = summarise([rs[i] for rs in payload_runs[system]])
+        out.append(entry)
+    return out
+
+
+def _find_payload(payloads: list[dict], size: str, encoding: str) -> dict:
+    return next(p for p in payloads if p["size"] == size and p["encoding"] == encoding)
+
+
+def check_payloads(payloads: list[dict]) -> dict:
+    """How the front's, the workers' and the echo server's CPU per packet grow from the
+    smallest to the largest payload, the 1 MiB ndarray RTT against its floor, and the two
+    payload targets."""
+    small_size, large_size = PAYLOAD_SIZES[0][0], PAYLOAD_SIZES[-1][0]
+    growth = {}
+    for encoding in ENCODINGS:
+        small, large = _find_payload(payloads, small_size, encoding), _find_payload(payloads, large_size, encoding)
+        added_mb = (large["frame_bytes"] - small["frame_bytes"]) / 1e6
+        g = {"added_frame_mb": added_mb}
+        for name, system, key in (("front", "pfnode", "front_cpu_us_per_packet"),
+                                  ("workers", "pfnode", "workers_cpu_us_per_packet"),
+                                  ("echo_server", "echo", "server_cpu_us_per_packet")):
+            lo, hi = small[system].get(key), large[system].get(key)
+            g[name] = {"small_us": lo, "large_us": hi,
+                       "growth": hi / lo if lo else None,
+                       "extra_us_per_mb": (hi - lo) / added_mb if None not in (lo, hi) else None}
+        f_extra = g["front"]["extra_us_per_mb"]
+        e_extra = g["echo_server"]["extra_us_per_mb"]
+        g["front_extra_vs_echo"] = f_extra / e_extra if f_extra is not None and e_extra else None
+        w_extra = g["workers"]["extra_us_per_mb"]
+        g["front_extra_vs_workers"] = f_extra / w_extra if f_extra is not None and w_extra else None
+        growth[encoding] = g
+    nd = _find_payload(payloads, large_size, "ndarray")
+    rtt, echo_rtt, codec = nd["pfnode"]["rtt_p50_us"], nd["echo"]["rtt_p50_us"], nd["pfnode"]["worker_codec_us"]
+    floor = echo_rtt + codec
+    nd_rtt = {"rtt_p50_us": rtt, "echo_rtt_p50_us": echo_rtt, "worker_codec_us": codec, "floor_us": floor,
+              "rest_us": rtt - floor, "ratio": rtt / floor, "frame_bytes": nd["frame_bytes"]}
+    front_value = "; ".join(
+        f"{enc}: {fmt(g['front']['small_us'])} -> {fmt(g['front']['large_us'])} µs/packet, "
+        f"{fmt(g['front']['extra_us_per_mb'])} µs per added MB = {fmt(g['front_extra_vs_echo'], '.1f')}x "
+        f"the echo server's" for enc, g in growth.items())
+    targets = [
+        {"name": f"front's CPU per packet independent of payload size ({small_size} -> {large_size}: "
+                 f"its added cost per MB <= 2x the echo server's for the same frames)",
+         "value": front_value,
+         "met": all(g["front_extra_vs_echo"] is not None and g["front_extra_vs_echo"] <= 2
+                    for g in growth.values())},
+        {"name": f"{large_size} ndarray round trip bounded by memory bandwidth and base64 (RTT p50 <= 1.5x "
+                 f"echo RTT of the same frames + the worker's JSON/base64 work)",
+         "value": f"{rtt / 1000:.2f} ms vs {echo_rtt / 1000:.2f} + {codec / 1000:.2f} = {floor / 1000:.2f} ms "
+                  f"({nd_rtt['ratio']:.2f}x)",
+         "met": nd_rtt["ratio"] <= 1.5},
+    ]
+    return {"summary": {"growth": growth, "ndarray_large_rtt": nd_rtt}, "targets": targets}
+
+
+def print_payloads(report: dict) -> None:
+    cfg, payloads = report["config"], report["payloads"]
+    summary = report["payload_summary"]
+    large = [p for p in payloads if p["nbytes"] >= LARGE_PAYLOAD_BYTES]
+    print(f"payload sizes: df:noop returns its data, float64 values as a JSON list or as one $ndarray "
+          f"(metadata {{\"ndarray\": true}}); every answer checked equal to what was sent; "
+          f"{cfg['repeats']} repeats; medians")
+    print(f"  throughput window {cfg['payload_window']}"
+          + (f" ({', '.join(sorted({p['size'] for p in large}))}: window {cfg['payload_large_window']})"
+             if large else "")
+          + "; RTT 1 in flight; echo: the websockets echo server sent the same frames (bytes in, bytes out)")
+    header = (f"{'payload':<8} {'encoding':<8} {'frame B':>10} {'win':>3} {'packets':>7} {'packets/s':>9} "
+              f"{'MB/s':>7} {'RTT p50 µs':>10} {'RTT p99 µs':>10} {'front µs/pkt':>12} {'workers µs/pkt':>14} "
+              f"{'codec µs':>9} | {'echo pkt/s':>10} {'echo p50 µs':>11} {'echo µs/pkt':>11}")
+    print(header)
+    print("-" * len(header))
+    for p in payloads:
+        m, e = p["pfnode"], p["echo"]
+        print(f"{p['size']:<8} {p['encoding']:<8} {p['frame_bytes']:>10,} {p['window']:>3} {p['packets']:>7,} "
+              f"{fmt(m['throughput']):>9} {fmt(m['array_mb_s'], ',.1f'):>7} {fmt(m['rtt_p50_us']):>10} "
+              f"{fmt(m['rtt_p99_us']):>10} {fmt(m.get('front_cpu_us_per_packet')):>12} "
+              f"{fmt(m.get('workers_cpu_us_per_packet')):>14} {fmt(m.get('worker_codec_us')):>9} | "
+              f"{fmt(e['throughput']):>10} {fmt(e['rtt_p50_us']):>11} {fmt(e.get('server_cpu_us_per_packet')):>11}")
+    print("  MB/s: the float64 array's bytes per second (8 bytes a value), one way; frame B: one submit frame "
+          "on the wire; codec µs: the worker's unavoidable work for that data (parse, base64, encode), "
+          "timed in the client")
+    for enc, g in summary["growth"].items():
+        print(f"  {enc:<8} {PAYLOAD_SIZES[0][0]} -> {PAYLOAD_SIZES[-1][0]}: CPU per packet front "
+              f"{fmt(g['front']['growth'], ',.0f')}x, workers {fmt(g['workers']['growth'], ',.0f')}x, echo server "
+              f"{fmt(g['echo_server']['growth'], ',.0f')}x; per added MB of frame: front "
+              f"{fmt(g['front']['extra_us_per_mb'])} µs, workers {fmt(g['workers']['extra_us_per_mb'])} µs, "
+              f"echo server {fmt(g['echo_server']['extra_us_per_mb'])} µs")
+    nd = summary["ndarray_large_rtt"]
+    print(f"  {PAYLOAD_SIZES[-1][0]} ndarray RTT p50 {nd['rtt_p50_us'] / 1000:.2f} ms = echo RTT (same frames) "
+          f"{nd['echo_rtt_p50_us'] / 1000:.2f} ms + worker JSON/base64 work {nd['worker_codec_us'] / 1000:.2f} ms "
+          f"+ the rest (pipe hop to the worker and back, copies) {nd['rest_us'] / 1000:.2f} ms")
+    print()
+
+
+# -- the plot
+
+def write_plot(report: dict, paths: list[Path]) -> str:
+    """Draw the PNG (to every path in `paths`); return a line saying what happened. Without
+    matplotlib the plot is skipped, not the run failed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ("plot: skipped, matplotlib is not installed (make bench installs it; or "
+                ".venv/bin/pip install -e '.[bench]')")
+    cfg, med = report["config"], report["medians"]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    fig.suptitle(f"pfnode benchmark, {report['machine']['cpu_count']} CPUs, {cfg['workers']} workers, "
+                 f"{cfg['repeats']} repeats (medians; bars: min-max)  {report['machine']['date']}", fontsize=11)
+
+    def bars(ax, labels, stats, color, title, ylabel, key="throughput"):
+        values = [s[key] for s in stats]
+        low = [s[key] - s.get(key + "_min", s[key]) for s in stats]
+        high = [s.get(key + "_max", s[key]) - s[key] for s in stats]
+        xs = range(len(labels))
+        ax.bar(xs, values, color=color, yerr=[low, high], capsize=4)
+        ax.set_xticks(list(xs), labels, fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        tops = [v + h for v, h in zip(values, high)]
+        for x, v, top, st in zip(xs, values, tops, stats):
+            ax.annotate(f"{v:,.0f}/s\nRTT p50 {st['rtt_p50_us']:,.0f} µs", (x, top), textcoords="offset points",
+                        xytext=(0, 4), ha="center", fontsize=8)
+        ax.set_ylim(0, max(tops) * 1.2)
+
+    names = {"pfnode": "pfnode\n(picows)", "pfnode_websockets": "pfnode\n(websockets\ntransport)",
+             "executor": "ProcessPool\nExecutor", "echo": "websockets\necho server"}
+    systems = ["pfnode", "pfnode_websockets", "executor", "echo"]
+    bars(axes[0][0], [names[s] for s in systems], [med[s] for s in systems],
+         ["tab:blue", "tab:cyan", "tab:gray", "tab:orange"],
+         f"df:noop throughput per system (window {cfg['window']})", "packets/s")
+    axes[0][0].axhline(30_000, color="tab:red", linestyle="--", linewidth=1)
+    axes[0][0].annotate("target 30 000/s", (-0.45, 30_000), xytext=(0, 3), textcoords="offset points",
+                        ha="left", fontsize=8, color="tab:red")
+    groups = report["groups"]
+    bars(axes[0][1], [f"{g}:noop\n{groups[g].get('workers')} worker(s)" for g in GROUPS],
+         [groups[g] for g in GROUPS], "tab:green", f"throughput per lane (window {cfg['window']})", "packets/s")
+
+    payloads = report["payloads"]
+    sizes = [size for size, _ in PAYLOAD_SIZES]
+    xs = [nbytes for _, nbytes in PAYLOAD_SIZES]
+    ax = axes[1][0]
+    for enc, marker in (("json", "o"), ("ndarray", "s")):
+        rows = [_find_payload(payloads, size, enc) for size in sizes]
+        ax.plot(xs, [r["pfnode"].get("front_cpu_us_per_packet") for r in rows], marker=marker, color="tab:blue",
+                label=f"pfnode front, {enc}", linestyle="-" if enc == "json" else "--")
+        ax.plot(xs, [r["pfnode"].get("workers_cpu_us_per_packet") for r in rows], marker=marker,
+                color="tab:purple", label=f"pfnode workers, {enc}", linestyle="-" if enc == "json" else "--")
+        ax.plot(xs, [r["echo"].get("server_cpu_us_per_packet") for r in rows], marker=marker,
+                color="tab:orange", label=f"echo server, {enc}", linestyle="-" if enc == "json" else "--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [f"{s}\n({n // 8:,} floats)" for s, n in PAYLOAD_SIZES])
+    ax.set_title("CPU µs per packet vs payload size (throughput phase)", fontsize=10)
+    ax.set_ylabel("CPU µs/packet")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    width = 0.2
+    for k, (enc, system, color, label) in enumerate((
+            ("json", "pfnode", "tab:blue", "pfnode, JSON list"), ("ndarray", "pfnode", "tab:cyan", "pfnode, $ndarray"),
+            ("json", "echo", "tab:orange", "echo, JSON list frames"),
+            ("ndarray", "echo", "navajowhite", "echo, $ndarray frames"))):
+        values = [_find_payload(payloads, size, enc)[system]["array_mb_s"] for size in sizes]
+        positions = [i + (k - 1.5) * width for i in range(len(sizes))]
+        ax.bar(positions, values, width, color=color, label=label)
+        for x, v in zip(positions, values):
+            ax.annotate(f"{v:,.0f}" if v >= 10 else f"{v:.1f}", (x, v), textcoords="offset points",
+                        xytext=(0, 2), ha="center", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(sizes)), [f"{p['size']}\n(window {p['window']})" for p in
+                                      (_find_payload(payloads, size, "json") for size in sizes)])
+    ax.set_title("payload throughput: float64 data MB/s (one way)", fontsize=10)
+    ax.set_ylabel("MB/s")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot: {paths[0]}" + (f" (and {', '.join(str(p) for p in paths[1:])})" if paths[1:] else "")
+
+
 def run(args: argparse.Namespace, procs: Processes) -> dict:
     machine = machine_info()
     load = machine["loadavg_at_start"]
@@ -927,7 +1420,8 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
              f"{f'{load[0]:.2f}' if load else '?'}; "
              f"{args.packets} packets x {args.repeats} repeats, {args.rtt_packets} RTT samples, "
              f"{args.workers} workers; lanes {args.group_packets} packets, {args.group_rtt_packets} RTT "
-             f"samples; ed load {args.ed_seconds:g} s per phase")
+             f"samples; ed load {args.ed_seconds:g} s per phase; payloads {args.payload_packets} packets "
+             f"(100 B; fewer for larger), window {args.payload_window} ({args.payload_large_window} for 1 MiB)")
     warmup = min(1000, max(200, args.packets // 10))
     # Generous: a run fails only if a system manages under 200 packets/s or hangs.
     timeout_s = 30 + (warmup + args.packets) / 200 + args.rtt_packets / 100
@@ -936,31 +1430,45 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     # The drain after the loaded phase: every df:sleep_ms in flight run on one worker, and then some.
     ed_timeout_s = 30 + args.ed_df_inflight * args.ed_df_sleep_ms / 1000
 
+    variants = payload_variants(args)
+    # A 1 MiB JSON list goes at about 30 packets/s on 2 cores: allow 1 packet/s and then some.
+    payload_timeout_s = 30 + max((v["warmup"] + v["packets"] + v["rtt_packets"]) for v in variants)
+    payload_limit_s = 60 + 2 * len(variants) * payload_timeout_s
+
     log_dir = Path(tempfile.mkdtemp(prefix="pfnode-bench-"))
-    progress("starting the node ...")
-    node_ep = procs.start_node(args.workers, log_dir)
-    front_pid, worker_pids = procs.node_pids[0], procs.node_pids[1:]
+    progress("starting the nodes (picows, the default transport, and websockets) ...")
+    node = procs.start_node(args.workers, log_dir, "picows")
+    node_ep, front_pid, worker_pids = node.endpoint, node.front_pid, node.worker_pids
     progress(f"node at {node_ep} (front pid {front_pid}, workers {worker_pids})")
+    ws_node = procs.start_node(args.workers, log_dir, "websockets")
+    progress(f"websockets-transport node at {ws_node.endpoint} (front pid {ws_node.front_pid}, "
+             f"workers {ws_node.worker_pids})")
     echo_ep, echo_proc = procs.start_echo()
     progress(f"echo server at {echo_ep} (pid {echo_proc.pid})")
     lanes_at_start = _node_health(node_ep).get("lanes", {})
     lane_pids = {lane: lanes_at_start.get(lane, {}).get("pids") or worker_pids for lane in GROUPS}
     progress("lane workers: " + ", ".join(f"{lane} {lane_pids[lane]}" for lane in GROUPS))
 
-    runs: dict[str, list[dict]] = {"pfnode": [], "executor": [], "echo": []}
+    runs: dict[str, list[dict]] = {system: [] for system in SYSTEMS}
     group_runs: dict[str, list[dict]] = {group: [] for group in GROUPS}
     ed_runs: list[dict] = []
-    order = ["pfnode", "executor", "echo"]
+    payload_runs: dict[str, list[list[dict]]] = {"pfnode": [], "echo": []}
+    order = list(SYSTEMS)
     common = dict(packets=args.packets, rtt_packets=args.rtt_packets, window=args.window,
                   warmup=warmup, timeout_s=timeout_s)
     child_timeout = 2 * timeout_s + 30
     for rep in range(args.repeats):
-        for system in order[rep % 3:] + order[:rep % 3]:  # rotate so no system always goes first
+        for system in order[rep % 4:] + order[:rep % 4]:  # rotate so no system always goes first
             label = f"repeat {rep + 1}/{args.repeats} {system}"
             if system == "pfnode":
                 r = procs.call(label, "ws_client", child_timeout, endpoint=node_ep, mode="pfnode",
                                tag=f"r{rep}", cpu_pids={"front": [front_pid], "workers": worker_pids},
                                **common)
+                r["server_cpu_us_per_packet"] = r["front_cpu_us_per_packet"] + r["workers_cpu_us_per_packet"]
+            elif system == "pfnode_websockets":
+                r = procs.call(label, "ws_client", child_timeout, endpoint=ws_node.endpoint, mode="pfnode",
+                               tag=f"w{rep}", cpu_pids={"front": [ws_node.front_pid],
+                                                        "workers": ws_node.worker_pids}, **common)
                 r["server_cpu_us_per_packet"] = r["front_cpu_us_per_packet"] + r["workers_cpu_us_per_packet"]
             elif system == "echo":
                 r = procs.call(label, "ws_client", child_timeout, endpoint=echo_ep, mode="echo",
@@ -995,29 +1503,56 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
                  f"df saturated p50 {loaded['p50_ms']:.3f} / p99 {loaded['p99_ms']:.3f} / max "
                  f"{loaded['max_ms']:.3f} ms, df {loaded['df_throughput']:,.1f} packets/s "
                  f"(saturated: {loaded['df_saturated']})")
+        # Payload sizes: df:noop against the (picows) node and the same frames through the echo
+        # server; which goes first alternates.
+        for system in (("pfnode", "echo") if rep % 2 == 0 else ("echo", "pfnode")):
+            label = f"repeat {rep + 1}/{args.repeats} payloads {system}"
+            if system == "pfnode":
+                rs = procs.call(label, "payload_client", payload_limit_s, endpoint=node_ep, mode="pfnode",
+                                variants=variants, tag=f"p{rep}", timeout_s=payload_timeout_s,
+                                cpu_pids={"front": [front_pid], "workers": lane_pids["df"]})
+            else:
+                rs = procs.call(label, "payload_client", payload_limit_s, endpoint=echo_ep, mode="echo",
+                                variants=variants, tag=f"p{rep}", timeout_s=payload_timeout_s,
+                                cpu_pids={"server": [echo_proc.pid]})
+            payload_runs[system].append(rs)
+            progress(f"{label}: " + "; ".join(
+                f"{r['size']} {r['encoding']} {r['throughput']:,.0f}/s"
+                + (f" front {r['front_cpu_us_per_packet']:,.0f} µs/pkt" if system == "pfnode" else "")
+                for r in rs))
         if echo_proc.exitcode is not None:
             raise BenchError(f"echo server exited with {echo_proc.exitcode}")
-        if procs.node is None or procs.node.poll() is not None:
-            raise BenchError(f"node exited during the run:\n{procs.node_log_text()}")
+        for n in (node, ws_node):
+            if not n.alive():
+                raise BenchError(f"the {n.name} node exited during the run:\n{n.log_text()}")
 
-    health = _node_health(node_ep)
-    counters = health.get("counters", {})
+    counters = _node_health(node_ep).get("counters", {})
     expected = args.repeats * (warmup + args.packets + args.rtt_packets)
     expected += sum(r["packets_answered"] for rs in group_runs.values() for r in rs)
     expected += sum(r["packets_answered"] for r in ed_runs)
+    expected += sum(r["packets_answered"] for rs in payload_runs["pfnode"] for r in rs)
+    ws_counters = _node_health(ws_node.endpoint).get("counters", {})
+    ws_expected = args.repeats * (warmup + args.packets + args.rtt_packets)
     progress(f"node counters: {counters}")
-    if counters.get("failed", 0) or counters.get("completed", 0) != expected:
-        raise BenchError(f"node counters disagree with the client: completed {counters.get('completed')}, "
-                         f"expected {expected}, failed {counters.get('failed', 0)}")
-    progress("stopping the node and the echo server ...")
+    progress(f"websockets-transport node counters: {ws_counters}")
+    for name, got, want in (("node", counters, expected), ("websockets-transport node", ws_counters, ws_expected)):
+        if got.get("failed", 0) or got.get("completed", 0) != want:
+            raise BenchError(f"{name} counters disagree with the client: completed {got.get('completed')}, "
+                             f"expected {want}, failed {got.get('failed', 0)}")
+    progress("stopping the nodes and the echo server ...")
     procs.stop_child(echo_proc, wait_s=0)
-    rc = procs.stop_node()
-    node_log = procs.node_log.read_text(errors="replace") if procs.node_log else ""
-    problems = [line for line in node_log.splitlines() if " WARNING " in line or " ERROR " in line]
-    if rc != 0:
-        progress(f"node exited with status {rc}")
-    if problems:
-        progress(f"node logged {len(problems)} warnings/errors, e.g.: {problems[0]}")
+    node_status = {}
+    for n in (node, ws_node):
+        rc = procs.stop_node(n.name)
+        problems = [line for line in n.log_path.read_text(errors="replace").splitlines()
+                    if " WARNING " in line or " ERROR " in line]
+        if rc != 0:
+            progress(f"{n.name} node exited with status {rc}")
+        if problems:
+            progress(f"{n.name} node logged {len(problems)} warnings/errors, e.g.: {problems[0]}")
+        node_status[n.name] = {"exit_status": rc, "log_warnings": problems[:20], "argv": n.argv}
+    node_status["picows"]["counters"] = counters
+    node_status["websockets"]["counters"] = ws_counters
     for child in log_dir.iterdir():
         child.unlink()
     log_dir.rmdir()
@@ -1027,7 +1562,10 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     ratios = {key: {"throughput": p["throughput"] / base["throughput"],
                     "rtt_p50": p["rtt_p50_us"] / base["rtt_p50_us"],
                     "rtt_p99": p["rtt_p99_us"] / base["rtt_p99_us"]}
-              for key, base in (("executor", ex), ("echo", echo))}
+              for key, base in (("executor", ex), ("echo", echo),
+                                ("websockets_transport", medians["pfnode_websockets"]))}
+    payloads = summarise_payloads(variants, payload_runs)
+    payload_checks = check_payloads(payloads)
     groups = {group: summarise(rs) for group, rs in group_runs.items()}
     for group in GROUPS:
         groups[group]["workers"] = lanes_at_start.get(group, {}).get("workers")
@@ -1045,21 +1583,25 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
                   f"{ed_load['ratios']['p99']:.2f}x; df lane saturated in "
                   f"{ed_load['df_saturated_runs']} of {len(ed_runs)} runs)",
          "met": loaded["p99_ms"] <= 2.0 and ed_load["df_saturated_runs"] == len(ed_runs)},
+        *payload_checks["targets"],
     ]
     return {
         "schema": 1,
-        "benchmark": "df:noop throughput and RTT; per-lane no-op; ed latency while df is saturated",
+        "benchmark": "df:noop throughput and RTT (picows and websockets transports); per-lane no-op; "
+                     "ed latency while df is saturated; payload sizes 100 B to 1 MiB",
         "machine": machine,
         "config": {"packets": args.packets, "rtt_packets": args.rtt_packets, "repeats": args.repeats,
                    "workers": args.workers, "window": args.window, "warmup": warmup,
                    "quick": args.quick, "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
                    "frame_bytes": runs["pfnode"][0].get("frame_bytes"),
-                   "node_args": ["serve", "--port", "0", "--workers", str(args.workers),
-                                 "--handlers", NODE_HANDLERS],
+                   "node_args": node.argv, "websockets_node_args": ws_node.argv,
                    "group_packets": args.group_packets, "group_rtt_packets": args.group_rtt_packets,
                    "group_warmup": group_warmup, "ed_seconds": args.ed_seconds,
                    "ed_df_inflight": args.ed_df_inflight, "ed_df_sleep_ms": args.ed_df_sleep_ms,
-                   "client_loop": "uvloop" if machine["uvloop"] else "asyncio"},
+                   "client_loop": "uvloop" if machine["uvloop"] else "asyncio",
+                   "payload_packets": args.payload_packets, "payload_rtt_packets": args.payload_rtt_packets,
+                   "payload_window": args.payload_window, "payload_large_window": args.payload_large_window,
+                   "payload_variants": variants},
         "medians": medians,
         "ratios": ratios,
         "targets": targets,
@@ -1068,7 +1610,11 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
         "group_runs": group_runs,
         "ed_load": ed_load,
         "ed_load_runs": ed_runs,
-        "node": {"exit_status": rc, "counters": counters, "log_warnings": problems[:20]},
+        "payloads": payloads,
+        "payload_summary": payload_checks["summary"],
+        "payload_runs": payload_runs,
+        "node": node_status["picows"],
+        "websockets_node": node_status["websockets"],
         "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "elapsed_s": round(time.monotonic() - _T0, 1),
     }
@@ -1109,6 +1655,15 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(text)
     (args.out / "latest.json").write_text(text)
     progress(f"wrote {path} and {args.out / 'latest.json'} ({report['elapsed_s']} s in all)")
+    if args.no_plot:
+        line = "plot: skipped (--no-plot)"
+    else:
+        try:
+            line = write_plot(report, [args.out / "latest.png", args.out / f"bench-{stamp}.png"])
+        except Exception as exc:  # noqa: BLE001 - the numbers are written; a plot bug must not hide them
+            line = f"plot: FAILED ({type(exc).__name__}: {exc}); the results are in {path}"
+    print(line)
+    progress(line)
     return 0
 
 
