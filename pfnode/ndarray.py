@@ -182,26 +182,20 @@ def _encode(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return encode_array(value)
     if isinstance(value, dict):
-        out = None
-        for key, item in value.items():
-            if isinstance(item, (np.ndarray, dict, list, tuple)):
-                new = _encode(item)
-                if new is not item:
-                    if out is None:
-                        out = dict(value)
-                    out[key] = new
-        return value if out is None else out
-    if isinstance(value, (list, tuple)):
-        out = None
-        for i, item in enumerate(value):
-            if isinstance(item, (np.ndarray, dict, list, tuple)):
-                new = _encode(item)
-                if new is not item:
-                    if out is None:
-                        out = list(value)
-                    out[i] = new
-        return value if out is None else out
-    return value
+        items, copy = value.items(), dict
+    elif isinstance(value, (list, tuple)):
+        items, copy = enumerate(value), list
+    else:
+        return value
+    out = None
+    for key, item in items:
+        if isinstance(item, (np.ndarray, dict, list, tuple)):
+            new = _encode(item)
+            if new is not item:
+                if out is None:
+                    out = copy(value)  # copy only the containers that change
+                out[key] = new
+    return value if out is None else out
 
 
 # ---------------------------------------------------------------------------- messages

@@ -5,7 +5,6 @@ import asyncio
 import os
 import pickle
 
-import orjson
 import pytest
 
 from pfnode.arena import Arena, ShmRef
