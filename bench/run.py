@@ -33,6 +33,12 @@ In the same repeats, against the same node:
             answer checked equal to what was sent. Throughput (window 16; 4 for 1 MiB), RTT one
             in flight, and the CPU per packet of the front and of the df workers; the same frames
             through the echo server as the baseline.
+  shm vs pipes
+            the 64 KiB and 1 MiB payload rows (both encodings) also against a third node started
+            with `--worker-shm-bytes 0` (pipes only between front and workers, the previous
+            transport; otherwise the main node's arguments): packets/s, RTT p50 and front CPU
+            per packet with shared memory vs pipes only. The main node's /healthz must show
+            shm_payloads_in/out > 0, the pipes-only node's none.
 
 Prints tables on stdout, progress on stderr, and writes bench/results/bench-<time>.json,
 bench/results/latest.json and the plot, bench/results/bench-<time>.png and latest.png
@@ -74,6 +80,11 @@ PAYLOAD_PACKET_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 16}
 PAYLOAD_RTT_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 16}
 LARGE_PAYLOAD_BYTES = 1024 * 1024  # from this size on the throughput window is --payload-large-window
 ENCODINGS = ("json", "ndarray")
+# The payload rows over the node's shared-memory threshold (32 KiB): measured also against a node
+# started with `--worker-shm-bytes 0` (pipes only between front and workers), the baseline of the
+# shared-memory rings.
+SHM_COMPARE_SIZES = ("64 KiB", "1 MiB")
+PIPES_ONLY_ARGS = ("--worker-shm-bytes", "0")
 
 # The packet's data: a small JSON object, about 100 bytes encoded.
 DATA = {"sensor": "bench-01", "ts": 1718000000123, "values": [20.5, 21.25, 19.75, 22.0],
@@ -816,7 +827,7 @@ class Processes:
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("spawn")
         self.children: set = set()
-        self.nodes: dict[str, NodeProcess] = {}  # by name: "picows" (the main node), "websockets"
+        self.nodes: dict[str, NodeProcess] = {}  # by name: "picows" (the main node), "websockets", "pipes"
 
     # -- multiprocessing children
     def call(self, label: str, func_name: str, limit_s: float, **kwargs) -> dict:
@@ -877,17 +888,20 @@ class Processes:
 
     # -- the nodes
     def start_node(self, workers: int, log_dir: Path, transport: str = "picows",
-                   timeout_s: float = 60.0) -> NodeProcess:
-        """Start `pfnode serve` on `transport` (also its name here) and wait until it serves."""
-        log_path = log_dir / f"node-{transport}.log"
+                   timeout_s: float = 60.0, name: str | None = None,
+                   extra_args: tuple[str, ...] = ()) -> NodeProcess:
+        """Start `pfnode serve` on `transport` (plus `extra_args`) and wait until it serves. Its
+        name here is `name`, by default the transport's."""
+        name = name or transport
+        log_path = log_dir / f"node-{name}.log"
         argv = ["serve", "--port", "0", "--transport", transport, "--workers", str(workers),
-                "--handlers", NODE_HANDLERS]
+                "--handlers", NODE_HANDLERS, *extra_args]
         with open(log_path, "wb") as log_file:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "pfnode", *argv],
                 cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-        node = self.nodes[transport] = NodeProcess(transport, argv, popen, log_path)
+        node = self.nodes[name] = NodeProcess(name, argv, popen, log_path)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             match = SERVING.search(log_path.read_text(errors="replace"))
@@ -898,9 +912,9 @@ class Processes:
                 node.endpoint = match.group(1)
                 return node
             if popen.poll() is not None:
-                raise BenchError(f"{transport} node exited with {popen.returncode}:\n{node.log_text()}")
+                raise BenchError(f"{name} node exited with {popen.returncode}:\n{node.log_text()}")
             time.sleep(0.05)
-        raise BenchError(f"{transport} node did not start within {timeout_s:.0f} s:\n{node.log_text()}")
+        raise BenchError(f"{name} node did not start within {timeout_s:.0f} s:\n{node.log_text()}")
 
     def node_log_text(self, tail: int = 40) -> str:
         """The tail of every running or stopped node's log, each under its name."""
@@ -1280,6 +1294,54 @@ def check_payloads(payloads: list[dict]) -> dict:
     return {"summary": {"growth": growth, "ndarray_large_rtt": nd_rtt}, "targets": targets}
 
 
+SHM_COMPARE_KEYS = ("throughput", "rtt_p50_us", "front_cpu_us_per_packet")
+
+
+def compare_shm(payloads: list[dict], pipes_variants: list[dict], pipes_runs: list[list[dict]],
+                counters: dict, pipes_counters: dict, large_packets: int) -> dict:
+    """The large payload rows with shared memory (the main node's medians, as in the payload
+    table) against the pipes-only node's medians, and their ratios shared memory / pipes only;
+    with both nodes' shm counters."""
+    rows = []
+    for i, v in enumerate(pipes_variants):
+        shm = _find_payload(payloads, v["size"], v["encoding"])["pfnode"]
+        pipes = summarise([rs[i] for rs in pipes_runs])
+        ratios = {key: shm[key] / pipes[key] if shm.get(key) is not None and pipes.get(key) else None
+                  for key in SHM_COMPARE_KEYS}
+        rows.append({"size": v["size"], "encoding": v["encoding"], "window": v["window"],
+                     "packets": v["packets"], "rtt_packets": v["rtt_packets"],
+                     "shm": {key: shm.get(key) for key in
+                             (*SHM_COMPARE_KEYS, "workers_cpu_us_per_packet", "rtt_p99_us", "array_mb_s")},
+                     "pipes": pipes, "ratios": ratios})
+    return {"rows": rows, "pipes_only_args": list(PIPES_ONLY_ARGS),
+            "ratio": "shared memory / pipes only (throughput above 1: shm faster; RTT and CPU below 1: shm cheaper)",
+            "counters": {"shm_node": {key: counters.get(key, 0) for key in ("shm_payloads_in", "shm_payloads_out")},
+                         "pipes_node": {key: pipes_counters.get(key, 0)
+                                        for key in ("shm_payloads_in", "shm_payloads_out")},
+                         "shm_node_large_packets": large_packets}}
+
+
+def print_shm_comparison(report: dict) -> None:
+    cmp = report["payload_shm_vs_pipes"]
+    c = cmp["counters"]
+    print(f"  shared memory vs pipes only between front and workers: the rows above (shm) against a node with "
+          f"`{' '.join(cmp['pipes_only_args'])}` (pipes), same client; ratio = shm / pipes")
+    header = (f"  {'payload':<8} {'encoding':<8} | {'packets/s shm':>13} {'pipes':>7} {'ratio':>6} | "
+              f"{'RTT p50 µs shm':>14} {'pipes':>7} {'ratio':>6} | {'front µs/pkt shm':>16} {'pipes':>7} {'ratio':>6}")
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for r in cmp["rows"]:
+        shm, pipes, ratio = r["shm"], r["pipes"], r["ratios"]
+        cells = []
+        for key, width in (("throughput", 13), ("rtt_p50_us", 14), ("front_cpu_us_per_packet", 16)):
+            cells.append(f"{fmt(shm.get(key)):>{width}} {fmt(pipes.get(key)):>7} "
+                         f"{fmt(ratio[key], '.2f') + 'x' if ratio[key] is not None else '-':>6}")
+        print(f"  {r['size']:<8} {r['encoding']:<8} | " + " | ".join(cells))
+    print(f"  /healthz counters: shm node shm_payloads_in {c['shm_node']['shm_payloads_in']:,}, out "
+          f"{c['shm_node']['shm_payloads_out']:,} (of {c['shm_node_large_packets']:,} large packets sent to it); "
+          f"pipes-only node in {c['pipes_node']['shm_payloads_in']}, out {c['pipes_node']['shm_payloads_out']}")
+
+
 def print_payloads(report: dict) -> None:
     cfg, payloads = report["config"], report["payloads"]
     summary = report["payload_summary"]
@@ -1316,6 +1378,7 @@ def print_payloads(report: dict) -> None:
     print(f"  {PAYLOAD_SIZES[-1][0]} ndarray RTT p50 {nd['rtt_p50_us'] / 1000:.2f} ms = echo RTT (same frames) "
           f"{nd['echo_rtt_p50_us'] / 1000:.2f} ms + worker JSON/base64 work {nd['worker_codec_us'] / 1000:.2f} ms "
           f"+ the rest (pipe hop to the worker and back, copies) {nd['rest_us'] / 1000:.2f} ms")
+    print_shm_comparison(report)
     print()
 
 
@@ -1431,18 +1494,25 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     ed_timeout_s = 30 + args.ed_df_inflight * args.ed_df_sleep_ms / 1000
 
     variants = payload_variants(args)
+    pipes_variants = [v for v in variants if v["size"] in SHM_COMPARE_SIZES]
     # A 1 MiB JSON list goes at about 30 packets/s on 2 cores: allow 1 packet/s and then some.
     payload_timeout_s = 30 + max((v["warmup"] + v["packets"] + v["rtt_packets"]) for v in variants)
     payload_limit_s = 60 + 2 * len(variants) * payload_timeout_s
 
     log_dir = Path(tempfile.mkdtemp(prefix="pfnode-bench-"))
-    progress("starting the nodes (picows, the default transport, and websockets) ...")
+    progress("starting the nodes (picows, the default transport; websockets; picows with pipes only) ...")
     node = procs.start_node(args.workers, log_dir, "picows")
     node_ep, front_pid, worker_pids = node.endpoint, node.front_pid, node.worker_pids
     progress(f"node at {node_ep} (front pid {front_pid}, workers {worker_pids})")
     ws_node = procs.start_node(args.workers, log_dir, "websockets")
     progress(f"websockets-transport node at {ws_node.endpoint} (front pid {ws_node.front_pid}, "
              f"workers {ws_node.worker_pids})")
+    # The shared-memory baseline: the main node's command with pipes only between front and workers.
+    pipes_node = procs.start_node(args.workers, log_dir, "picows", name="pipes", extra_args=PIPES_ONLY_ARGS)
+    pipes_df_pids = (_node_health(pipes_node.endpoint).get("lanes", {}).get("df", {}).get("pids")
+                     or pipes_node.worker_pids)
+    progress(f"pipes-only node ({' '.join(PIPES_ONLY_ARGS)}) at {pipes_node.endpoint} (front pid "
+             f"{pipes_node.front_pid}, df workers {pipes_df_pids})")
     echo_ep, echo_proc = procs.start_echo()
     progress(f"echo server at {echo_ep} (pid {echo_proc.pid})")
     lanes_at_start = _node_health(node_ep).get("lanes", {})
@@ -1452,7 +1522,7 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     runs: dict[str, list[dict]] = {system: [] for system in SYSTEMS}
     group_runs: dict[str, list[dict]] = {group: [] for group in GROUPS}
     ed_runs: list[dict] = []
-    payload_runs: dict[str, list[list[dict]]] = {"pfnode": [], "echo": []}
+    payload_runs: dict[str, list[list[dict]]] = {"pfnode": [], "echo": [], "pfnode_pipes": []}
     order = list(SYSTEMS)
     common = dict(packets=args.packets, rtt_packets=args.rtt_packets, window=args.window,
                   warmup=warmup, timeout_s=timeout_s)
@@ -1504,13 +1574,18 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
                  f"{loaded['max_ms']:.3f} ms, df {loaded['df_throughput']:,.1f} packets/s "
                  f"(saturated: {loaded['df_saturated']})")
         # Payload sizes: df:noop against the (picows) node and the same frames through the echo
-        # server; which goes first alternates.
-        for system in (("pfnode", "echo") if rep % 2 == 0 else ("echo", "pfnode")):
+        # server; which goes first alternates. The large rows also against the pipes-only node,
+        # between the two: right after the main node one repeat, right before it the next.
+        for system in (("pfnode", "pfnode_pipes", "echo") if rep % 2 == 0 else ("echo", "pfnode_pipes", "pfnode")):
             label = f"repeat {rep + 1}/{args.repeats} payloads {system}"
             if system == "pfnode":
                 rs = procs.call(label, "payload_client", payload_limit_s, endpoint=node_ep, mode="pfnode",
                                 variants=variants, tag=f"p{rep}", timeout_s=payload_timeout_s,
                                 cpu_pids={"front": [front_pid], "workers": lane_pids["df"]})
+            elif system == "pfnode_pipes":
+                rs = procs.call(label, "payload_client", payload_limit_s, endpoint=pipes_node.endpoint,
+                                mode="pfnode", variants=pipes_variants, tag=f"q{rep}", timeout_s=payload_timeout_s,
+                                cpu_pids={"front": [pipes_node.front_pid], "workers": pipes_df_pids})
             else:
                 rs = procs.call(label, "payload_client", payload_limit_s, endpoint=echo_ep, mode="echo",
                                 variants=variants, tag=f"p{rep}", timeout_s=payload_timeout_s,
@@ -1518,11 +1593,11 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
             payload_runs[system].append(rs)
             progress(f"{label}: " + "; ".join(
                 f"{r['size']} {r['encoding']} {r['throughput']:,.0f}/s"
-                + (f" front {r['front_cpu_us_per_packet']:,.0f} µs/pkt" if system == "pfnode" else "")
+                + (f" front {r['front_cpu_us_per_packet']:,.0f} µs/pkt" if system != "echo" else "")
                 for r in rs))
         if echo_proc.exitcode is not None:
             raise BenchError(f"echo server exited with {echo_proc.exitcode}")
-        for n in (node, ws_node):
+        for n in (node, ws_node, pipes_node):
             if not n.alive():
                 raise BenchError(f"the {n.name} node exited during the run:\n{n.log_text()}")
 
@@ -1533,16 +1608,32 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     expected += sum(r["packets_answered"] for rs in payload_runs["pfnode"] for r in rs)
     ws_counters = _node_health(ws_node.endpoint).get("counters", {})
     ws_expected = args.repeats * (warmup + args.packets + args.rtt_packets)
+    pipes_counters = _node_health(pipes_node.endpoint).get("counters", {})
+    pipes_expected = sum(r["packets_answered"] for rs in payload_runs["pfnode_pipes"] for r in rs)
     progress(f"node counters: {counters}")
     progress(f"websockets-transport node counters: {ws_counters}")
-    for name, got, want in (("node", counters, expected), ("websockets-transport node", ws_counters, ws_expected)):
+    progress(f"pipes-only node counters: {pipes_counters}")
+    for name, got, want in (("node", counters, expected), ("websockets-transport node", ws_counters, ws_expected),
+                            ("pipes-only node", pipes_counters, pipes_expected)):
         if got.get("failed", 0) or got.get("completed", 0) != want:
             raise BenchError(f"{name} counters disagree with the client: completed {got.get('completed')}, "
                              f"expected {want}, failed {got.get('failed', 0)}")
+    # The large rows must have used the rings on the main node (its other packets are all far under
+    # the 32 KiB threshold, so every shm payload is theirs; a full ring sends one through the pipe,
+    # hence at most, not exactly, one each way per packet), and never on the pipes-only node.
+    large_packets = sum(r["packets_answered"] for rs in payload_runs["pfnode"] for r in rs
+                        if r["size"] in SHM_COMPARE_SIZES)
+    for key in ("shm_payloads_in", "shm_payloads_out"):
+        if not 0 < counters.get(key, 0) <= large_packets:
+            raise BenchError(f"node counters: {key} {counters.get(key, 0)}, expected 1 to {large_packets} "
+                             f"(the {' and '.join(SHM_COMPARE_SIZES)} payload packets sent to it)")
+        if pipes_counters.get(key, 0):
+            raise BenchError(f"pipes-only node ({' '.join(PIPES_ONLY_ARGS)}) counters: {key} "
+                             f"{pipes_counters[key]}, expected none")
     progress("stopping the nodes and the echo server ...")
     procs.stop_child(echo_proc, wait_s=0)
     node_status = {}
-    for n in (node, ws_node):
+    for n in (node, ws_node, pipes_node):
         rc = procs.stop_node(n.name)
         problems = [line for line in n.log_path.read_text(errors="replace").splitlines()
                     if " WARNING " in line or " ERROR " in line]
@@ -1553,6 +1644,7 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
         node_status[n.name] = {"exit_status": rc, "log_warnings": problems[:20], "argv": n.argv}
     node_status["picows"]["counters"] = counters
     node_status["websockets"]["counters"] = ws_counters
+    node_status["pipes"]["counters"] = pipes_counters
     for child in log_dir.iterdir():
         child.unlink()
     log_dir.rmdir()
@@ -1566,6 +1658,8 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
                                 ("websockets_transport", medians["pfnode_websockets"]))}
     payloads = summarise_payloads(variants, payload_runs)
     payload_checks = check_payloads(payloads)
+    shm_comparison = compare_shm(payloads, pipes_variants, payload_runs["pfnode_pipes"], counters,
+                                 pipes_counters, large_packets)
     groups = {group: summarise(rs) for group, rs in group_runs.items()}
     for group in GROUPS:
         groups[group]["workers"] = lanes_at_start.get(group, {}).get("workers")
@@ -1588,13 +1682,15 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     return {
         "schema": 1,
         "benchmark": "df:noop throughput and RTT (picows and websockets transports); per-lane no-op; "
-                     "ed latency while df is saturated; payload sizes 100 B to 1 MiB",
+                     "ed latency while df is saturated; payload sizes 100 B to 1 MiB; large payloads "
+                     "with worker shared memory vs pipes only",
         "machine": machine,
         "config": {"packets": args.packets, "rtt_packets": args.rtt_packets, "repeats": args.repeats,
                    "workers": args.workers, "window": args.window, "warmup": warmup,
                    "quick": args.quick, "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
                    "frame_bytes": runs["pfnode"][0].get("frame_bytes"),
                    "node_args": node.argv, "websockets_node_args": ws_node.argv,
+                   "pipes_node_args": pipes_node.argv,
                    "group_packets": args.group_packets, "group_rtt_packets": args.group_rtt_packets,
                    "group_warmup": group_warmup, "ed_seconds": args.ed_seconds,
                    "ed_df_inflight": args.ed_df_inflight, "ed_df_sleep_ms": args.ed_df_sleep_ms,
@@ -1612,9 +1708,11 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
         "ed_load_runs": ed_runs,
         "payloads": payloads,
         "payload_summary": payload_checks["summary"],
+        "payload_shm_vs_pipes": shm_comparison,
         "payload_runs": payload_runs,
         "node": node_status["picows"],
         "websockets_node": node_status["websockets"],
+        "pipes_node": node_status["pipes"],
         "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "elapsed_s": round(time.monotonic() - _T0, 1),
     }
