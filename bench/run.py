@@ -2,8 +2,8 @@
 """pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane
 no-op rows, ed latency while the df lane is saturated, payload sizes, and the two transports.
 
-    .venv/bin/python bench/run.py             # full run (make bench), about 2.5 minutes on 2 cores
-    .venv/bin/python bench/run.py --quick     # smoke run, under 20 s
+    .venv/bin/python bench/run.py             # full run (make bench), about 3 minutes on 2 cores
+    .venv/bin/python bench/run.py --quick     # smoke run, about 25 s
 
 Four systems, each measured R times (interleaved, the order rotated every repeat) and
 reported as medians:
