@@ -300,7 +300,15 @@ class Pool:
         s = self.settings
         arenas = None
         if s.worker_shm_bytes:  # bulk payloads through shared memory, both ways
-            arenas = (Arena.create(s.worker_shm_bytes, f"{slot}-in"), Arena.create(s.worker_shm_bytes, f"{slot}-out"))
+            try:
+                inbound = Arena.create(s.worker_shm_bytes, f"{slot}-in")
+                try:
+                    arenas = (inbound, Arena.create(s.worker_shm_bytes, f"{slot}-out"))
+                except BaseException:
+                    inbound.close(unlink=True)
+                    raise
+            except OSError as exc:  # no room in /dev/shm, say: the pipes carry everything
+                log.warning("pool: no shared memory for a %s worker (%s); payloads go by pipe", lane, exc)
         config = orjson.dumps({"handler_modules": list(s.handler_modules), "slot": slot,
                                "lane": lane, "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
                                "arenas": [a.path for a in arenas] if arenas else None,
