@@ -88,3 +88,30 @@ def test_large_payloads_round_trip_through_a_node_with_and_without_shared_memory
     node.stop()
     leftovers = [name for name in os.listdir("/dev/shm") if name.startswith(f"pfnode-{node.proc.pid}-")]
     assert leftovers == []
+
+
+def test_a_pool_without_room_for_arenas_falls_back_to_pipes(monkeypatch):
+    from pfnode import pool as pool_module
+    from pfnode.protocol import Packet, RawJSON
+    from pfnode.settings import Settings
+
+    def no_room(size, tag):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pool_module.Arena, "create", staticmethod(no_room))
+
+    async def go():
+        pool = pool_module.Pool(Settings(workers=1, ed_workers=0, rm_workers=0,
+                                         handler_modules=("handlers.examples",)))
+        await pool.start()
+        try:
+            done = asyncio.get_running_loop().create_future()
+            big = RawJSON(b'"' + b"z" * 200_000 + b'"')
+            pool.submit(Packet(id="big", group="df", element="noop", data=big), 10_000, done.set_result)
+            return await asyncio.wait_for(done, 10), dict(pool.counters)
+        finally:
+            await pool.close()
+
+    outcome, counters = asyncio.run(go())
+    assert outcome.ok and outcome.data_json == b'"' + b"z" * 200_000 + b'"'
+    assert "shm_payloads_in" not in counters and "shm_payloads_out" not in counters
