@@ -107,8 +107,10 @@ class Rejected:
 Decoded = Union[Message, Rejected]
 
 
-class RawJSON(bytes):
-    """A packet's `data` as JSON text the front did not turn into Python objects."""
+# A packet's `data` as JSON text the front did not turn into Python objects. msgspec's
+# Raw is a view into the received frame (no copy), has a length, exports its bytes
+# through the buffer protocol and pickles as bytes.
+RawJSON = msgspec.Raw
 
 
 class _PacketWire(msgspec.Struct):
@@ -203,7 +205,7 @@ def _decode_submit_raw(frame: str | bytes, max_timeout_ms: int | None) -> Decode
     if wire.type != "submit" or p is None or type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         return None
     fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
-              "data": RawJSON(p.data), "priority": p.priority, "timeout_ms": p.timeout_ms,
+              "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
               "dependencies": p.dependencies, "metadata": p.metadata}
     try:
         return Message("submit", seq, parse_packet(fields, max_timeout_ms=max_timeout_ms))

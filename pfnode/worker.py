@@ -133,7 +133,7 @@ def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
             memory_cap.limit(memory_limit_mb)
         try:
             if type(data) is RawJSON:  # the front forwarded the data's JSON text unparsed
-                data = orjson.loads(memoryview(data))  # orjson takes no bytes subclass
+                data = orjson.loads(memoryview(data))  # orjson reads it through the buffer protocol
             nd = None
             if type(metadata) is dict and metadata.get("ndarray") is True:  # pfnode.ndarray.OPT_IN_KEY
                 from . import ndarray as nd  # imported (with numpy) only by packets that opt in
