@@ -183,7 +183,7 @@ class Node:
         self.ready = False
         grace = self.settings.shutdown_grace_ms / 1000
         # The listening socket stays open while draining, so that /healthz can say so;
-        # new WebSocket handshakes are refused with 503 (see _process_request).
+        # new WebSocket handshakes are refused with 503 (see http_route).
         log.info("front: draining %d in-flight packets (grace %.1f s)", self.pool.inflight, grace)
         deadline = time.monotonic() + grace
         while (self.pool.inflight or self._jobs) and time.monotonic() < deadline:

@@ -601,3 +601,22 @@ def test_priority_orders_queued_packets_when_prefetch_is_one(fresh_node):
     stamps = sorted((r["payload"]["data"]["ns"], r["payload"]["data"]["data"])
                     for r in replies if r["seq"] != 1)
     assert [name for _, name in stamps] == ["high-a", "high-b", "mid-a", "mid-b", "low-a", "low-b"]
+
+
+def test_a_fragmented_message_is_reassembled_and_answered(node):
+    """RFC 6455 lets a peer split one message into continuation frames; a transport that
+    sees frames, not messages (picows), must put them back together."""
+    frame = submit_frame(77, packet("transform", "in three pieces"))
+    text = frame.decode() if isinstance(frame, bytes) else frame
+    pieces = [text[:20], text[20:45], text[45:]]
+
+    async def go():
+        async with Raw(node.endpoint) as raw:
+            await raw.ws.send(pieces)  # an iterable: one message, three frames
+            reply = await raw.recv()
+            ok = await raw.roundtrip("transform", "and whole")  # the link still works
+            return reply, ok
+    reply, ok = run(go())
+    assert reply["type"] == "result" and reply["seq"] == 77
+    assert reply["payload"]["data"] == "IN THREE PIECES"
+    assert ok["payload"]["data"] == "AND WHOLE"
