@@ -229,22 +229,27 @@ async def _pipelined(ws, frames: list[bytes], check, window: int, timeout_s: flo
     return elapsed
 
 
+async def _round_trip(ws, frame: bytes, check) -> tuple[int, float]:
+    """Send one frame and wait for its answer: (what `check` says it answers, µs)."""
+    clock = time.perf_counter_ns
+    t0 = clock()
+    await ws.send(frame, text=True)
+    while True:
+        raw = await ws.recv(decode=False)
+        t1 = clock()
+        answered = check(raw)
+        if answered is not None:
+            return answered, (t1 - t0) / 1000
+
+
 async def _one_at_a_time(ws, frames: list[bytes], check) -> list[float]:
     """Send each frame after the previous answer; return round-trip times in µs."""
     rtts = []
-    clock = time.perf_counter_ns
     for expected, frame in enumerate(frames):
-        t0 = clock()
-        await ws.send(frame, text=True)
-        while True:
-            raw = await ws.recv(decode=False)
-            t1 = clock()
-            i = check(raw)
-            if i is not None:
-                break
+        i, rtt = await _round_trip(ws, frame, check)
         if i != expected:
             raise BenchError(f"answer for frame {i} while waiting for {expected}")
-        rtts.append((t1 - t0) / 1000)
+        rtts.append(rtt)
     return rtts
 
 
@@ -525,21 +530,11 @@ async def _ed_for(ws, seconds: float, tag: str, first_seq: int) -> tuple[list[fl
     clock = time.perf_counter_ns
     seq = first_seq
     end = clock() + int(seconds * 1e9)
-    while True:
-        frame = _submit_frame(seq, tag, "ed", "noop")
-        t0 = clock()
-        if t0 >= end:
-            break
-        await ws.send(frame, text=True)
-        while True:
-            raw = await ws.recv(decode=False)
-            t1 = clock()
-            got = check(raw)
-            if got is not None:
-                break
+    while clock() < end:
+        got, rtt = await _round_trip(ws, _submit_frame(seq, tag, "ed", "noop"), check)
         if got != seq:
             raise BenchError(f"answer for ed seq {got} while waiting for {seq}")
-        rtts.append((t1 - t0) / 1000)
+        rtts.append(rtt)
         seq += 1
     if not rtts:
         raise BenchError("no ed round trip completed")
