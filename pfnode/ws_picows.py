@@ -18,14 +18,14 @@ from .front import Node, PeerLink, hard_frame_limit
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2)."""
-    size = len(payload)
+def text_header(size: int) -> bytes:
+    """The header of one unmasked, unfragmented WebSocket text frame of `size` payload
+    bytes (RFC 6455 section 5.2); the payload follows it as it is."""
     if size < 126:
-        return bytes((0x81, size)) + payload
+        return bytes((0x81, size))
     if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
 
 
 class PicowsLink(PeerLink, WSListener):
@@ -90,12 +90,14 @@ class PicowsLink(PeerLink, WSListener):
         frames, self._pending = self._pending, []
         if self.transport is None or self.transport.is_disconnected:
             return
-        if len(frames) == 1:
-            self.transport.send(_TEXT, frames[0])
-        else:
-            # Server frames are not masked, so a text frame is a 2-10 byte header and the
-            # payload: framing them here lets one write carry them all.
-            self.transport.underlying_transport.write(b"".join(text_frame(f) for f in frames))
+        # Server frames are not masked, so a text frame is a 2-10 byte header and the
+        # payload as it is: framing them here lets one vectored write carry them all,
+        # without copying a payload into a joined buffer first.
+        parts = []
+        for frame in frames:
+            parts.append(text_header(len(frame)))
+            parts.append(frame)
+        self.transport.underlying_transport.writelines(parts)
 
     def _pause(self) -> None:
         self.transport.underlying_transport.pause_reading()

@@ -5,7 +5,11 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from pfnode.ws_picows import text_frame
+from pfnode.ws_picows import text_header
+
+
+def text_frame(payload: bytes) -> bytes:
+    return text_header(len(payload)) + payload
 
 
 def parse(data: bytes) -> Frame:
