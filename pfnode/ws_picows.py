@@ -88,8 +88,9 @@ class PicowsLink(PeerLink, WSListener):
 
     def _flush_pending(self) -> None:
         frames, self._pending = self._pending, []
-        if self.transport is None or self.transport.is_disconnected:
-            return
+        transport = self.transport
+        if transport is None or transport.is_disconnected or transport.is_close_frame_sent:
+            return  # nothing may follow a close frame
         # Server frames are not masked, so a text frame is a 2-10 byte header and the
         # payload as it is: framing them here lets one vectored write carry them all,
         # without copying a payload into a joined buffer first.
