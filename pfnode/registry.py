@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 from .protocol import _ELEMENT_RE, GROUPS
+from .scheduler import LANES
 
 
 # Where a group's packets run unless the handler says otherwise. co and mc user
 # handlers run on the df lane; the node's own co/mc built-ins run in the front.
 DEFAULT_LANE = {"cf": "cf", "df": "df", "ed": "ed", "rm": "rm", "co": "df", "mc": "df"}
-LANES = ("cf", "df", "ed", "rm")
 
 
 @dataclasses.dataclass(frozen=True)
