@@ -1157,7 +1157,7 @@ def print_table(report: dict) -> None:
     print()
 
 
-LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "prefetch 4", "ed": "reserved, 1 at a time",
+LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "window 4-32", "ed": "reserved, 1 at a time",
               "rm": "memory-capped, 1 at a time"}
 
 

@@ -29,19 +29,15 @@ from typing import Any
 import numpy as np
 
 from .errors import PayloadError
+from .protocol import NDARRAY_OPT_IN_KEY as OPT_IN_KEY  # noqa: F401 (metadata[OPT_IN_KEY] is True: opted in)
+from .protocol import ndarray_opted_in as opted_in  # noqa: F401 (part of this module's API)
 
-OPT_IN_KEY = "ndarray"  # packet.metadata[OPT_IN_KEY] is True: data and result use this encoding
 TAG = "$ndarray"
 ALLOWED_KINDS = frozenset("biufc")
 _FIELDS = frozenset({"dtype", "shape", "b64"})
 # byte order, kind, item size: what dtype.str looks like for bool and numeric dtypes
 _DTYPE_RE = re.compile(r"([<>|])([biufc])([0-9]{1,2})")
 _MAX_NDIM = 64
-
-
-def opted_in(metadata: Any) -> bool:
-    """True when a packet's metadata asks for this encoding (`"ndarray": true`, exactly)."""
-    return type(metadata) is dict and metadata.get(OPT_IN_KEY) is True
 
 
 # ---------------------------------------------------------------------------- one array

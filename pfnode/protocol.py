@@ -107,6 +107,16 @@ class Rejected:
 Decoded = Union[Message, Rejected]
 
 
+# A packet opts in to numpy payloads (pfnode/ndarray.py) with metadata {"ndarray": true}.
+# The rule lives here, numpy-free, so a worker can test it without importing numpy.
+NDARRAY_OPT_IN_KEY = "ndarray"
+
+
+def ndarray_opted_in(metadata: Any) -> bool:
+    """True when a packet's metadata asks for the ndarray encoding (`"ndarray": true`, exactly)."""
+    return type(metadata) is dict and metadata.get(NDARRAY_OPT_IN_KEY) is True
+
+
 # A packet's `data` as JSON text the front did not turn into Python objects. msgspec's
 # Raw is a view into the received frame (no copy), has a length, exports its bytes
 # through the buffer protocol and pickles as bytes.

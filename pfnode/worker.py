@@ -113,7 +113,7 @@ class MemoryCap:
 
 def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
     from .errors import PayloadError
-    from .protocol import RawJSON
+    from .protocol import RawJSON, ndarray_opted_in
     from .registry import Context
 
     (task_no, key, data, packet_id, group, element, priority, metadata, deadline,
@@ -135,7 +135,7 @@ def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
             if type(data) is RawJSON:  # the front forwarded the data's JSON text unparsed
                 data = orjson.loads(memoryview(data))  # orjson reads it through the buffer protocol
             nd = None
-            if type(metadata) is dict and metadata.get("ndarray") is True:  # pfnode.ndarray.OPT_IN_KEY
+            if ndarray_opted_in(metadata):
                 from . import ndarray as nd  # imported (with numpy) only by packets that opt in
                 try:
                     data = nd.decode_tree(data)
