@@ -23,6 +23,52 @@ def _modules(text: str) -> tuple[str, ...]:
     return names
 
 
+def _add_node_options(parser: argparse.ArgumentParser, defaults: Settings) -> None:
+    """The options of a node's pool, scheduling and links, for `serve` and `connect`."""
+    parser.add_argument("--workers", type=int, default=None,
+                       help="df lane workers (default: from capacity: one per usable core, "
+                       "as memory allows)")
+    parser.add_argument("--ed-workers", type=int, default=defaults.ed_workers,
+                       help="workers reserved for ed packets (default %(default)s)")
+    parser.add_argument("--rm-workers", type=int, default=defaults.rm_workers,
+                       help="memory-limited workers for rm packets (default %(default)s; 0 sends rm to df)")
+    parser.add_argument("--rm-memory-limit-mb", type=int, default=defaults.rm_memory_limit_mb,
+                       help="memory an rm handler may add to its worker (default %(default)s)")
+    parser.add_argument("--cf-core", type=int, default=None,
+                       help="core the cf worker is pinned to (default: the last usable core)")
+    parser.add_argument("--worker-shm-bytes", type=int, default=defaults.worker_shm_bytes,
+                       help="shared-memory ring per worker and direction for payloads over "
+                       f"{defaults.shm_threshold_bytes} bytes (default %(default)s; 0: pipes only)")
+    parser.add_argument("--aging-ms", type=int, default=defaults.aging_ms,
+                       help="a waiting packet gains one priority level per this many ms (default "
+                       "%(default)s; 0: strict priorities)")
+    parser.add_argument("--max-queued", type=int, default=defaults.max_queued,
+                       help="node-wide bound on waiting packets; past it PF004 (default %(default)s)")
+    parser.add_argument("--autoscale", action="store_true",
+                       help="grow/shrink the df lane with its queue (off by default)")
+    parser.add_argument("--df-min-workers", type=int, default=defaults.df_min_workers,
+                       help="autoscaling lower bound (default %(default)s)")
+    parser.add_argument("--df-max-workers", type=int, default=defaults.df_max_workers,
+                       help="autoscaling upper bound (default %(default)s)")
+    parser.add_argument("--handlers", type=_modules, default=DEFAULT_HANDLER_MODULES,
+                       metavar="MOD1,MOD2", help="handler modules to import (default %s)"
+                       % ",".join(DEFAULT_HANDLER_MODULES))
+    parser.add_argument("--default-timeout-ms", type=int, default=defaults.default_timeout_ms,
+                       help="deadline for packets without timeout_ms (default %(default)s)")
+    parser.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes,
+                       help="frames larger than this get PF413 (default %(default)s)")
+    parser.add_argument("--max-inflight-per-connection", type=int,
+                       default=defaults.max_inflight_per_connection,
+                       help="a peer's reads pause at this many unanswered packets (default %(default)s)")
+    parser.add_argument("--worker-prefetch", type=int, default=defaults.worker_prefetch,
+                       help="packets handed to a worker ahead of its answers (default %(default)s)")
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=defaults.heartbeat_interval_ms,
+                       help="heartbeat period; peers silent for 3 periods are dropped (default %(default)s)")
+    parser.add_argument("--shutdown-grace-ms", type=int, default=defaults.shutdown_grace_ms,
+                       help="how long in-flight packets may finish on SIGTERM (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pfnode", description="PacketFlow v1.0 compute node")
     parser.add_argument("--version", action="version", version=f"pfnode {__version__}")
@@ -37,48 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["websockets", "picows"],
                        default=os.environ.get("PFNODE_TRANSPORT", defaults.transport),
                        help="WebSocket layer (default %(default)s; env PFNODE_TRANSPORT)")
-    serve.add_argument("--workers", type=int, default=None,
-                       help="df lane workers (default: from capacity: one per usable core, "
-                       "as memory allows)")
-    serve.add_argument("--ed-workers", type=int, default=defaults.ed_workers,
-                       help="workers reserved for ed packets (default %(default)s)")
-    serve.add_argument("--rm-workers", type=int, default=defaults.rm_workers,
-                       help="memory-limited workers for rm packets (default %(default)s; 0 sends rm to df)")
-    serve.add_argument("--rm-memory-limit-mb", type=int, default=defaults.rm_memory_limit_mb,
-                       help="memory an rm handler may add to its worker (default %(default)s)")
-    serve.add_argument("--cf-core", type=int, default=None,
-                       help="core the cf worker is pinned to (default: the last usable core)")
-    serve.add_argument("--worker-shm-bytes", type=int, default=defaults.worker_shm_bytes,
-                       help="shared-memory ring per worker and direction for payloads over "
-                       f"{defaults.shm_threshold_bytes} bytes (default %(default)s; 0: pipes only)")
-    serve.add_argument("--aging-ms", type=int, default=defaults.aging_ms,
-                       help="a waiting packet gains one priority level per this many ms (default "
-                       "%(default)s; 0: strict priorities)")
-    serve.add_argument("--max-queued", type=int, default=defaults.max_queued,
-                       help="node-wide bound on waiting packets; past it PF004 (default %(default)s)")
-    serve.add_argument("--autoscale", action="store_true",
-                       help="grow/shrink the df lane with its queue (off by default)")
-    serve.add_argument("--df-min-workers", type=int, default=defaults.df_min_workers,
-                       help="autoscaling lower bound (default %(default)s)")
-    serve.add_argument("--df-max-workers", type=int, default=defaults.df_max_workers,
-                       help="autoscaling upper bound (default %(default)s)")
-    serve.add_argument("--handlers", type=_modules, default=DEFAULT_HANDLER_MODULES,
-                       metavar="MOD1,MOD2", help="handler modules to import (default %s)"
-                       % ",".join(DEFAULT_HANDLER_MODULES))
-    serve.add_argument("--default-timeout-ms", type=int, default=defaults.default_timeout_ms,
-                       help="deadline for packets without timeout_ms (default %(default)s)")
-    serve.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes,
-                       help="frames larger than this get PF413 (default %(default)s)")
-    serve.add_argument("--max-inflight-per-connection", type=int,
-                       default=defaults.max_inflight_per_connection,
-                       help="a peer's reads pause at this many unanswered packets (default %(default)s)")
-    serve.add_argument("--worker-prefetch", type=int, default=defaults.worker_prefetch,
-                       help="packets handed to a worker ahead of its answers (default %(default)s)")
-    serve.add_argument("--heartbeat-interval-ms", type=int, default=defaults.heartbeat_interval_ms,
-                       help="heartbeat period; peers silent for 3 periods are dropped (default %(default)s)")
-    serve.add_argument("--shutdown-grace-ms", type=int, default=defaults.shutdown_grace_ms,
-                       help="how long in-flight packets may finish on SIGTERM (default %(default)s)")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--no-hub-routing", dest="hub_routing", action="store_false",
+                       help="answer packets with no local handler PF001 at once instead of "
+                       "forwarding them to connected reactors")
+    serve.add_argument("--reroute-grace-ms", type=int, default=defaults.reroute_grace_ms,
+                       help="how long a forwarded packet whose reactor disconnected waits for "
+                       "another (default %(default)s)")
+    _add_node_options(serve, defaults)
+
+    connect = commands.add_parser(
+        "connect", help="run a node as a reactor of another endpoint",
+        description="Dial out to a PacketFlow endpoint (a hub) and answer the packets it "
+        "sends with this node's workers; reconnect with backoff when the link drops. "
+        "Listens nowhere. Runs until SIGTERM or Ctrl-C.")
+    connect.add_argument("url", help="the hub's endpoint, e.g. ws://hub:8443/packetflow/v1")
+    connect.add_argument("--reconnect-min-ms", type=int, default=defaults.reconnect_min_ms,
+                         help="first reconnect delay; doubles per failed try (default %(default)s)")
+    connect.add_argument("--reconnect-max-ms", type=int, default=defaults.reconnect_max_ms,
+                         help="longest reconnect delay (default %(default)s)")
+    _add_node_options(connect, defaults)
 
     submit = commands.add_parser("submit", help="send one packet and print its result",
                                  description="Submit one packet; print the result as JSON. "
@@ -97,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from .front import run
 
+    connect_url = None
+    if args.command == "connect":
+        from .dialout import check_url
+
+        connect_url = check_url(args.url)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     # one line per connection is ours to log, at DEBUG; picows also warns each time a
@@ -104,8 +132,12 @@ def _serve(args: argparse.Namespace) -> int:
     # reading that peer until the buffer drains): not worth a warning per event
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("picows").setLevel(logging.ERROR)
-    settings = Settings(host=args.host, port=args.port, path=args.path, transport=args.transport,
-                        workers=args.workers,
+    if args.command == "serve":
+        network = dict(host=args.host, port=args.port, path=args.path, transport=args.transport,
+                       hub_routing=args.hub_routing, reroute_grace_ms=args.reroute_grace_ms)
+    else:
+        network = dict(reconnect_min_ms=args.reconnect_min_ms, reconnect_max_ms=args.reconnect_max_ms)
+    settings = Settings(**network, workers=args.workers,
                         ed_workers=args.ed_workers, rm_workers=args.rm_workers,
                         rm_memory_limit_mb=args.rm_memory_limit_mb, cf_core=args.cf_core,
                         aging_ms=args.aging_ms, worker_shm_bytes=args.worker_shm_bytes,
@@ -117,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
                         worker_prefetch=args.worker_prefetch,
                         heartbeat_interval_ms=args.heartbeat_interval_ms,
                         shutdown_grace_ms=args.shutdown_grace_ms, log_level=args.log_level)
-    run(settings)
+    run(settings, connect_url)
     return 0
 
 
@@ -147,7 +179,7 @@ def _submit(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"serve": _serve, "submit": _submit}[args.command](args)
+        return {"serve": _serve, "connect": _serve, "submit": _submit}[args.command](args)
     except PFNodeError as exc:
         print(f"pfnode: {exc}", file=sys.stderr)
         return 2

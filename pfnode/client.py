@@ -7,7 +7,10 @@
 `submit` returns a `Result` whatever its status (check `result.ok`); an `error`
 frame from the node (the message itself was refused) raises `RemoteError`. Many
 submits may be in flight at once on one link. `register` lets the reactor answer
-`submit` frames the endpoint sends it.
+`submit` frames the endpoint sends it; the reactor tells the endpoint what it runs
+with a `capabilities` list in a heartbeat (pfnode's extension, which spec endpoints
+ignore; docs/PROTOCOL.md, "Hub routing"), so a pfnode hub routes those packets here
+and does not ask it for others. `announce=False` keeps it to the spec.
 
 numpy arrays travel as `$ndarray` objects when a packet opts in (docs/PROTOCOL.md, "numpy
 payloads"): `submit(..., ndarray=True)` does it all, or use pfnode.ndarray's encode_array /
@@ -40,8 +43,10 @@ REPLY_SLACK_S = 5.0  # how long past a packet's own deadline we still wait for t
 
 class Reactor:
     def __init__(self, endpoint: str, *, heartbeat_interval_ms: int = 30_000,
-                 max_frame_bytes: int | None = 64 * 1024 * 1024, open_timeout_s: float = 10.0) -> None:
+                 max_frame_bytes: int | None = 64 * 1024 * 1024, open_timeout_s: float = 10.0,
+                 announce: bool = True) -> None:
         self.endpoint = endpoint
+        self.announce = announce
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_frame_bytes = max_frame_bytes
         self.open_timeout_s = open_timeout_s
@@ -65,6 +70,8 @@ class Reactor:
             raise ConnectionLost(f"cannot connect to {self.endpoint}: {exc}") from exc
         self._spawn(self._read_loop())
         self._spawn(self._heartbeat_loop())
+        if self.announce:
+            await self._send(self._heartbeat_frame())
         return self
 
     async def stop(self) -> None:
@@ -89,8 +96,21 @@ class Reactor:
     # ------------------------------------------------------------------ API
     def register(self, group: str, element: str, fn: Callable[..., Any]) -> None:
         """Answer packets for group:element sent to this reactor. `fn(data)` or
-        `fn(data, ctx)`, plain or async; plain functions run in a thread."""
+        `fn(data, ctx)`, plain or async; plain functions run in a thread. Registering
+        on a started reactor announces the new list; await `announce_capabilities()` to
+        be sure the endpoint has it before submitting."""
         self.registry.register(group, element, fn)
+        if self._ws is not None and self.announce:
+            self._spawn(self.announce_capabilities())
+
+    async def announce_capabilities(self) -> None:
+        await self._send(self._heartbeat_frame())
+
+    def _heartbeat_frame(self) -> bytes:
+        payload: dict[str, Any] = {"timestamp": int(time.time() * 1000)}
+        if self.announce:
+            payload["capabilities"] = self.registry.keys()
+        return protocol.encode_heartbeat(next(self._seq), payload)
 
     async def submit(self, group: str, element: str, data: Any = None, priority: int = 5,
                      timeout_ms: int | None = None, dependencies: list[str] | None = None,
@@ -235,7 +255,6 @@ class Reactor:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._send(protocol.encode_heartbeat(next(self._seq),
-                                                           {"timestamp": int(time.time() * 1000)}))
+                await self._send(self._heartbeat_frame())
             except ConnectionLost:
                 return

@@ -24,6 +24,7 @@ import orjson
 from . import admin, protocol
 from .capacity import autoscale_step, read_capacity, recommend
 from .errors import ConfigError, ErrorCode, HandlerError
+from .hub import Forward, Hub, ReactorProfile
 from .pool import Outcome, Pool, Task
 from .scheduler import DONE, Refusal
 from .settings import Settings
@@ -54,16 +55,30 @@ class PeerLink:
     """One connected peer: its in-flight packets and its liveness. A transport subclasses
     it and implements `_write`, `_pause`, `_resume`, `close` and `flush`."""
 
+    # True for this node's own link to a hub (`pfnode connect`): packets from it are never
+    # forwarded on, and the hub routing never sends it packets (no loops between nodes).
+    uplink = False
+
     def __init__(self, node: "Node", peer: str) -> None:
         self.node = node
         self.peer = peer
-        self.inflight: dict[str, Task] = {}
+        self.inflight: dict[str, Task | Forward] = {}  # this peer's packets, by id
+        # this peer as a reactor (hub routing): what it runs, and what it runs for others now
+        self.reactor = ReactorProfile()
+        self.forwarded: dict[str, Forward] = {}
+        self.forward_seqs: dict[int, str] = {}  # seq of our submit frame -> packet id
+        self.out_seq = 0
         self.last_seen = time.monotonic()
         self.heartbeat_seq = 0
         self._pause_reasons: set[str] = set()  # "inflight" (its limit), "writing" (slow reader)
         self.closed = False
         self._backlog: collections.deque[bytes | str] = collections.deque()
         self._heartbeat: asyncio.Task | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether frames sent now go out (an uplink between connections holds them)."""
+        return not self.closed
 
     # -- called by the node
     def send(self, frame: bytes) -> None:
@@ -131,16 +146,20 @@ class Node:
         self._jobs: set[asyncio.Task] = set()
         self.counters: collections.Counter[str] = collections.Counter()
         self.started_at = time.time()
+        self.hub = Hub(self)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
+    async def start(self, listen: bool = True) -> None:
+        """Start the workers and, with `listen`, the WebSocket endpoint (a dial-out node,
+        `pfnode connect`, only has its uplink)."""
         try:
             transport = importlib.import_module(TRANSPORTS[self.settings.transport])
         except ImportError as exc:
             raise ConfigError(f"transport {self.settings.transport!r} is not available: {exc}") from exc
         await self.pool.start()
         try:
-            self.server = await transport.serve(self)
+            if listen:
+                self.server = await transport.serve(self)
         except BaseException:
             await self.pool.close(grace_s=0)
             raise
@@ -150,7 +169,8 @@ class Node:
             log.warning("front: handlers %s are shadowed by the node's built-ins", ", ".join(shadowed))
         if self.settings.autoscale:
             self._background(self._autoscale_loop())
-        log.info("front: serving %s with lanes %s; handlers: %s", self.endpoint,
+        log.info("front: %s with lanes %s; handlers: %s",
+                 f"serving {self.endpoint}" if listen else "started without a listening endpoint",
                  ", ".join(f"{k}={v}" for k, v in self.pool.lane_sizes().items()),
                  ", ".join(sorted(self.pool.handler_keys | admin.BUILTIN_KEYS)))
 
@@ -163,16 +183,25 @@ class Node:
     def endpoint(self) -> str:
         return f"ws://{self.settings.host}:{self.port}{self.settings.path}"
 
-    async def run_until_stopped(self) -> None:
-        """Serve until SIGTERM/SIGINT (or `stopping` is set), then drain and stop."""
+    async def run_until_stopped(self, connect_url: str | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or `stopping` is set), then drain and stop. With
+        `connect_url`, listen nowhere: be a reactor of the hub there (pfnode/dialout.py)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)  # handlers only enqueue
+        dialer: asyncio.Task | None = None
         try:
-            await self.start()
+            await self.start(listen=connect_url is None)
+            if connect_url is not None:
+                from .dialout import dial
+
+                dialer = asyncio.ensure_future(dial(self, connect_url))
+                dialer.add_done_callback(lambda _: self.stopping.set())
             await self.stopping.wait()
         finally:
             await self.shutdown()
+            if dialer is not None:
+                await asyncio.wait_for(dialer, 5.0)
 
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight packets finish for shutdown_grace_ms, answer the
@@ -186,10 +215,11 @@ class Node:
         # new WebSocket handshakes are refused with 503 (see http_route).
         log.info("front: draining %d in-flight packets (grace %.1f s)", self.pool.inflight, grace)
         deadline = time.monotonic() + grace
-        while (self.pool.inflight or self._jobs) and time.monotonic() < deadline:
+        while (self.pool.inflight or self._jobs or self.hub.forwards) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for job in list(self._jobs):
             job.cancel()
+        self.hub.fail_all(ErrorCode.UNAVAILABLE, "node is shutting down")
         await self.pool.close(grace_s=min(2.0, grace))
         for link in list(self.links):
             await link.flush(1.0)
@@ -216,6 +246,12 @@ class Node:
                          "workers": stats["workers"], "queued": stats["queued"],
                          "inflight": stats["inflight"]}}
 
+    def announcement(self, seq: int = 0) -> bytes:
+        """A heartbeat that tells a hub what this node runs (the capabilities extension);
+        the built-ins answer for the node itself, so they are not offered."""
+        return protocol.encode_heartbeat(seq, {**self.heartbeat_payload(),
+                                               "capabilities": sorted(self.pool.handler_keys)})
+
     def http_route(self, path: str, upgrade: bool = True) -> HttpReply | None:
         """What a transport answers an HTTP request for `path` with, or None to go on
         with the WebSocket upgrade (`upgrade`: the request asked for one)."""
@@ -236,11 +272,18 @@ class Node:
         return None
 
     # ------------------------------------------------------------------ links
+    @property
+    def links_may_come(self) -> bool:
+        """Whether a reactor may still connect (hub routing parks packets for one)."""
+        return not self.draining
+
     def on_open(self, link: PeerLink) -> None:
         self.links.add(link)
         self.counters["connections"] += 1
         log.debug("front: %s connected", link.peer)
         link._heartbeat = asyncio.ensure_future(self._heartbeat_loop(link))
+        if self.hub.parked:
+            self.hub.retry_parked()
 
     def on_close(self, link: PeerLink, code: int | None) -> None:
         if link.closed:
@@ -248,9 +291,13 @@ class Node:
         link.closed = True
         self.links.discard(link)
         dropped = len(link.inflight)
-        for task in link.inflight.values():
-            self.pool.cancel(task)
+        for entry in link.inflight.values():
+            if isinstance(entry, Forward):
+                self.hub.abandon(entry)
+            else:
+                self.pool.cancel(entry)
         link.inflight.clear()
+        self.hub.on_link_closed(link)
         if link._heartbeat is not None:
             link._heartbeat.cancel()
         log.log(logging.INFO if dropped else logging.DEBUG, "front: %s disconnected (%s)%s",
@@ -273,10 +320,17 @@ class Node:
                 link.pause_reading("inflight")
         elif msg.type == "heartbeat":
             link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
+            capabilities = msg.payload.get("capabilities")
+            if capabilities is not None:
+                if isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities):
+                    self.hub.on_announce(link, capabilities)
+                else:
+                    log.warning("front: %s announced capabilities that are not a list of strings; "
+                                "ignored", link.peer)
+        elif msg.type == "result":  # a reactor answers a packet the hub forwarded to it
+            self.hub.on_result(link, msg.payload)
         else:
-            # result/error frames answer packets the node sent; this node sends none
-            # yet, so they correlate with nothing.
-            log.debug("front: %s sent an unsolicited %s frame (seq %d)", link.peer, msg.type, msg.seq)
+            self.hub.on_error_frame(link, msg.seq, msg.payload)
 
     async def _heartbeat_loop(self, link: PeerLink) -> None:
         s = self.settings
@@ -284,6 +338,9 @@ class Node:
         silent_limit = interval * s.heartbeat_missed_limit
         while not link.closed:
             await asyncio.sleep(interval)
+            if not link.connected:  # an uplink between connections: nobody to hear or miss
+                link.last_seen = time.monotonic()
+                continue
             if link.reading_paused:
                 # Reads are paused by our own backpressure: the peer's frames wait unread,
                 # so its silence is ours. It is judged again once reading resumes.
@@ -293,7 +350,10 @@ class Node:
                 link.close(HEARTBEAT_TIMEOUT_CLOSE_CODE, "heartbeat timeout")
                 return
             link.heartbeat_seq += 1
-            link.send(protocol.encode_heartbeat(link.heartbeat_seq, self.heartbeat_payload()))
+            if link.uplink:  # a hub learns again what we run, should it have restarted
+                link.send(self.announcement(link.heartbeat_seq))
+            else:
+                link.send(protocol.encode_heartbeat(link.heartbeat_seq, self.heartbeat_payload()))
             link.ping()
 
     def _submit(self, link: PeerLink, seq: int, packet: protocol.Packet) -> None:
@@ -305,25 +365,36 @@ class Node:
         if builtin is not None:
             self._background(self._run_builtin(link, seq, packet, builtin))
             return
+        if link.uplink and link.replay(pid, seq):
+            return  # the hub sent it again after a reconnect: it runs (or ran) once
         if packet.key not in self.pool.handler_keys:
-            link.send(protocol.encode_failure(seq, pid, ErrorCode.NO_HANDLER, f"No handler for {packet.key}"))
+            if self.settings.hub_routing and not link.uplink:
+                self.hub.route(link, seq, packet)
+            else:
+                link.send(protocol.encode_failure(seq, pid, ErrorCode.NO_HANDLER, f"No handler for {packet.key}"))
             return
 
         def on_done(outcome: Outcome) -> None:
-            link.inflight.pop(pid, None)
             if outcome.ok:
-                link.send(protocol.encode_success_raw(seq, pid, outcome.data_json, outcome.duration_ms))
+                frame = protocol.encode_success_raw(seq, pid, outcome.data_json, outcome.duration_ms)
             else:
-                link.send(protocol.encode_failure(seq, pid, outcome.code, outcome.message,
-                                                  outcome.duration_ms))
-            if link.reading_paused and len(link.inflight) < self.settings.max_inflight_per_connection:
-                link.resume_reading("inflight")
+                frame = protocol.encode_failure(seq, pid, outcome.code, outcome.message, outcome.duration_ms)
+            self.settle(link, pid, frame)
 
         task = self.pool.submit(packet, packet.timeout_ms, on_done)
         if isinstance(task, Refusal):
             link.send(protocol.encode_failure(seq, pid, task.code, task.message))
         elif task.state is not DONE:  # a packet may be answered at once (its dependency failed)
             link.inflight[pid] = task
+
+    def settle(self, link: PeerLink, packet_id: str, frame: bytes) -> None:
+        """Answer one of `link`'s packets, and read from it again if it waited for a slot."""
+        link.inflight.pop(packet_id, None)
+        link.send(frame)
+        if link.uplink:
+            link.remember(packet_id, frame)
+        if link.reading_paused and len(link.inflight) < self.settings.max_inflight_per_connection:
+            link.resume_reading("inflight")
 
     async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:
         started = time.perf_counter()
@@ -368,12 +439,13 @@ class Node:
                     log.error("front: autoscale failed: %s", exc)
 
 
-def run(settings: Settings) -> None:
-    """Run a node in this process until SIGTERM/SIGINT."""
-    node_main = Node(settings).run_until_stopped
+def run(settings: Settings, connect_url: str | None = None) -> None:
+    """Run a node in this process until SIGTERM/SIGINT; with `connect_url`, as a
+    reactor of the hub there instead of listening."""
+    node_main = Node(settings).run_until_stopped(connect_url)
     try:
         import uvloop
     except ImportError:  # uvloop is optional at run time; asyncio's loop works too
-        asyncio.run(node_main())
+        asyncio.run(node_main)
     else:
-        uvloop.run(node_main())
+        uvloop.run(node_main)

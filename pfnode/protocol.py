@@ -355,6 +355,15 @@ def encode_submit(seq: int, packet: Packet) -> bytes:
     return encode_message("submit", seq, packet.to_wire())
 
 
+def encode_submit_raw(seq: int, packet: Packet, timeout_ms: int) -> bytes:
+    """A packet passed on with the time it has left; its `data` may still be `RawJSON`
+    (spliced in as it arrived, not re-parsed)."""
+    data = packet.data
+    if isinstance(data, RawJSON):
+        data = orjson.Fragment(bytes(data))
+    return encode_message("submit", seq, dataclasses.replace(packet, data=data, timeout_ms=timeout_ms).to_wire())
+
+
 def encode_result(seq: int, result: Result) -> bytes:
     return encode_message("result", seq, result.to_wire())
 

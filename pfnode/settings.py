@@ -67,6 +67,19 @@ class Settings:
     heartbeat_interval_ms: int = 30_000
     heartbeat_missed_limit: int = 3
 
+    # Hub routing (pfnode/hub.py): packets with no local handler go to connected reactors.
+    # Off: they are answered PF001 at once.
+    hub_routing: bool = True
+    # How long a forwarded packet whose reactor went away waits for another (within its deadline)
+    reroute_grace_ms: int = 10_000
+
+    # Dial-out (`pfnode connect`, pfnode/dialout.py): reconnect delays grow from min to max,
+    # doubled each failed try, with random jitter; answers are kept this many packets back
+    # so a packet the hub sends again after a reconnect is answered, not run twice.
+    reconnect_min_ms: int = 250
+    reconnect_max_ms: int = 15_000
+    replay_entries: int = 10_000
+
     # Shutdown: how long in-flight packets may take to finish before they get PF503
     shutdown_grace_ms: int = 10_000
 
@@ -96,7 +109,8 @@ class Settings:
                      "max_inflight_per_connection", "heartbeat_interval_ms",
                      "heartbeat_missed_limit", "worker_start_timeout_ms", "rm_memory_limit_mb",
                      "max_queued", "result_store_entries", "result_store_age_ms", "result_store_bytes",
-                     "autoscale_interval_ms", "worker_blas_threads"):
+                     "autoscale_interval_ms", "worker_blas_threads", "reroute_grace_ms",
+                     "reconnect_min_ms", "reconnect_max_ms", "replay_entries"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.worker_shm_bytes < 0 or self.shm_threshold_bytes < 0:
@@ -105,6 +119,8 @@ class Settings:
             problems.append(f"aging_ms must be >= 0 (0 turns aging off), got {self.aging_ms}")
         if self.shutdown_grace_ms < 0:
             problems.append(f"shutdown_grace_ms must be >= 0, got {self.shutdown_grace_ms}")
+        if self.reconnect_min_ms > self.reconnect_max_ms:
+            problems.append("reconnect_min_ms must not exceed reconnect_max_ms")
         if self.default_timeout_ms > self.max_timeout_ms:
             problems.append("default_timeout_ms must not exceed max_timeout_ms")
         if problems:

@@ -48,7 +48,7 @@ def test_submit_passes_priority_metadata_and_structured_data(node):
 
 @pytest.mark.parametrize("args, code, needle", [
     pytest.param(("df", "boom", '"bad input"'), "PF500", "ValueError: boom: bad input", id="handler-raised"),
-    pytest.param(("df", "no_such_element", "1"), "PF001", "df:no_such_element", id="no-handler"),
+    pytest.param(("df", "no_such_element", "1"), "PF003", "df:no_such_element", id="no-handler"),
     pytest.param(("df", "sleep", "2", "--timeout-ms", "200"), "PF408", "deadline", id="deadline"),
 ])
 def test_an_error_result_is_printed_and_exits_1(node, args, code, needle):

@@ -227,22 +227,53 @@ def test_raising_handler_gives_PF500_with_the_exception_text_and_the_node_keeps_
     assert node.health()["worker_pids"] == pids_before
 
 
-def test_unknown_element_gives_a_PF001_result(node):
+def test_unknown_element_is_offered_to_the_connected_peer_then_answered_PF003(node):
+    """Hub routing: with no local handler, the node asks the connected peers (here only the
+    submitter's own link) to run it; a PF001 answer means "cannot", and none left gives PF003."""
     async def go():
         async with Raw(node.endpoint) as raw:
+            pkt = packet("no_such_element", "x", timeout_ms=5000)
+            await raw.submit(31, pkt)
+            offered = await raw.recv()
+            assert offered["type"] == "submit" and offered["seq"] >= 1, offered
+            assert offered["payload"]["id"] == pkt["id"]
+            assert offered["payload"]["data"] == "x"
+            assert 0 < offered["payload"]["timeout_ms"] <= 5000  # the time it has left
+            # as the spec's reactors answer: a result with seq 0, status error, PF001
+            await raw.send(frame("result", 0, {"packet_id": pkt["id"], "status": "error",
+                                                "error": {"code": "PF001", "message": "no"},
+                                                "duration_ms": 0}))
+            reply = await raw.recv()
+            assert reply["type"] == "result" and reply["seq"] == 31, reply
+            assert reply["payload"]["packet_id"] == pkt["id"]
+            assert reply["payload"]["status"] == "error"
+            assert reply["payload"]["error"]["code"] == "PF003"
+            assert "df:no_such_element" in reply["payload"]["error"]["message"]
+            assert "data" not in reply["payload"]
+            # the node remembers that this peer cannot: the next one is answered at once
+            pkt2 = packet("no_such_element", "y")
+            await raw.submit(32, pkt2)
+            reply = await raw.recv()
+            assert (reply["type"], reply["seq"], reply["payload"]["error"]["code"]) == ("result", 32, "PF003")
+            await raw.roundtrip()
+        # our own reactor announces what it runs (nothing), so it is not asked
+        async with Reactor(node.endpoint) as reactor:
+            result = await reactor.submit("ed", "notify_users", {"message": "hi"})
+            assert result.error_code == "PF003", result
+    run(go())
+
+
+def test_without_hub_routing_an_unknown_element_gives_PF001_at_once(fresh_node):
+    hub_off = fresh_node("--no-hub-routing", "--workers", "1")
+
+    async def go():
+        async with Raw(hub_off.endpoint) as raw:
             pkt = packet("no_such_element", "x")
             await raw.submit(31, pkt)
             reply = await raw.recv()
             assert reply["type"] == "result" and reply["seq"] == 31
-            assert reply["payload"]["packet_id"] == pkt["id"]
-            assert reply["payload"]["status"] == "error"
             assert reply["payload"]["error"]["code"] == "PF001"
             assert "df:no_such_element" in reply["payload"]["error"]["message"]
-            assert "data" not in reply["payload"]
-            await raw.roundtrip()
-        async with Reactor(node.endpoint) as reactor:
-            result = await reactor.submit("ed", "notify_users", {"message": "hi"})
-            assert result.error_code == "PF001"
     run(go())
 
 

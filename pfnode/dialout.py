@@ -1,0 +1,188 @@
+"""Dial-out: the node as a reactor of another PacketFlow endpoint (`pfnode connect URL`).
+
+The node keeps one link to the hub and answers the hub's `submit` frames with its
+local pool, exactly as it answers a connected peer's. The link is one `PeerLink`
+for the node's whole life, whatever happens to the connection under it: when the
+connection drops, packets keep running, their answers wait in the outbox, and a new
+connection is dialled after a growing, jittered delay. On each new connection the
+node announces what it runs (a heartbeat with `capabilities`), then sends the
+answers that waited.
+
+A hub whose reactor went away sends the packets it held again, to whichever reactor
+takes them. When that is this node again, a packet still running is not started a
+second time (its one answer follows), and one that finished is answered from the
+last `replay_entries` answers: no packet runs twice because of a reconnect.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
+
+from .errors import ConfigError
+from .front import Node, PeerLink, hard_frame_limit
+
+log = logging.getLogger("pfnode.dialout")
+
+OPEN_TIMEOUT_S = 10.0
+
+
+def reconnect_delay_s(attempt: int, min_ms: int, max_ms: int, rand: random.Random | None = None) -> float:
+    """Delay before try number `attempt` (1, 2, ...): doubling from min_ms up to max_ms,
+    then a random 50-100 % of it, so that nodes cut off together do not all come back at
+    the same instant."""
+    ceiling = min(max_ms, min_ms * 2 ** min(attempt - 1, 30))
+    return ceiling * (rand or random).uniform(0.5, 1.0) / 1000
+
+
+def check_url(url: str) -> str:
+    try:
+        parse_uri(url)
+    except InvalidURI as exc:
+        raise ConfigError(f"not a WebSocket URL: {url!r} ({exc}); e.g. ws://hub:8443/packetflow/v1") from None
+    return url
+
+
+class Uplink(PeerLink):
+    """This node's link to its hub, across reconnects."""
+
+    uplink = True
+
+    def __init__(self, node: Node, url: str) -> None:
+        super().__init__(node, url)
+        self.ws: ClientConnection | None = None
+        self.final = False  # closed by us for good: do not reconnect
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._readable = asyncio.Event()
+        self._readable.set()
+        self._answers: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+
+    @property
+    def connected(self) -> bool:
+        return self.ws is not None
+
+    # -- the at-most-once rule (called by the node)
+    def replay(self, packet_id: str, seq: int) -> bool:
+        """True when the hub sent `packet_id` again: it is running (its answer will
+        come) or it ran (its answer goes again). False: a new packet."""
+        if packet_id in self.inflight:
+            log.info("dial-out: hub sent %s again (seq %d); it is still running", packet_id, seq)
+            return True
+        frame = self._answers.get(packet_id)
+        if frame is None:
+            return False
+        log.info("dial-out: hub sent %s again (seq %d); answering from the earlier run", packet_id, seq)
+        self._write(frame)
+        return True
+
+    def remember(self, packet_id: str, frame: bytes) -> None:
+        self._answers[packet_id] = frame
+        self._answers.move_to_end(packet_id)
+        while len(self._answers) > self.node.settings.replay_entries:
+            self._answers.popitem(last=False)
+
+    # -- PeerLink
+    def _write(self, frame: bytes) -> None:
+        self._outbox.append(frame)  # kept until written to a connection: answers survive a drop
+        self._wake.set()
+
+    def _pause(self) -> None:
+        self._readable.clear()
+
+    def _resume(self) -> None:
+        self._readable.set()
+
+    def close(self, code: int, reason: str) -> None:
+        """A close for good (shutdown) ends the dialling; any other (the peer went silent)
+        drops this connection and dials again."""
+        if code == 1001:
+            self.final = True
+        if self.ws is not None:
+            asyncio.ensure_future(self.ws.close(code, reason))
+
+    async def flush(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._outbox and self.ws is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    # -- one connection
+    async def attach(self, ws: ClientConnection) -> int | None:
+        """Serve the hub over `ws` until it closes; returns its close code."""
+        self.ws = ws
+        self.last_seen = time.monotonic()
+        self._outbox.appendleft(self.node.announcement())
+        writer = asyncio.ensure_future(self._write_loop(ws))
+        try:
+            async for message in ws:
+                self.deliver(message)
+                if self.reading_paused:
+                    await self._readable.wait()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.ws = None
+            writer.cancel()
+        return ws.close_code
+
+    async def _write_loop(self, ws: ClientConnection) -> None:
+        out = self._outbox
+        self._wake.set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while out:
+                    await ws.send(out[0], text=True)
+                    out.popleft()  # only once written: a frame cut off by a drop goes again
+        except ConnectionClosed:
+            pass
+
+
+async def dial(node: Node, url: str) -> None:
+    """Keep `node` connected to the hub at `url` until the node stops."""
+    s = node.settings
+    link = Uplink(node, url)
+    node.on_open(link)
+    attempt = 0
+    try:
+        while not link.final and not node.stopping.is_set():
+            try:
+                ws = await connect(url, max_size=hard_frame_limit(s), compression=None,
+                                   open_timeout=OPEN_TIMEOUT_S,
+                                   ping_interval=s.heartbeat_interval_ms / 1000,
+                                   ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
+                attempt += 1
+                delay = reconnect_delay_s(attempt, s.reconnect_min_ms, s.reconnect_max_ms)
+                log.warning("dial-out: cannot reach %s (%s); try %d in %.2f s", url,
+                            exc or type(exc).__name__, attempt + 1, delay)
+                await _sleep_unless_stopping(node, delay)
+                continue
+            log.info("dial-out: connected to %s; %d packets running, %d answers waiting to be sent",
+                     url, len(link.inflight), len(link._outbox))
+            started = time.monotonic()
+            code = await link.attach(ws)
+            if link.final or node.stopping.is_set():
+                break
+            # a connection that held for a while starts the backoff afresh
+            attempt = 1 if time.monotonic() - started > s.reconnect_max_ms / 1000 else attempt + 1
+            delay = reconnect_delay_s(attempt, s.reconnect_min_ms, s.reconnect_max_ms)
+            log.warning("dial-out: link to %s lost (close code %s); %d packets still running; "
+                        "reconnecting in %.2f s", url, code, len(link.inflight), delay)
+            await _sleep_unless_stopping(node, delay)
+    finally:
+        node.on_close(link, None)
+
+
+async def _sleep_unless_stopping(node: Node, delay_s: float) -> None:
+    try:
+        await asyncio.wait_for(node.stopping.wait(), delay_s)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,273 @@
+"""Hub routing: a packet with no local handler runs on a connected reactor.
+
+The spec's reactors both submit packets and run them, over the same link, and say
+nothing about what they can run. So the node learns: it forwards a packet to the
+links that may run it, one at a time, and remembers each link's answers per
+`group:element` (PF001: it cannot; anything else: it can). A reactor may also say what
+it runs up front, in a heartbeat payload's `capabilities` list (our extension; see
+docs/PROTOCOL.md, "Hub routing"); such a list is taken as the whole truth about it.
+
+Replies come back as `result` frames that spec reactors send with `seq: 0`, so a
+reply is matched by its `packet_id`; packet ids are unique among forwarded packets
+(PF409 otherwise). A forwarded packet keeps its deadline: the remote gets the time
+that is left, and when it passes the submitter gets PF504. A reactor that goes away
+while holding a packet hands it to the next one that may run it; when none is
+connected, the packet waits up to `reroute_grace_ms` for one (a reconnecting node
+announces itself at once), then fails with PF003.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from . import protocol
+from .errors import ErrorCode
+from .protocol import Packet, Result
+
+if TYPE_CHECKING:
+    from .front import Node, PeerLink
+
+log = logging.getLogger("pfnode.hub")
+
+
+@dataclasses.dataclass
+class ReactorProfile:
+    """What the node has learnt about one link as a reactor."""
+
+    announced: frozenset[str] | None = None  # the capabilities extension: authoritative when set
+    can: set[str] = dataclasses.field(default_factory=set)  # answered something other than PF001
+    cannot: set[str] = dataclasses.field(default_factory=set)  # answered PF001
+    answered: int = 0  # replies to forwarded packets, of any kind
+    silent: bool = False  # let a forwarded packet time out without ever having answered one
+
+    def verdict(self, key: str) -> bool | None:
+        """True: it runs `key`; False: it does not; None: not known yet (worth asking)."""
+        if self.announced is not None:
+            return key in self.announced
+        if key in self.can:
+            return True
+        if key in self.cannot or self.silent:
+            return False
+        return None
+
+    def learn(self, key: str, can: bool) -> None:
+        self.answered += 1
+        self.silent = False
+        (self.can if can else self.cannot).add(key)
+        (self.cannot if can else self.can).discard(key)
+
+
+def rank_targets(links: Iterable["PeerLink"], key: str, origin: "PeerLink",
+                 tried: set["PeerLink"]) -> list["PeerLink"]:
+    """The links to ask, best first: those known to run `key` (least loaded first), then
+    those not known either way, the submitter's own link last among them. Links that
+    cannot run it, were tried already, or are this node's own uplinks are left out."""
+    known: list[PeerLink] = []
+    unknown: list[PeerLink] = []
+    for link in links:
+        if link in tried or link.closed or link.uplink:
+            continue
+        verdict = link.reactor.verdict(key)
+        if verdict is True:
+            known.append(link)
+        elif verdict is None:
+            unknown.append(link)
+    known.sort(key=lambda link: len(link.forwarded))
+    unknown.sort(key=lambda link: (link is origin, len(link.forwarded)))
+    return known + unknown
+
+
+@dataclasses.dataclass(eq=False)
+class Forward:
+    """A packet of `origin`'s that runs (or waits to run) on another link."""
+
+    packet: Packet
+    origin: "PeerLink"
+    origin_seq: int
+    deadline: float  # time.monotonic()
+    tried: set["PeerLink"] = dataclasses.field(default_factory=set)
+    target: "PeerLink | None" = None
+    target_seq: int = 0
+    refusals: list[str] = dataclasses.field(default_factory=list)  # why earlier links did not run it
+    lost: list[str] = dataclasses.field(default_factory=list)  # links that went away holding it
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def id(self) -> str:
+        return self.packet.id
+
+
+class Hub:
+    def __init__(self, node: "Node", clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.settings = node.settings
+        self.clock = clock
+        self.forwards: dict[str, Forward] = {}  # packet id -> forward, every state
+        self.parked: dict[str, Forward] = {}  # waiting for a reactor after theirs went away
+
+    # ------------------------------------------------------------------ from the node
+    def route(self, origin: "PeerLink", seq: int, packet: Packet) -> None:
+        """Find a reactor for a packet the node has no handler for."""
+        if packet.id in self.forwards:
+            origin.send(protocol.encode_failure(seq, packet.id, ErrorCode.DUPLICATE_ID,
+                                                f"packet {packet.id} is already in flight"))
+            return
+        timeout_ms = packet.timeout_ms or self.settings.default_timeout_ms
+        forward = Forward(packet, origin, seq, self.clock() + timeout_ms / 1000)
+        self.forwards[packet.id] = forward
+        origin.inflight[packet.id] = forward
+        self._dispatch(forward)
+
+    def on_result(self, link: "PeerLink", result: Result) -> None:
+        forward = self._forward_answered_by(link, result.packet_id)
+        if forward is None:
+            log.debug("hub: %s sent a result for %s, which is not waiting on it", link.peer, result.packet_id)
+            return
+        key = forward.packet.key
+        if result.error_code == ErrorCode.NO_HANDLER.value:
+            link.reactor.learn(key, can=False)
+            if forward.target is link:  # else a stale answer: the link now holding it goes on
+                forward.refusals.append(f"{link.peer} has no handler")
+                self._detach(forward)
+                self._dispatch(forward)
+            return
+        link.reactor.learn(key, can=True)
+        self.node.counters["forwarded"] += 1
+        self._finish(forward, protocol.encode_result(forward.origin_seq, Result(
+            packet_id=forward.id, status=result.status, data=result.data, error=result.error,
+            duration_ms=result.duration_ms)))
+
+    def on_error_frame(self, link: "PeerLink", seq: int, payload: dict) -> None:
+        """The reactor refused our submit frame itself (an `error` frame): ask the next one."""
+        packet_id = link.forward_seqs.get(seq) or payload.get("packet_id")
+        forward = self._forward_answered_by(link, packet_id) if isinstance(packet_id, str) else None
+        if forward is None:
+            log.debug("hub: %s sent an error frame (seq %d) that answers nothing of ours", link.peer, seq)
+            return
+        link.reactor.answered += 1
+        if forward.target is link:
+            forward.refusals.append(f"{link.peer} refused it: {payload.get('code')} {payload.get('message', '')}")
+            self._detach(forward)
+            self._dispatch(forward)
+
+    def on_announce(self, link: "PeerLink", capabilities: list[str]) -> None:
+        link.reactor.announced = frozenset(capabilities)
+        log.log(logging.INFO if capabilities else logging.DEBUG, "hub: %s runs %s", link.peer,
+                ", ".join(sorted(capabilities)) or "nothing")
+        self.retry_parked()
+
+    def retry_parked(self) -> None:
+        """A link came or announced itself: parked packets may have a reactor again."""
+        for forward in list(self.parked.values()):
+            self._dispatch(forward)
+
+    def on_link_closed(self, link: "PeerLink") -> None:
+        """`link` is gone: its own packets are dropped (by the node), and the packets it
+        was running for others go to the next reactor, or wait for one."""
+        for forward in list(link.forwarded.values()):
+            forward.lost.append(link.peer)
+            log.warning("hub: %s went away holding %s (%s); looking for another reactor",
+                        link.peer, forward.id, forward.packet.key)
+            self._detach(forward)
+            self._dispatch(forward)
+
+    def abandon(self, forward: Forward) -> None:
+        """Its submitter went away: nobody is left to answer; a late result is dropped."""
+        self._detach(forward)
+        self._drop(forward)
+
+    def fail_all(self, code: ErrorCode, message: str) -> None:
+        for forward in list(self.forwards.values()):
+            self._finish(forward, protocol.encode_failure(forward.origin_seq, forward.id, code, message))
+
+    # ------------------------------------------------------------------ internals
+    def _forward_answered_by(self, link: "PeerLink", packet_id: str) -> Forward | None:
+        forward = self.forwards.get(packet_id)
+        if forward is None:
+            return None
+        if forward.target is link:
+            return forward
+        # After its reactor went away, a packet may be answered over a new link by the same
+        # reactor (a pfnode dial-out node keeps running across reconnects): accept it.
+        return forward if forward.lost else None
+
+    def _dispatch(self, forward: Forward) -> None:
+        now = self.clock()
+        remaining_ms = int((forward.deadline - now) * 1000)
+        if remaining_ms <= 0:
+            self._expire(forward)
+            return
+        targets = rank_targets(self.node.links, forward.packet.key, forward.origin, forward.tried)
+        if targets:
+            self._send_to(forward, targets[0], remaining_ms)
+        elif forward.lost and self.node.links_may_come:
+            if forward.id not in self.parked:
+                self.parked[forward.id] = forward
+                grace = min(forward.deadline, now + self.settings.reroute_grace_ms / 1000)
+                self._arm(forward, grace)
+        else:
+            self._finish(forward, protocol.encode_failure(
+                forward.origin_seq, forward.id, ErrorCode.NO_REACTOR, self._no_reactor_message(forward)))
+
+    def _send_to(self, forward: Forward, link: "PeerLink", remaining_ms: int) -> None:
+        self.parked.pop(forward.id, None)
+        forward.target = link
+        forward.tried.add(link)
+        link.out_seq += 1
+        forward.target_seq = link.out_seq
+        link.forwarded[forward.id] = forward
+        link.forward_seqs[link.out_seq] = forward.id
+        log.debug("hub: %s (%s) -> %s", forward.id, forward.packet.key, link.peer)
+        link.send(protocol.encode_submit_raw(link.out_seq, forward.packet, remaining_ms))
+        self._arm(forward, forward.deadline)
+
+    def _arm(self, forward: Forward, when: float) -> None:
+        if forward.timer is not None:
+            forward.timer.cancel()
+        delay = max(0.0, when - self.clock())
+        forward.timer = asyncio.get_running_loop().call_later(delay, self._expire, forward)
+
+    def _expire(self, forward: Forward) -> None:
+        if self.forwards.get(forward.id) is not forward:
+            return
+        if forward.target is not None:
+            link = forward.target
+            if not link.reactor.answered:
+                link.reactor.silent = True  # not a reactor, or a hung one: ask it no more
+            timeout_ms = forward.packet.timeout_ms or self.settings.default_timeout_ms
+            self._finish(forward, protocol.encode_failure(
+                forward.origin_seq, forward.id, ErrorCode.REMOTE_TIMEOUT,
+                f"reactor {link.peer} did not answer {forward.packet.key} within its deadline "
+                f"({timeout_ms} ms)"))
+        else:
+            self._finish(forward, protocol.encode_failure(
+                forward.origin_seq, forward.id, ErrorCode.NO_REACTOR, self._no_reactor_message(forward)))
+
+    def _no_reactor_message(self, forward: Forward) -> str:
+        key = forward.packet.key
+        if forward.lost:
+            return (f"reactor {forward.lost[-1]} disconnected while running {key}, and no other "
+                    f"connected reactor took it")
+        asked = f"; asked: {'; '.join(forward.refusals)}" if forward.refusals else ""
+        return f"No handler for {key} on this node, and no connected reactor runs it{asked}"
+
+    def _detach(self, forward: Forward) -> None:
+        """Forget the link that holds `forward` (it answered, refused or went away)."""
+        link, forward.target = forward.target, None
+        if link is not None:
+            link.forwarded.pop(forward.id, None)
+            link.forward_seqs.pop(forward.target_seq, None)
+
+    def _drop(self, forward: Forward) -> None:
+        if forward.timer is not None:
+            forward.timer.cancel()
+        self.forwards.pop(forward.id, None)
+        self.parked.pop(forward.id, None)
+
+    def _finish(self, forward: Forward, frame: bytes) -> None:
+        self._detach(forward)
+        self._drop(forward)
+        self.node.settle(forward.origin, forward.id, frame)
