@@ -63,6 +63,7 @@ class Uplink(PeerLink):
         self._readable = asyncio.Event()
         self._readable.set()
         self._answers: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.resent_this_connection = 0
 
     @property
     def connected(self) -> bool:
@@ -73,14 +74,21 @@ class Uplink(PeerLink):
         """True when the hub sent `packet_id` again: it is running (its answer will
         come) or it ran (its answer goes again). False: a new packet."""
         if packet_id in self.inflight:
-            log.info("dial-out: hub sent %s again (seq %d); it is still running", packet_id, seq)
+            self._resent(packet_id, seq, "it is still running")
             return True
         frame = self._answers.get(packet_id)
         if frame is None:
             return False
-        log.info("dial-out: hub sent %s again (seq %d); answering from the earlier run", packet_id, seq)
+        self._resent(packet_id, seq, "answering from the earlier run")
         self._write(frame)
         return True
+
+    def _resent(self, packet_id: str, seq: int, what: str) -> None:
+        # one line per connection at INFO: a hub re-sends everything it held at a cut
+        self.resent_this_connection += 1
+        log.log(logging.INFO if self.resent_this_connection == 1 else logging.DEBUG,
+                "dial-out: hub sent %s again (seq %d); %s%s", packet_id, seq, what,
+                " (further re-sends are logged at DEBUG)" if self.resent_this_connection == 1 else "")
 
     def remember(self, packet_id: str, frame: bytes) -> None:
         self._answers[packet_id] = frame
@@ -117,6 +125,7 @@ class Uplink(PeerLink):
         """Serve the hub over `ws` until it closes; returns its close code."""
         self.ws = ws
         self.last_seen = time.monotonic()
+        self.resent_this_connection = 0
         self._outbox.appendleft(self.node.announcement())
         writer = asyncio.ensure_future(self._write_loop(ws))
         try:
