@@ -204,3 +204,24 @@ def test_link_cut_mid_run_every_packet_answered_and_run_exactly_once(tmp_path, f
     log = connector.log()
     assert log.count("link to") >= 2 and "lost" in log
     assert "sent" in log and "again" in log  # the hub did re-send, and the node did not re-run
+
+
+def test_sigterm_drains_a_dial_out_node_its_running_packets_are_still_answered(tmp_path, fresh_node, connectors):
+    hub = fresh_node("--workers", "1", handlers=HUB_HANDLERS)
+    connector = connectors(hub.endpoint, workers=1)
+    wait_until(lambda: "runs df:remote_record" in hub.log(), what="the announcement")
+    record = tmp_path / "runs.txt"
+
+    async def go():
+        async with Reactor(hub.endpoint) as client:
+            jobs = [asyncio.ensure_future(client.submit("df", "remote_record", {"s": 0.4, "file": str(record)}))
+                    for _ in range(3)]
+            await asyncio.sleep(0.5)  # the first one runs, two wait in the node's queue
+            connector.proc.terminate()
+            return await asyncio.gather(*jobs)
+
+    results = run(go())
+    assert [r.status for r in results] == ["success"] * 3, [r.error for r in results]
+    assert connector.proc.wait(20) == 0
+    assert "front: stopped" in connector.log()
+    assert len(record.read_text().split()) == 3
