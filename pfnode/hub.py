@@ -242,9 +242,13 @@ class Hub:
                 forward.origin_seq, forward.id, ErrorCode.REMOTE_TIMEOUT,
                 f"reactor {link.peer} did not answer {forward.packet.key} within its deadline "
                 f"({timeout_ms} ms)"))
-        else:
+        elif forward.lost:
             self._finish(forward, protocol.encode_failure(
                 forward.origin_seq, forward.id, ErrorCode.NO_REACTOR, self._no_reactor_message(forward)))
+        else:  # its deadline passed before any reactor could be asked
+            self._finish(forward, protocol.encode_failure(
+                forward.origin_seq, forward.id, ErrorCode.DEADLINE_EXCEEDED,
+                f"deadline passed before {forward.packet.key} could be forwarded"))
 
     def _no_reactor_message(self, forward: Forward) -> str:
         key = forward.packet.key
