@@ -319,6 +319,10 @@ class Node:
                 # TCP flow control then slows the sender.
                 link.pause_reading("inflight")
         elif msg.type == "heartbeat":
+            if link.uplink:
+                # our hub's heartbeat: as a reactor we only note it, as the spec's reactors do;
+                # answering would start an endless exchange between two pfnode nodes
+                return
             link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
             capabilities = msg.payload.get("capabilities")
             if capabilities is not None:

@@ -16,13 +16,14 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pfnode.client import Reactor
 from pfnode.dialout import reconnect_delay_s
 
 from .conftest import ROOT, RunningNode, start_node
-from .e2e_util import run, wait_until
+from .e2e_util import packet, run, submit_frame, wait_until
 
 HUB_HANDLERS = "tests.handlers_testing"  # none of the keys below
 REMOTE_HANDLERS = "tests.handlers_remote"
@@ -225,3 +226,55 @@ def test_sigterm_drains_a_dial_out_node_its_running_packets_are_still_answered(t
     assert connector.proc.wait(20) == 0
     assert "front: stopped" in connector.log()
     assert len(record.read_text().split()) == 3
+
+
+def test_a_dial_out_node_speaks_as_a_reactor_to_any_endpoint(connectors):
+    """Against a bare endpoint (a websockets server in this test): the node announces what it
+    runs, heartbeats with its capabilities, answers submits with their seq, answers PF001 for
+    what it cannot run, and does not answer the endpoint's heartbeats (as the spec's reactors
+    don't: between two pfnodes, answering would never end)."""
+    from websockets.asyncio.server import serve
+
+    frames: list[dict] = []
+
+    async def go():
+        finished = asyncio.Event()
+
+        async def hub(ws):
+            async def read():
+                async for text in ws:
+                    frames.append(orjson.loads(text))
+            reader = asyncio.ensure_future(read())
+            await wait_for_frames(lambda f: f["type"] == "heartbeat" and "capabilities" in f["payload"])
+            for seq in range(1000, 1005):
+                await ws.send(orjson.dumps({"type": "heartbeat", "seq": seq, "payload": {"timestamp": 1}}).decode())
+            await ws.send(submit_frame(7, packet("remote_upper", "abc", id="p-upper")))
+            await ws.send(submit_frame(8, packet("not_here", 1, id="p-missing")))
+            await wait_for_frames(lambda f: f["type"] == "result" and f["payload"]["packet_id"] == "p-missing")
+            await wait_for_frames(lambda f: f["type"] == "heartbeat" and f["seq"] >= 3)  # 3 of its own
+            reader.cancel()
+            finished.set()
+
+        async def wait_for_frames(pred, timeout_s: float = 15.0):
+            deadline = time.monotonic() + timeout_s
+            while not any(pred(f) for f in frames):
+                assert time.monotonic() < deadline, frames
+                await asyncio.sleep(0.02)
+
+        async with serve(hub, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            await asyncio.to_thread(connectors, f"ws://127.0.0.1:{port}/packetflow/v1",
+                                    "--heartbeat-interval-ms", "200")
+            await asyncio.wait_for(finished.wait(), 30)
+
+    run(go(), timeout_s=60)
+    announcement = frames[0]
+    assert announcement["type"] == "heartbeat"
+    assert announcement["payload"]["capabilities"] == ["df:remote_record", "df:remote_upper"]
+    results = {f["payload"]["packet_id"]: f for f in frames if f["type"] == "result"}
+    assert results["p-upper"]["seq"] == 7 and results["p-upper"]["payload"]["data"] == "ABC"
+    assert results["p-missing"]["seq"] == 8
+    assert results["p-missing"]["payload"]["error"]["code"] == "PF001"  # so a hub asks elsewhere
+    heartbeats = [f for f in frames if f["type"] == "heartbeat"]
+    assert not [f for f in heartbeats if f["seq"] >= 1000], "answered the endpoint's heartbeats"
+    assert all(f["payload"]["capabilities"] == ["df:remote_record", "df:remote_upper"] for f in heartbeats)
