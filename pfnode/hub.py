@@ -136,9 +136,15 @@ class Hub:
             return
         link.reactor.learn(key, can=True)
         self.node.counters["forwarded"] += 1
-        self._finish(forward, protocol.encode_result(forward.origin_seq, Result(
-            packet_id=forward.id, status=result.status, data=result.data, error=result.error,
-            duration_ms=result.duration_ms)))
+        if result.ok:
+            data = result.data  # RawJSON as the front decodes it: passed on, not re-parsed
+            data_json = bytes(data) if isinstance(data, protocol.RawJSON) else protocol.encode_json(data)
+            frame = protocol.encode_success_raw(forward.origin_seq, forward.id, data_json, result.duration_ms)
+        else:
+            assert result.error is not None
+            frame = protocol.encode_failure(forward.origin_seq, forward.id, result.error["code"],
+                                            result.error["message"], result.duration_ms)
+        self._finish(forward, frame)
 
     def on_error_frame(self, link: "PeerLink", seq: int, payload: dict) -> None:
         """The reactor refused our submit frame itself (an `error` frame): ask the next one."""

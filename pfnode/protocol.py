@@ -137,13 +137,30 @@ class _PacketWire(msgspec.Struct):
     metadata: Any = None
 
 
-class _SubmitWire(msgspec.Struct):
-    type: Any = None
+class _SubmitWire(msgspec.Struct, tag_field="type", tag="submit"):
     seq: Any = None
     payload: Optional[_PacketWire] = None
 
 
-_SUBMIT_DECODER = msgspec.json.Decoder(_SubmitWire)
+class _ResultPayloadWire(msgspec.Struct):
+    """A reactor's result for a packet the hub forwarded: `data` stays raw JSON, to be
+    spliced into the relayed result frame unparsed."""
+
+    packet_id: Any = None
+    status: Any = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    error: Any = None
+    duration_ms: Any = None
+
+
+class _ResultWire(msgspec.Struct, tag_field="type", tag="result"):
+    seq: Any = None
+    payload: Optional[_ResultPayloadWire] = None
+
+
+# The message's "type" picks the struct, wherever it is in the frame (Elixir peers sort
+# their keys, so it comes last); other types fail here and take the general path.
+_LAZY_DECODER = msgspec.json.Decoder(Union[_SubmitWire, _ResultWire])
 
 
 class _Invalid(Exception):
@@ -158,9 +175,10 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
            max_timeout_ms: int | None = None, raw_data: bool = False) -> Decoded:
     """Decode and validate one WebSocket text frame.
 
-    With `raw_data`, a submit's `data` is returned as `RawJSON` (its JSON text, checked
-    for well-formedness in C but never built into Python objects): the front's cost then
-    does not grow with the payload, and the worker parses it."""
+    With `raw_data`, a submit's or a result's `data` is returned as `RawJSON` (its JSON
+    text, checked for well-formedness in C but never built into Python objects): the
+    front's cost then does not grow with the payload; the worker parses a packet's data,
+    and a relayed result's data is passed on as it came."""
     # A str holds at most 4 UTF-8 bytes per character: only a long one needs encoding to measure.
     if max_frame_bytes is not None and (len(frame) * 4 if isinstance(frame, str) else len(frame)) > max_frame_bytes:
         raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
@@ -168,7 +186,7 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
             return _reject(_seq_from_oversized(raw), ErrorCode.TOO_LARGE,
                            f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes")
     if raw_data:
-        lazy = _decode_submit_raw(frame, max_timeout_ms)
+        lazy = _decode_lazily(frame, max_timeout_ms)
         if lazy is not None:
             return lazy
     try:
@@ -203,17 +221,24 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
     return Message(mtype, seq, payload if payload is not None else {})
 
 
-def _decode_submit_raw(frame: str | bytes, max_timeout_ms: int | None) -> Decoded | None:
-    """The submit fast path of `decode`; None for anything else (a heartbeat, a frame that
-    is not well-formed, a payload that is not an object), which the general path handles
-    and explains."""
+def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Decoded | None:
+    """The submit and result fast path of `decode`; None for anything else (a heartbeat,
+    a frame that is not well-formed, a payload that is not an object), which the general
+    path handles and explains."""
     try:
-        wire = _SUBMIT_DECODER.decode(frame)
+        wire = _LAZY_DECODER.decode(frame)
     except msgspec.MsgspecError:
         return None
     seq, p = wire.seq, wire.payload
-    if wire.type != "submit" or p is None or type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+    if p is None or type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         return None
+    if isinstance(wire, _ResultWire):
+        fields = {"packet_id": p.packet_id, "status": p.status, "data": p.data, "error": p.error,
+                  "duration_ms": p.duration_ms}
+        try:
+            return Message("result", seq, parse_result(fields))
+        except _Invalid as exc:
+            return _reject(seq, exc.code, exc.message)
     fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
               "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
               "dependencies": p.dependencies, "metadata": p.metadata}

@@ -859,3 +859,27 @@ def test_raw_data_decoding_rejects_exactly_like_full_decoding(frame, code):
     lazy, full = decode(frame, raw_data=True), decode(frame)
     assert isinstance(lazy, Rejected) and lazy.code == code
     assert (lazy.seq, lazy.code, lazy.message) == (full.seq, full.code, full.message)
+
+
+@pytest.mark.parametrize("data", [None, 0, "HELLO WORLD", [1.5, {"a": [None, "}]"]}]])
+def test_raw_data_decoding_of_a_result_keeps_its_data_as_json_text(data):
+    from pfnode.protocol import RawJSON
+
+    # Elixir key order (sorted: "type" last) and nulls, as the spec's Elixir reactor sends
+    elixir = orjson.dumps({"type": "result", "seq": 0, "payload": {
+        "packet_id": "r-1", "status": "success", "data": data, "error": None, "duration_ms": 2}},
+        option=orjson.OPT_SORT_KEYS)
+    lazy, full = decode(elixir, raw_data=True), decode(elixir)
+    assert isinstance(lazy.payload.data, RawJSON)
+    assert orjson.loads(memoryview(lazy.payload.data)) == data == full.payload.data
+    assert (lazy.seq, lazy.payload.packet_id, lazy.payload.status, lazy.payload.duration_ms) == (0, "r-1", "success", 2)
+    relayed = encode_success_raw(9, "r-1", bytes(lazy.payload.data), lazy.payload.duration_ms)
+    assert orjson.loads(relayed)["payload"]["data"] == data
+
+
+@pytest.mark.parametrize("payload", list(BAD_RESULTS.values()), ids=list(BAD_RESULTS))
+def test_raw_data_decoding_rejects_bad_results_exactly_like_full_decoding(payload):
+    text = frame("result", 31, payload)
+    lazy, full = decode(text, raw_data=True), decode(text)
+    assert isinstance(lazy, Rejected)
+    assert (lazy.seq, lazy.code, lazy.message) == (full.seq, full.code, full.message)
