@@ -62,7 +62,13 @@ class PicowsLink(PeerLink, WSListener):
                 message, self._parts = b"".join(self._parts), None
                 self.deliver(message)
         elif kind is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
+            code = frame.get_close_code()
+            if code == WSCloseCode.NO_INFO:
+                # a close frame without a code is answered with one without a code: picows
+                # would write code 0, which peers reject (RFC 6455 7.4.1)
+                transport.send(WSMsgType.CLOSE, b"")
+            else:
+                transport.send_close(code)
             transport.disconnect()
         # PING is answered by picows itself (enable_auto_pong). A PONG does not count as
         # hearing from the peer: as with the websockets transport, liveness is judged on
