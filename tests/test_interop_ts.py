@@ -1,26 +1,51 @@
 """Interop with the spec's TypeScript reactor (tests/interop/ts), over a real socket.
 
 The TypeScript sources are compiled with the project-local `tsc` (node_modules/typescript) into
-tests/interop/ts/dist whenever a source is newer than its output, then the driver
-(dist/interop.js) runs the spec's examples against the session node and prints one JSON line
-per check: {"name", "ok", "detail"}.
+tests/interop/ts/dist whenever a source is newer than its output. Two programs come out:
+
+- dist/interop.js, the driver: runs the spec's examples through the TS reactor against a node
+  and prints one JSON line per check: {"name", "ok", "detail"}. With `--usage` it runs only the
+  spec's usage example, df:transform registered on the TS reactor itself, against a node that has
+  no df:transform: the node routes the packet back to the reactor (hub routing).
+- dist/serve.js, a handler peer: the TS reactor with ed:notify_users (the spec's
+  "Elixir -> TypeScript" example), df:ts_double, df:ts_boom and df:ts_slow registered, connected
+  to a node until it is killed or its stdin ends. Python clients submit those packets to the
+  node, which has no handler for them and forwards them to the TS peer (three parties: Python
+  client -> pfnode hub -> TS reactor), then relays the answer.
 
 Needs Node.js on PATH and `npm install` in tests/interop/ts (`make test` runs it first).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from pfnode.client import Reactor
+from tests.conftest import start_node
+from tests.e2e_util import new_id, run
+
+pytestmark = pytest.mark.timeout(60)
+
 TS_DIR = Path(__file__).resolve().parent / "interop" / "ts"
-SOURCES = ("reactor.ts", "interop.ts")
+SOURCES = ("reactor.ts", "interop.ts", "serve.ts")
 DRIVER = TS_DIR / "dist" / "interop.js"
+SERVE = TS_DIR / "dist" / "serve.js"
 TSC = TS_DIR / "node_modules" / "typescript" / "bin" / "tsc"
 DRIVER_TIMEOUT_S = 55  # the driver's own watchdog fires at 50 s
+# A node's handler modules without df:transform (nor any ts_* or ed:notify_users handler).
+BARE_HANDLERS = "tests.handlers_testing"
+TS_KEYS = ("ed:notify_users", "df:ts_double", "df:ts_boom", "df:ts_slow")
+# How long the bare node keeps a packet whose reactor went away, waiting for another, before
+# PF003 (`--reroute-grace-ms`, 10 s by default): short here so the disconnect test is quick.
+REROUTE_GRACE_MS = 1000
 
 EXPECTED_CHECKS = [
     "connect",
@@ -29,14 +54,20 @@ EXPECTED_CHECKS = [
     "process_data",       # df:process_data {items: [1..5]} priority 7 -> 30
     "validate_null",      # cf:validate null -> {valid: false}
     "validate_value",     # cf:validate "x" -> {valid: true}
-    "unknown_element",    # result status error, PF001
+    "unknown_element",    # forwarded, no reactor can run it: result status error, PF003
     "concurrent_200",     # 200 in flight, each answer matched to its own submit by seq
     "invalid_priority",   # priority 11 -> error frame PF002, submit rejects
     "open_after_error",   # the connection survives the bad message
     "heartbeat_on_open",  # the reactor's heartbeat on open is echoed with its seq
     "heartbeat",          # a later heartbeat is echoed with its seq
 ]
+USAGE_CHECKS = [
+    "connect",
+    "usage",  # df:transform registered on the TS reactor; the node has none: "HELLO WORLD", run once by the TS handler
+]
 
+
+# ---------------------------------------------------------------------------- toolchain
 
 def _node_binary() -> str:
     node = shutil.which("node")
@@ -61,30 +92,333 @@ def _compile(node: str) -> None:
     assert proc.returncode == 0, f"tsc failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
 
 
-def test_typescript_reactor_runs_spec_examples(node):
-    node_bin = _node_binary()
-    _compile(node_bin)
+@pytest.fixture(scope="module")
+def node_bin() -> str:
+    node = _node_binary()
+    _compile(node)
+    return node
 
+
+# ---------------------------------------------------------------------------- the driver
+
+def _run_driver(node_bin: str, endpoint: str, *args: str) -> tuple[dict[str, dict], subprocess.CompletedProcess, str]:
     try:
-        proc = subprocess.run([node_bin, str(DRIVER), node.endpoint], cwd=TS_DIR,
+        proc = subprocess.run([node_bin, str(DRIVER), endpoint, *args], cwd=TS_DIR,
                               capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the TypeScript driver ran past {DRIVER_TIMEOUT_S} s\n"
                     f"--- stdout ---\n{exc.stdout}\n--- stderr ---\n{exc.stderr}")
     output = f"--- driver stdout ---\n{proc.stdout}\n--- driver stderr ---\n{proc.stderr}"
-
     checks: dict[str, dict] = {}
     for line in proc.stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
             record = json.loads(line)
             checks[record["name"]] = record
+    return checks, proc, output
 
+
+def _assert_checks(expected: list[str], checks: dict[str, dict], proc: subprocess.CompletedProcess,
+                   output: str) -> None:
     failed = [f"{name}: {json.dumps(checks[name].get('detail'))}"
-              for name in EXPECTED_CHECKS if name in checks and checks[name].get("ok") is not True]
-    missing = [name for name in EXPECTED_CHECKS if name not in checks]
+              for name in expected if name in checks and checks[name].get("ok") is not True]
+    missing = [name for name in expected if name not in checks]
     extra_failed = [name for name, record in checks.items()
-                    if name not in EXPECTED_CHECKS and record.get("ok") is not True]
+                    if name not in expected and record.get("ok") is not True]
     assert not failed and not missing and not extra_failed, (
         f"failed checks: {failed}\nmissing checks: {missing}\nother failures: {extra_failed}\n{output}")
     assert proc.returncode == 0, f"driver exited {proc.returncode}\n{output}"
+
+
+def test_typescript_reactor_runs_spec_examples(node, node_bin):
+    checks, proc, output = _run_driver(node_bin, node.endpoint)
+    _assert_checks(EXPECTED_CHECKS, checks, proc, output)
+
+
+# ---------------------------------------------------------------------------- the TS peer
+
+class TsPeer:
+    """dist/serve.js as a subprocess: its stdout events collected by a thread, waited on."""
+
+    def __init__(self, node_bin: str, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.proc = subprocess.Popen([node_bin, str(SERVE), endpoint], cwd=TS_DIR, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.events: list[dict] = []
+        self.stderr: list[str] = []
+        self._eof = False
+        self._cond = threading.Condition()
+        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True),
+                         threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self, stream, is_stdout: bool) -> None:
+        for line in stream:
+            with self._cond:
+                if not is_stdout:
+                    self.stderr.append(line.rstrip("\n"))
+                    continue
+                try:
+                    self.events.append(json.loads(line))
+                except ValueError:
+                    self.events.append({"text": line.rstrip("\n")})
+                self._cond.notify_all()
+        if is_stdout:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def describe(self) -> str:
+        with self._cond:
+            return (f"TS peer (exit {self.proc.poll()}) events: {json.dumps(self.events)}\n"
+                    f"stderr: {chr(10).join(self.stderr)}")
+
+    def wait_for(self, pred: Callable[[dict], bool], timeout_s: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                for event in self.events:
+                    if pred(event):
+                        return event
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        raise AssertionError(f"TS peer: no {what} within {timeout_s} s\n{self.describe()}")
+
+    def wait_ran(self, key: str, data, timeout_s: float = 5.0) -> None:
+        """Wait for the event line saying this peer's handler for `key` started on `data`
+        (stdout is read by a thread: the line may come after the relayed result)."""
+        self.wait_for(lambda e: e.get("event") == "start" and e.get("key") == key and e.get("data") == data,
+                      timeout_s, f"start of {key} on {data!r}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # serve.js stops when its stdin ends
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(10)
+        for thread in self._threads:
+            thread.join(5)
+
+
+def start_peer(node_bin: str, endpoint: str) -> TsPeer:
+    peer = TsPeer(node_bin, endpoint)
+    try:
+        ready = peer.wait_for(lambda e: "ready" in e, 20, "ready line")
+        assert ready["ready"] is True, peer.describe()
+    except BaseException:
+        peer.stop()
+        raise
+    return peer
+
+
+@pytest.fixture(scope="module")
+def ts_peer(node, node_bin):
+    """A TS peer serving TS_KEYS on the shared node for this module's tests."""
+    peer = start_peer(node_bin, node.endpoint)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="module")
+def bare_node(tmp_path_factory):
+    """A node of this module's own whose handlers lack df:transform, and with no TS peer that
+    outlives a test (the disconnect test needs to be sure no other reactor can take over)."""
+    running = start_node(tmp_path_factory.mktemp("bare-node"), "--reroute-grace-ms", str(REROUTE_GRACE_MS),
+                         handlers=BARE_HANDLERS)
+    handlers = running.health()["handlers"]
+    assert "df:transform" not in handlers and not set(TS_KEYS) & set(handlers), handlers
+    yield running
+    running.stop()
+
+
+TIMEOUT_MS = 10_000  # every submit's own deadline: a lost answer fails the test, not the suite
+
+
+async def within(awaitable, timeout_s: float, what: str):
+    """Await with a time limit that fails the test saying what did not come."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"no {what} within {timeout_s} s") from None
+
+
+def test_python_client_gets_ts_notify_users_answer_through_the_node(node, ts_peer):
+    """The spec's Elixir -> TypeScript example, with a Python client in the Elixir client's place."""
+    async def go():
+        async with Reactor(node.endpoint) as client:
+            results = []
+            for message in ("System maintenance in 10 minutes", "hi"):
+                pid = new_id("notify")
+                result = await client.submit("ed", "notify_users", {"message": message}, priority=9,
+                                             timeout_ms=TIMEOUT_MS, packet_id=pid)
+                results.append((pid, message, result))
+            return results
+
+    before_ms = time.time() * 1000
+    results = run(go(), 20)
+    after_ms = time.time() * 1000
+    for pid, message, result in results:
+        assert result.ok, (result, ts_peer.describe())
+        assert result.packet_id == pid
+        assert result.data["sent"] is True and result.data["message"] == message, result
+        # Date.now() in the TS process while the packet was in flight
+        assert before_ms - 1000 <= result.data["timestamp"] <= after_ms + 1000, result
+        assert isinstance(result.duration_ms, (int, float)) and result.duration_ms >= 0
+    for _, message, _ in results:
+        ts_peer.wait_ran("ed:notify_users", {"message": message})
+
+
+def test_ts_double_data_is_relayed(node, ts_peer):
+    async def go():
+        async with Reactor(node.endpoint) as client:
+            return [await client.submit("df", "ts_double", {"items": items}, timeout_ms=TIMEOUT_MS)
+                    for items in ([1, 2, 3, 4, 5], [], [0.5, -7, 1e6])]
+
+    results = run(go(), 20)
+    assert [r.status for r in results] == ["success"] * 3, results
+    assert [r.data for r in results] == [[2, 4, 6, 8, 10], [], [1.0, -14, 2e6]]
+    ts_peer.wait_ran("df:ts_double", {"items": [1, 2, 3, 4, 5]})
+
+
+def test_ts_handler_exception_is_relayed_as_pf500_with_its_message(node, ts_peer):
+    async def go():
+        async with Reactor(node.endpoint) as client:
+            pid = new_id("boom")
+            result = await client.submit("df", "ts_boom", {"x": 1}, timeout_ms=TIMEOUT_MS, packet_id=pid)
+            # the link is fine afterwards
+            after = await client.submit("df", "ts_double", {"items": [21]}, timeout_ms=TIMEOUT_MS)
+            return pid, result, after
+
+    pid, result, after = run(go(), 20)
+    assert result.status == "error" and result.packet_id == pid, result
+    assert result.error_code == "PF500", result
+    assert "ts boom" in result.error["message"], result
+    assert after.ok and after.data == [42], after
+    ts_peer.wait_ran("df:ts_boom", {"x": 1})
+
+
+def test_concurrent_forwarded_and_local_submits_each_get_their_own_answer(node, ts_peer):
+    """Two Python clients, 30 packets each in flight at once: TS-served keys mixed with a
+    local handler (df:transform) and a throwing TS handler; every answer matches its packet."""
+    def plan(client_no: int) -> list[tuple]:
+        work = []
+        for i in range(30):
+            tag = f"c{client_no}-{i}"
+            kind = i % 4
+            if kind == 0:
+                work.append(("ed", "notify_users", {"message": tag}, ("notify", tag)))
+            elif kind == 1:
+                work.append(("df", "ts_double", {"items": [i, client_no]}, ("double", [2 * i, 2 * client_no])))
+            elif kind == 2:
+                work.append(("df", "transform", tag, ("local", tag.upper())))
+            else:
+                work.append(("df", "ts_boom", tag, ("boom", None)))
+        return work
+
+    async def one_client(client_no: int):
+        work = plan(client_no)
+        async with Reactor(node.endpoint) as client:
+            ids = [new_id(f"cc{client_no}") for _ in work]
+            results = await asyncio.gather(*(
+                client.submit(group, element, data, priority=1 + n % 10, timeout_ms=TIMEOUT_MS, packet_id=pid)
+                for n, (pid, (group, element, data, _)) in enumerate(zip(ids, work))))
+            return list(zip(ids, work, results))
+
+    async def go():
+        return await asyncio.gather(one_client(1), one_client(2))
+
+    wrong = []
+    total = 0
+    for rows in run(go(), 25):
+        for pid, (group, element, data, (kind, expected)), result in rows:
+            total += 1
+            if result.packet_id != pid:
+                wrong.append((pid, result))
+            elif kind == "notify":
+                if not (result.ok and result.data.get("sent") is True and result.data.get("message") == expected):
+                    wrong.append((pid, kind, result))
+            elif kind == "boom":
+                if not (result.error_code == "PF500" and "ts boom" in result.error["message"]):
+                    wrong.append((pid, kind, result))
+            elif not (result.ok and result.data == expected):
+                wrong.append((pid, kind, expected, result))
+    assert total == 60
+    assert not wrong, f"{len(wrong)} wrong answers, first: {wrong[:3]}\n{ts_peer.describe()}"
+
+
+def test_forwarded_packet_past_its_deadline_is_pf504(node, ts_peer):
+    async def go():
+        async with Reactor(node.endpoint) as client:
+            pid = new_id("slow")
+            start = time.monotonic()
+            result = await client.submit("df", "ts_slow", 3000, timeout_ms=500, packet_id=pid)
+            took = time.monotonic() - start
+            after = await client.submit("df", "ts_double", {"items": [1]}, timeout_ms=TIMEOUT_MS)
+            return pid, result, took, after
+
+    pid, result, took, after = run(go(), 20)
+    assert result.status == "error" and result.packet_id == pid, result
+    assert result.error_code == "PF504", result
+    assert took < 2.5, f"PF504 came {took:.2f} s after the submit, deadline 0.5 s"
+    assert after.ok and after.data == [2], after
+    ts_peer.wait_ran("df:ts_slow", 3000)  # it really was forwarded
+
+
+def test_ts_reactor_killed_mid_packet_gives_pf003_not_a_timeout(bare_node, node_bin):
+    peer = start_peer(node_bin, bare_node.endpoint)
+    try:
+        async def go():
+            async with Reactor(bare_node.endpoint) as client:
+                pid = new_id("killed")
+                task = asyncio.ensure_future(
+                    client.submit("df", "ts_slow", 10_000, timeout_ms=20_000, packet_id=pid))
+                started = await asyncio.to_thread(
+                    peer.wait_for, lambda e: e.get("event") == "start" and e.get("key") == "df:ts_slow",
+                    10, "start of df:ts_slow")
+                assert started["data"] == 10_000
+                await asyncio.to_thread(peer.kill)  # SIGKILL: no close frame, the socket just drops
+                killed_at = time.monotonic()
+                result = await within(task, 8, "result for the packet whose TS reactor was killed")
+                took = time.monotonic() - killed_at
+                # with the only capable reactor gone, a new packet for it is PF003 at once
+                later = await within(client.submit("df", "ts_double", {"items": [1]}, timeout_ms=TIMEOUT_MS),
+                                     8, "result for a packet sent after the only capable reactor died")
+                return pid, result, took, later
+
+        pid, result, took, later = run(go(), 25)
+    finally:
+        peer.stop()
+    assert result.status == "error" and result.packet_id == pid, result
+    assert result.error_code == "PF003", result
+    assert "disconnect" in result.error["message"].lower(), result
+    # parked for the reroute grace (no other reactor runs df:ts_slow), then PF003: long before
+    # the packet's own 20 s deadline
+    assert took < REROUTE_GRACE_MS / 1000 + 3, f"the PF003 came {took:.2f} s after the TS reactor died"
+    assert later.error_code == "PF003", later
+    assert bare_node.proc.poll() is None, bare_node.log()
+
+
+def test_ts_reactor_stop_closes_the_link_cleanly(node, node_bin):
+    """The spec's stop() is ws.close() with no status code; the node's answering close frame
+    must be one the ws library accepts (no socket error on the TS side)."""
+    peer = start_peer(node_bin, node.endpoint)
+    peer.stop()  # stdin ends: serve.js calls reactor.stop() and exits 0
+    assert peer.proc.returncode == 0, peer.describe()
+    assert not any("socket error" in line for line in peer.stderr), peer.describe()
+
+
+def test_spec_usage_example_handler_on_the_ts_reactor(bare_node, node_bin):
+    """The spec's usage example against a node without df:transform: only the TS reactor that
+    submits the packet has the handler, so the node must route it back to that reactor."""
+    checks, proc, output = _run_driver(node_bin, bare_node.endpoint, "--usage")
+    _assert_checks(USAGE_CHECKS, checks, proc, output)

@@ -1,7 +1,12 @@
 // Interop driver: runs the PacketFlow v1.0 spec's examples through the spec's TypeScript reactor
-// against a running node.   node dist/interop.js ws://127.0.0.1:PORT/packetflow/v1
+// against a running node.
+//   node dist/interop.js ws://127.0.0.1:PORT/packetflow/v1           the examples (checks below)
+//   node dist/interop.js ws://127.0.0.1:PORT/packetflow/v1 --usage   only the spec's usage example,
+//       with df:transform registered on this reactor: for a node with NO df:transform handler,
+//       which must route the packet back to this reactor (hub routing) and relay its answer.
 // Prints one JSON line per check, {"name", "ok", "detail"}, and exits 1 if any check failed
 // (2 on a usage error or when the whole run overran its deadline).
+// (serve.ts is the other mode: a long-running peer with handlers, for Python clients to reach.)
 import { randomUUID } from 'crypto';
 import { Message, PacketFlowError, PacketFlowReactor, Result } from './reactor.js';
 
@@ -9,8 +14,9 @@ const CHECK_TIMEOUT_MS = 15000;
 const RUN_TIMEOUT_MS = 50000;
 
 const endpoint = process.argv[2];
-if (!endpoint) {
-  console.error('usage: node dist/interop.js ws://HOST:PORT/packetflow/v1');
+const mode = process.argv[3] ?? '--examples';
+if (!endpoint || !['--examples', '--usage'].includes(mode) || process.argv.length > 4) {
+  console.error('usage: node dist/interop.js ws://HOST:PORT/packetflow/v1 [--usage]');
   process.exit(2);
 }
 
@@ -57,7 +63,45 @@ function expectSuccess(result: Result, id: string, data: unknown): [boolean, unk
   return [ok, { expected: { packet_id: id, status: 'success', data }, got: result }];
 }
 
+// The spec's usage example, in the spec's order: register df:transform, start, submit
+// "hello world". Run against a node without df:transform: the node forwards the packet to this
+// very reactor, whose handler answers (result seq 0, correlated by packet id), and the node relays
+// that answer to this reactor's submit (with the submit's seq).
+async function usage(): Promise<void> {
+  const reactor = new PacketFlowReactor({ endpoint });
+  const calls: unknown[] = [];
+
+  // Register a data transformer
+  reactor.register('df', 'transform', async (data: string) => {
+    calls.push(data);
+    return data.toUpperCase();
+  });
+
+  try {
+    await withTimeout(reactor.start(), CHECK_TIMEOUT_MS, 'connect');
+    report('connect', true, { endpoint });
+  } catch (error) {
+    report('connect', false, { endpoint, thrown: error instanceof Error ? error.message : String(error) });
+    return;
+  }
+
+  await check('usage', async () => {
+    const id = randomUUID();
+    const result = await reactor.submit({ id, group: 'df', element: 'transform', data: 'hello world', priority: 5 });
+    const [ok, detail] = expectSuccess(result, id, 'HELLO WORLD');
+    // the answer must come from this reactor's handler, run once, not from a node handler
+    const ranHere = calls.length === 1 && calls[0] === 'hello world';
+    return [ok && ranHere, { ...(detail as object), handler_calls: calls }];
+  });
+
+  await reactor.stop();
+}
+
 async function main(): Promise<void> {
+  if (mode === '--usage') {
+    await usage();
+    return;
+  }
   const heartbeatsSeen: Message[] = [];
   const reactor = new PacketFlowReactor({
     endpoint,
@@ -107,12 +151,14 @@ async function main(): Promise<void> {
     return expectSuccess(result, id, { valid: true });
   });
 
-  // A packet the node accepted but has no handler for: a result with status error, PF001.
+  // A packet the node accepted but has no handler for: the node forwards it to its connected
+  // reactors (this one included, which answers PF001 as the spec's processPacket does); none can
+  // run it, so the result is status error, PF003 (no reactor).
   await check('unknown_element', async () => {
     const id = randomUUID();
     const result = await reactor.submit({ id, group: 'df', element: 'no_such_element', data: 1, priority: 5 });
-    const ok = result.status === 'error' && result.packet_id === id && result.error?.code === 'PF001';
-    return [ok, { expected: { packet_id: id, status: 'error', code: 'PF001' }, got: result }];
+    const ok = result.status === 'error' && result.packet_id === id && result.error?.code === 'PF003';
+    return [ok, { expected: { packet_id: id, status: 'error', code: 'PF003' }, got: result }];
   });
 
   // 200 submits in flight at once: each promise must get its own packet's answer (seq matching).

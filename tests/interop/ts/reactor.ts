@@ -9,7 +9,11 @@
 //     seq; see docs/PROTOCOL.md), an error frame rejects with a PacketFlowError that carries
 //     the frame's code, and a closed socket rejects whatever is still pending;
 //   - heartbeat frames are handled (the spec's switch dropped them): a heartbeat answering one of
-//     ours resolves heartbeat(), and every heartbeat is passed to config.onHeartbeat.
+//     ours resolves heartbeat(), and every heartbeat is passed to config.onHeartbeat;
+//   - config.onClose is told when the socket closes (serve.ts exits when its link drops).
+// It answers the `submit` frames a node forwards to it (hub routing) exactly as the spec does:
+// a result with seq 0 and the packet's id, PF001 when it has no handler, PF500 when one throws.
+// It announces nothing (no capabilities in its heartbeats): a node learns what it runs by asking.
 import { WebSocket } from 'ws';
 import { randomUUID } from 'crypto';
 
@@ -71,6 +75,7 @@ export interface ReactorConfig {
   readonly heartbeatIntervalMs?: number; // default 30 000, as in the spec
   readonly requestTimeoutMs?: number; // default 30 000, as in the spec
   readonly onHeartbeat?: (message: Message) => void;
+  readonly onClose?: (code: number, reason: string) => void;
 }
 
 interface PacketHandler {
@@ -104,7 +109,10 @@ export class PacketFlowReactor {
     const ws = new WebSocket(this.config.endpoint);
     this.ws = ws;
     ws.on('message', this.handleMessage.bind(this));
-    ws.on('close', () => this.failPending(new Error('connection closed')));
+    ws.on('close', (code: number, reason: Buffer) => {
+      this.failPending(new Error('connection closed'));
+      this.config.onClose?.(code, reason.toString());
+    });
     ws.on('open', () => { this.openHeartbeatSeq = this.sendHeartbeat(); });
 
     await new Promise<void>((resolve, reject) => {
