@@ -31,20 +31,20 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from pfnode.client import Reactor
 from tests.conftest import start_node
 from tests.e2e_util import new_id, run
+from tests.interop_util import PeerProcess, assert_checks, run_driver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,38 +156,12 @@ def _command(elixir: str, mode: str, endpoint: str) -> list[str]:
 # ---------------------------------------------------------------------------- the driver
 
 def _run_driver(elixir: str, mode: str, endpoint: str) -> tuple[dict[str, dict], subprocess.CompletedProcess, str]:
-    try:
-        proc = subprocess.run(_command(elixir, mode, endpoint), cwd=ELIXIR_DIR, capture_output=True,
-                              text=True, timeout=DRIVER_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the Elixir driver ({mode}) ran past {DRIVER_TIMEOUT_S} s\n"
-                    f"--- stdout ---\n{exc.stdout}\n--- stderr ---\n{exc.stderr}")
-    output = f"--- driver stdout ---\n{proc.stdout}\n--- driver stderr ---\n{proc.stderr}"
-    checks: dict[str, dict] = {}
-    for line in proc.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            record = json.loads(line)
-            if "name" in record:
-                checks[record["name"]] = record
-    return checks, proc, output
-
-
-def _assert_checks(expected: list[str], checks: dict[str, dict], proc: subprocess.CompletedProcess,
-                   output: str) -> None:
-    failed = [f"{name}: {json.dumps(checks[name].get('detail'))}"
-              for name in expected if name in checks and checks[name].get("ok") is not True]
-    missing = [name for name in expected if name not in checks]
-    extra_failed = [name for name, record in checks.items()
-                    if name not in expected and record.get("ok") is not True]
-    assert not failed and not missing and not extra_failed, (
-        f"failed checks: {failed}\nmissing checks: {missing}\nother failures: {extra_failed}\n{output}")
-    assert proc.returncode == 0, f"driver exited {proc.returncode}\n{output}"
+    return run_driver(_command(elixir, mode, endpoint), ELIXIR_DIR, DRIVER_TIMEOUT_S, f"Elixir driver ({mode})")
 
 
 def test_elixir_reactor_runs_spec_examples(elixir_bin, node):
     checks, proc, output = _run_driver(elixir_bin, "client", node.endpoint)
-    _assert_checks(CLIENT_CHECKS, checks, proc, output)
+    assert_checks(CLIENT_CHECKS, checks, proc, output)
 
 
 def test_spec_usage_example_is_routed_back_to_the_elixir_reactor(elixir_bin, fresh_node):
@@ -197,7 +171,7 @@ def test_spec_usage_example_is_routed_back_to_the_elixir_reactor(elixir_bin, fre
     bare = fresh_node("--heartbeat-interval-ms", "300", handlers=BARE_HANDLERS)
     assert "df:transform" not in bare.health()["handlers"]
     checks, proc, output = _run_driver(elixir_bin, "usage", bare.endpoint)
-    _assert_checks(USAGE_CHECKS, checks, proc, output)
+    assert_checks(USAGE_CHECKS, checks, proc, output)
 
 
 # ---------------------------------------------------------------------------- the wire
@@ -409,94 +383,27 @@ def test_elixir_websocket_client_handles_fragments_pings_close(elixir_bin):
                               for name, (ok, detail) in server.observations.items())
     assert server.failure is None, f"scripted server: {server.failure}\n{server_report}\n{output}"
     assert observed == {name: True for name in SERVER_CHECKS}, f"{server_report}\n{output}"
-    _assert_checks(WIRE_CHECKS, checks, proc, output)
+    assert_checks(WIRE_CHECKS, checks, proc, output)
 
 
 # ---------------------------------------------------------------------------- the Elixir peer
 
-class ElixirPeer:
-    """interop.exs serve as a subprocess: its stdout events collected by a thread, waited on."""
+class ElixirPeer(PeerProcess):
+    """interop.exs serve as a subprocess (tests/interop_util.PeerProcess)."""
+
+    label = "Elixir peer"
 
     def __init__(self, elixir: str, endpoint: str) -> None:
         self.endpoint = endpoint
-        # its own process group: a kill takes the whole BEAM down at once
-        self.proc = subprocess.Popen(_command(elixir, "serve", endpoint), cwd=ELIXIR_DIR, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-        self.events: list[dict] = []
-        self.stderr: list[str] = []
-        self._eof = False
-        self._cond = threading.Condition()
-        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _pump(self, stream, is_stdout: bool) -> None:
-        for line in stream:
-            with self._cond:
-                if not is_stdout:
-                    self.stderr.append(line.rstrip("\n"))
-                    continue
-                try:
-                    self.events.append(json.loads(line))
-                except ValueError:
-                    self.events.append({"text": line.rstrip("\n")})
-                self._cond.notify_all()
-        if is_stdout:
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
-
-    def describe(self) -> str:
-        with self._cond:
-            return (f"Elixir peer (exit {self.proc.poll()}) events: {json.dumps(self.events)}\n"
-                    f"stderr: {chr(10).join(self.stderr)}")
-
-    def wait_for(self, pred: Callable[[dict], bool], timeout_s: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                for event in self.events:
-                    if pred(event):
-                        return event
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        raise AssertionError(f"Elixir peer: no {what} within {timeout_s} s\n{self.describe()}")
+        super().__init__(_command(elixir, "serve", endpoint), ELIXIR_DIR)
 
     def event(self, kind: str, packet_id: str) -> dict | None:
         with self._cond:
             return next((e for e in self.events if e.get("event") == kind and e.get("packet_id") == packet_id), None)
 
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()  # serve mode stops when its stdin ends
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.kill()
-        for thread in self._threads:
-            thread.join(5)
-
 
 def start_peer(elixir: str, endpoint: str) -> ElixirPeer:
-    peer = ElixirPeer(elixir, endpoint)
-    try:
-        ready = peer.wait_for(lambda e: "ready" in e, 20, "ready line")
-        assert ready["ready"] is True, peer.describe()
-    except BaseException:
-        peer.stop()
-        raise
-    return peer
+    return ElixirPeer.start(elixir, endpoint)
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,17 @@ Needs Node.js on PATH and `npm install` in tests/interop/ts (`make test` runs it
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from pfnode.client import Reactor
 from tests.conftest import start_node
 from tests.e2e_util import new_id, run
+from tests.interop_util import PeerProcess, assert_checks, run_driver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,91 +100,24 @@ def node_bin() -> str:
 # ---------------------------------------------------------------------------- the driver
 
 def _run_driver(node_bin: str, endpoint: str, *args: str) -> tuple[dict[str, dict], subprocess.CompletedProcess, str]:
-    try:
-        proc = subprocess.run([node_bin, str(DRIVER), endpoint, *args], cwd=TS_DIR,
-                              capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the TypeScript driver ran past {DRIVER_TIMEOUT_S} s\n"
-                    f"--- stdout ---\n{exc.stdout}\n--- stderr ---\n{exc.stderr}")
-    output = f"--- driver stdout ---\n{proc.stdout}\n--- driver stderr ---\n{proc.stderr}"
-    checks: dict[str, dict] = {}
-    for line in proc.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            record = json.loads(line)
-            checks[record["name"]] = record
-    return checks, proc, output
-
-
-def _assert_checks(expected: list[str], checks: dict[str, dict], proc: subprocess.CompletedProcess,
-                   output: str) -> None:
-    failed = [f"{name}: {json.dumps(checks[name].get('detail'))}"
-              for name in expected if name in checks and checks[name].get("ok") is not True]
-    missing = [name for name in expected if name not in checks]
-    extra_failed = [name for name, record in checks.items()
-                    if name not in expected and record.get("ok") is not True]
-    assert not failed and not missing and not extra_failed, (
-        f"failed checks: {failed}\nmissing checks: {missing}\nother failures: {extra_failed}\n{output}")
-    assert proc.returncode == 0, f"driver exited {proc.returncode}\n{output}"
+    return run_driver([node_bin, str(DRIVER), endpoint, *args], TS_DIR, DRIVER_TIMEOUT_S, "TypeScript driver")
 
 
 def test_typescript_reactor_runs_spec_examples(node, node_bin):
     checks, proc, output = _run_driver(node_bin, node.endpoint)
-    _assert_checks(EXPECTED_CHECKS, checks, proc, output)
+    assert_checks(EXPECTED_CHECKS, checks, proc, output)
 
 
 # ---------------------------------------------------------------------------- the TS peer
 
-class TsPeer:
-    """dist/serve.js as a subprocess: its stdout events collected by a thread, waited on."""
+class TsPeer(PeerProcess):
+    """dist/serve.js as a subprocess (tests/interop_util.PeerProcess)."""
+
+    label = "TS peer"
 
     def __init__(self, node_bin: str, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.proc = subprocess.Popen([node_bin, str(SERVE), endpoint], cwd=TS_DIR, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        self.events: list[dict] = []
-        self.stderr: list[str] = []
-        self._eof = False
-        self._cond = threading.Condition()
-        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _pump(self, stream, is_stdout: bool) -> None:
-        for line in stream:
-            with self._cond:
-                if not is_stdout:
-                    self.stderr.append(line.rstrip("\n"))
-                    continue
-                try:
-                    self.events.append(json.loads(line))
-                except ValueError:
-                    self.events.append({"text": line.rstrip("\n")})
-                self._cond.notify_all()
-        if is_stdout:
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
-
-    def describe(self) -> str:
-        with self._cond:
-            return (f"TS peer (exit {self.proc.poll()}) events: {json.dumps(self.events)}\n"
-                    f"stderr: {chr(10).join(self.stderr)}")
-
-    def wait_for(self, pred: Callable[[dict], bool], timeout_s: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                for event in self.events:
-                    if pred(event):
-                        return event
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        raise AssertionError(f"TS peer: no {what} within {timeout_s} s\n{self.describe()}")
+        super().__init__([node_bin, str(SERVE), endpoint], TS_DIR)
 
     def wait_ran(self, key: str, data, timeout_s: float = 5.0) -> None:
         """Wait for the event line saying this peer's handler for `key` started on `data`
@@ -194,31 +125,10 @@ class TsPeer:
         self.wait_for(lambda e: e.get("event") == "start" and e.get("key") == key and e.get("data") == data,
                       timeout_s, f"start of {key} on {data!r}")
 
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()  # serve.js stops when its stdin ends
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(10)
-        for thread in self._threads:
-            thread.join(5)
 
 
 def start_peer(node_bin: str, endpoint: str) -> TsPeer:
-    peer = TsPeer(node_bin, endpoint)
-    try:
-        ready = peer.wait_for(lambda e: "ready" in e, 20, "ready line")
-        assert ready["ready"] is True, peer.describe()
-    except BaseException:
-        peer.stop()
-        raise
-    return peer
+    return TsPeer.start(node_bin, endpoint)
 
 
 @pytest.fixture(scope="module")
@@ -421,4 +331,4 @@ def test_spec_usage_example_handler_on_the_ts_reactor(bare_node, node_bin):
     """The spec's usage example against a node without df:transform: only the TS reactor that
     submits the packet has the handler, so the node must route it back to that reactor."""
     checks, proc, output = _run_driver(node_bin, bare_node.endpoint, "--usage")
-    _assert_checks(USAGE_CHECKS, checks, proc, output)
+    assert_checks(USAGE_CHECKS, checks, proc, output)
