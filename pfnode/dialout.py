@@ -26,7 +26,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
 from .errors import ConfigError
-from .front import Node, PeerLink, hard_frame_limit
+from .front import Node, hard_frame_limit
+from .ws_websockets import WebsocketsLink
 
 log = logging.getLogger("pfnode.dialout")
 
@@ -49,19 +50,15 @@ def check_url(url: str) -> str:
     return url
 
 
-class Uplink(PeerLink):
-    """This node's link to its hub, across reconnects."""
+class Uplink(WebsocketsLink):
+    """This node's link to its hub, across reconnects: `ws` is the connection of the moment
+    (None between two), and frames wait in the outbox until written to one."""
 
     uplink = True
 
     def __init__(self, node: Node, url: str) -> None:
-        super().__init__(node, url)
-        self.ws: ClientConnection | None = None
+        super().__init__(node, None, peer=url)
         self.final = False  # closed by us for good: do not reconnect
-        self._outbox: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
-        self._readable = asyncio.Event()
-        self._readable.set()
         self._answers: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.resent_this_connection = 0
 
@@ -97,16 +94,6 @@ class Uplink(PeerLink):
             self._answers.popitem(last=False)
 
     # -- PeerLink
-    def _write(self, frame: bytes) -> None:
-        self._outbox.append(frame)  # kept until written to a connection: answers survive a drop
-        self._wake.set()
-
-    def _pause(self) -> None:
-        self._readable.clear()
-
-    def _resume(self) -> None:
-        self._readable.set()
-
     def close(self, code: int, reason: str) -> None:
         """A close for good (shutdown) ends the dialling; any other (the peer went silent)
         drops this connection and dials again."""
@@ -117,7 +104,7 @@ class Uplink(PeerLink):
 
     async def flush(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while self._outbox and self.ws is not None and time.monotonic() < deadline:
+        while self._outgoing and self.ws is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     # -- one connection
@@ -126,33 +113,17 @@ class Uplink(PeerLink):
         self.ws = ws
         self.last_seen = time.monotonic()
         self.resent_this_connection = 0
-        self._outbox.appendleft(self.node.announcement())
-        writer = asyncio.ensure_future(self._write_loop(ws))
+        self._outgoing.appendleft(self.node.announcement())
+        self._wake.set()
+        writer = asyncio.ensure_future(self.write_loop(ws))
         try:
-            async for message in ws:
-                self.deliver(message)
-                if self.reading_paused:
-                    await self._readable.wait()
+            await self.read_loop(ws)
         except ConnectionClosed:
             pass
         finally:
             self.ws = None
             writer.cancel()
         return ws.close_code
-
-    async def _write_loop(self, ws: ClientConnection) -> None:
-        out = self._outbox
-        self._wake.set()
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while out:
-                    await ws.send(out[0], text=True)
-                    out.popleft()  # only once written: a frame cut off by a drop goes again
-        except ConnectionClosed:
-            pass
-
 
 async def dial(node: Node, url: str) -> None:
     """Keep `node` connected to the hub at `url` until the node stops."""
@@ -175,7 +146,7 @@ async def dial(node: Node, url: str) -> None:
                 await _sleep_unless_stopping(node, delay)
                 continue
             log.info("dial-out: connected to %s; %d packets running, %d answers waiting to be sent",
-                     url, len(link.inflight), len(link._outbox))
+                     url, len(link.inflight), len(link._outgoing))
             started = time.monotonic()
             code = await link.attach(ws)
             if link.final or node.stopping.is_set():

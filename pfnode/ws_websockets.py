@@ -14,9 +14,14 @@ from .front import Node, PeerLink, hard_frame_limit
 
 
 class WebsocketsLink(PeerLink):
-    def __init__(self, node: Node, ws: ServerConnection) -> None:
-        address = ws.remote_address
-        super().__init__(node, "%s:%s" % address[:2] if address else "?")
+    """A link over a websockets connection: a server's (here) or a client's (the dial-out
+    uplink, pfnode/dialout.py, which subclasses it)."""
+
+    def __init__(self, node: Node, ws: ServerConnection | None, peer: str | None = None) -> None:
+        if peer is None:
+            address = ws.remote_address if ws is not None else None
+            peer = "%s:%s" % address[:2] if address else "?"
+        super().__init__(node, peer)
         self.ws = ws
         self._outgoing: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
@@ -41,20 +46,21 @@ class WebsocketsLink(PeerLink):
         while self._outgoing and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
-    async def write_loop(self) -> None:
+    async def write_loop(self, ws) -> None:
         # One writer per link: results never wait for each other's send().
-        ws, out = self.ws, self._outgoing
+        out = self._outgoing
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 while out:
-                    await ws.send(out.popleft(), text=True)
+                    await ws.send(out[0], text=True)
+                    out.popleft()  # only once written: an uplink sends the rest on its next connection
         except ConnectionClosed:
             pass
 
-    async def read_loop(self) -> None:
-        async for message in self.ws:
+    async def read_loop(self, ws) -> None:
+        async for message in ws:
             self.deliver(message)
             if self.reading_paused:
                 await self._readable.wait()
@@ -75,9 +81,9 @@ async def serve(node: Node) -> Server:
     async def handle(ws: ServerConnection) -> None:
         link = WebsocketsLink(node, ws)
         node.on_open(link)
-        writer = asyncio.ensure_future(link.write_loop())
+        writer = asyncio.ensure_future(link.write_loop(ws))
         try:
-            await link.read_loop()
+            await link.read_loop(ws)
         except ConnectionClosed:
             pass
         finally:
