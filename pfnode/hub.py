@@ -37,27 +37,48 @@ log = logging.getLogger("pfnode.hub")
 class ReactorProfile:
     """What the node has learnt about one link as a reactor."""
 
-    announced: frozenset[str] | None = None  # the capabilities extension: authoritative when set
+    announced: frozenset[str] | None = None  # the capabilities extension
     can: set[str] = dataclasses.field(default_factory=set)  # answered something other than PF001
     cannot: set[str] = dataclasses.field(default_factory=set)  # answered PF001
     answered: int = 0  # replies to forwarded packets, of any kind
     silent: bool = False  # let a forwarded packet time out without ever having answered one
+    # packets that timed out here, id -> key: a late answer still shows the link is alive
+    timed_out: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def verdict(self, key: str) -> bool | None:
-        """True: it runs `key`; False: it does not; None: not known yet (worth asking)."""
+        """True: it runs `key`; False: it does not; None: not known yet (worth asking).
+        What it answered last wins: a PF001 outweighs an earlier announcement, a later
+        announcement a PF001; a link that never answered and let a packet time out is not
+        asked until it answers something."""
+        if self.silent or key in self.cannot:
+            return False
         if self.announced is not None:
             return key in self.announced
-        if key in self.can:
-            return True
-        if key in self.cannot or self.silent:
-            return False
-        return None
+        return True if key in self.can else None
+
+    def announce(self, capabilities: list[str]) -> None:
+        self.announced = frozenset(capabilities)
+        self.cannot -= self.announced
 
     def learn(self, key: str, can: bool) -> None:
         self.answered += 1
         self.silent = False
         (self.can if can else self.cannot).add(key)
         (self.cannot if can else self.can).discard(key)
+
+    def timed_out_here(self, packet_id: str, key: str) -> None:
+        if not self.answered:
+            self.silent = True  # not a reactor, or a hung one: ask it no more, unless it answers
+        self.timed_out[packet_id] = key
+        if len(self.timed_out) > 1024:
+            del self.timed_out[next(iter(self.timed_out))]
+
+    def late_answer(self, packet_id: str, code: str | None) -> bool:
+        """A result for a packet that timed out here: learn from it all the same."""
+        key = self.timed_out.pop(packet_id, None)
+        if key is not None:
+            self.learn(key, can=code != ErrorCode.NO_HANDLER.value)
+        return key is not None
 
 
 def rank_targets(links: Iterable["PeerLink"], key: str, origin: "PeerLink",
@@ -124,7 +145,9 @@ class Hub:
     def on_result(self, link: "PeerLink", result: Result) -> None:
         forward = self._forward_answered_by(link, result.packet_id)
         if forward is None:
-            log.debug("hub: %s sent a result for %s, which is not waiting on it", link.peer, result.packet_id)
+            late = link.reactor.late_answer(result.packet_id, result.error_code)
+            log.debug("hub: %s sent a result for %s, which is not waiting on it%s", link.peer,
+                      result.packet_id, " (any more: it timed out there)" if late else "")
             return
         key = forward.packet.key
         if result.error_code == ErrorCode.NO_HANDLER.value:
@@ -160,7 +183,7 @@ class Hub:
             self._dispatch(forward)
 
     def on_announce(self, link: "PeerLink", capabilities: list[str]) -> None:
-        link.reactor.announced = frozenset(capabilities)
+        link.reactor.announce(capabilities)
         log.log(logging.INFO if capabilities else logging.DEBUG, "hub: %s runs %s", link.peer,
                 ", ".join(sorted(capabilities)) or "nothing")
         self.retry_parked()
@@ -241,8 +264,7 @@ class Hub:
             return
         if forward.target is not None:
             link = forward.target
-            if not link.reactor.answered:
-                link.reactor.silent = True  # not a reactor, or a hung one: ask it no more
+            link.reactor.timed_out_here(forward.id, forward.packet.key)
             timeout_ms = forward.packet.timeout_ms or self.settings.default_timeout_ms
             self._finish(forward, protocol.encode_failure(
                 forward.origin_seq, forward.id, ErrorCode.REMOTE_TIMEOUT,
