@@ -237,7 +237,8 @@ class Node:
         state = "draining" if self.draining else ("ready" if self.ready else "starting")
         return {"status": state, "endpoint": self.settings.path, "connections": len(self.links),
                 "uptime_s": round(time.time() - self.started_at, 3),
-                "handlers": sorted(self.pool.handler_keys | admin.BUILTIN_KEYS), **self.pool.stats()}
+                "handlers": sorted(self.pool.handler_keys | admin.BUILTIN_KEYS), **self.pool.stats(),
+                "hub": self.hub.stats()}
 
     def heartbeat_payload(self) -> dict[str, Any]:
         stats = self.pool.stats()

@@ -129,6 +129,14 @@ class Hub:
         self.forwards: dict[str, Forward] = {}  # packet id -> forward, every state
         self.parked: dict[str, Forward] = {}  # waiting for a reactor after theirs went away
 
+    def stats(self) -> dict:
+        counters = self.node.counters
+        return {"forwarding": len(self.forwards), "parked": len(self.parked),
+                "reactors": sum(1 for link in self.node.links
+                                if link.reactor.answered or link.reactor.announced),
+                "relayed": counters["forward_relayed"], "no_reactor": counters["forward_no_reactor"],
+                "timed_out": counters["forward_timed_out"]}
+
     # ------------------------------------------------------------------ from the node
     def route(self, origin: "PeerLink", seq: int, packet: Packet) -> None:
         """Find a reactor for a packet the node has no handler for."""
@@ -158,7 +166,7 @@ class Hub:
                 self._dispatch(forward)
             return
         link.reactor.learn(key, can=True)
-        self.node.counters["forwarded"] += 1
+        self.node.counters["forward_relayed"] += 1
         if result.ok:
             data = result.data  # RawJSON as the front decodes it: passed on, not re-parsed
             data_json = bytes(data) if isinstance(data, protocol.RawJSON) else protocol.encode_json(data)
@@ -238,6 +246,7 @@ class Hub:
                 grace = min(forward.deadline, now + self.settings.reroute_grace_ms / 1000)
                 self._arm(forward, grace)
         else:
+            self.node.counters["forward_no_reactor"] += 1
             self._finish(forward, protocol.encode_failure(
                 forward.origin_seq, forward.id, ErrorCode.NO_REACTOR, self._no_reactor_message(forward)))
 
@@ -265,6 +274,7 @@ class Hub:
         if forward.target is not None:
             link = forward.target
             link.reactor.timed_out_here(forward.id, forward.packet.key)
+            self.node.counters["forward_timed_out"] += 1
             timeout_ms = forward.packet.timeout_ms or self.settings.default_timeout_ms
             self._finish(forward, protocol.encode_failure(
                 forward.origin_seq, forward.id, ErrorCode.REMOTE_TIMEOUT,

@@ -151,6 +151,9 @@ def test_the_hub_routes_packets_to_a_dial_out_node(fresh_node, connectors):
     run(go())
     assert connector.proc.poll() is None
     assert connected_count(connector) == 1
+    hub_stats = hub.health()["hub"]
+    assert hub_stats["relayed"] == 51 and hub_stats["no_reactor"] == 1, hub_stats
+    assert hub_stats["forwarding"] == 0 and hub_stats["reactors"] == 1, hub_stats
 
 
 def test_a_dial_out_node_keeps_dialling_until_the_hub_is_up(tmp_path, connectors):
