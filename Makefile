@@ -37,12 +37,14 @@ test: venv interop-deps
 	$(PY) -m pytest $(ARGS)
 	PFNODE_TRANSPORT=websockets $(PY) -m pytest $(WIRE_TESTS) $(ARGS)
 
-# bench/run.py (ARGS go to it, e.g. ARGS=--quick), then the pytest-benchmark micro-benchmarks
+# bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), then the pytest-benchmark micro-benchmarks
 # (MICRO_ARGS go to pytest). Plain `pytest` never collects bench/: testpaths is tests/.
 MICRO_ARGS ?=
+HUB_ARGS ?=
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
+	$(PY) bench/hub.py $(HUB_ARGS)
 	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-sort=name \
 		--benchmark-columns=min,median,mean,stddev,ops,rounds \
 		--benchmark-json=bench/results/micro-latest.json $(MICRO_ARGS)

@@ -888,9 +888,16 @@ class Processes:
         """Start `pfnode serve` on `transport` (plus `extra_args`) and wait until it serves. Its
         name here is `name`, by default the transport's."""
         name = name or transport
-        log_path = log_dir / f"node-{name}.log"
         argv = ["serve", "--port", "0", "--transport", transport, "--workers", str(workers),
                 "--handlers", NODE_HANDLERS, *extra_args]
+        return self.launch_node(name, argv, log_dir, timeout_s)
+
+    def launch_node(self, name: str, argv: list[str], log_dir: Path, timeout_s: float = 60.0,
+                    ready: re.Pattern = SERVING) -> NodeProcess:
+        """Run `python -m pfnode ARGV` (cwd: the repository root, output to log_dir/node-NAME.log)
+        and wait until its log matches `ready`; the match's first group, if it has one, is the
+        node's endpoint. The front's pid and its children's (the workers) are noted then."""
+        log_path = log_dir / f"node-{name}.log"
         with open(log_path, "wb") as log_file:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "pfnode", *argv],
@@ -899,12 +906,12 @@ class Processes:
         node = self.nodes[name] = NodeProcess(name, argv, popen, log_path)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            match = SERVING.search(log_path.read_text(errors="replace"))
+            match = ready.search(log_path.read_text(errors="replace"))
             if match:
                 import psutil
 
                 node.pids = [popen.pid] + [p.pid for p in psutil.Process(popen.pid).children(recursive=True)]
-                node.endpoint = match.group(1)
+                node.endpoint = match.group(1) if ready.groups else ""
                 return node
             if popen.poll() is not None:
                 raise BenchError(f"{name} node exited with {popen.returncode}:\n{node.log_text()}")
@@ -1713,8 +1720,9 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_with_cleanup(run_fn, args: argparse.Namespace) -> dict | int:
+    """`run_fn(args, procs)`, with every child process stopped however it ends (done, Ctrl-C,
+    SIGTERM, a failure). Returns the report, or the exit status when it did not complete."""
     procs = Processes()
 
     def on_sigterm(signum, frame):
@@ -1722,7 +1730,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        report = run(args, procs)
+        return run_fn(args, procs)
     except KeyboardInterrupt:
         progress("interrupted; stopping every process ...")
         return 130
@@ -1730,7 +1738,7 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"FAILED: {exc}")
         tail = procs.node_log_text()
         if tail:
-            progress(f"node log (tail):\n{tail}")
+            progress(f"node logs (tail):\n{tail}")
         return 1
     finally:
         # Ctrl-C during cleanup must not leave anything behind either.
@@ -1740,19 +1748,31 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    print_table(report)
-    args.out.mkdir(parents=True, exist_ok=True)
+
+def save_report(report: dict, out: Path, stem: str, latest: str) -> Path:
+    """Write the report as out/STEM-<time>.json and out/LATEST; say where."""
+    out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    path = args.out / f"bench-{stamp}.json"
+    path = out / f"{stem}-{stamp}.json"
     path.write_text(text)
-    (args.out / "latest.json").write_text(text)
-    progress(f"wrote {path} and {args.out / 'latest.json'} ({report['elapsed_s']} s in all)")
+    (out / latest).write_text(text)
+    progress(f"wrote {path} and {out / latest} ({report['elapsed_s']} s in all)")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run_with_cleanup(run, args)
+    if isinstance(report, int):
+        return report
+    print_table(report)
+    path = save_report(report, args.out, "bench", "latest.json")
     if args.no_plot:
         line = "plot: skipped (--no-plot)"
     else:
         try:
-            line = write_plot(report, [args.out / "latest.png", args.out / f"bench-{stamp}.png"])
+            line = write_plot(report, [args.out / "latest.png", path.with_suffix(".png")])
         except Exception as exc:  # noqa: BLE001 - the numbers are written; a plot bug must not hide them
             line = f"plot: FAILED ({type(exc).__name__}: {exc}); the results are in {path}"
     print(line)
