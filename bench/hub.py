@@ -189,6 +189,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="measurements of each system; medians are reported (default 5; --quick 1)")
     parser.add_argument("--workers", type=int, default=cores,
                         help=f"df workers of the direct node and of the dial-out node (default: cores, {cores})")
+    parser.add_argument("--uplink-transport", choices=["picows", "websockets"], default="picows",
+                        help="the dial-out node's --transport (default %(default)s)")
     parser.add_argument("--window", type=int, default=br.WINDOW,
                         help=f"packets in flight for throughput (default {br.WINDOW})")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
@@ -226,6 +228,7 @@ def run(args: argparse.Namespace, procs: Processes) -> dict:
         if "df:noop" in handlers:
             raise BenchError(f"the {hub.name} node has df:noop itself ({handlers}): nothing would be relayed")
     dialout = procs.launch_node("dialout", ["connect", hub_d.endpoint, "--workers", str(args.workers),
+                                            "--transport", args.uplink_transport,
                                             "--handlers", br.NODE_HANDLERS], log_dir, ready=DIALOUT_CONNECTED)
     wait_log(hub_d, ANNOUNCED, "the dial-out node's announcement of df:noop to its hub")
     progress(f"hub {hub_d.endpoint} (front pid {hub_d.front_pid}) <- dial-out node (front pid "

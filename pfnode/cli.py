@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sends with this node's workers; reconnect with backoff when the link drops. "
         "Listens nowhere. Runs until SIGTERM or Ctrl-C.")
     connect.add_argument("url", help="the hub's endpoint, e.g. ws://hub:8443/packetflow/v1")
+    connect.add_argument("--transport", choices=["websockets", "picows"],
+                         default=os.environ.get("PFNODE_TRANSPORT", defaults.transport),
+                         help="WebSocket layer of the uplink (default %(default)s; env PFNODE_TRANSPORT)")
     connect.add_argument("--reconnect-min-ms", type=int, default=defaults.reconnect_min_ms,
                          help="first reconnect delay; doubles per failed try (default %(default)s)")
     connect.add_argument("--reconnect-max-ms", type=int, default=defaults.reconnect_max_ms,
@@ -136,7 +139,8 @@ def _serve(args: argparse.Namespace) -> int:
         network = dict(host=args.host, port=args.port, path=args.path, transport=args.transport,
                        hub_routing=args.hub_routing, reroute_grace_ms=args.reroute_grace_ms)
     else:
-        network = dict(reconnect_min_ms=args.reconnect_min_ms, reconnect_max_ms=args.reconnect_max_ms)
+        network = dict(transport=args.transport, reconnect_min_ms=args.reconnect_min_ms,
+                       reconnect_max_ms=args.reconnect_max_ms)
     settings = Settings(**network, workers=args.workers,
                         ed_workers=args.ed_workers, rm_workers=args.rm_workers,
                         rm_memory_limit_mb=args.rm_memory_limit_mb, cf_core=args.cf_core,

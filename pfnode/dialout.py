@@ -21,7 +21,7 @@ import logging
 import random
 import time
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
@@ -50,21 +50,17 @@ def check_url(url: str) -> str:
     return url
 
 
-class Uplink(WebsocketsLink):
-    """This node's link to its hub, across reconnects: `ws` is the connection of the moment
-    (None between two), and frames wait in the outbox until written to one."""
+class UplinkRules:
+    """What makes a link an uplink, whatever carries it: the at-most-once rule, and the
+    difference between a close for good and a dropped connection. Mixed into a transport's
+    link class below; `connect` opens one connection, `run_connection` serves it to its end."""
 
     uplink = True
+    final = False  # closed by us for good (shutdown): do not dial again
+    resent_this_connection = 0
 
-    def __init__(self, node: Node, url: str) -> None:
-        super().__init__(node, None, peer=url)
-        self.final = False  # closed by us for good: do not reconnect
+    def _init_uplink(self) -> None:
         self._answers: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self.resent_this_connection = 0
-
-    @property
-    def connected(self) -> bool:
-        return self.ws is not None
 
     # -- the at-most-once rule (called by the node)
     def replay(self, packet_id: str, seq: int) -> bool:
@@ -93,12 +89,34 @@ class Uplink(WebsocketsLink):
         while len(self._answers) > self.node.settings.replay_entries:
             self._answers.popitem(last=False)
 
-    # -- PeerLink
-    def close(self, code: int, reason: str) -> None:
-        """A close for good (shutdown) ends the dialling; any other (the peer went silent)
-        drops this connection and dials again."""
+    def _connection_opened(self, waiting: int) -> None:
+        self.last_seen = time.monotonic()
+        self.resent_this_connection = 0
+        log.info("dial-out: connected to %s; %d packets running, %d answers waiting to be sent",
+                 self.peer, len(self.inflight), waiting)
+
+    def _closing(self, code: int) -> None:
+        """A close for good (shutdown, 1001) ends the dialling; any other (the hub went
+        silent) only drops this connection."""
         if code == 1001:
             self.final = True
+
+
+class WebsocketsUplink(UplinkRules, WebsocketsLink):
+    """The uplink on the websockets library: `ws` is the connection of the moment (None
+    between two); frames wait in the outgoing queue until written to one."""
+
+    def __init__(self, node: Node, url: str) -> None:
+        WebsocketsLink.__init__(self, node, None, peer=url)
+        self._init_uplink()
+        self.url = url
+
+    @property
+    def connected(self) -> bool:
+        return self.ws is not None
+
+    def close(self, code: int, reason: str) -> None:
+        self._closing(code)
         if self.ws is not None:
             asyncio.ensure_future(self.ws.close(code, reason))
 
@@ -107,12 +125,20 @@ class Uplink(WebsocketsLink):
         while self._outgoing and self.ws is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
-    # -- one connection
-    async def attach(self, ws: ClientConnection) -> int | None:
-        """Serve the hub over `ws` until it closes; returns its close code."""
-        self.ws = ws
-        self.last_seen = time.monotonic()
-        self.resent_this_connection = 0
+    async def connect(self) -> None:
+        s = self.node.settings
+        try:
+            self._next = await connect(self.url, max_size=hard_frame_limit(s), compression=None,
+                                       open_timeout=OPEN_TIMEOUT_S,
+                                       ping_interval=s.heartbeat_interval_ms / 1000,
+                                       ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000)
+        except InvalidHandshake as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    async def run_connection(self) -> int | None:
+        """Serve the hub over the new connection until it closes; returns its close code."""
+        ws = self.ws = self._next
+        self._connection_opened(len(self._outgoing))
         self._outgoing.appendleft(self.node.announcement())
         self._wake.set()
         writer = asyncio.ensure_future(self.write_loop(ws))
@@ -125,30 +151,35 @@ class Uplink(WebsocketsLink):
             writer.cancel()
         return ws.close_code
 
+
+def uplink_for(node: Node, url: str) -> UplinkRules:
+    """The uplink on the node's transport (`--transport`): picows, or websockets."""
+    if node.settings.transport == "picows":
+        from .ws_picows import PicowsUplink
+
+        return PicowsUplink(node, url)
+    return WebsocketsUplink(node, url)
+
+
 async def dial(node: Node, url: str) -> None:
     """Keep `node` connected to the hub at `url` until the node stops."""
     s = node.settings
-    link = Uplink(node, url)
+    link = uplink_for(node, url)
     node.on_open(link)
     attempt = 0
     try:
         while not link.final and not node.stopping.is_set():
             try:
-                ws = await connect(url, max_size=hard_frame_limit(s), compression=None,
-                                   open_timeout=OPEN_TIMEOUT_S,
-                                   ping_interval=s.heartbeat_interval_ms / 1000,
-                                   ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000)
-            except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
+                await link.connect()
+            except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError for a refused handshake
                 attempt += 1
                 delay = reconnect_delay_s(attempt, s.reconnect_min_ms, s.reconnect_max_ms)
                 log.warning("dial-out: cannot reach %s (%s); try %d in %.2f s", url,
                             exc or type(exc).__name__, attempt + 1, delay)
                 await _sleep_unless_stopping(node, delay)
                 continue
-            log.info("dial-out: connected to %s; %d packets running, %d answers waiting to be sent",
-                     url, len(link.inflight), len(link._outgoing))
             started = time.monotonic()
-            code = await link.attach(ws)
+            code = await link.run_connection()
             if link.final or node.stopping.is_set():
                 break
             # a connection that held for a while starts the backoff afresh

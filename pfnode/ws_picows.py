@@ -8,24 +8,31 @@ although picows may parse several frames from one read.
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
 import time
 
-from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest,
-                    WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server)
+from picows import (WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport,
+                    WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_connect,
+                    ws_create_server)
+from websockets.frames import apply_mask  # C speedup where built, as in websockets' own frames
 
+from .dialout import OPEN_TIMEOUT_S, UplinkRules
 from .front import Node, PeerLink, hard_frame_limit
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 
 
-def text_header(size: int) -> bytes:
-    """The header of one unmasked, unfragmented WebSocket text frame of `size` payload
-    bytes (RFC 6455 section 5.2); the payload follows it as it is."""
+def text_header(size: int, masked: bool = False) -> bytes:
+    """The header of one unfragmented WebSocket text frame of `size` payload bytes (RFC 6455
+    section 5.2): a server's (unmasked; the payload follows as it is) or, with `masked`, a
+    client's (the masking key and the masked payload follow)."""
+    mask_bit = 0x80 if masked else 0
     if size < 126:
-        return bytes((0x81, size))
+        return bytes((0x81, mask_bit | size))
     if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big")
-    return b"\x81\x7f" + size.to_bytes(8, "big")
+        return bytes((0x81, mask_bit | 126)) + size.to_bytes(2, "big")
+    return bytes((0x81, mask_bit | 127)) + size.to_bytes(8, "big")
 
 
 class PicowsLink(PeerLink, WSListener):
@@ -151,3 +158,95 @@ async def serve(node: Node) -> asyncio.Server:
         enable_auto_ping=False,
         enable_auto_pong=True,
     )
+
+
+class PicowsUplink(UplinkRules, PicowsLink):
+    """The dial-out uplink on picows (pfnode/dialout.py): one listener across connections,
+    `transport` being the connection of the moment (None between two). Frames written
+    while there is none wait in the outbox for the next, after its announcement."""
+
+    def __init__(self, node: Node, url: str) -> None:
+        PicowsLink.__init__(self, node)
+        self.peer = self.url = url
+        self._init_uplink()
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._close_code: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_disconnected
+
+    # -- picows callbacks
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport  # the node knows this link since dialling began: no on_open
+        self._close_code = None
+        self._connection_opened(len(self._outbox))
+        waiting, self._outbox = self._outbox, collections.deque()
+        for frame in (self.node.announcement(), *waiting):
+            self._write(frame)
+        if self.reading_paused:
+            transport.underlying_transport.pause_reading()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.CLOSE:
+            self._close_code = int(frame.get_close_code())
+        PicowsLink.on_ws_frame(self, transport, frame)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.transport = None  # not the node's on_close: the link lives on, dialling again
+        self.resume_reading("writing")  # a slow hub's write backlog went with its connection
+
+    # -- PeerLink
+    def _write(self, frame: bytes) -> None:
+        if self.connected:
+            PicowsLink._write(self, frame)
+        else:
+            self._outbox.append(frame)
+
+    def _flush_pending(self) -> None:
+        frames, self._pending = self._pending, []
+        if not self.connected or self.transport.is_close_frame_sent:
+            self._outbox.extend(frames)  # for the next connection
+            return
+        # A client masks its frames (RFC 6455 5.3) with fresh unpredictable keys; framing
+        # them here lets a turn's frames leave in one vectored write, as on the server side.
+        keys = os.urandom(4 * len(frames))
+        parts = []
+        for i, frame in enumerate(frames):
+            key = keys[4 * i:4 * i + 4]
+            parts += (text_header(len(frame), masked=True), key, apply_mask(frame, key))
+        self.transport.underlying_transport.writelines(parts)
+
+    def _pause(self) -> None:
+        if self.connected:
+            self.transport.underlying_transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.connected:
+            self.transport.underlying_transport.resume_reading()
+
+    def ping(self) -> None:
+        if self.connected:
+            self.transport.send_ping()
+
+    def close(self, code: int, reason: str) -> None:
+        self._closing(code)
+        PicowsLink.close(self, code, reason)
+
+    async def flush(self, timeout_s: float) -> None:
+        if self.connected:
+            await PicowsLink.flush(self, timeout_s)
+
+    # -- one connection (pfnode/dialout.py's dial loop)
+    async def connect(self) -> None:
+        try:
+            transport, _ = await ws_connect(lambda: self, self.url, websocket_handshake_timeout=OPEN_TIMEOUT_S,
+                                            max_frame_size=hard_frame_limit(self.node.settings),
+                                            enable_auto_ping=False, enable_auto_pong=True)
+        except WSError as exc:  # a refused or broken handshake
+            raise ConnectionError(str(exc)) from exc
+        self._next = transport
+
+    async def run_connection(self) -> int | None:
+        await self._next.wait_disconnected()
+        return self._close_code

@@ -142,6 +142,11 @@ def test_the_hub_routes_packets_to_a_dial_out_node(fresh_node, connectors):
             assert (upper.status, upper.data) == ("success", "HELLO WORLD"), upper
             many = await asyncio.gather(*(client.submit("df", "remote_upper", f"p{i}") for i in range(50)))
             assert [r.data for r in many] == [f"P{i}" for i in range(50)]
+            # frame lengths in every header form (7-bit, 16-bit, 64-bit), masked on the uplink
+            for size in (125, 126, 65535, 65536, 300_000):
+                text = "ab" * (size // 2) + "c" * (size % 2)
+                big = await client.submit("df", "remote_upper", text)
+                assert big.data == text.upper(), size
             # the dial-out node announced what it runs: for anything else the hub needs not ask
             missing = await client.submit("df", "nowhere", 1)
             assert missing.error_code == "PF003", missing
@@ -152,7 +157,7 @@ def test_the_hub_routes_packets_to_a_dial_out_node(fresh_node, connectors):
     assert connector.proc.poll() is None
     assert connected_count(connector) == 1
     hub_stats = hub.health()["hub"]
-    assert hub_stats["relayed"] == 51 and hub_stats["no_reactor"] == 1, hub_stats
+    assert hub_stats["relayed"] == 56 and hub_stats["no_reactor"] == 1, hub_stats
     assert hub_stats["forwarding"] == 0 and hub_stats["reactors"] == 1, hub_stats
 
 

@@ -12,11 +12,11 @@ def text_frame(payload: bytes) -> bytes:
     return text_header(len(payload)) + payload
 
 
-def parse(data: bytes) -> Frame:
+def parse(data: bytes, mask: bool = False) -> Frame:
     reader = StreamReader()
     reader.feed_data(data)
     reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
+    parser = Frame.parse(reader.read_exact, mask=mask, max_size=None)
     try:
         next(parser)
     except StopIteration as done:
@@ -28,6 +28,19 @@ def parse(data: bytes) -> Frame:
 def test_text_frame_is_a_valid_unmasked_websocket_frame(size):
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
     frame = parse(text_frame(payload))
+    assert frame.opcode is Opcode.TEXT and frame.fin
+    assert frame.data == payload
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
+def test_masked_text_frame_is_a_valid_client_frame(size):
+    """The dial-out uplink's frames (pfnode/ws_picows.py PicowsUplink): header with the mask
+    bit, the key, the masked payload; websockets' parser, as a server, unmasks it."""
+    from websockets.frames import apply_mask
+
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    key = b"\x01\x7f\xa0\x33"
+    frame = parse(text_header(size, masked=True) + key + apply_mask(payload, key), mask=True)
     assert frame.opcode is Opcode.TEXT and frame.fin
     assert frame.data == payload
 
