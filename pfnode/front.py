@@ -214,6 +214,9 @@ class Node:
         # The listening socket stays open while draining, so that /healthz can say so;
         # new WebSocket handshakes are refused with 503 (see http_route).
         log.info("front: draining %d in-flight packets (grace %.1f s)", self.pool.inflight, grace)
+        for link in self.links:
+            if link.uplink:  # our hub: send us nothing more
+                link.send(self.announcement())
         deadline = time.monotonic() + grace
         while (self.pool.inflight or self._jobs or self.hub.forwards) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -248,10 +251,10 @@ class Node:
                          "inflight": stats["inflight"]}}
 
     def announcement(self, seq: int = 0) -> bytes:
-        """A heartbeat that tells a hub what this node runs (the capabilities extension);
-        the built-ins answer for the node itself, so they are not offered."""
-        return protocol.encode_heartbeat(seq, {**self.heartbeat_payload(),
-                                               "capabilities": sorted(self.pool.handler_keys)})
+        """A heartbeat that tells a hub what this node runs (the capabilities extension):
+        nothing once draining. The built-ins answer for the node itself: never offered."""
+        keys = [] if self.draining else sorted(self.pool.handler_keys)
+        return protocol.encode_heartbeat(seq, {**self.heartbeat_payload(), "capabilities": keys})
 
     def http_route(self, path: str, upgrade: bool = True) -> HttpReply | None:
         """What a transport answers an HTTP request for `path` with, or None to go on

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pfnode.hub")
 
+# Answers by which a reactor says the packet did not run there: the next one is asked.
+PASS_ON = {ErrorCode.NO_HANDLER.value: "has no handler",
+           ErrorCode.OVERLOADED.value: "is overloaded (PF004)",
+           ErrorCode.UNAVAILABLE.value: "is unavailable (PF503)"}
+
 
 @dataclasses.dataclass
 class ReactorProfile:
@@ -114,6 +119,7 @@ class Forward:
     target_seq: int = 0
     refusals: list[str] = dataclasses.field(default_factory=list)  # why earlier links did not run it
     lost: list[str] = dataclasses.field(default_factory=list)  # links that went away holding it
+    busy_code: str | None = None  # PF004 or PF503, when a reactor that may run it said so
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -158,10 +164,16 @@ class Hub:
                       result.packet_id, " (any more: it timed out there)" if late else "")
             return
         key = forward.packet.key
-        if result.error_code == ErrorCode.NO_HANDLER.value:
-            link.reactor.learn(key, can=False)
+        code = result.error_code
+        if code in PASS_ON:
+            if code == ErrorCode.NO_HANDLER.value:
+                link.reactor.learn(key, can=False)
+            else:  # busy or going away: alive, and no wiser about what it runs
+                link.reactor.answered += 1
+                link.reactor.silent = False
+                forward.busy_code = code
             if forward.target is link:  # else a stale answer: the link now holding it goes on
-                forward.refusals.append(f"{link.peer} has no handler")
+                forward.refusals.append(f"{link.peer} {PASS_ON[code]}")
                 self._detach(forward)
                 self._dispatch(forward)
             return
@@ -247,8 +259,10 @@ class Hub:
                 self._arm(forward, grace)
         else:
             self.node.counters["forward_no_reactor"] += 1
+            # a reactor that runs it but is busy or stopping: say that, so the client retries
+            code = forward.busy_code or ErrorCode.NO_REACTOR.value
             self._finish(forward, protocol.encode_failure(
-                forward.origin_seq, forward.id, ErrorCode.NO_REACTOR, self._no_reactor_message(forward)))
+                forward.origin_seq, forward.id, code, self._no_reactor_message(forward)))
 
     def _send_to(self, forward: Forward, link: "PeerLink", remaining_ms: int) -> None:
         self.parked.pop(forward.id, None)
@@ -294,6 +308,8 @@ class Hub:
             return (f"reactor {forward.lost[-1]} disconnected while running {key}, and no other "
                     f"connected reactor took it")
         asked = f"; asked: {'; '.join(forward.refusals)}" if forward.refusals else ""
+        if forward.busy_code:
+            return f"No reactor could take {key} now{asked}"
         return f"No handler for {key} on this node, and no connected reactor runs it{asked}"
 
     def _detach(self, forward: Forward) -> None:

@@ -227,9 +227,14 @@ def test_sigterm_drains_a_dial_out_node_its_running_packets_are_still_answered(t
                     for _ in range(3)]
             await asyncio.sleep(0.5)  # the first one runs, two wait in the node's queue
             connector.proc.terminate()
-            return await asyncio.gather(*jobs)
+            # draining, it tells the hub it runs nothing more: a new packet is not sent to it
+            await asyncio.to_thread(wait_until, lambda: "draining" in connector.log(), 10)
+            await asyncio.sleep(0.2)
+            late = await client.submit("df", "remote_record", {"s": 0, "file": str(record)})
+            return await asyncio.gather(*jobs), late
 
-    results = run(go())
+    results, late = run(go())
+    assert late.error_code == "PF003", late
     assert [r.status for r in results] == ["success"] * 3, [r.error for r in results]
     assert connector.proc.wait(20) == 0
     assert "front: stopped" in connector.log()

@@ -345,6 +345,44 @@ def test_pf001_sends_it_to_the_next_link_which_is_then_known_to_run_it(hub):
     run(go(), 20)
 
 
+@pytest.mark.parametrize("busy", ["PF004", "PF503"])
+def test_a_busy_or_stopping_reactor_passes_the_packet_on_and_alone_its_code_is_relayed(hub, busy):
+    """PF004 (overloaded) and PF503 (shutting down) say the packet did not run there: the next
+    reactor is asked; when none is left, the submitter gets that code, to retry later."""
+    async def go():
+        await links_settle(hub, 0)
+        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r1, Raw(hub.endpoint) as r2:
+            await announce(s, [])
+            await announce(r1, [KEY])
+            await announce(r2, [KEY])
+            pkt = job("a", timeout_ms=5000)
+            await s.submit(1, pkt)
+            busy_one, sub = await first_offered([r1, r2], pkt)
+            other = r2 if busy_one is r1 else r1
+            await busy_one.send(result_frame(pkt["id"], sub["seq"], status="error", code=busy, message="busy"))
+            sub = await offered(other, pkt)
+            await other.send(result_frame(pkt["id"], sub["seq"], data="ran"))
+            assert (await reply_to(s, 1))["data"] == "ran"
+            # both busy: the submitter learns the reactor's code, and who said it
+            pkt = job("b", timeout_ms=5000)
+            await s.submit(2, pkt)
+            first, sub = await first_offered([r1, r2], pkt)
+            await first.send(result_frame(pkt["id"], 0, status="error", code=busy, message="busy"))
+            second = r2 if first is r1 else r1
+            await offered(second, pkt)
+            await second.send(result_frame(pkt["id"], 0, status="error", code=busy, message="busy"))
+            reply = await reply_to(s, 2)
+            message = error_of(reply, busy)
+            assert peer_of(r1) in message and peer_of(r2) in message, message
+            # still known to run it: the next packet goes to them again
+            pkt = job("c", timeout_ms=5000)
+            await s.submit(3, pkt)
+            who, sub = await first_offered([r1, r2], pkt)
+            await who.send(result_frame(pkt["id"], 0, data="c"))
+            assert (await reply_to(s, 3))["data"] == "c"
+    run(go(), 20)
+
+
 def test_all_refuse_gives_pf003_naming_everyone_asked_with_the_submitter_last(hub):
     async def go():
         await links_settle(hub, 0)
