@@ -68,6 +68,7 @@ class PeerLink:
         self.forwarded: dict[str, Forward] = {}
         self.forward_seqs: dict[int, str] = {}  # seq of our submit frame -> packet id
         self.out_seq = 0
+        self.looped = 0  # its own packets the hub sent back to it (see `awaiting`)
         self.last_seen = time.monotonic()
         self.heartbeat_seq = 0
         self._pause_reasons: set[str] = set()  # "inflight" (its limit), "writing" (slow reader)
@@ -84,6 +85,12 @@ class PeerLink:
     def send(self, frame: bytes) -> None:
         if not self.closed:
             self._write(frame)
+
+    @property
+    def awaiting(self) -> int:
+        """Its packets that count against its in-flight limit: not those it runs itself
+        (hub routing sent them back to it), whose answers can only come if we read on."""
+        return len(self.inflight) - self.looped
 
     @property
     def reading_paused(self) -> bool:
@@ -318,7 +325,7 @@ class Node:
             link.send(msg.reply)
         elif msg.type == "submit":
             self._submit(link, msg.seq, msg.payload)
-            if len(link.inflight) >= s.max_inflight_per_connection:
+            if link.awaiting >= s.max_inflight_per_connection:
                 # Backpressure: stop reading this peer until a result frees a slot;
                 # TCP flow control then slows the sender.
                 link.pause_reading("inflight")
@@ -401,7 +408,7 @@ class Node:
         link.send(frame)
         if link.uplink:
             link.remember(packet_id, frame)
-        if link.reading_paused and len(link.inflight) < self.settings.max_inflight_per_connection:
+        if link.reading_paused and link.awaiting < self.settings.max_inflight_per_connection:
             link.resume_reading("inflight")
 
     async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:

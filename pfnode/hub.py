@@ -272,6 +272,8 @@ class Hub:
         forward.target_seq = link.out_seq
         link.forwarded[forward.id] = forward
         link.forward_seqs[link.out_seq] = forward.id
+        if link is forward.origin:
+            link.looped += 1
         log.debug("hub: %s (%s) -> %s", forward.id, forward.packet.key, link.peer)
         link.send(protocol.encode_submit_raw(link.out_seq, forward.packet, remaining_ms))
         self._arm(forward, forward.deadline)
@@ -318,6 +320,8 @@ class Hub:
         if link is not None:
             link.forwarded.pop(forward.id, None)
             link.forward_seqs.pop(forward.target_seq, None)
+            if link is forward.origin:
+                link.looped -= 1
 
     def _drop(self, forward: Forward) -> None:
         if forward.timer is not None:

@@ -214,6 +214,24 @@ def test_the_submitters_own_link_may_run_its_packet(hub):
     run(go(), 20)
 
 
+def test_a_reactor_running_its_own_packets_is_not_stopped_by_its_in_flight_limit(fresh_node):
+    """The in-flight limit pauses reading a peer; a peer whose packets the hub sends back to
+    it answers them on that same link, so those do not count (else: stuck until PF504)."""
+    node = fresh_node("--workers", "1", "--max-inflight-per-connection", "4", handlers="tests.handlers_testing")
+
+    async def go():
+        async with Reactor(node.endpoint) as reactor:
+            reactor.register("df", K, lambda data: data * 2)
+            await reactor.announce_capabilities()
+            results = await asyncio.gather(*(reactor.submit("df", K, i, timeout_ms=8000) for i in range(40)))
+            assert [r.data for r in results] == [2 * i for i in range(40)], [r.error for r in results if not r.ok]
+            # the limit still holds for packets that run elsewhere: the node's own handlers
+            local = await asyncio.gather(*(reactor.submit("df", "pid", None) for _ in range(20)))
+            assert all(r.ok for r in local)
+    run(go(), 30)
+    assert node.health()["hub"]["relayed"] == 40
+
+
 def test_builtins_and_local_handlers_are_never_forwarded(hub):
     async def go():
         await links_settle(hub, 0)
