@@ -176,32 +176,13 @@ def log_problems(node: br.NodeProcess) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    cores = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="short smoke run (3000 packets, 300 RTT samples, 1 repeat unless given)")
-    parser.add_argument("--packets", type=int, default=None,
-                        help="packets per throughput measurement (default 20000; --quick 3000)")
-    parser.add_argument("--rtt-packets", type=int, default=None,
-                        help="one-at-a-time round trips per RTT measurement (default 2000; --quick 300)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="measurements of each system; medians are reported (default 5; --quick 1)")
-    parser.add_argument("--workers", type=int, default=cores,
-                        help=f"df workers of the direct node and of the dial-out node (default: cores, {cores})")
+    parser = br.common_parser(__doc__, 5, "df workers of the direct node and of the dial-out node")
     parser.add_argument("--uplink-transport", choices=["picows", "websockets"], default="picows",
                         help="the dial-out node's --transport (default %(default)s)")
-    parser.add_argument("--window", type=int, default=br.WINDOW,
-                        help=f"packets in flight for throughput (default {br.WINDOW})")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
                         help="where to write the JSON results (default bench/results)")
     args = parser.parse_args(argv)
-    args.packets = args.packets or (3000 if args.quick else 20000)
-    args.rtt_packets = args.rtt_packets or (300 if args.quick else 2000)
-    args.repeats = args.repeats or (1 if args.quick else 5)
-    for name in ("packets", "rtt_packets", "repeats", "workers", "window"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    br.common_defaults(parser, args)
     return args
 
 

@@ -1052,9 +1052,10 @@ def summarise_ed(runs: list[dict], args: argparse.Namespace) -> dict:
     return out
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def common_parser(doc: str, repeats: int, workers_help: str) -> argparse.ArgumentParser:
+    """The options every harness here has (see `common_defaults`)."""
     cores = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="short smoke run (3000 packets, 300 RTT samples, 1 repeat unless given)")
@@ -1063,11 +1064,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rtt-packets", type=int, default=None,
                         help="one-at-a-time round trips per RTT measurement (default 2000; --quick 300)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="measurements of each system; medians are reported (default 3; --quick 1)")
-    parser.add_argument("--workers", type=int, default=cores,
-                        help=f"worker processes for pfnode and the executor (default: cores, {cores})")
+                        help=f"measurements of each system; medians are reported (default {repeats}; --quick 1)")
+    parser.add_argument("--workers", type=int, default=cores, help=f"{workers_help} (default: cores, {cores})")
     parser.add_argument("--window", type=int, default=WINDOW,
                         help=f"packets in flight for throughput (default {WINDOW})")
+    parser.set_defaults(default_repeats=repeats)
+    return parser
+
+
+def common_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in what --quick decides, and refuse counts under 1."""
+    args.packets = args.packets or (3000 if args.quick else 20000)
+    args.rtt_packets = args.rtt_packets or (300 if args.quick else 2000)
+    args.repeats = args.repeats or (1 if args.quick else args.default_repeats)
+    for name in ("packets", "rtt_packets", "repeats", "workers", "window"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = common_parser(__doc__, 3, "worker processes for pfnode and the executor")
     parser.add_argument("--group-packets", type=int, default=None,
                         help="packets per throughput measurement of each lane's no-op (default 5000; --quick 1000)")
     parser.add_argument("--group-rtt-packets", type=int, default=None,
@@ -1093,16 +1109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
                         help="where to write the JSON results and the PNG (default bench/results)")
     args = parser.parse_args(argv)
-    args.packets = args.packets or (3000 if args.quick else 20000)
-    args.rtt_packets = args.rtt_packets or (300 if args.quick else 2000)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    common_defaults(parser, args)
     args.group_packets = args.group_packets or (1000 if args.quick else 5000)
     args.group_rtt_packets = args.group_rtt_packets or (200 if args.quick else 1000)
     args.ed_seconds = args.ed_seconds or (1.0 if args.quick else 5.0)
     args.payload_packets = args.payload_packets or (1000 if args.quick else 4000)
     args.payload_rtt_packets = args.payload_rtt_packets or (200 if args.quick else 500)
-    for name in ("packets", "rtt_packets", "repeats", "workers", "window", "group_packets",
-                 "group_rtt_packets", "ed_df_inflight", "payload_packets", "payload_rtt_packets",
+    for name in ("group_packets", "group_rtt_packets", "ed_df_inflight", "payload_packets", "payload_rtt_packets",
                  "payload_window", "payload_large_window"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -26,8 +26,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
 from .errors import ConfigError
-from .front import Node, hard_frame_limit
-from .ws_websockets import WebsocketsLink
+from .front import Node
+from .ws_websockets import WebsocketsLink, connection_options
 
 log = logging.getLogger("pfnode.dialout")
 
@@ -128,10 +128,7 @@ class WebsocketsUplink(UplinkRules, WebsocketsLink):
     async def connect(self) -> None:
         s = self.node.settings
         try:
-            self._next = await connect(self.url, max_size=hard_frame_limit(s), compression=None,
-                                       open_timeout=OPEN_TIMEOUT_S,
-                                       ping_interval=s.heartbeat_interval_ms / 1000,
-                                       ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000)
+            self._next = await connect(self.url, open_timeout=OPEN_TIMEOUT_S, **connection_options(s))
         except InvalidHandshake as exc:
             raise ConnectionError(str(exc)) from exc
 

@@ -66,6 +66,16 @@ class WebsocketsLink(PeerLink):
                 await self._readable.wait()
 
 
+def connection_options(s) -> dict:
+    """What our websockets connections are, serving or dialling out (pfnode/dialout.py)."""
+    return dict(
+        max_size=hard_frame_limit(s),
+        compression=None,  # per-message deflate costs more CPU than it saves on loopback/LAN
+        ping_interval=s.heartbeat_interval_ms / 1000,
+        ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000,
+    )
+
+
 async def serve(node: Node) -> Server:
     s = node.settings
 
@@ -90,11 +100,5 @@ async def serve(node: Node) -> Server:
             node.on_close(link, ws.close_code)
             writer.cancel()
 
-    return await ws_serve(
-        handle, s.host, s.port, process_request=process_request,
-        max_size=hard_frame_limit(s),
-        max_queue=64,
-        compression=None,  # per-message deflate costs more CPU than it saves on loopback/LAN
-        ping_interval=s.heartbeat_interval_ms / 1000,
-        ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000,
-    )
+    return await ws_serve(handle, s.host, s.port, process_request=process_request, max_queue=64,
+                          **connection_options(s))

@@ -54,6 +54,18 @@ async function check(name: string, body: () => Promise<[boolean, unknown]>): Pro
   }
 }
 
+// Starts the reactor and reports the 'connect' check; false when it could not connect.
+async function connect(reactor: PacketFlowReactor): Promise<boolean> {
+  try {
+    await withTimeout(reactor.start(), CHECK_TIMEOUT_MS, 'connect');
+    report('connect', true, { endpoint });
+    return true;
+  } catch (error) {
+    report('connect', false, { endpoint, thrown: error instanceof Error ? error.message : String(error) });
+    return false;
+  }
+}
+
 function deepEqual(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
@@ -77,13 +89,7 @@ async function usage(): Promise<void> {
     return data.toUpperCase();
   });
 
-  try {
-    await withTimeout(reactor.start(), CHECK_TIMEOUT_MS, 'connect');
-    report('connect', true, { endpoint });
-  } catch (error) {
-    report('connect', false, { endpoint, thrown: error instanceof Error ? error.message : String(error) });
-    return;
-  }
+  if (!(await connect(reactor))) return;
 
   await check('usage', async () => {
     const id = randomUUID();
@@ -108,13 +114,7 @@ async function main(): Promise<void> {
     onHeartbeat: (message) => heartbeatsSeen.push(message),
   });
 
-  try {
-    await withTimeout(reactor.start(), CHECK_TIMEOUT_MS, 'connect');
-    report('connect', true, { endpoint });
-  } catch (error) {
-    report('connect', false, { endpoint, thrown: error instanceof Error ? error.message : String(error) });
-    return;
-  }
+  if (!(await connect(reactor))) return;
 
   // The spec's usage example: df:transform "hello world" -> "HELLO WORLD".
   await check('transform', async () => {
