@@ -22,7 +22,7 @@ import random
 import time
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
 from .errors import ConfigError
@@ -138,14 +138,10 @@ class WebsocketsUplink(UplinkRules, WebsocketsLink):
         self._connection_opened(len(self._outgoing))
         self._outgoing.appendleft(self.node.announcement())
         self._wake.set()
-        writer = asyncio.ensure_future(self.write_loop(ws))
         try:
-            await self.read_loop(ws)
-        except ConnectionClosed:
-            pass
+            await self.converse(ws)
         finally:
             self.ws = None
-            writer.cancel()
         return ws.close_code
 
 

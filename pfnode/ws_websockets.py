@@ -59,6 +59,16 @@ class WebsocketsLink(PeerLink):
         except ConnectionClosed:
             pass
 
+    async def converse(self, ws) -> None:
+        """Read from and write to `ws` until it closes."""
+        writer = asyncio.ensure_future(self.write_loop(ws))
+        try:
+            await self.read_loop(ws)
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+
     async def read_loop(self, ws) -> None:
         async for message in ws:
             self.deliver(message)
@@ -91,14 +101,10 @@ async def serve(node: Node) -> Server:
     async def handle(ws: ServerConnection) -> None:
         link = WebsocketsLink(node, ws)
         node.on_open(link)
-        writer = asyncio.ensure_future(link.write_loop(ws))
         try:
-            await link.read_loop(ws)
-        except ConnectionClosed:
-            pass
+            await link.converse(ws)
         finally:
             node.on_close(link, ws.close_code)
-            writer.cancel()
 
     return await ws_serve(handle, s.host, s.port, process_request=process_request, max_queue=64,
                           **connection_options(s))
