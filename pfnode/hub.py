@@ -182,12 +182,10 @@ class Hub:
         if result.ok:
             data = result.data  # RawJSON as the front decodes it: passed on, not re-parsed
             data_json = bytes(data) if isinstance(data, protocol.RawJSON) else protocol.encode_json(data)
-            frame = protocol.encode_success_raw(forward.origin_seq, forward.id, data_json, result.duration_ms)
+            self._finish(forward, data_json=data_json, duration_ms=result.duration_ms)
         else:
             assert result.error is not None
-            frame = protocol.encode_failure(forward.origin_seq, forward.id, result.error["code"],
-                                            result.error["message"], result.duration_ms)
-        self._finish(forward, frame)
+            self._finish(forward, result.error["code"], result.error["message"], duration_ms=result.duration_ms)
 
     def on_error_frame(self, link: "PeerLink", seq: int, payload: dict) -> None:
         """The reactor refused our submit frame itself (an `error` frame): ask the next one."""
@@ -230,7 +228,7 @@ class Hub:
 
     def fail_all(self, code: ErrorCode, message: str) -> None:
         for forward in list(self.forwards.values()):
-            self._finish(forward, protocol.encode_failure(forward.origin_seq, forward.id, code, message))
+            self._finish(forward, code.value, message)
 
     # ------------------------------------------------------------------ internals
     def _forward_answered_by(self, link: "PeerLink", packet_id: str) -> Forward | None:
@@ -261,8 +259,7 @@ class Hub:
             self.node.counters["forward_no_reactor"] += 1
             # a reactor that runs it but is busy or stopping: say that, so the client retries
             code = forward.busy_code or ErrorCode.NO_REACTOR.value
-            self._finish(forward, protocol.encode_failure(
-                forward.origin_seq, forward.id, code, self._no_reactor_message(forward)))
+            self._finish(forward, code, self._no_reactor_message(forward))
 
     def _send_to(self, forward: Forward, link: "PeerLink", remaining_ms: int) -> None:
         self.parked.pop(forward.id, None)
@@ -292,17 +289,14 @@ class Hub:
             link.reactor.timed_out_here(forward.id, forward.packet.key)
             self.node.counters["forward_timed_out"] += 1
             timeout_ms = forward.packet.timeout_ms or self.settings.default_timeout_ms
-            self._finish(forward, protocol.encode_failure(
-                forward.origin_seq, forward.id, ErrorCode.REMOTE_TIMEOUT,
-                f"reactor {link.peer} did not answer {forward.packet.key} within its deadline "
-                f"({timeout_ms} ms)"))
+            self._finish(forward, ErrorCode.REMOTE_TIMEOUT.value,
+                         f"reactor {link.peer} did not answer {forward.packet.key} within its deadline "
+                         f"({timeout_ms} ms)")
         elif forward.lost:
-            self._finish(forward, protocol.encode_failure(
-                forward.origin_seq, forward.id, ErrorCode.NO_REACTOR, self._no_reactor_message(forward)))
+            self._finish(forward, ErrorCode.NO_REACTOR.value, self._no_reactor_message(forward))
         else:  # its deadline passed before any reactor could be asked
-            self._finish(forward, protocol.encode_failure(
-                forward.origin_seq, forward.id, ErrorCode.DEADLINE_EXCEEDED,
-                f"deadline passed before {forward.packet.key} could be forwarded"))
+            self._finish(forward, ErrorCode.DEADLINE_EXCEEDED.value,
+                         f"deadline passed before {forward.packet.key} could be forwarded")
 
     def _no_reactor_message(self, forward: Forward) -> str:
         key = forward.packet.key
@@ -329,7 +323,15 @@ class Hub:
         self.forwards.pop(forward.id, None)
         self.parked.pop(forward.id, None)
 
-    def _finish(self, forward: Forward, frame: bytes) -> None:
+    def _finish(self, forward: Forward, code: str | None = None, message: str = "", *,
+                data_json: bytes = b"null", duration_ms: float = 0) -> None:
+        """Answer the submitter: success with `data_json` (code None), or failure `code`. The
+        node's packets that depend on this one go on (or fail) as if it had run here."""
         self._detach(forward)
         self._drop(forward)
+        if code is None:
+            frame = protocol.encode_success_raw(forward.origin_seq, forward.id, data_json, duration_ms)
+        else:
+            frame = protocol.encode_failure(forward.origin_seq, forward.id, code, message, duration_ms)
         self.node.settle(forward.origin, forward.id, frame)
+        self.node.pool.record_elsewhere(forward.id, code is None, data_json if code is None else None, code)

@@ -439,6 +439,14 @@ class Pool:
         if failures or outcome.ok:
             self._schedule_pump()  # dependents may have become ready
 
+    def record_elsewhere(self, packet_id: str, ok: bool, data_json: bytes | None, code: str | None) -> None:
+        """A packet that ended on a reactor (hub routing): packets here that depend on it
+        go on, or fail with it, as if it had run here."""
+        failures = self.scheduler.record(packet_id, self._clock(), ok=ok, data_json=data_json, code=code)
+        for failed in failures:
+            self._answer(failed.entry.payload, failure(failed.code, failed.message))
+        self._schedule_pump()
+
     def _answer(self, task: Task, outcome: Outcome) -> None:
         if outcome.ok:
             self.counters["completed"] += 1

@@ -252,25 +252,32 @@ class Scheduler:
                  code: str | None = None) -> list[Failure]:
         """Record how a packet ended. Returns the packets that fail because of it
         (its dependents, transitively, when it failed); newly ready ones are queued."""
+        self._retire(entry)
+        return self.record(entry.id, now, ok=ok, data_json=data_json, code=code)
+
+    def record(self, packet_id: str, now: float, *, ok: bool, data_json: bytes | None = None,
+               code: str | None = None) -> list[Failure]:
+        """Record how packet `packet_id` ended, here or elsewhere (a reactor ran it for this
+        node's hub): its result serves the packets that depend on it, as `complete` says."""
         failures: list[Failure] = []
-        pending = [(entry, ok, data_json, code)]
+        pending = [(packet_id, ok, data_json, code)]
         while pending:
-            done, done_ok, done_json, done_code = pending.pop()
-            self._retire(done)
-            self.results.put(done.id, StoredResult(done_ok, done_json, done_code, now))
-            for waiter in self._waiters.pop(done.id, ()):
+            done_id, done_ok, done_json, done_code = pending.pop()
+            self.results.put(done_id, StoredResult(done_ok, done_json, done_code, now))
+            for waiter in self._waiters.pop(done_id, ()):
                 if waiter.state is not BLOCKED:
                     continue
                 if done_ok:
-                    waiter.waiting_on.discard(done.id)
+                    waiter.waiting_on.discard(done_id)
                     if not waiter.waiting_on:
                         self.blocked -= 1
                         waiter.state = QUEUED
                         self.lanes[waiter.lane].push(waiter)
                 else:
-                    message = f"dependency {done.id!r} failed ({done_code})"
+                    message = f"dependency {done_id!r} failed ({done_code})"
                     failures.append(Failure(waiter, ErrorCode.DEPENDENCY_FAILED, message))
-                    pending.append((waiter, False, None, ErrorCode.DEPENDENCY_FAILED.value))
+                    self._retire(waiter)
+                    pending.append((waiter.id, False, None, ErrorCode.DEPENDENCY_FAILED.value))
         return failures
 
     def cancel(self, entry: Entry) -> None:

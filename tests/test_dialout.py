@@ -291,3 +291,28 @@ def test_a_dial_out_node_speaks_as_a_reactor_to_any_endpoint(connectors):
     heartbeats = [f for f in frames if f["type"] == "heartbeat"]
     assert not [f for f in heartbeats if f["seq"] >= 1000], "answered the endpoint's heartbeats"
     assert all(f["payload"]["capabilities"] == ["df:remote_record", "df:remote_upper"] for f in heartbeats)
+
+
+def test_a_packet_here_may_depend_on_one_a_reactor_ran(fresh_node, connectors):
+    """Dependencies name packets that completed through this node, also those its hub
+    routed to a reactor: their results reach the dependent's ctx.dependencies."""
+    hub = fresh_node("--workers", "1", handlers="tests.handlers_lanes")
+    connectors(hub.endpoint, workers=1)
+    wait_until(lambda: "runs df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
+
+    async def go():
+        async with Reactor(hub.endpoint) as client:
+            # the dependent first: it waits for a packet the node has not seen yet
+            dependent = asyncio.ensure_future(client.submit("df", "deps", "local", dependencies=["up-1"]))
+            await asyncio.sleep(0.2)
+            upper = await client.submit("df", "remote_upper", "hello", packet_id="up-1")
+            assert upper.data == "HELLO"
+            done = await dependent
+            assert done.ok, done
+            assert done.data == {"dependencies": {"up-1": "HELLO"}, "data": "local"}
+            # a dependency that failed on the reactor fails the dependent here
+            failed = await client.submit("df", "remote_record", {"no file": 1}, packet_id="bad-1")
+            assert failed.error_code == "PF500", failed
+            after = await client.submit("df", "deps", "x", dependencies=["bad-1"])
+            assert after.error_code == "PF006" and "bad-1" in after.error["message"], after
+    run(go())

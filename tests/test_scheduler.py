@@ -210,6 +210,28 @@ def test_unknown_dependency_waits_for_its_arrival(clock):
     assert b.state is QUEUED
 
 
+def test_a_result_from_elsewhere_serves_dependencies_like_one_from_here(clock):
+    """A packet the hub routed to a reactor never enters the scheduler; its result does."""
+    s = Scheduler()
+    b = entry("b", deps=("remote",))
+    s.submit(b, clock.now)
+    assert b.state is BLOCKED
+    assert s.record("remote", clock.now, ok=True, data_json=b'"R"') == []
+    assert b.state is QUEUED and s.dependency_results(b, clock.now) == {"remote": b'"R"'}
+    check_counts(s)
+    c, d = entry("c", deps=("gone",)), entry("d", deps=("c",))
+    s.submit(c, clock.now)
+    s.submit(d, clock.now)
+    failures = s.record("gone", clock.now, ok=False, code="PF504")
+    assert [(f.entry.id, f.code) for f in failures] == [("c", ErrorCode.DEPENDENCY_FAILED),
+                                                         ("d", ErrorCode.DEPENDENCY_FAILED)]
+    assert "PF504" in failures[0].message
+    assert c.state is DONE and d.state is DONE
+    refusal = s.submit(entry("e", deps=("gone",)), clock.now)
+    assert refusal.code is ErrorCode.DEPENDENCY_FAILED
+    check_counts(s)
+
+
 def test_failed_dependency_fails_dependents_transitively(clock):
     s = Scheduler()
     a, b, c = entry("a"), entry("b", deps=("a",)), entry("c", deps=("b",))
