@@ -47,7 +47,7 @@ LARGE_FRAMES = {enc: submit_frame(LARGE_JSON[enc], enc == "ndarray") for enc in 
 def _check_submit(msg, raw: bool, data_json: bytes) -> None:
     assert isinstance(msg, Message) and msg.type == "submit", msg
     if raw:
-        assert type(msg.payload.data) is RawJSON and msg.payload.data == data_json
+        assert type(msg.payload.data) is RawJSON and bytes(msg.payload.data) == data_json
     else:
         assert msg.payload.data == orjson.loads(data_json)
 
