@@ -363,7 +363,10 @@ class Node:
             elif time.monotonic() - link.last_seen > silent_limit:
                 log.warning("front: %s silent for %.0f s; closing", link.peer, silent_limit)
                 link.close(HEARTBEAT_TIMEOUT_CLOSE_CODE, "heartbeat timeout")
-                return
+                if not link.uplink:
+                    return
+                link.last_seen = time.monotonic()  # an uplink dials again: judge the next connection
+                continue
             link.heartbeat_seq += 1
             if link.uplink:  # a hub learns again what we run, should it have restarted
                 link.send(self.announcement(link.heartbeat_seq))
@@ -373,6 +376,8 @@ class Node:
 
     def _submit(self, link: PeerLink, seq: int, packet: protocol.Packet) -> None:
         pid = packet.id
+        if link.uplink and link.replay(pid, seq):
+            return  # the hub sent it again after a reconnect: it runs (or ran) once
         if self.draining:
             link.send(protocol.encode_failure(seq, pid, ErrorCode.UNAVAILABLE, "node is shutting down"))
             return
@@ -380,8 +385,6 @@ class Node:
         if builtin is not None:
             self._background(self._run_builtin(link, seq, packet, builtin))
             return
-        if link.uplink and link.replay(pid, seq):
-            return  # the hub sent it again after a reconnect: it runs (or ran) once
         if packet.key not in self.pool.handler_keys:
             if self.settings.hub_routing and not link.uplink:
                 self.hub.route(link, seq, packet)

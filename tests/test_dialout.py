@@ -316,3 +316,33 @@ def test_a_packet_here_may_depend_on_one_a_reactor_ran(fresh_node, connectors):
             after = await client.submit("df", "deps", "x", dependencies=["bad-1"])
             assert after.error_code == "PF006" and "bad-1" in after.error["message"], after
     run(go())
+
+
+def test_a_silent_hub_is_dropped_and_dialled_again_every_time(connectors):
+    """An endpoint that accepts the connection but never sends a PacketFlow frame is judged
+    silent after 3 heartbeat intervals; the node dials again, and judges each new connection
+    the same way (its heartbeat loop lives as long as the node, not the connection)."""
+    from websockets.asyncio.server import serve
+
+    announcements: list[int] = []
+
+    async def go():
+        async def mute_hub(ws):
+            async for text in ws:  # read, never answer
+                msg = orjson.loads(text)
+                if msg["type"] == "heartbeat" and msg["seq"] == 0:
+                    announcements.append(len(announcements))
+
+        async with serve(mute_hub, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            node = await asyncio.to_thread(connectors, f"ws://127.0.0.1:{port}/packetflow/v1",
+                                           "--heartbeat-interval-ms", "150")
+            await asyncio.to_thread(wait_until, lambda: connected_count(node) >= 3, 15, 0.05,
+                                    "a third connection after two silent ones")
+            return node
+
+    node = run(go(), timeout_s=40)
+    log = node.log()
+    assert log.count("silent for") >= 2, log
+    assert len(announcements) >= 3  # each connection opens with the node's announcement
+    assert node.proc.poll() is None
