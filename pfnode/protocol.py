@@ -383,10 +383,11 @@ def encode_submit(seq: int, packet: Packet) -> bytes:
 def encode_submit_raw(seq: int, packet: Packet, timeout_ms: int) -> bytes:
     """A packet passed on with the time it has left; its `data` may still be `RawJSON`
     (spliced in as it arrived, not re-parsed)."""
-    data = packet.data
-    if isinstance(data, RawJSON):
-        data = orjson.Fragment(bytes(data))
-    return encode_message("submit", seq, dataclasses.replace(packet, data=data, timeout_ms=timeout_ms).to_wire())
+    wire = packet.to_wire()
+    if isinstance(packet.data, RawJSON):
+        wire["data"] = orjson.Fragment(bytes(packet.data))
+    wire["timeout_ms"] = timeout_ms
+    return encode_message("submit", seq, wire)
 
 
 def encode_result(seq: int, result: Result) -> bytes:
