@@ -25,6 +25,10 @@ def _modules(text: str) -> tuple[str, ...]:
 
 def _add_node_options(parser: argparse.ArgumentParser, defaults: Settings) -> None:
     """The options of a node's pool, scheduling and links, for `serve` and `connect`."""
+    parser.add_argument("--transport", choices=["websockets", "picows"],
+                        default=os.environ.get("PFNODE_TRANSPORT", defaults.transport),
+                        help="WebSocket layer: the endpoint's, or the uplink's for connect (default "
+                        "%(default)s; env PFNODE_TRANSPORT)")
     parser.add_argument("--workers", type=int, default=None,
                        help="df lane workers (default: from capacity: one per usable core, "
                        "as memory allows)")
@@ -80,9 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=int, default=defaults.port, help="TCP port (default %(default)s; 0 picks one)")
     serve.add_argument("--path", default=defaults.path, help="WebSocket path (default %(default)s)")
-    serve.add_argument("--transport", choices=["websockets", "picows"],
-                       default=os.environ.get("PFNODE_TRANSPORT", defaults.transport),
-                       help="WebSocket layer (default %(default)s; env PFNODE_TRANSPORT)")
     serve.add_argument("--no-hub-routing", dest="hub_routing", action="store_false",
                        help="answer packets with no local handler PF001 at once instead of "
                        "forwarding them to connected reactors")
@@ -97,9 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
         "sends with this node's workers; reconnect with backoff when the link drops. "
         "Listens nowhere. Runs until SIGTERM or Ctrl-C.")
     connect.add_argument("url", help="the hub's endpoint, e.g. ws://hub:8443/packetflow/v1")
-    connect.add_argument("--transport", choices=["websockets", "picows"],
-                         default=os.environ.get("PFNODE_TRANSPORT", defaults.transport),
-                         help="WebSocket layer of the uplink (default %(default)s; env PFNODE_TRANSPORT)")
     connect.add_argument("--reconnect-min-ms", type=int, default=defaults.reconnect_min_ms,
                          help="first reconnect delay; doubles per failed try (default %(default)s)")
     connect.add_argument("--reconnect-max-ms", type=int, default=defaults.reconnect_max_ms,
@@ -136,12 +134,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("picows").setLevel(logging.ERROR)
     if args.command == "serve":
-        network = dict(host=args.host, port=args.port, path=args.path, transport=args.transport,
+        network = dict(host=args.host, port=args.port, path=args.path,
                        hub_routing=args.hub_routing, reroute_grace_ms=args.reroute_grace_ms)
     else:
-        network = dict(transport=args.transport, reconnect_min_ms=args.reconnect_min_ms,
-                       reconnect_max_ms=args.reconnect_max_ms)
-    settings = Settings(**network, workers=args.workers,
+        network = dict(reconnect_min_ms=args.reconnect_min_ms, reconnect_max_ms=args.reconnect_max_ms)
+    settings = Settings(**network, transport=args.transport, workers=args.workers,
                         ed_workers=args.ed_workers, rm_workers=args.rm_workers,
                         rm_memory_limit_mb=args.rm_memory_limit_mb, cf_core=args.cf_core,
                         aging_ms=args.aging_ms, worker_shm_bytes=args.worker_shm_bytes,

@@ -434,18 +434,20 @@ class Pool:
         failures = self.scheduler.complete(task.entry, self._clock(), ok=outcome.ok,
                                            data_json=outcome.data_json, code=outcome.code)
         self._answer(task, outcome)
-        for failed in failures:
-            self._answer(failed.entry.payload, failure(failed.code, failed.message))
-        if failures or outcome.ok:
-            self._schedule_pump()  # dependents may have become ready
+        self._release_dependents(failures, outcome.ok)
 
     def record_elsewhere(self, packet_id: str, ok: bool, data_json: bytes | None, code: str | None) -> None:
         """A packet that ended on a reactor (hub routing): packets here that depend on it
         go on, or fail with it, as if it had run here."""
         failures = self.scheduler.record(packet_id, self._clock(), ok=ok, data_json=data_json, code=code)
+        self._release_dependents(failures, ok)
+
+    def _release_dependents(self, failures: list, ok: bool) -> None:
+        """Answer the dependents that failed with a packet; run those it made ready."""
         for failed in failures:
             self._answer(failed.entry.payload, failure(failed.code, failed.message))
-        self._schedule_pump()
+        if failures or ok:
+            self._schedule_pump()  # dependents may have become ready
 
     def _answer(self, task: Task, outcome: Outcome) -> None:
         if outcome.ok:
