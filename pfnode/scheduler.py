@@ -1,27 +1,31 @@
 """Scheduling rules, pure: no asyncio, no processes, no I/O.
 
-The scheduler is driven by events (`submit`, `dispatch`, `complete`, `cancel`,
-`requeue`) and by a clock it is given (`tick(now)`). It decides; the pool and the
-front carry the decisions out. So every rule here is testable with a fake clock.
+The scheduler is the one table of packets in flight (`pfnode.flight.Flight` records,
+found by submitter scope and id, by origin, and by time) and the rules that order them.
+It is driven by events (`admit`, `admit_forwarded`, `dispatch`, `complete`, `forget`,
+`requeue`) and by a clock it is given (`tick(now)`). It decides; the node, the pool and
+the hub carry the decisions out. So every rule here is testable with a fake clock.
 
 Rules
-- Lanes: each packet belongs to one lane (cf, df, ed, rm); each lane has its own queue.
+- Lanes: each local packet belongs to one lane (cf, df, ed, rm); each lane has its own
+  queue. A forwarded packet (a connected reactor runs it) has no lane.
 - Priority 1-10, higher first; FIFO within one priority.
 - Bounded aging (no starvation): a queued packet's effective priority grows by one for
   every `aging_ms` it has waited, up to 10; among equal effective priorities the older
   packet goes first. So a priority-1 packet waits at most 9 x aging_ms before it competes
   with fresh priority-10 packets as an equal, and it then goes ahead of every one of them
   that arrived after it.
-- Deadlines: every packet not yet answered has one; `tick(now)` returns the packets
-  whose deadline has passed (queued, blocked on dependencies, or dispatched).
-- Dependencies: a packet waits until every listed id has completed successfully on this
-  node. A failed dependency fails the dependent (PF006), and that failure fails its own
-  dependents in turn. An unknown id waits until it arrives or the dependent's deadline
-  passes. Self-dependencies and cycles are refused at submit time.
-- Results of completed packets are kept in a bounded store (entries and age) so that
-  later packets can depend on them.
+- Time: every packet has a deadline, and may have an earlier alarm (the hub's probe
+  window or reroute grace). One table holds both: `tick(now)` returns the packets whose
+  alarm has come; the caller tells a passed deadline from an earlier alarm.
+- Dependencies: a packet waits until every listed id of its own submitter scope has
+  completed successfully. A failed dependency fails the dependent (PF006), and that
+  failure fails its own dependents in turn. An unknown id waits until it arrives or the
+  dependent's deadline passes. Self-dependencies and cycles are refused at admission.
+- Results of completed packets (run here or by a reactor) are kept in a bounded store
+  (entries, bytes and age) so that later packets can depend on them.
 - Admission: at most `max_queued` packets queued or blocked at once; past it, PF004.
-- Duplicate ids: a packet id already in flight is refused (PF409).
+- Duplicate ids: an id already in flight in the same scope is refused (PF409).
 """
 from __future__ import annotations
 
@@ -29,32 +33,14 @@ import collections
 import dataclasses
 import heapq
 import itertools
-from typing import Any, Iterable
+from typing import Any, Hashable, Iterable
 
 from .errors import ErrorCode
+from .flight import BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight
 
 LANES = ("cf", "df", "ed", "rm")
-
-BLOCKED = "blocked"  # waiting for dependencies
-QUEUED = "queued"  # ready, in its lane's queue
-DISPATCHED = "dispatched"  # handed to a worker
-DONE = "done"
-
-
-@dataclasses.dataclass(eq=False, slots=True)
-class Entry:
-    """One packet as the scheduler sees it. `payload` is the caller's, never read here."""
-
-    id: str
-    lane: str
-    priority: int
-    deadline: float
-    dependencies: tuple[str, ...] = ()
-    payload: Any = None
-    arrived: float = 0.0
-    order: int = 0  # arrival order, the FIFO tie-breaker
-    state: str = QUEUED
-    waiting_on: set[str] = dataclasses.field(default_factory=set)
+__all__ = ["BLOCKED", "DISPATCHED", "DONE", "FORWARDED", "QUEUED", "LANES", "Failure", "Flight",
+           "LaneQueue", "Refusal", "ResultStore", "Scheduler", "StoredResult"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,7 +53,7 @@ class Refusal:
 class Failure:
     """A packet the scheduler ended without running it (e.g. its dependency failed)."""
 
-    entry: Entry
+    flight: Flight
     code: ErrorCode
     message: str
 
@@ -81,32 +67,33 @@ class StoredResult:
 
 
 class ResultStore:
-    """Results of completed packets, bounded by count, bytes and age (oldest dropped first)."""
+    """Results of completed packets by (scope, id), bounded by count, bytes and age
+    (oldest dropped first)."""
 
     def __init__(self, max_entries: int, max_age_s: float, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_entries = max_entries
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._results: collections.OrderedDict[str, StoredResult] = collections.OrderedDict()
+        self._results: collections.OrderedDict[Hashable, StoredResult] = collections.OrderedDict()
 
-    def put(self, packet_id: str, result: StoredResult) -> None:
-        self._drop(packet_id)
+    def put(self, key: Hashable, result: StoredResult) -> None:
+        self._drop(key)
         if result.data_json is not None and len(result.data_json) > self.max_bytes:
             result = dataclasses.replace(result, data_json=None)  # too big to keep: remember the outcome only
-        self._results[packet_id] = result
+        self._results[key] = result
         self.bytes += len(result.data_json or b"")
         while len(self._results) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._results)))
 
-    def _drop(self, packet_id: str) -> None:
-        old = self._results.pop(packet_id, None)
+    def _drop(self, key: Hashable) -> None:
+        old = self._results.pop(key, None)
         if old is not None:
             self.bytes -= len(old.data_json or b"")
 
-    def get(self, packet_id: str, now: float) -> StoredResult | None:
+    def get(self, key: Hashable, now: float) -> StoredResult | None:
         self.evict(now)
-        return self._results.get(packet_id)
+        return self._results.get(key)
 
     def evict(self, now: float) -> None:
         results = self._results
@@ -125,30 +112,35 @@ class LaneQueue:
 
     def __init__(self, aging_s: float) -> None:
         self.aging_s = aging_s
-        self._fifos: list[collections.deque[Entry]] = [collections.deque() for _ in range(11)]
-        self.live = 0  # entries still QUEUED (the deques also hold stale ones, skipped lazily)
+        self._fifos: list[collections.deque[Flight]] = [collections.deque() for _ in range(11)]
+        self.live = 0  # flights still QUEUED (the deques also hold stale ones, skipped lazily)
 
-    def push(self, entry: Entry) -> None:
-        fifo = self._fifos[entry.priority]
-        if fifo and fifo[-1].order > entry.order:
-            # a requeued entry goes back to its original place
-            index = next(i for i, e in enumerate(fifo) if e.order > entry.order)
-            fifo.insert(index, entry)
+    def push(self, flight: Flight) -> None:
+        fifo = self._fifos[flight.priority]
+        if fifo and fifo[-1].order > flight.order:
+            # a requeued flight goes back to its original place
+            index = next(i for i, f in enumerate(fifo) if f.order > flight.order)
+            fifo.insert(index, flight)
         else:
-            fifo.append(entry)
+            fifo.append(flight)
         self.live += 1
 
-    def effective_priority(self, entry: Entry, now: float) -> int:
-        if self.aging_s <= 0:
-            return entry.priority
-        return min(10, entry.priority + int((now - entry.arrived) / self.aging_s))
+    def unpop(self, flight: Flight) -> None:
+        """Undo the last `pop` of `flight` (nobody could take it): back at its head."""
+        self._fifos[flight.priority].appendleft(flight)
+        self.live += 1
 
-    def pop(self, now: float) -> Entry | None:
-        best: Entry | None = None
+    def effective_priority(self, flight: Flight, now: float) -> int:
+        if self.aging_s <= 0:
+            return flight.priority
+        return min(10, flight.priority + int((now - flight.arrived) / self.aging_s))
+
+    def pop(self, now: float) -> Flight | None:
+        best: Flight | None = None
         best_rank = (0, 0)
         for fifo in self._fifos:
             while fifo and fifo[0].state is not QUEUED:
-                fifo.popleft()  # cancelled, expired or failed while queued
+                fifo.popleft()  # forgotten, expired or failed while queued
             if fifo:
                 head = fifo[0]
                 rank = (self.effective_priority(head, now), -head.order)
@@ -163,23 +155,6 @@ class LaneQueue:
         return self.live
 
 
-MAX_WINDOW = 32
-WINDOW_WORK_MS = 1.0
-
-
-def adaptive_window(base: int, mean_ms: float) -> int:
-    """How many packets one worker may hold, given its handlers' mean run time.
-
-    A lane that allows prefetch (`base` > 1) holds about WINDOW_WORK_MS of queued work
-    per worker: up to MAX_WINDOW packets when handlers take microseconds (so they travel
-    to the worker in batches, one pipe write for many), never fewer than `base`. A slow
-    handler keeps the window at `base`, so priorities still decide what runs next.
-    """
-    if base <= 1:
-        return 1
-    return max(base, min(MAX_WINDOW, int(WINDOW_WORK_MS / max(mean_ms, 0.001))))
-
-
 class Scheduler:
     def __init__(self, *, aging_ms: int = 1000, max_queued: int = 100_000,
                  result_store_entries: int = 10_000, result_store_age_ms: int = 600_000,
@@ -187,84 +162,110 @@ class Scheduler:
         self.max_queued = max_queued
         self.lanes: dict[str, LaneQueue] = {lane: LaneQueue(aging_ms / 1000) for lane in lanes}
         self.results = ResultStore(result_store_entries, result_store_age_ms / 1000, result_store_bytes)
-        self.inflight: dict[str, Entry] = {}  # every entry not DONE, by packet id
-        self._waiters: dict[str, list[Entry]] = collections.defaultdict(list)  # dep id -> blocked entries
-        self._deadlines: list[tuple[float, int, Entry]] = []
+        self.inflight: dict[Hashable, Flight] = {}  # every flight not DONE, by (scope, id)
+        self._origins: dict[Any, dict[Hashable, Flight]] = {}  # origin -> its flights
+        self._waiters: dict[Hashable, list[Flight]] = collections.defaultdict(list)  # dep key -> blocked
+        self._alarms: list[tuple[float, int, Flight]] = []
         self._order = itertools.count()
         self.blocked = 0
         self.dispatched = 0
-        self._retired_in_heap = 0  # done entries still in _deadlines, dropped lazily
+        self.forwarded = 0
 
-    # ------------------------------------------------------------------ events
-    def submit(self, entry: Entry, now: float) -> Refusal | None:
-        """Admit a packet (queued, or blocked on dependencies) or say why not."""
-        if entry.id in self.inflight:
-            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {entry.id!r} is already in flight")
-        if entry.lane not in self.lanes:
-            raise ValueError(f"unknown lane {entry.lane!r}")
+    # ------------------------------------------------------------------ admission
+    def admit(self, flight: Flight, now: float) -> Refusal | None:
+        """Admit a local packet (queued, or blocked on dependencies) or say why not."""
+        if flight.key in self.inflight:
+            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
+        if flight.lane not in self.lanes:
+            raise ValueError(f"unknown lane {flight.lane!r}")
         if self.queued + self.blocked >= self.max_queued:
             return Refusal(ErrorCode.OVERLOADED,
                            f"node overloaded: {self.max_queued} packets already waiting; retry later")
         waiting: set[str] = set()
-        for dep in entry.dependencies:
-            if dep == entry.id:
-                return Refusal(ErrorCode.DEPENDENCY_FAILED, f"packet {entry.id!r} depends on itself")
-            stored = self.results.get(dep, now)
+        scope = flight.scope
+        for dep in flight.dependencies:
+            if dep == flight.id:
+                return Refusal(ErrorCode.DEPENDENCY_FAILED, f"packet {flight.id!r} depends on itself")
+            stored = self.results.get((scope, dep), now)
             if stored is not None:
                 if not stored.ok:
                     return Refusal(ErrorCode.DEPENDENCY_FAILED, f"dependency {dep!r} failed ({stored.code})")
                 continue
             waiting.add(dep)
-        if waiting and self._reaches(waiting, entry.id):
+        if waiting and self._reaches(scope, waiting, flight.id):
             return Refusal(ErrorCode.DEPENDENCY_FAILED,
-                           f"dependency cycle: packet {entry.id!r} would wait for itself")
-        entry.arrived = now
-        entry.order = next(self._order)
-        entry.waiting_on = waiting
-        self.inflight[entry.id] = entry
-        heapq.heappush(self._deadlines, (entry.deadline, entry.order, entry))
+                           f"dependency cycle: packet {flight.id!r} would wait for itself")
+        self._enter(flight, now)
         if waiting:
-            entry.state = BLOCKED
+            flight.state = BLOCKED
+            flight.waiting_on = waiting
             self.blocked += 1
             for dep in waiting:
-                self._waiters[dep].append(entry)
+                self._waiters[(scope, dep)].append(flight)
         else:
-            entry.state = QUEUED
-            self.lanes[entry.lane].push(entry)
+            flight.state = QUEUED
+            self.lanes[flight.lane].push(flight)
         return None
 
-    def dispatch(self, lane: str, now: float) -> Entry | None:
+    def admit_forwarded(self, flight: Flight, now: float) -> Refusal | None:
+        """Admit a packet that a connected reactor will run (the hub routes it): it has
+        an id, a deadline and an answer to come, but no lane and nothing to wait for here
+        (its dependencies travel with it)."""
+        if flight.key in self.inflight:
+            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
+        self._enter(flight, now)
+        flight.state = FORWARDED
+        self.forwarded += 1
+        return None
+
+    def _enter(self, flight: Flight, now: float) -> None:
+        flight.arrived = now
+        flight.order = next(self._order)
+        self.inflight[flight.key] = flight
+        if flight.origin is not None:
+            mine = self._origins.get(flight.origin)
+            if mine is None:
+                mine = self._origins[flight.origin] = {}
+            mine[flight.key] = flight
+        flight.alarm = flight.deadline
+        heapq.heappush(self._alarms, (flight.deadline, flight.order, flight))
+
+    # ------------------------------------------------------------------ local packets
+    def dispatch(self, lane: str, now: float) -> Flight | None:
         """The next packet for a free worker of `lane`, or None."""
-        entry = self.lanes[lane].pop(now)
-        if entry is not None:
-            entry.state = DISPATCHED
+        flight = self.lanes[lane].pop(now)
+        if flight is not None:
+            flight.state = DISPATCHED
             self.dispatched += 1
-        return entry
+        return flight
 
-    def requeue(self, entry: Entry) -> None:
-        """A dispatched packet that never started (its worker died) goes back in its place."""
-        if entry.state is DISPATCHED:
-            entry.state = QUEUED
+    def undispatch(self, flight: Flight) -> None:
+        """Undo `dispatch` (no worker could take it now): first in line again."""
+        if flight.state is DISPATCHED:
+            flight.state = QUEUED
             self.dispatched -= 1
-            self.lanes[entry.lane].push(entry)
+            self.lanes[flight.lane].unpop(flight)
 
-    def complete(self, entry: Entry, now: float, *, ok: bool, data_json: bytes | None = None,
+    def requeue(self, flight: Flight) -> None:
+        """A dispatched packet that never started (its worker died) goes back in its place."""
+        if flight.state is DISPATCHED:
+            flight.state = QUEUED
+            self.dispatched -= 1
+            self.lanes[flight.lane].push(flight)
+
+    # ------------------------------------------------------------------ endings
+    def complete(self, flight: Flight, now: float, *, ok: bool, data_json: bytes | None = None,
                  code: str | None = None) -> list[Failure]:
-        """Record how a packet ended. Returns the packets that fail because of it
-        (its dependents, transitively, when it failed); newly ready ones are queued."""
-        self._retire(entry)
-        return self.record(entry.id, now, ok=ok, data_json=data_json, code=code)
-
-    def record(self, packet_id: str, now: float, *, ok: bool, data_json: bytes | None = None,
-               code: str | None = None) -> list[Failure]:
-        """Record how packet `packet_id` ended, here or elsewhere (a reactor ran it for this
-        node's hub): its result serves the packets that depend on it, as `complete` says."""
+        """Record how a packet ended (here or on a reactor). Returns the packets that fail
+        because of it (its dependents, transitively, when it failed); newly ready ones are
+        queued."""
+        self._retire(flight)
         failures: list[Failure] = []
-        pending = [(packet_id, ok, data_json, code)]
+        pending = [(flight.scope, flight.id, ok, data_json, code)]
         while pending:
-            done_id, done_ok, done_json, done_code = pending.pop()
-            self.results.put(done_id, StoredResult(done_ok, done_json, done_code, now))
-            for waiter in self._waiters.pop(done_id, ()):
+            scope, done_id, done_ok, done_json, done_code = pending.pop()
+            self.results.put((scope, done_id), StoredResult(done_ok, done_json, done_code, now))
+            for waiter in self._waiters.pop((scope, done_id), ()):
                 if waiter.state is not BLOCKED:
                     continue
                 if done_ok:
@@ -277,39 +278,77 @@ class Scheduler:
                     message = f"dependency {done_id!r} failed ({done_code})"
                     failures.append(Failure(waiter, ErrorCode.DEPENDENCY_FAILED, message))
                     self._retire(waiter)
-                    pending.append((waiter.id, False, None, ErrorCode.DEPENDENCY_FAILED.value))
+                    pending.append((scope, waiter.id, False, None, ErrorCode.DEPENDENCY_FAILED.value))
         return failures
 
-    def cancel(self, entry: Entry) -> None:
-        """Forget a packet (its submitter left). It is not recorded as a result."""
-        self._retire(entry)
+    def forget(self, flight: Flight) -> None:
+        """Drop a packet without recording a result (its submitter left and it never ran)."""
+        self._retire(flight)
 
-    def tick(self, now: float) -> list[Entry]:
-        """Packets whose deadline has passed, in deadline order. Each is still in its
-        state (QUEUED, BLOCKED or DISPATCHED); the caller answers it and calls
-        `complete(..., ok=False, code="PF408")`, which also fails its dependents."""
-        expired = []
-        heap = self._deadlines
+    def orphan(self, flight: Flight) -> None:
+        """Its submitter left: nobody waits for its answer any more, but it stays in flight
+        (a running packet still holds its worker and its deadline)."""
+        mine = self._origins.get(flight.origin)
+        if mine is not None:
+            mine.pop(flight.key, None)
+            if not mine:
+                del self._origins[flight.origin]
+        flight.origin = None
+
+    def of_origin(self, origin: Any) -> list[Flight]:
+        """The packets `origin` waits for, oldest first."""
+        return sorted(self._origins.get(origin, {}).values(), key=lambda f: f.order)
+
+    def count_of(self, origin: Any) -> int:
+        mine = self._origins.get(origin)
+        return len(mine) if mine else 0
+
+    # ------------------------------------------------------------------ time
+    def set_alarm(self, flight: Flight, when: float) -> None:
+        """Look at `flight` again at `when`, or at its deadline if that comes first."""
+        if when >= flight.deadline:
+            flight.alarm = flight.deadline  # its deadline's item is in the heap since admission
+        else:
+            flight.alarm = when
+            heapq.heappush(self._alarms, (when, next(self._order), flight))
+
+    def tick(self, now: float) -> list[Flight]:
+        """Packets whose alarm has come, in time order; each is still in its state. The
+        caller answers those past their deadline (PF408, or the hub's code for a
+        forwarded one: `complete(..., ok=False)`, which also fails their dependents) and
+        hands the others (an earlier alarm of the hub's) back to the hub, whose next
+        alarm is the deadline unless it sets an earlier one."""
+        due = []
+        heap = self._alarms
         while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)[2]
-            if entry.state is not DONE:
-                expired.append(entry)
+            when, _, flight = heapq.heappop(heap)
+            if flight.state is DONE or flight.alarm != when:
+                continue  # answered, or its alarm moved
+            if when < flight.deadline:
+                flight.alarm = flight.deadline  # an early alarm falls back to the deadline
+                if flight.deadline <= now:
+                    continue  # whose own item comes later in this same tick
             else:
-                self._retired_in_heap -= 1
-        return expired
+                flight.alarm = None
+            due.append(flight)
+        return due
 
-    def next_deadline(self) -> float | None:
-        heap = self._deadlines
-        while heap and heap[0][2].state is DONE:
-            heapq.heappop(heap)
-            self._retired_in_heap -= 1
-        return heap[0][0] if heap else None
+    def next_alarm(self) -> float | None:
+        heap = self._alarms
+        while heap:
+            when, _, flight = heap[0]
+            if flight.state is not DONE and flight.alarm is not None and (
+                    flight.alarm == when or flight.deadline == when):
+                return when
+            heapq.heappop(heap)  # answered, or its alarm moved
+        return None
 
-    def dependency_results(self, entry: Entry, now: float) -> dict[str, bytes]:
+    def dependency_results(self, flight: Flight, now: float) -> dict[str, bytes]:
         """The JSON results of a packet's dependencies, for its handler's ctx."""
         out = {}
-        for dep in entry.dependencies:
-            stored = self.results.get(dep, now)
+        scope = flight.scope
+        for dep in flight.dependencies:
+            stored = self.results.get((scope, dep), now)
             if stored is not None and stored.ok and stored.data_json is not None:
                 out[dep] = stored.data_json
         return out
@@ -317,35 +356,43 @@ class Scheduler:
     # ------------------------------------------------------------------ state
     @property
     def queued(self) -> int:
-        """Packets ready and waiting in a lane queue (every in-flight packet is queued,
-        blocked or dispatched)."""
-        return len(self.inflight) - self.blocked - self.dispatched
+        """Packets ready and waiting in a lane queue."""
+        return len(self.inflight) - self.blocked - self.dispatched - self.forwarded
 
     def depth(self, lane: str) -> int:
         return len(self.lanes[lane])
 
-    def _retire(self, entry: Entry) -> None:
-        if entry.state is DONE:
+    def _retire(self, flight: Flight) -> None:
+        state = flight.state
+        if state is DONE:
             return
-        if entry.state is QUEUED:
-            self.lanes[entry.lane].live -= 1
-        elif entry.state is BLOCKED:
+        if state is QUEUED:
+            self.lanes[flight.lane].live -= 1
+        elif state is BLOCKED:
             self.blocked -= 1
-        elif entry.state is DISPATCHED:
+        elif state is DISPATCHED:
             self.dispatched -= 1
-        entry.state = DONE
-        if self.inflight.get(entry.id) is entry:
-            del self.inflight[entry.id]
-        self._retired_in_heap += 1
-        heap = self._deadlines
-        if self._retired_in_heap > 1024 and self._retired_in_heap * 2 > len(heap):
-            # Most of the deadline heap is answered packets waiting to fall off its top;
+        elif state is FORWARDED:
+            self.forwarded -= 1
+        flight.state = DONE
+        if self.inflight.get(flight.key) is flight:
+            del self.inflight[flight.key]
+        if flight.origin is not None:
+            mine = self._origins.get(flight.origin)
+            if mine is not None:
+                mine.pop(flight.key, None)
+                if not mine:
+                    del self._origins[flight.origin]
+        flight.alarm = None
+        heap = self._alarms
+        if len(heap) > 1024 and len(heap) > 2 * len(self.inflight):
+            # Most of the alarm heap is answered packets waiting to fall off its top;
             # rebuild it so memory follows the live packets, not the recent throughput.
-            self._deadlines = [item for item in heap if item[2].state is not DONE]
-            heapq.heapify(self._deadlines)
-            self._retired_in_heap = 0
+            self._alarms = [item for item in heap if item[2].state is not DONE
+                            and (item[0] == item[2].alarm or item[0] == item[2].deadline)]
+            heapq.heapify(self._alarms)
 
-    def _reaches(self, start: set[str], target: str) -> bool:
+    def _reaches(self, scope: Hashable, start: set[str], target: str) -> bool:
         """Does any blocked packet reachable from `start` wait on `target`?"""
         seen: set[str] = set()
         stack = list(start)
@@ -356,7 +403,7 @@ class Scheduler:
             if packet_id in seen:
                 continue
             seen.add(packet_id)
-            blocked = self.inflight.get(packet_id)
+            blocked = self.inflight.get((scope, packet_id))
             if blocked is not None and blocked.state is BLOCKED:
                 stack.extend(blocked.waiting_on)
         return False

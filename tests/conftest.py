@@ -69,6 +69,14 @@ def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST
     raise RuntimeError(f"node did not start within {timeout_s} s:\n{log_path.read_text()}")
 
 
+@pytest.fixture
+def clock():
+    """A fake monotonic clock (pfnode.clock.FakeClock): time moves only when a test says so."""
+    from pfnode.clock import FakeClock
+
+    return FakeClock()
+
+
 @pytest.fixture(scope="session")
 def node(tmp_path_factory) -> RunningNode:
     """One node shared by tests that leave it healthy (2 workers, test handlers)."""

@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import pytest
 
+from pfnode.clock import FakeClock
+
 from pfnode.errors import ErrorCode
-from pfnode.scheduler import (BLOCKED, DISPATCHED, DONE, QUEUED, Entry, LaneQueue, ResultStore,
+from pfnode.scheduler import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, LaneQueue, ResultStore,
                               Scheduler, StoredResult)
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
 def entry(pid: str, priority: int = 5, lane: str = "df", deadline: float = 10_000.0,
-          deps: tuple[str, ...] = ()) -> Entry:
-    return Entry(pid, lane, priority, deadline, deps)
+          deps: tuple[str, ...] = (), scope=None) -> Flight:
+    return Flight(None, packet_id=pid, scope=scope, lane=lane, priority=priority, deadline=deadline,
+                  dependencies=deps)
 
 
 def check_counts(s: Scheduler) -> None:
@@ -41,25 +35,20 @@ def drain(s: Scheduler, lane: str, now: float) -> list[str]:
     return out
 
 
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
 # ---------------------------------------------------------------- ordering
 
 def test_higher_priority_first_fifo_within_priority(clock):
     s = Scheduler(aging_ms=0)
     for pid, prio in [("a5", 5), ("b9", 9), ("c5", 5), ("d1", 1), ("e9", 9), ("f10", 10)]:
-        assert s.submit(entry(pid, prio), clock.now) is None
+        assert s.admit(entry(pid, prio), clock.now) is None
     assert drain(s, "df", clock.now) == ["f10", "b9", "e9", "a5", "c5", "d1"]
 
 
 def test_lanes_are_separate_queues(clock):
     s = Scheduler(aging_ms=0)
-    s.submit(entry("cf1", 1, lane="cf"), clock.now)
-    s.submit(entry("df9", 9, lane="df"), clock.now)
-    s.submit(entry("ed5", 5, lane="ed"), clock.now)
+    s.admit(entry("cf1", 1, lane="cf"), clock.now)
+    s.admit(entry("df9", 9, lane="df"), clock.now)
+    s.admit(entry("ed5", 5, lane="ed"), clock.now)
     assert drain(s, "cf", clock.now) == ["cf1"]
     assert drain(s, "ed", clock.now) == ["ed5"]
     assert drain(s, "df", clock.now) == ["df9"]
@@ -68,17 +57,17 @@ def test_lanes_are_separate_queues(clock):
 
 def test_unknown_lane_is_a_programming_error(clock):
     with pytest.raises(ValueError):
-        Scheduler().submit(entry("x", lane="gpu"), clock.now)
+        Scheduler().admit(entry("x", lane="gpu"), clock.now)
 
 
 def test_requeue_puts_a_dispatched_packet_back_in_its_place(clock):
     s = Scheduler(aging_ms=0)
     for pid in ("a", "b", "c"):
-        s.submit(entry(pid), clock.now)
+        s.admit(entry(pid), clock.now)
     first = s.dispatch("df", clock.now)
     second = s.dispatch("df", clock.now)
     assert (first.id, second.id) == ("a", "b")
-    s.submit(entry("d"), clock.now)
+    s.admit(entry("d"), clock.now)
     s.requeue(second)
     s.requeue(first)
     assert first.state is QUEUED
@@ -100,12 +89,12 @@ def test_no_starvation_under_a_steady_stream_of_high_priority(clock):
     """A priority-1 packet submitted into a steady stream of priority-10 packets is
     dispatched within (10 - 1) aging intervals plus the packets that were ahead of it."""
     s = Scheduler(aging_ms=100)
-    s.submit(entry("old-high", 10), clock.now)
-    s.submit(entry("low", 1), clock.now)
+    s.admit(entry("old-high", 10), clock.now)
+    s.admit(entry("low", 1), clock.now)
     dispatched_low_at = None
     for i in range(200):  # every 10 ms: one new priority-10 packet arrives, one is dispatched
         clock.advance(0.010)
-        s.submit(entry(f"high-{i}", 10), clock.now)
+        s.admit(entry(f"high-{i}", 10), clock.now)
         got = s.dispatch("df", clock.now)
         if got.id == "low":
             dispatched_low_at = i
@@ -117,10 +106,10 @@ def test_no_starvation_under_a_steady_stream_of_high_priority(clock):
 
 def test_without_aging_the_low_priority_packet_waits(clock):
     s = Scheduler(aging_ms=0)
-    s.submit(entry("low", 1), clock.now)
+    s.admit(entry("low", 1), clock.now)
     for i in range(50):
         clock.advance(1.0)
-        s.submit(entry(f"high-{i}", 10), clock.now)
+        s.admit(entry(f"high-{i}", 10), clock.now)
         assert s.dispatch("df", clock.now).id != "low"
 
 
@@ -128,43 +117,43 @@ def test_without_aging_the_low_priority_packet_waits(clock):
 
 def test_tick_returns_expired_packets_in_every_state(clock):
     s = Scheduler()
-    s.submit(entry("queued", deadline=clock.now + 1), clock.now)
-    s.submit(entry("blocked", deadline=clock.now + 2, deps=("nobody",)), clock.now)
-    s.submit(entry("running", deadline=clock.now + 3, lane="cf"), clock.now)
-    s.submit(entry("later", deadline=clock.now + 100), clock.now)
+    s.admit(entry("queued", deadline=clock.now + 1), clock.now)
+    s.admit(entry("blocked", deadline=clock.now + 2, deps=("nobody",)), clock.now)
+    s.admit(entry("running", deadline=clock.now + 3, lane="cf"), clock.now)
+    s.admit(entry("later", deadline=clock.now + 100), clock.now)
     assert s.dispatch("cf", clock.now).id == "running"
     assert s.tick(clock.now + 0.5) == []
     expired = s.tick(clock.advance(3.0))
     assert [(e.id, e.state) for e in expired] == [("queued", QUEUED), ("blocked", BLOCKED),
                                                    ("running", DISPATCHED)]
-    assert s.next_deadline() == pytest.approx(clock.now - 3.0 + 100)
+    assert s.next_alarm() == pytest.approx(clock.now - 3.0 + 100)
 
 
 def test_answered_packets_leave_no_deadline(clock):
     s = Scheduler()
     e = entry("done", deadline=clock.now + 1)
-    s.submit(e, clock.now)
+    s.admit(e, clock.now)
     s.dispatch("df", clock.now)
     s.complete(e, clock.now, ok=True, data_json=b"1")
     assert s.tick(clock.advance(5)) == []
-    assert s.next_deadline() is None
+    assert s.next_alarm() is None
 
 
 def test_deadline_heap_is_compacted_as_packets_complete(clock):
     s = Scheduler()
     for i in range(5000):
         e = entry(f"p{i}", deadline=clock.now + 60)
-        s.submit(e, clock.now)
+        s.admit(e, clock.now)
         s.dispatch("df", clock.now)
         s.complete(e, clock.now, ok=True, data_json=b"0")
-    assert len(s._deadlines) <= 2100  # answered packets do not pile up until their deadline
+    assert len(s._alarms) <= 2100  # answered packets do not pile up until their deadline
 
 
 def test_expired_queued_packet_is_skipped_by_dispatch(clock):
     s = Scheduler()
     late = entry("late", deadline=clock.now + 1)
-    s.submit(late, clock.now)
-    s.submit(entry("fine", deadline=clock.now + 100), clock.now)
+    s.admit(late, clock.now)
+    s.admit(entry("fine", deadline=clock.now + 100), clock.now)
     (expired,) = s.tick(clock.advance(2))
     s.complete(expired, clock.now, ok=False, code="PF408")
     assert drain(s, "df", clock.now) == ["fine"]
@@ -177,8 +166,8 @@ def test_dependent_waits_until_its_dependency_succeeds(clock):
     s = Scheduler()
     a = entry("a")
     b = entry("b", deps=("a",))
-    s.submit(a, clock.now)
-    s.submit(b, clock.now)
+    s.admit(a, clock.now)
+    s.admit(b, clock.now)
     assert b.state is BLOCKED and s.blocked == 1
     assert drain(s, "df", clock.now) == ["a"]
     assert s.complete(a, clock.now, ok=True, data_json=b'"A"') == []
@@ -190,46 +179,88 @@ def test_dependent_waits_until_its_dependency_succeeds(clock):
 def test_dependency_already_completed_runs_at_once(clock):
     s = Scheduler()
     a = entry("a")
-    s.submit(a, clock.now)
+    s.admit(a, clock.now)
     s.dispatch("df", clock.now)
     s.complete(a, clock.now, ok=True, data_json=b"1")
     b = entry("b", deps=("a",))
-    assert s.submit(b, clock.now) is None
+    assert s.admit(b, clock.now) is None
     assert b.state is QUEUED
 
 
 def test_unknown_dependency_waits_for_its_arrival(clock):
     s = Scheduler()
     b = entry("b", deps=("a",))
-    s.submit(b, clock.now)
+    s.admit(b, clock.now)
     assert b.state is BLOCKED
     a = entry("a")
-    s.submit(a, clock.now)
+    s.admit(a, clock.now)
     s.dispatch("df", clock.now)
     s.complete(a, clock.now, ok=True, data_json=b"1")
     assert b.state is QUEUED
 
 
-def test_a_result_from_elsewhere_serves_dependencies_like_one_from_here(clock):
-    """A packet the hub routed to a reactor never enters the scheduler; its result does."""
+def test_a_forwarded_packet_serves_dependencies_like_one_from_here(clock):
+    """A packet the hub routed to a reactor is in the same table (FORWARDED, no lane); its
+    result serves the packets that depend on it, and its failure fails them."""
     s = Scheduler()
+    remote = entry("remote", lane=None)
+    assert s.admit_forwarded(remote, clock.now) is None
+    assert remote.state is FORWARDED and s.forwarded == 1 and s.queued == 0
     b = entry("b", deps=("remote",))
-    s.submit(b, clock.now)
+    s.admit(b, clock.now)
     assert b.state is BLOCKED
-    assert s.record("remote", clock.now, ok=True, data_json=b'"R"') == []
+    assert s.complete(remote, clock.now, ok=True, data_json=b'"R"') == []
     assert b.state is QUEUED and s.dependency_results(b, clock.now) == {"remote": b'"R"'}
     check_counts(s)
+    gone = entry("gone", lane=None)
+    s.admit_forwarded(gone, clock.now)
+    assert s.admit_forwarded(entry("gone", lane=None), clock.now).code is ErrorCode.DUPLICATE_ID
     c, d = entry("c", deps=("gone",)), entry("d", deps=("c",))
-    s.submit(c, clock.now)
-    s.submit(d, clock.now)
-    failures = s.record("gone", clock.now, ok=False, code="PF504")
-    assert [(f.entry.id, f.code) for f in failures] == [("c", ErrorCode.DEPENDENCY_FAILED),
-                                                         ("d", ErrorCode.DEPENDENCY_FAILED)]
+    s.admit(c, clock.now)
+    s.admit(d, clock.now)
+    failures = s.complete(gone, clock.now, ok=False, code="PF504")
+    assert [(f.flight.id, f.code) for f in failures] == [("c", ErrorCode.DEPENDENCY_FAILED),
+                                                          ("d", ErrorCode.DEPENDENCY_FAILED)]
     assert "PF504" in failures[0].message
     assert c.state is DONE and d.state is DONE
-    refusal = s.submit(entry("e", deps=("gone",)), clock.now)
+    refusal = s.admit(entry("e", deps=("gone",)), clock.now)
     assert refusal.code is ErrorCode.DEPENDENCY_FAILED
     check_counts(s)
+
+
+def test_ids_and_dependencies_are_scoped_to_their_submitter(clock):
+    s = Scheduler()
+    mine, theirs = entry("x", scope="alice"), entry("x", scope="bob")
+    assert s.admit(mine, clock.now) is None and s.admit(theirs, clock.now) is None  # no PF409
+    waiting = entry("y", deps=("x",), scope="bob")
+    s.admit(waiting, clock.now)
+    s.dispatch("df", clock.now)
+    s.complete(mine, clock.now, ok=True, data_json=b'"alice"')
+    assert waiting.state is BLOCKED  # alice's x is not bob's x
+    s.dispatch("df", clock.now)
+    s.complete(theirs, clock.now, ok=True, data_json=b'"bob"')
+    assert waiting.state is QUEUED and s.dependency_results(waiting, clock.now) == {"x": b'"bob"'}
+
+
+def test_alarms_before_the_deadline_come_back_once_then_fall_back_to_it(clock):
+    s = Scheduler()
+    f = entry("f", deadline=clock.now + 10)
+    s.admit(f, clock.now)
+    s.set_alarm(f, clock.now + 1)
+    s.set_alarm(f, clock.now + 2)  # moved: the first alarm is stale
+    assert s.next_alarm() == pytest.approx(clock.now + 2)
+    assert s.tick(clock.advance(1.5)) == []
+    assert s.tick(clock.advance(1.0)) == [f]
+    assert f.alarm == f.deadline and s.next_alarm() == pytest.approx(f.deadline)
+    assert s.tick(clock.advance(1.0)) == []
+    s.set_alarm(f, clock.now + 100)  # never later than the deadline
+    assert f.alarm == f.deadline
+    assert s.tick(clock.advance(10)) == [f] and f.alarm is None
+    # an early alarm and the deadline passing in one tick: returned once
+    g = entry("g", deadline=clock.now + 5)
+    s.admit(g, clock.now)
+    s.set_alarm(g, clock.now + 1)
+    assert s.tick(clock.advance(6)) == [g]
 
 
 def test_failed_dependency_fails_dependents_transitively(clock):
@@ -237,12 +268,12 @@ def test_failed_dependency_fails_dependents_transitively(clock):
     a, b, c = entry("a"), entry("b", deps=("a",)), entry("c", deps=("b",))
     unrelated = entry("u", deps=("x",))
     for e in (a, b, c, unrelated):
-        s.submit(e, clock.now)
+        s.admit(e, clock.now)
     s.dispatch("df", clock.now)
     failures = s.complete(a, clock.now, ok=False, code="PF500")
-    assert sorted(f.entry.id for f in failures) == ["b", "c"]
+    assert sorted(f.flight.id for f in failures) == ["b", "c"]
     assert all(f.code is ErrorCode.DEPENDENCY_FAILED for f in failures)
-    assert "'a'" in next(f.message for f in failures if f.entry.id == "b")
+    assert "'a'" in next(f.message for f in failures if f.flight.id == "b")
     assert b.state is DONE and c.state is DONE
     assert unrelated.state is BLOCKED
     assert s.blocked == 1
@@ -251,22 +282,22 @@ def test_failed_dependency_fails_dependents_transitively(clock):
 def test_dependency_that_already_failed_refuses_at_submit(clock):
     s = Scheduler()
     a = entry("a")
-    s.submit(a, clock.now)
+    s.admit(a, clock.now)
     s.complete(a, clock.now, ok=False, code="PF408")
-    refusal = s.submit(entry("b", deps=("a",)), clock.now)
+    refusal = s.admit(entry("b", deps=("a",)), clock.now)
     assert refusal.code is ErrorCode.DEPENDENCY_FAILED and "PF408" in refusal.message
 
 
 def test_self_dependency_is_refused(clock):
-    refusal = Scheduler().submit(entry("a", deps=("a",)), clock.now)
+    refusal = Scheduler().admit(entry("a", deps=("a",)), clock.now)
     assert refusal.code is ErrorCode.DEPENDENCY_FAILED and "itself" in refusal.message
 
 
 def test_cycle_is_refused(clock):
     s = Scheduler()
-    assert s.submit(entry("a", deps=("c",)), clock.now) is None
-    assert s.submit(entry("b", deps=("a",)), clock.now) is None
-    refusal = s.submit(entry("c", deps=("b",)), clock.now)  # c -> b -> a -> c
+    assert s.admit(entry("a", deps=("c",)), clock.now) is None
+    assert s.admit(entry("b", deps=("a",)), clock.now) is None
+    refusal = s.admit(entry("c", deps=("b",)), clock.now)  # c -> b -> a -> c
     assert refusal is not None and "cycle" in refusal.message
     assert "c" not in s.inflight
 
@@ -274,28 +305,28 @@ def test_cycle_is_refused(clock):
 def test_diamond_is_not_a_cycle(clock):
     s = Scheduler()
     for e in (entry("a"), entry("b", deps=("a",)), entry("c", deps=("a",)), entry("d", deps=("b", "c"))):
-        assert s.submit(e, clock.now) is None
+        assert s.admit(e, clock.now) is None
 
 
 def test_expired_blocked_packet_fails_its_own_dependents(clock):
     s = Scheduler()
     b = entry("b", deps=("never",), deadline=clock.now + 1)
     c = entry("c", deps=("b",), deadline=clock.now + 50)
-    s.submit(b, clock.now)
-    s.submit(c, clock.now)
+    s.admit(b, clock.now)
+    s.admit(c, clock.now)
     (expired,) = s.tick(clock.advance(2))
     failures = s.complete(expired, clock.now, ok=False, code="PF408")
-    assert [f.entry.id for f in failures] == ["c"]
+    assert [f.flight.id for f in failures] == ["c"]
 
 
 def test_cancel_does_not_record_a_result(clock):
     s = Scheduler()
     a = entry("a")
     b = entry("b", deps=("a",))
-    s.submit(a, clock.now)
-    s.submit(b, clock.now)
-    s.cancel(a)
-    assert s.results.get("a", clock.now) is None
+    s.admit(a, clock.now)
+    s.admit(b, clock.now)
+    s.forget(a)
+    assert s.results.get((None, "a"), clock.now) is None
     assert b.state is BLOCKED  # waits for a new "a" or its deadline
 
 
@@ -304,23 +335,23 @@ def test_cancel_does_not_record_a_result(clock):
 def test_duplicate_inflight_id_is_refused_and_reusable_after(clock):
     s = Scheduler()
     a = entry("a")
-    assert s.submit(a, clock.now) is None
-    refusal = s.submit(entry("a"), clock.now)
+    assert s.admit(a, clock.now) is None
+    refusal = s.admit(entry("a"), clock.now)
     assert refusal.code is ErrorCode.DUPLICATE_ID
     s.dispatch("df", clock.now)
     s.complete(a, clock.now, ok=True, data_json=b"1")
-    assert s.submit(entry("a"), clock.now) is None
+    assert s.admit(entry("a"), clock.now) is None
 
 
 def test_admission_bound_refuses_new_packets_and_keeps_queued_ones(clock):
     s = Scheduler(max_queued=3)
     for pid in ("a", "b", "c"):
-        assert s.submit(entry(pid), clock.now) is None
-    refusal = s.submit(entry("d"), clock.now)
+        assert s.admit(entry(pid), clock.now) is None
+    refusal = s.admit(entry("d"), clock.now)
     assert refusal.code is ErrorCode.OVERLOADED
-    assert s.submit(entry("e", deps=("a",)), clock.now).code is ErrorCode.OVERLOADED
+    assert s.admit(entry("e", deps=("a",)), clock.now).code is ErrorCode.OVERLOADED
     assert drain(s, "df", clock.now) == ["a", "b", "c"]
-    assert s.submit(entry("d"), clock.now) is None  # room again once they left the queue
+    assert s.admit(entry("d"), clock.now) is None  # room again once they left the queue
 
 
 # ---------------------------------------------------------------- result store
@@ -349,13 +380,13 @@ def test_random_event_sequences_keep_the_counters_and_states_consistent():
     rng = random.Random(7)
     clock = FakeClock()
     s = Scheduler(aging_ms=50, max_queued=60)
-    dispatched: list[Entry] = []
+    dispatched: list[Flight] = []
     succeeded: set[str] = set()
     for step in range(2000):
         op = rng.random()
         if op < 0.35:
             deps = tuple(f"p{rng.randrange(max(1, step))}" for _ in range(rng.randrange(3)))
-            s.submit(entry(f"p{step}", rng.randint(1, 10), lane=rng.choice(["cf", "df"]),
+            s.admit(entry(f"p{step}", rng.randint(1, 10), lane=rng.choice(["cf", "df"]),
                            deadline=clock.now + rng.uniform(0.05, 2.0), deps=deps), clock.now)
         elif op < 0.6:
             got = s.dispatch(rng.choice(["cf", "df"]), clock.now)
@@ -375,18 +406,9 @@ def test_random_event_sequences_keep_the_counters_and_states_consistent():
             back = dispatched.pop(rng.randrange(len(dispatched)))
             s.requeue(back)
         elif op < 0.9 and s.inflight:
-            s.cancel(rng.choice(list(s.inflight.values())))
+            s.forget(rng.choice(list(s.inflight.values())))
         else:
             for late in s.tick(clock.advance(rng.uniform(0.0, 0.2))):
                 s.complete(late, clock.now, ok=False, code="PF408")
         check_counts(s)
         assert s.queued + s.blocked <= 60
-
-
-def test_adaptive_window_batches_tiny_packets_and_keeps_slow_ones_at_the_base():
-    from pfnode.scheduler import MAX_WINDOW, adaptive_window
-
-    assert adaptive_window(1, 0.001) == 1  # lanes without prefetch (cf, ed, rm) stay at one
-    assert adaptive_window(4, 0.002) == MAX_WINDOW  # microsecond handlers travel in batches
-    assert adaptive_window(4, 0.1) == 10  # about 1 ms of queued work per worker
-    assert adaptive_window(4, 0.5) == 4 and adaptive_window(4, 50.0) == 4  # never below the base
