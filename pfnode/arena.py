@@ -23,26 +23,10 @@ import os
 import struct
 import tempfile
 
+from .pipe import ShmRef
+
 _CONSUMED = struct.Struct("<Q")  # header: bytes consumed so far, written by the consumer
 HEADER_BYTES = 64
-
-
-class ShmRef:
-    """Where a payload lies in an arena: `length` bytes at `offset`; consuming it moves
-    the arena's consumed mark to `end`."""
-
-    __slots__ = ("offset", "length", "end")
-
-    def __init__(self, offset: int, length: int, end: int) -> None:
-        self.offset = offset
-        self.length = length
-        self.end = end
-
-    def __reduce__(self):
-        return (ShmRef, (self.offset, self.length, self.end))
-
-    def __repr__(self) -> str:
-        return f"ShmRef(offset={self.offset}, length={self.length}, end={self.end})"
 
 
 def _shm_dir() -> str:

@@ -1,9 +1,9 @@
 """A worker process: imports the handler modules, then runs packets sent by the front.
 
 Started by the pool as `python -m pfnode.worker CONFIG_JSON`. The channel is a pair
-of pipes: batches of tasks arrive on stdin, results leave on the original stdout;
-fd 1 is then pointed at stderr so that a handler's print() cannot corrupt the channel.
-Each frame on either pipe is a 4-byte little-endian length and a pickle.
+of pipes speaking `pfnode.pipe`: batches of tasks arrive on stdin, answers leave on the
+original stdout; fd 1 is then pointed at stderr so that a handler's print() cannot
+corrupt the channel.
 
 Tasks in one batch run in order, one at a time; the front relies on this to know
 which packet a worker was running when it died.
@@ -12,57 +12,16 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 import resource
 import select
-import struct
 import sys
 import time
 import traceback
 
 import orjson
 
-_HEADER = struct.Struct("<I")
-
-# The second item of every frame a worker sends says what it is.
-OK = 0  # (task_no, OK, result_json, duration_ms)
-FAILED = 1  # (task_no, FAILED, (code, message), duration_ms)
-HELLO = 2  # (0, HELLO, {key: options}, pid, [cpus]): ready
-FATAL = 3  # (0, FATAL, message, pid): the worker cannot start
-RETIRE = 4  # (0, RETIRE, reason, pid): the worker exits now; nothing after its last result started
-SKIPPED = 5  # (task_no, SKIPPED, None, 0.0): cancelled by the front before it started
-
-# The first item of every frame the front sends says what it is.
-TASKS = 0  # (TASKS, [task, ...])
-CANCEL = 1  # (CANCEL, [task_no, ...]): drop these if they have not started
-
-
-def pack(obj) -> bytes:
-    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
-
-
-class FrameReader:
-    """Splits a byte stream into unpickled frames; feed() returns the complete ones."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list:
-        buf = self._buf
-        buf += data
-        out = []
-        pos = 0
-        size = len(buf)
-        while size - pos >= 4:
-            (length,) = _HEADER.unpack_from(buf, pos)
-            if size - pos - 4 < length:
-                break
-            out.append(pickle.loads(memoryview(buf)[pos + 4:pos + 4 + length]))
-            pos += 4 + length
-        if pos:
-            del buf[:pos]
-        return out
+from . import pipe
+from .pipe import Done, Failed, Task
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -111,56 +70,61 @@ class MemoryCap:
             resource.setrlimit(resource.RLIMIT_AS, (self.soft, self.hard))
 
 
-def run_task(registry, task, memory_cap: MemoryCap | None = None) -> tuple:
+def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done | Failed:
+    """Run one task (its data already out of shared memory) and say how it ended."""
     from .errors import PayloadError
-    from .protocol import RawJSON, ndarray_opted_in
+    from .protocol import ndarray_opted_in
     from .registry import Context
 
-    (task_no, key, data, packet_id, group, element, priority, metadata, deadline,
-     dependencies, memory_limit_mb) = task
-    if time.monotonic() >= deadline:
-        return (task_no, FAILED, ("PF408", "deadline passed before the packet started"), 0.0)
+    no = task.no
+    if time.monotonic() >= task.deadline:
+        return Failed(no, "PF408", "deadline passed before the packet started", 0.0)
+    key = task.key
     spec = registry.get(key)
     if spec is None:  # the front checks keys first; this guards a mismatch between workers
-        return (task_no, FAILED, ("PF001", f"no handler for {key}"), 0.0)
-    deps = {dep: orjson.loads(raw) for dep, raw in dependencies.items()} if dependencies else {}
-    ctx = Context(packet_id, group, element, priority, metadata, deadline, deps)
-    if memory_cap is None:
-        memory_limit_mb = None
+        return Failed(no, "PF001", f"no handler for {key}", 0.0)
+    deps = task.dependencies
+    deps = {dep: orjson.loads(raw) for dep, raw in deps.items()} if deps else {}
+    group, _, element = key.partition(":")
+    metadata = task.metadata
+    ctx = Context(task.packet_id, group, element, task.priority, metadata, task.deadline, deps)
+    memory_limit_mb = task.memory_limit_mb if memory_cap is not None else None
     start = time.perf_counter()
     try:
         if memory_limit_mb is not None:
             memory_cap.limit(memory_limit_mb)
         try:
-            if type(data) is RawJSON:  # the front forwarded the data's JSON text unparsed
-                data = orjson.loads(memoryview(data))  # orjson reads it through the buffer protocol
+            try:  # the front forwarded the data's JSON text unparsed
+                data = orjson.loads(task.data)
+            except orjson.JSONDecodeError as exc:  # the front checked it: a mismatch, not a user error
+                return Failed(no, "PF002", f"data is not valid JSON: {exc}", _ms_since(start))
             nd = None
             if ndarray_opted_in(metadata):
                 from . import ndarray as nd  # imported (with numpy) only by packets that opt in
                 try:
                     data = nd.decode_tree(data)
                 except PayloadError as exc:
-                    return (task_no, FAILED, ("PF002", str(exc)), _ms_since(start))
+                    return Failed(no, "PF002", str(exc), _ms_since(start))
             value = spec(data, ctx)
             try:  # orjson's error is a TypeError: encode apart so a handler's TypeError stays as raised
                 if nd is not None:
                     value = nd.encode_tree(value)
                 body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
             except orjson.JSONEncodeError as exc:
-                return (task_no, FAILED, ("PF500", f"{key} returned a value that is not "
-                                                   f"JSON-serialisable: {exc}"), _ms_since(start))
+                return Failed(no, "PF500", f"{key} returned a value that is not JSON-serialisable: {exc}",
+                              _ms_since(start))
             except PayloadError as exc:  # from nd.encode_tree: e.g. an object-dtype array
-                return (task_no, FAILED, ("PF500", f"{key} returned a value that cannot be "
-                                                   f"encoded as ndarrays: {exc}"), _ms_since(start))
+                return Failed(no, "PF500", f"{key} returned a value that cannot be encoded as "
+                                           f"ndarrays: {exc}", _ms_since(start))
         finally:
             if memory_limit_mb is not None:
                 memory_cap.lift(memory_limit_mb)
     except MemoryError:
         limit = f" of {memory_limit_mb} MiB" if memory_limit_mb is not None else ""
-        return (task_no, FAILED, ("PF501", f"{key} exceeded its memory limit{limit}"), _ms_since(start))
+        return Failed(no, "PF501", f"{key} exceeded its memory limit{limit}", _ms_since(start))
     except Exception as exc:
-        return (task_no, FAILED, ("PF500", f"{type(exc).__name__}: {exc}"), _ms_since(start))
-    return (task_no, OK, body, _ms_since(start))
+        return Failed(no, "PF500", f"{type(exc).__name__}: {exc}", _ms_since(start))
+    return Done(no, body, _ms_since(start))
 
 
 def _die_with_parent() -> None:
@@ -176,6 +140,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def _read_message(fd: int):
+    header = _read_exact(fd, 4)
+    if header is None:
+        return None
+    body = _read_exact(fd, pipe.header_length(header))
+    return None if body is None else pipe.decode_one(body)
+
+
 def main(argv: list[str]) -> int:
     import signal
 
@@ -186,76 +158,72 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)  # print() in handlers goes to stderr, not into the channel
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     in_fd = 0
+    pid = os.getpid()
+
+    def send(message) -> None:
+        _write_all(out_fd, pipe.pack(message))
 
     from .registry import default_registry, load_handler_modules
 
     try:
+        if config.get("version", pipe.VERSION) != pipe.VERSION:
+            raise RuntimeError(f"the front speaks pipe version {config.get('version')}, "
+                               f"this worker {pipe.VERSION}")
         if config.get("cpu") is not None:
             os.sched_setaffinity(0, {config["cpu"]})
         load_handler_modules(config.get("handler_modules", []))
     except Exception as exc:
-        _write_all(out_fd, pack((0, FATAL, str(exc), os.getpid())))
+        send(pipe.Fatal(str(exc), pid))
         return 2
     memory_cap = MemoryCap()
     lane_limit_mb = config.get("memory_limit_mb")
     inbound = outbound = None
+    threshold = config.get("shm_threshold_bytes", 0)
     if config.get("arenas"):
-        from .arena import Arena, ShmRef
-        from .protocol import RawJSON
+        from .arena import Arena
 
         inbound, outbound = (Arena.attach(path) for path in config["arenas"])
-        threshold = config.get("shm_threshold_bytes", 0)
-    _write_all(out_fd, pack((0, HELLO, default_registry.describe(), os.getpid(),
-                             sorted(os.sched_getaffinity(0)))))
+    send(pipe.Hello(pipe.VERSION, pid, default_registry.describe(), sorted(os.sched_getaffinity(0))))
 
-    inbox: collections.deque = collections.deque()
+    inbox: collections.deque[Task] = collections.deque()
     cancelled: set[int] = set()
     open_channel = True
+    ShmRef = pipe.ShmRef
     while True:
         # Block for input only when idle; otherwise just take what has arrived, so a
         # cancel notice reaches packets that were handed over but have not started.
         while open_channel and (not inbox or select.select([in_fd], [], [], 0)[0]):
-            frame = _read_frame(in_fd)
-            if frame is None:
+            message = _read_message(in_fd)
+            if message is None:
                 open_channel = False  # the front closed the channel: finish what we hold
                 break
-            kind, items = frame
-            if kind == TASKS:
-                inbox.extend(items)
-            elif kind == CANCEL:
-                cancelled.update(items)
+            if type(message) is pipe.Tasks:
+                inbox.extend(message.tasks)
+            else:
+                cancelled.update(message.nos)
         if not inbox:
             return 0
         task = inbox.popleft()
-        if inbound is not None and type(task[2]) is ShmRef:
+        if type(task.data) is ShmRef:
             # copied out (and its space freed) before anything else, skipped or not
-            task = task[:2] + (RawJSON(inbound.take(task[2])),) + task[3:]
-        if task[0] in cancelled:
-            cancelled.discard(task[0])
-            _write_all(out_fd, pack((task[0], SKIPPED, None, 0.0)))
+            task.data = inbound.take(task.data)
+        if task.no in cancelled:
+            cancelled.discard(task.no)
+            send(pipe.Skipped(task.no))
             continue
-        if task[10] is None and lane_limit_mb is not None:
-            task = task[:10] + (lane_limit_mb,)
-        result = run_task(default_registry, task, memory_cap)
-        if outbound is not None and result[1] == OK and len(result[2]) > threshold:
-            ref = outbound.put(result[2])
+        if task.memory_limit_mb is None:
+            task.memory_limit_mb = lane_limit_mb
+        answer = run_task(default_registry, task, memory_cap)
+        if outbound is not None and type(answer) is Done and len(answer.body) > threshold:
+            ref = outbound.put(answer.body)
             if ref is not None:
-                result = (result[0], OK, ref, result[3])
-        _write_all(out_fd, pack(result))
-        if result[1] == FAILED and result[2][0] == "PF501":
+                answer.body = ref
+        send(answer)
+        if type(answer) is Failed and answer.code == "PF501":
             # A worker that hit its cap may be left fragmented or half-initialised:
             # replace it rather than trust it with the next packet.
-            _write_all(out_fd, pack((0, RETIRE, "memory limit exceeded", os.getpid())))
+            send(pipe.Retire("memory limit exceeded", pid))
             return 0
-
-
-def _read_frame(fd: int):
-    header = _read_exact(fd, 4)
-    if header is None:
-        return None
-    (length,) = _HEADER.unpack(header)
-    body = _read_exact(fd, length)
-    return None if body is None else pickle.loads(body)
 
 
 if __name__ == "__main__":

@@ -91,27 +91,23 @@ def test_large_payloads_round_trip_through_a_node_with_and_without_shared_memory
 
 
 def test_a_pool_without_room_for_arenas_falls_back_to_pipes(monkeypatch):
-    from pfnode import pool as pool_module
-    from pfnode.protocol import Packet, RawJSON
-    from pfnode.settings import Settings
+    from pfnode import supervisor
+
+    from tests.inproc import RecordingLink, started_node
 
     def no_room(size, tag):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pool_module.Arena, "create", staticmethod(no_room))
+    monkeypatch.setattr(supervisor.Arena, "create", staticmethod(no_room))
+    big = "z" * 200_000
 
     async def go():
-        pool = pool_module.Pool(Settings(workers=1, ed_workers=0, rm_workers=0,
-                                         handler_modules=("handlers.examples",)))
-        await pool.start()
-        try:
-            done = asyncio.get_running_loop().create_future()
-            big = RawJSON(b'"' + b"z" * 200_000 + b'"')
-            pool.submit(Packet(id="big", group="df", element="noop", data=big), 10_000, done.set_result)
-            return await asyncio.wait_for(done, 10), dict(pool.counters)
-        finally:
-            await pool.close()
+        async with started_node() as node:
+            link = RecordingLink(node)
+            node.on_open(link)
+            link.submit(1, {"id": "big", "group": "df", "element": "noop", "data": big})
+            return await link.reply(1), dict(node.pool.counters)
 
-    outcome, counters = asyncio.run(go())
-    assert outcome.ok and outcome.data_json == b'"' + b"z" * 200_000 + b'"'
+    reply, counters = asyncio.run(go())
+    assert reply["payload"]["status"] == "success" and reply["payload"]["data"] == big, reply
     assert "shm_payloads_in" not in counters and "shm_payloads_out" not in counters

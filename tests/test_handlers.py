@@ -1,10 +1,7 @@
 """Tests of the bundled handlers (handlers/examples.py, handlers/numeric.py) and of the
-worker's in-process pieces: pfnode.worker.run_task, pack and FrameReader."""
+worker's in-process piece, pfnode.worker.run_task (the pipe's framing: tests/test_pipe.py)."""
 from __future__ import annotations
 
-import math
-import pickle
-import random
 import time
 
 import numpy as np
@@ -14,7 +11,7 @@ import pytest
 import handlers.examples as examples
 import handlers.numeric as numeric
 from pfnode.registry import Registry, default_registry
-from pfnode.worker import FAILED, OK, FrameReader, pack, run_task
+from pfnode import pipe, worker
 
 
 # ============================================================================ the spec's examples
@@ -213,11 +210,23 @@ def test_fft_errors(data, phrase):
 
 # ============================================================================ worker.run_task
 
+OK, FAILED = "ok", "failed"
+
+
 def task(key, data, *, deadline_s=60.0, task_no=1, packet_id="pid-1", priority=5,
-         metadata=None, dependencies=None, memory_limit_mb=None):
-    group, element = key.split(":")
-    return (task_no, key, data, packet_id, group, element, priority, metadata,
-            time.monotonic() + deadline_s, dependencies, memory_limit_mb)
+         metadata=None, dependencies=None, memory_limit_mb=None) -> pipe.Task:
+    """A task as the front sends it: the data as JSON text."""
+    return pipe.Task(task_no, key, orjson.dumps(data), packet_id, priority, metadata,
+                     time.monotonic() + deadline_s, dependencies, memory_limit_mb)
+
+
+def run_task(registry, t, cap=None) -> tuple:
+    """worker.run_task's answer as (no, OK, body, ms) or (no, FAILED, (code, message), ms)."""
+    answer = worker.run_task(registry, t, cap)
+    if type(answer) is pipe.Done:
+        return answer.no, OK, answer.body, answer.duration_ms
+    assert type(answer) is pipe.Failed, answer
+    return answer.no, FAILED, (answer.code, answer.message), answer.duration_ms
 
 
 def test_run_task_success_returns_ok_and_json_bytes():
@@ -261,7 +270,7 @@ def test_run_task_passes_a_context_to_two_arg_handlers():
     ctx = seen["ctx"]
     assert (ctx.packet_id, ctx.group, ctx.element, ctx.priority, ctx.metadata) == (
         "pid-ctx", "cf", "ctx", 9, {"k": "v"})
-    assert ctx.deadline == t[8]
+    assert ctx.deadline == t.deadline
     assert ctx.dependencies == {}
 
 
@@ -362,100 +371,10 @@ def test_run_task_memory_cap_turns_a_large_allocation_into_pf501_and_is_lifted_a
     assert status == OK and orjson.loads(body) == 8 * 1024 * 1024
 
 
-def test_run_task_result_is_picklable():
-    """Results travel back to the front through pack()."""
+def test_run_task_answers_cross_the_pipe():
+    """Answers travel back to the front as pipe messages."""
     reg = Registry()
     reg.register("df", "noop", examples.noop)
     for t in (task("df:noop", [1, 2]), task("df:missing", None), task("df:noop", 1, deadline_s=-1)):
-        result = run_task(reg, t)
-        assert FrameReader().feed(pack(result)) == [result]
-
-
-# ============================================================================ pack / FrameReader
-
-FRAMES = [
-    (0, 2, ["df:noop"], 1234),
-    [(1, "df:noop", {"x": 1}, "pid", "df", "noop", 5, None, 1.0)],
-    (5, OK, b'"HELLO WORLD"', 0.25),
-    (6, FAILED, ("PF500", "ValueError: boom"), 1.5),
-    b"",
-    "x" * 100_000,
-    {"nested": [1, 2.5, None, {"deep": b"\x00\x01"}]},
-    np.arange(10),
-]
-
-
-def _equal(a, b) -> bool:
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and np.array_equal(a, b)
-    return a == b
-
-
-def _assert_frames(got, expected=FRAMES):
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected):
-        assert _equal(g, e), (g, e)
-
-
-def test_pack_has_a_little_endian_length_header():
-    raw = pack({"a": 1})
-    assert int.from_bytes(raw[:4], "little") == len(raw) - 4
-    assert pickle.loads(raw[4:]) == {"a": 1}
-
-
-def test_frame_reader_whole_stream_at_once():
-    stream = b"".join(pack(f) for f in FRAMES)
-    _assert_frames(FrameReader().feed(stream))
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_frame_reader_arbitrary_chunks(seed):
-    rng = random.Random(seed)
-    stream = b"".join(pack(f) for f in FRAMES)
-    reader = FrameReader()
-    got = []
-    pos = 0
-    while pos < len(stream):
-        size = rng.choice([1, 2, 3, 4, 5, 7, 64, 1000, rng.randrange(1, 50_000)])
-        got.extend(reader.feed(stream[pos:pos + size]))
-        pos += size
-    _assert_frames(got)
-    assert reader.feed(b"") == []
-
-
-def test_frame_reader_byte_by_byte():
-    frames = [(i, OK, b"1", 0.0) for i in range(20)]
-    stream = b"".join(pack(f) for f in frames)
-    reader = FrameReader()
-    got = []
-    for i in range(len(stream)):
-        got.extend(reader.feed(stream[i:i + 1]))
-    assert got == frames
-
-
-def test_frame_reader_holds_partial_frames_until_complete():
-    one = pack("first")
-    two = pack(("second", 2))
-    reader = FrameReader()
-    assert reader.feed(one[:3]) == []  # not even a whole header
-    assert reader.feed(one[3:-1]) == []  # header, but the body is one byte short
-    assert reader.feed(one[-1:] + two[:5]) == ["first"]
-    assert reader.feed(two[5:]) == [("second", 2)]
-    assert reader.feed(b"") == []
-
-
-def test_frame_reader_chunk_boundaries_exactly_on_frames():
-    frames = ["a", "bb", "ccc"]
-    reader = FrameReader()
-    assert [reader.feed(pack(f)) for f in frames] == [["a"], ["bb"], ["ccc"]]
-
-
-def test_frame_reader_accepts_memoryview_and_bytearray():
-    stream = pack(1) + pack(2)
-    reader = FrameReader()
-    assert reader.feed(bytearray(stream[:6])) + reader.feed(memoryview(stream[6:])) == [1, 2]
-
-
-def test_nan_survives_pack():
-    (value,) = FrameReader().feed(pack(float("nan")))
-    assert math.isnan(value)
+        answer = worker.run_task(reg, t)
+        assert pipe.FrameReader().feed(pipe.pack(answer)) == [answer]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import numpy as np
 import orjson
@@ -14,7 +13,7 @@ from pfnode import ndarray as nd
 from pfnode.client import Reactor
 from pfnode.errors import PayloadError, PFNodeError
 from pfnode.registry import Registry
-from pfnode.worker import FAILED, OK, run_task
+from tests.test_handlers import FAILED, OK, run_task, task
 from tests.e2e_util import new_id, run
 
 
@@ -297,8 +296,7 @@ def test_opted_in_needs_exactly_true():
 # ============================================================================ the worker's opt-in
 
 def _task(key, data, metadata=None):
-    group, element = key.split(":")
-    return (1, key, data, "pid-nd", group, element, 5, metadata, time.monotonic() + 60, None, None)
+    return task(key, data, packet_id="pid-nd", metadata=metadata)
 
 
 def _seen_registry():

@@ -1,0 +1,209 @@
+"""Which worker gets which packet, pure: no processes, no asyncio, no clock of its own.
+
+The dispatcher keeps the front's view of every worker (`WorkerView`: its lane, whether it
+takes work, the packets it holds in the order it was handed them) and decides, from
+the scheduler's lane queues, which packets go to which worker now. The supervisor
+(pfnode/supervisor.py) owns the processes and carries the decisions out.
+
+Rules
+- A worker runs what it holds strictly in order, one at a time. So the oldest packet it
+  holds is the one it runs, and when it dies, that one is to blame (`died`); the others
+  never started and go back to their lane queue in their original place. A worker that
+  said it retires (`Retire`) has started none of what it still holds.
+- Prefetch by estimated work: besides the packet it runs, a worker holds at most about
+  `prefetch_ms` of *estimated* work (each handler key's moving average run time), and at
+  most its lane's `window` packets. So a later, higher-priority packet never waits behind
+  more than that; a slow handler's worker holds one packet (its running one), while
+  microsecond handlers travel in batches of up to `window` per pipe write. A key never
+  seen is taken to be slow until one of its packets has run: it is never prefetched.
+- Low water: a worker is refilled once it is down to half its window and half its
+  prefetch work, so that one pipe write carries many small packets, not one per answer.
+- Least loaded first: each packet goes to the worker of its lane holding the least
+  estimated work (an idle one first), so work fans out before any window fills.
+- Answers come in order; an answer for any packet but the oldest held is a protocol
+  error (the supervisor kills that worker).
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+from typing import Any, Iterable
+
+from .flight import DISPATCHED, Flight
+
+ESTIMATE_WEIGHT = 0.2  # weight of the newest run time in a key's moving average
+UNKNOWN_MS = 1e9  # a key never run yet: assumed slow, so never prefetched behind another
+
+
+class WorkerView:
+    """The dispatcher's view of one worker process."""
+
+    __slots__ = ("slot", "lane", "handle", "ready", "retiring", "retired", "held", "work_ms")
+
+    def __init__(self, slot: int, lane: str, handle: Any = None) -> None:
+        self.slot = slot
+        self.lane = lane
+        self.handle = handle  # the supervisor's process handle, opaque here
+        self.ready = True  # takes new packets
+        self.retiring = False  # finishes what it holds, then leaves (a lane shrank)
+        self.retired = False  # said it leaves now: nothing it holds has started
+        self.held: collections.deque[Flight] = collections.deque()
+        self.work_ms = 0.0  # estimated work of everything it holds
+
+    @property
+    def queued_ms(self) -> float:
+        """Estimated work held beyond the packet it runs."""
+        held = self.held
+        return self.work_ms - held[0].cost_ms if held else 0.0
+
+    @property
+    def running(self) -> Flight | None:
+        return self.held[0] if self.held else None
+
+    def __repr__(self) -> str:
+        return f"<WorkerView {self.lane}#{self.slot} holds {len(self.held)}>"
+
+
+class Dispatcher:
+    def __init__(self, windows: dict[str, int], prefetch_ms: float = 1.0) -> None:
+        self.windows = dict(windows)  # lane -> most packets one worker holds
+        self.prefetch_ms = prefetch_ms
+        self.workers: dict[int, WorkerView] = {}
+        self.estimates: dict[str, float] = {}  # handler key -> moving average run time, ms
+        self._numbers = itertools.count(1)
+
+    # ------------------------------------------------------------------ workers
+    def add(self, slot: int, lane: str, handle: Any = None) -> WorkerView:
+        view = self.workers[slot] = WorkerView(slot, lane, handle)
+        return view
+
+    def remove(self, view: WorkerView) -> None:
+        if self.workers.get(view.slot) is view:
+            del self.workers[view.slot]
+
+    def members(self, lane: str) -> list[WorkerView]:
+        """The lane's workers that count towards its size (not those retiring)."""
+        return [w for w in self.workers.values() if w.lane == lane and not w.retiring]
+
+    def retire(self, lane: str, count: int) -> list[WorkerView]:
+        """Pick the `count` least busy workers of a lane to finish what they hold and leave."""
+        chosen = sorted(self.members(lane), key=lambda w: (len(w.held), -w.slot))[:count]
+        for view in chosen:
+            view.retiring = True
+            view.ready = False
+        return chosen
+
+    def estimate(self, key: str) -> float:
+        return self.estimates.get(key, UNKNOWN_MS)
+
+    # ------------------------------------------------------------------ handing out packets
+    def _eligible(self, view: WorkerView) -> bool:
+        held = view.held
+        if not held:
+            return True
+        return len(held) <= self.windows[view.lane] // 2 and view.queued_ms <= self.prefetch_ms / 2
+
+    def _fits(self, view: WorkerView, cost_ms: float) -> bool:
+        held = view.held
+        if not held:
+            return True
+        return len(held) < self.windows[view.lane] and view.queued_ms + cost_ms <= self.prefetch_ms
+
+    def assign(self, scheduler, now: float) -> list[tuple[WorkerView, list[Flight]]]:
+        """Hand queued packets to workers that may take them; returns the batches to send,
+        one per worker, each in the order the worker must run them."""
+        batches: dict[int, tuple[WorkerView, list[Flight]]] = {}
+        free: dict[str, list[tuple[int, float, int, int, WorkerView]]] = {}
+        for view in self.workers.values():
+            if view.ready and self._eligible(view):
+                free.setdefault(view.lane, []).append(self._rank(view))
+        for lane, heap in free.items():
+            queue = scheduler.lanes[lane]
+            heapq.heapify(heap)
+            while heap and len(queue):
+                flight = scheduler.dispatch(lane, now)
+                if flight is None:
+                    break
+                cost = self.estimate(flight.packet.key)
+                skipped = []
+                while heap and not self._fits(heap[0][4], cost):
+                    skipped.append(heapq.heappop(heap))
+                if not heap:  # nobody has room for it now: it stays first in line
+                    scheduler.undispatch(flight)
+                    break
+                view = heap[0][4]
+                self._give(view, flight, cost)
+                batches.setdefault(view.slot, (view, []))[1].append(flight)
+                heapq.heapreplace(heap, self._rank(view))
+                for item in skipped:
+                    heapq.heappush(heap, item)
+        return list(batches.values())
+
+    @staticmethod
+    def _rank(view: WorkerView) -> tuple[int, float, int, int, WorkerView]:
+        # idle workers first, then the least estimated work held, then the fewest packets
+        return (1 if view.held else 0, view.queued_ms, len(view.held), view.slot, view)
+
+    def _give(self, view: WorkerView, flight: Flight, cost_ms: float) -> None:
+        flight.no = next(self._numbers)
+        flight.worker = view
+        flight.cost_ms = cost_ms
+        view.held.append(flight)
+        view.work_ms += cost_ms
+
+    # ------------------------------------------------------------------ answers and deaths
+    def answered(self, view: WorkerView, no: int, duration_ms: float | None) -> Flight | None:
+        """The worker answered task `no` (ran it, or skipped it: `duration_ms` None).
+        Returns its flight, or None when that is not the oldest it holds (a protocol error)."""
+        held = view.held
+        if not held or held[0].no != no:
+            return None
+        flight = held.popleft()
+        view.work_ms = max(0.0, view.work_ms - flight.cost_ms) if held else 0.0
+        flight.worker = None
+        if duration_ms is not None:
+            key = flight.packet.key
+            old = self.estimates.get(key)
+            self.estimates[key] = duration_ms if old is None else old + (duration_ms - old) * ESTIMATE_WEIGHT
+        return flight
+
+    def is_running(self, flight: Flight) -> bool:
+        """Whether `flight` is the packet its worker runs now (or will run next)."""
+        view = flight.worker
+        return view is not None and bool(view.held) and view.held[0] is flight
+
+    def died(self, view: WorkerView) -> tuple[Flight | None, list[Flight]]:
+        """A worker is gone. Returns the packet it was running (None when it had said it
+        retires, or held nothing) and those it held that never started, oldest first."""
+        self.remove(view)
+        held = list(view.held)
+        view.held.clear()
+        view.work_ms = 0.0
+        for flight in held:
+            flight.worker = None
+        if view.retired or not held:
+            return None, held
+        return held[0], held[1:]
+
+    # ------------------------------------------------------------------ introspection
+    def lane_stats(self, lane: str) -> dict[str, int]:
+        members = [w for w in self.workers.values() if w.lane == lane and w.ready]
+        return {"workers": len(members), "running": sum(len(w.held) for w in members),
+                "busy": sum(1 for w in members if w.held)}
+
+    def held(self) -> Iterable[Flight]:
+        for view in self.workers.values():
+            yield from view.held
+
+    def check(self) -> None:
+        """The invariants, for tests: every held packet is DISPATCHED to that worker,
+        work sums match, windows hold."""
+        for view in self.workers.values():
+            assert abs(view.work_ms - sum(f.cost_ms for f in view.held)) < 1e-6, view
+            for flight in view.held:
+                assert flight.worker is view, (flight, view)
+            if not view.retiring:
+                assert len(view.held) <= max(1, self.windows[view.lane]), view
+            for flight in view.held:
+                assert flight.state is DISPATCHED or flight.state == "done", flight

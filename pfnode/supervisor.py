@@ -1,0 +1,282 @@
+"""The worker supervisor: starts the lanes' worker processes, replaces the dead, resizes
+lanes and stops them all, the way uvicorn's and gunicorn's supervisors keep their
+children. It owns the processes; which packet goes where is the dispatcher's
+(pfnode/dispatch.py), what a dead worker's packets become is the pool's.
+
+Respawn rule (`respawn_delay_s`, pure): a worker that died running a packet (a crash,
+or killed for its deadline) is replaced at once, whatever happened before: the packet
+was to blame, not the lane. A worker that dies at start or while idle is replaced at
+once the first two times in 10 s, then with a growing delay (up to 5 s), so a handler
+module that crashes at import cannot make the node spin.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from typing import Callable
+
+import orjson
+
+from .arena import Arena
+from .dispatch import Dispatcher, WorkerView
+from .errors import ConfigError
+from .settings import Settings
+from .workerproc import WorkerListener, WorkerProcess
+
+log = logging.getLogger("pfnode.pool")
+
+CRASH_WINDOW_S = 10.0
+MAX_RESPAWN_DELAY_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneSpec:
+    name: str
+    size: int
+    window: int  # packets one worker may hold (1: one at a time)
+    cpu: int | None = None  # pin every worker of the lane to this core
+    memory_limit_mb: int | None = None  # default address-space cap for its handlers
+    resizable: bool = True
+
+
+def recommended_df_workers(settings: Settings) -> int:
+    """The df lane's size when the settings leave it to capacity."""
+    from .capacity import read_capacity, recommend
+
+    others = {"cf": 1, "ed": settings.ed_workers, "rm": settings.rm_workers}
+    return recommend(read_capacity(), rm_memory_limit_mb=settings.rm_memory_limit_mb,
+                     current=others, df_max_workers=settings.df_max_workers)["df"]
+
+
+def lane_specs(settings: Settings) -> dict[str, LaneSpec]:
+    cf_core = settings.cf_core if settings.cf_core is not None else max(os.sched_getaffinity(0))
+    return {
+        # cf: strictly sequential, so one worker, one packet at a time, one core
+        "cf": LaneSpec("cf", 1, 1, cpu=cf_core, resizable=False),
+        "df": LaneSpec("df", settings.workers or recommended_df_workers(settings), settings.worker_window),
+        # ed: reserved workers that take one packet at a time, so an ed packet never
+        # waits behind df work nor behind another packet prefetched to its worker
+        "ed": LaneSpec("ed", settings.ed_workers, 1),
+        "rm": LaneSpec("rm", settings.rm_workers, 1, memory_limit_mb=settings.rm_memory_limit_mb),
+    }
+
+
+def respawn_delay_s(cause: str, recent: collections.deque[float], now: float) -> float:
+    """How long to wait before replacing a worker that ended with `cause` ("packet": it
+    died running one; "idle" or "start": it died on its own). `recent` holds the times of
+    the lane's earlier on-its-own deaths; this one is added to it."""
+    if cause == "packet":
+        return 0.0
+    recent.append(now)
+    while recent and now - recent[0] > CRASH_WINDOW_S:
+        recent.popleft()
+    if len(recent) < 3:
+        return 0.0
+    return min(MAX_RESPAWN_DELAY_S, 0.25 * len(recent))
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, dispatcher: Dispatcher, listener: WorkerListener,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.listener = listener
+        self.clock = clock
+        self.lanes = lane_specs(settings)
+        self.targets = {name: spec.size for name, spec in self.lanes.items()}  # wanted lane sizes
+        self.handlers: dict[str, dict] = {}  # key -> options (lane, timeout_ms, memory_limit_mb)
+        self.procs: dict[int, WorkerProcess] = {}  # slot -> every live worker, ready or retiring
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.closing = False
+        self._slots = itertools.count()
+        self._starting: set[WorkerProcess] = set()
+        self._spawning: collections.Counter[str] = collections.Counter()  # lane -> on their way
+        self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._background: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        spawns = [self.spawn(name) for name, spec in self.lanes.items() for _ in range(spec.size)]
+        results = await asyncio.gather(*spawns, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.close(grace_s=0)
+            raise errors[0]
+        key_sets = {orjson.dumps(p.handlers, option=orjson.OPT_SORT_KEYS) for p in self.procs.values()}
+        if len(key_sets) > 1:
+            await self.close(grace_s=0)
+            raise ConfigError("workers registered different handlers; check the handler modules "
+                              "for import-time randomness")
+        if self.procs:
+            self.handlers = next(iter(self.procs.values())).handlers
+        log.info("pool: lanes %s ready; %d handlers",
+                 ", ".join(f"{name}={self.lane_size(name)}" for name in self.lanes), len(self.handlers))
+
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        threads = str(self.settings.worker_blas_threads)
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(name, threads)
+        return env
+
+    def _arenas(self, lane: str, slot: int) -> tuple[Arena, Arena] | None:
+        size = self.settings.worker_shm_bytes
+        if not size:
+            return None
+        try:  # bulk payloads through shared memory, both ways
+            inbound = Arena.create(size, f"{slot}-in")
+            try:
+                return inbound, Arena.create(size, f"{slot}-out")
+            except BaseException:
+                inbound.close(unlink=True)
+                raise
+        except OSError as exc:  # no room in /dev/shm, say: the pipes carry everything
+            log.warning("pool: no shared memory for a %s worker (%s); payloads go by pipe", lane, exc)
+            return None
+
+    async def spawn(self, lane: str) -> WorkerProcess:
+        """Start one worker of `lane` and wait until it is ready and takes work."""
+        spec = self.lanes[lane]
+        s = self.settings
+        slot = next(self._slots)
+        self._spawning[lane] += 1
+        try:
+            arenas = self._arenas(lane, slot)
+            config = {"handler_modules": list(s.handler_modules), "slot": slot, "lane": lane,
+                      "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
+                      "arenas": [a.path for a in arenas] if arenas else None,
+                      "shm_threshold_bytes": s.shm_threshold_bytes}
+            try:
+                proc = await WorkerProcess.start(self.listener, lane, slot, config, self._worker_env(), arenas)
+            except BaseException:
+                for arena in arenas or ():
+                    arena.close(unlink=True)
+                raise
+            self._starting.add(proc)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.hello), s.worker_start_timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                proc.kill("start timeout")
+                raise ConfigError(f"{lane} worker (pid {proc.pid}) did not become ready within "
+                                  f"{s.worker_start_timeout_ms} ms") from None
+            except BaseException:
+                proc.kill("start failed")
+                raise
+            finally:
+                self._starting.discard(proc)
+        finally:
+            self._spawning[lane] -= 1
+        if self.closing:
+            proc.close_channel()
+            raise ConfigError("pool closed while a worker was starting")
+        if self.handlers and proc.handlers != self.handlers:
+            proc.kill("handler mismatch")
+            raise ConfigError(f"a new {lane} worker registered different handlers than the others")
+        self.procs[slot] = proc
+        proc.view = self.dispatcher.add(slot, lane, proc)
+        self.counters["workers_started"] += 1
+        return proc
+
+    def forget(self, proc: WorkerProcess) -> bool:
+        """A worker exited; True when it was one of ours that had taken work."""
+        return self.procs.pop(proc.slot, None) is proc
+
+    def replace(self, lane: str, cause: str) -> None:
+        """Start workers until the lane is back at its target, after the respawn delay."""
+        if self.closing:
+            return
+        missing = self.targets[lane] - self.lane_size(lane) - self._spawning[lane]
+        if missing <= 0:
+            return
+        delay = respawn_delay_s(cause, self._deaths[lane], self.clock())
+        for _ in range(missing):
+            self._in_background(self._respawn(lane, delay))
+
+    async def _respawn(self, lane: str, delay_s: float) -> None:
+        if delay_s:
+            self._spawning[lane] += 1  # counted as on its way while it waits
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                self._spawning[lane] -= 1
+        try:
+            proc = await self.spawn(lane)
+        except Exception as exc:
+            if not self.closing:
+                log.error("pool: cannot start a %s worker: %s; retrying", lane, exc)
+                self.replace(lane, "start")
+            return
+        self.counters["workers_replaced"] += 1
+        log.info("pool: %s worker pid %s started", lane, proc.pid)
+        self.listener.on_worker_ready(proc)
+
+    async def resize(self, lane: str, size: int) -> None:
+        """Grow or shrink a lane. Growing waits until the new workers are ready;
+        shrinking retires the least busy workers, which finish what they hold first."""
+        spec = self.lanes[lane]
+        if not spec.resizable and size != spec.size:
+            raise ConfigError(f"the {lane} lane has a fixed size of {spec.size}")
+        self.targets[lane] = size
+        current = self.lane_size(lane) + self._spawning[lane]
+        if size > current:
+            results = await asyncio.gather(*(self.spawn(lane) for _ in range(size - current)),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            for proc in results:
+                if isinstance(proc, WorkerProcess):
+                    self.listener.on_worker_ready(proc)
+            if errors:
+                raise ConfigError(f"could not start {len(errors)} of {size - current} {lane} workers: {errors[0]}")
+        elif size < self.lane_size(lane):
+            for view in self.dispatcher.retire(lane, self.lane_size(lane) - size):
+                if not view.held:
+                    view.handle.close_channel()
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        """Stop every worker: idle ones by closing their input, busy ones (whose packets
+        the pool answered already) by SIGKILL, since a busy worker cannot notice the end
+        of its input until its handler returns, which may be never."""
+        self.closing = True
+        for job in list(self._background):
+            job.cancel()
+        for proc in self._starting:
+            proc.kill("shutdown")
+        procs = list(self.procs.values())
+        for proc in procs:
+            if proc.view is not None and proc.view.held:
+                proc.kill("shutdown")
+            else:
+                proc.close_channel()
+        if not procs:
+            return
+        _, pending = await asyncio.wait([p.exited for p in procs], timeout=grace_s)
+        for proc in procs:
+            if not proc.exited.done():
+                proc.kill("shutdown")
+        if pending:
+            await asyncio.wait([p.exited for p in procs], timeout=5)
+
+    def _in_background(self, coro) -> asyncio.Task:
+        job = asyncio.ensure_future(coro)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+        return job
+
+    # ------------------------------------------------------------------ introspection
+    def lane_size(self, lane: str) -> int:
+        return len(self.dispatcher.members(lane))
+
+    def lane_sizes(self) -> dict[str, int]:
+        return {lane: self.lane_size(lane) for lane in self.lanes}
+
+    def pids(self, lane: str | None = None) -> list[int]:
+        return sorted(p.pid for p in self.procs.values()
+                      if p.pid and p.view is not None and p.view.ready and (lane is None or p.lane == lane))
+
+    def view_of(self, proc: WorkerProcess) -> WorkerView | None:
+        return proc.view
