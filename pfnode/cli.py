@@ -64,8 +64,12 @@ def _add_node_options(parser: argparse.ArgumentParser, defaults: Settings) -> No
     parser.add_argument("--max-inflight-per-connection", type=int,
                        default=defaults.max_inflight_per_connection,
                        help="a peer's reads pause at this many unanswered packets (default %(default)s)")
-    parser.add_argument("--worker-prefetch", type=int, default=defaults.worker_prefetch,
-                       help="packets handed to a worker ahead of its answers (default %(default)s)")
+    parser.add_argument("--worker-window", type=int, default=defaults.worker_window,
+                       help="most packets one df worker holds at once (default %(default)s; 1: "
+                       "one at a time)")
+    parser.add_argument("--prefetch-ms", type=float, default=defaults.prefetch_ms,
+                       help="estimated work a df worker holds beyond the packet it runs (default "
+                       "%(default)s)")
     parser.add_argument("--heartbeat-interval-ms", type=int, default=defaults.heartbeat_interval_ms,
                        help="heartbeat period; peers silent for 3 periods are dropped (default %(default)s)")
     parser.add_argument("--shutdown-grace-ms", type=int, default=defaults.shutdown_grace_ms,
@@ -90,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reroute-grace-ms", type=int, default=defaults.reroute_grace_ms,
                        help="how long a forwarded packet whose reactor disconnected waits for "
                        "another (default %(default)s)")
+    serve.add_argument("--probe-ms", type=int, default=defaults.probe_ms,
+                       help="how long a link that never answered a forwarded packet nor announced "
+                       "what it runs may take to answer one before the next is asked (default "
+                       "%(default)s)")
     _add_node_options(serve, defaults)
 
     connect = commands.add_parser(
@@ -135,7 +143,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("picows").setLevel(logging.ERROR)
     if args.command == "serve":
         network = dict(host=args.host, port=args.port, path=args.path,
-                       hub_routing=args.hub_routing, reroute_grace_ms=args.reroute_grace_ms)
+                       hub_routing=args.hub_routing, reroute_grace_ms=args.reroute_grace_ms,
+                       probe_ms=args.probe_ms)
     else:
         network = dict(reconnect_min_ms=args.reconnect_min_ms, reconnect_max_ms=args.reconnect_max_ms)
     settings = Settings(**network, transport=args.transport, workers=args.workers,
@@ -147,7 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
                         handler_modules=args.handlers, default_timeout_ms=args.default_timeout_ms,
                         max_frame_bytes=args.max_frame_bytes,
                         max_inflight_per_connection=args.max_inflight_per_connection,
-                        worker_prefetch=args.worker_prefetch,
+                        worker_window=args.worker_window, prefetch_ms=args.prefetch_ms,
                         heartbeat_interval_ms=args.heartbeat_interval_ms,
                         shutdown_grace_ms=args.shutdown_grace_ms, log_level=args.log_level)
     run(settings, connect_url)

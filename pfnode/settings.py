@@ -32,9 +32,11 @@ class Settings:
     cf_core: int | None = None  # the core the cf worker is pinned to; None: the last usable one
     rm_memory_limit_mb: int = 1024  # address space an rm handler may add to its worker
     handler_modules: tuple[str, ...] = DEFAULT_HANDLER_MODULES
-    # How many packets the front hands one df worker before it has answered any;
-    # >1 hides the pipe round trip for small packets. cf, ed and rm workers take one at a time.
-    worker_prefetch: int = 4
+    # Prefetch (pfnode/dispatch.py): besides the packet it runs, a df worker holds about
+    # prefetch_ms of estimated work (its handlers' moving average run times), and at most
+    # worker_window packets in all; cf, ed and rm workers take one at a time.
+    prefetch_ms: float = 1.0
+    worker_window: int = 32
     worker_start_timeout_ms: int = 30_000
     # Threads for numpy's BLAS in each worker: the pool parallelises across processes,
     # so more threads per worker only oversubscribe the cores.
@@ -72,6 +74,9 @@ class Settings:
     hub_routing: bool = True
     # How long a forwarded packet whose reactor went away waits for another (within its deadline)
     reroute_grace_ms: int = 10_000
+    # How long a link that never answered a forwarded packet nor announced capabilities
+    # is given to answer one before the hub asks the next (a plain client gets PF001 then)
+    probe_ms: int = 500
 
     # Dial-out (`pfnode connect`, pfnode/dialout.py): reconnect delays grow from min to max,
     # doubled each failed try, with random jitter; answers are kept this many packets back
@@ -103,13 +108,15 @@ class Settings:
                             f"{sorted(os.sched_getaffinity(0))}")
         if not 1 <= self.df_min_workers <= self.df_max_workers:
             problems.append("need 1 <= df_min_workers <= df_max_workers")
-        if self.worker_prefetch < 1:
-            problems.append(f"worker_prefetch must be >= 1, got {self.worker_prefetch}")
+        if self.worker_window < 1:
+            problems.append(f"worker_window must be >= 1, got {self.worker_window}")
+        if self.prefetch_ms < 0:
+            problems.append(f"prefetch_ms must be >= 0, got {self.prefetch_ms}")
         for name in ("default_timeout_ms", "max_timeout_ms", "max_frame_bytes",
                      "max_inflight_per_connection", "heartbeat_interval_ms",
                      "heartbeat_missed_limit", "worker_start_timeout_ms", "rm_memory_limit_mb",
                      "max_queued", "result_store_entries", "result_store_age_ms", "result_store_bytes",
-                     "autoscale_interval_ms", "worker_blas_threads", "reroute_grace_ms",
+                     "autoscale_interval_ms", "worker_blas_threads", "reroute_grace_ms", "probe_ms",
                      "reconnect_min_ms", "reconnect_max_ms", "replay_entries"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")

@@ -11,14 +11,14 @@ import asyncio
 import collections
 import os
 import time
+from typing import Callable
 
 from picows import (WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport,
                     WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_connect,
                     ws_create_server)
 from websockets.frames import apply_mask  # C speedup where built, as in websockets' own frames
 
-from .dialout import OPEN_TIMEOUT_S, UplinkRules
-from .front import Node, PeerLink, hard_frame_limit
+from .link import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 
@@ -36,12 +36,12 @@ def text_header(size: int, masked: bool = False) -> bytes:
 
 
 class PicowsLink(PeerLink, WSListener):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeInterface) -> None:
         PeerLink.__init__(self, node, "?")
         self.transport: WSTransport | None = None
         self._parts: list[bytes] | None = None  # a fragmented message being assembled
         self._parts_size = 0
-        self._limit = hard_frame_limit(node.settings)
+        self._limit = hard_frame_limit(node.settings.max_frame_bytes)
         self._pending: list[bytes] = []  # frames to send at the end of this loop turn
 
     # -- picows callbacks
@@ -135,15 +135,16 @@ class PicowsLink(PeerLink, WSListener):
             await asyncio.sleep(0.01)
 
 
-async def serve(node: Node) -> asyncio.Server:
+async def serve(node: NodeInterface) -> asyncio.Server:
     s = node.settings
 
     def route(request: WSUpgradeRequest):
         path = request.path.decode() if isinstance(request.path, bytes) else request.path
-        reply = node.http_route(path, "websocket" in request.headers.get("Upgrade", "").lower())
+        reply = node.http_route(path, "websocket" in request.headers.get("Upgrade", "").lower(),
+                                request.headers)
         if reply is None:
             return PicowsLink(node)
-        headers = {"Content-Type": reply.content_type, "Cache-Control": "no-store"}
+        headers = {"Content-Type": reply.content_type, "Cache-Control": "no-store", **dict(reply.headers)}
         if reply.status == 200:
             response = WSUpgradeResponse.create_ok_response(reply.body, headers)
         else:
@@ -152,7 +153,7 @@ async def serve(node: Node) -> asyncio.Server:
 
     return await ws_create_server(
         route, s.host, s.port,
-        max_frame_size=hard_frame_limit(s),
+        max_frame_size=hard_frame_limit(s.max_frame_bytes),
         # picows' own auto-ping breaks its plain-HTTP answers (/healthz); the node's
         # heartbeat loop sends the WebSocket pings instead (see PicowsLink.ping)
         enable_auto_ping=False,
@@ -160,29 +161,35 @@ async def serve(node: Node) -> asyncio.Server:
     )
 
 
-class PicowsUplink(UplinkRules, PicowsLink):
-    """The dial-out uplink on picows (pfnode/dialout.py): one listener across connections,
+class PicowsUplinkLink(PicowsLink):
+    """The dial-out uplink (pfnode/dialout.py) on picows: one listener across connections,
     `transport` being the connection of the moment (None between two). Frames written
-    while there is none wait in the outbox for the next, after its announcement."""
+    while there is none wait in the outbox for the next, after its `greeting()`."""
 
-    def __init__(self, node: Node, url: str) -> None:
+    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes]) -> None:
         PicowsLink.__init__(self, node)
         self.peer = self.url = url
-        self._init_uplink()
+        self.greeting = greeting
+        self.final = False  # closed by us for good (shutdown): do not dial again
         self._outbox: collections.deque[bytes] = collections.deque()
         self._close_code: int | None = None
+        self._next: WSTransport | None = None
 
     @property
     def connected(self) -> bool:
         return self.transport is not None and not self.transport.is_disconnected
 
+    @property
+    def waiting(self) -> int:
+        return len(self._outbox)
+
     # -- picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport  # the node knows this link since dialling began: no on_open
         self._close_code = None
-        self._connection_opened(len(self._outbox))
+        hello = self.greeting()
         waiting, self._outbox = self._outbox, collections.deque()
-        for frame in (self.node.announcement(), *waiting):
+        for frame in (hello, *waiting):
             self._write(frame)
         if self.reading_paused:
             transport.underlying_transport.pause_reading()
@@ -230,7 +237,8 @@ class PicowsUplink(UplinkRules, PicowsLink):
             self.transport.send_ping()
 
     def close(self, code: int, reason: str) -> None:
-        self._closing(code)
+        if code == 1001:
+            self.final = True
         PicowsLink.close(self, code, reason)
 
     async def flush(self, timeout_s: float) -> None:
@@ -241,7 +249,7 @@ class PicowsUplink(UplinkRules, PicowsLink):
     async def connect(self) -> None:
         try:
             transport, _ = await ws_connect(lambda: self, self.url, websocket_handshake_timeout=OPEN_TIMEOUT_S,
-                                            max_frame_size=hard_frame_limit(self.node.settings),
+                                            max_frame_size=hard_frame_limit(self.node.settings.max_frame_bytes),
                                             enable_auto_ping=False, enable_auto_pong=True)
         except WSError as exc:  # a refused or broken handshake
             raise ConnectionError(str(exc)) from exc

@@ -4,20 +4,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from typing import Callable
 
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve as ws_serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
-from .front import Node, PeerLink, hard_frame_limit
+from .link import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit
 
 
 class WebsocketsLink(PeerLink):
     """A link over a websockets connection: a server's (here) or a client's (the dial-out
-    uplink, pfnode/dialout.py, which subclasses it)."""
+    uplink, below)."""
 
-    def __init__(self, node: Node, ws: ServerConnection | None, peer: str | None = None) -> None:
+    def __init__(self, node: NodeInterface, ws: ServerConnection | None, peer: str | None = None) -> None:
         if peer is None:
             address = ws.remote_address if ws is not None else None
             peer = "%s:%s" % address[:2] if address else "?"
@@ -39,11 +41,12 @@ class WebsocketsLink(PeerLink):
         self._readable.set()
 
     def close(self, code: int, reason: str) -> None:
-        asyncio.ensure_future(self.ws.close(code, reason))
+        if self.ws is not None:
+            asyncio.ensure_future(self.ws.close(code, reason))
 
     async def flush(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while self._outgoing and time.monotonic() < deadline:
+        while self._outgoing and self.ws is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     async def write_loop(self, ws) -> None:
@@ -70,33 +73,38 @@ class WebsocketsLink(PeerLink):
             writer.cancel()
 
     async def read_loop(self, ws) -> None:
-        async for message in ws:
+        while True:
+            # undecoded: a text frame's UTF-8 is checked by the node's decoder, so that
+            # both transports answer an invalid one the same way (PF400, connection open)
+            message = await ws.recv(decode=False)
             self.deliver(message)
-            if self.reading_paused:
+            if self._pause_reasons:
                 await self._readable.wait()
 
 
 def connection_options(s) -> dict:
-    """What our websockets connections are, serving or dialling out (pfnode/dialout.py)."""
+    """What our websockets connections are, serving or dialling out."""
     return dict(
-        max_size=hard_frame_limit(s),
+        max_size=hard_frame_limit(s.max_frame_bytes),
         compression=None,  # per-message deflate costs more CPU than it saves on loopback/LAN
         ping_interval=s.heartbeat_interval_ms / 1000,
         ping_timeout=s.heartbeat_interval_ms * s.heartbeat_missed_limit / 1000,
     )
 
 
-async def serve(node: Node) -> Server:
+async def serve(node: NodeInterface) -> Server:
     s = node.settings
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        reply = node.http_route(request.path, "websocket" in request.headers.get("Upgrade", "").lower())
+        peer = connection.remote_address
+        reply = node.http_route(request.path, "websocket" in request.headers.get("Upgrade", "").lower(),
+                                request.headers, "%s:%s" % peer[:2] if peer else None)
         if reply is None:
             return None
         return Response(reply.status, reply.reason,
                         Headers([("Content-Type", reply.content_type),
                                  ("Content-Length", str(len(reply.body))),
-                                 ("Cache-Control", "no-store")]), reply.body)
+                                 ("Cache-Control", "no-store"), *reply.headers]), reply.body)
 
     async def handle(ws: ServerConnection) -> None:
         link = WebsocketsLink(node, ws)
@@ -108,3 +116,47 @@ async def serve(node: Node) -> Server:
 
     return await ws_serve(handle, s.host, s.port, process_request=process_request, max_queue=64,
                           **connection_options(s))
+
+
+class WebsocketsUplinkLink(WebsocketsLink):
+    """The dial-out uplink (pfnode/dialout.py) on the websockets library: one link for the
+    node's life; `ws` is the connection of the moment (None between two), and frames wait
+    in the outgoing queue until written to one. `greeting()` is sent first on each."""
+
+    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes]) -> None:
+        super().__init__(node, None, peer=url)
+        self.url = url
+        self.greeting = greeting
+        self.final = False  # closed by us for good (shutdown): do not dial again
+        self._next = None
+
+    @property
+    def connected(self) -> bool:
+        return self.ws is not None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._outgoing)
+
+    def close(self, code: int, reason: str) -> None:
+        if code == 1001:
+            self.final = True
+        super().close(code, reason)
+
+    async def connect(self) -> None:
+        try:
+            self._next = await connect(self.url, open_timeout=OPEN_TIMEOUT_S,
+                                       **connection_options(self.node.settings))
+        except InvalidHandshake as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    async def run_connection(self) -> int | None:
+        """Serve the hub over the new connection until it closes; returns its close code."""
+        ws = self.ws = self._next
+        self._outgoing.appendleft(self.greeting())
+        self._wake.set()
+        try:
+            await self.converse(ws)
+        finally:
+            self.ws = None
+        return ws.close_code

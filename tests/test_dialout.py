@@ -149,7 +149,7 @@ def test_the_hub_routes_packets_to_a_dial_out_node(fresh_node, connectors):
                 assert big.data == text.upper(), size
             # the dial-out node announced what it runs: for anything else the hub needs not ask
             missing = await client.submit("df", "nowhere", 1)
-            assert missing.error_code == "PF003", missing
+            assert missing.error_code == "PF001", missing
             # the hub's own handlers still run at the hub
             pid = await client.submit("df", "pid", None)
             assert pid.ok

@@ -227,9 +227,10 @@ def test_raising_handler_gives_PF500_with_the_exception_text_and_the_node_keeps_
     assert node.health()["worker_pids"] == pids_before
 
 
-def test_unknown_element_is_offered_to_the_connected_peer_then_answered_PF003(node):
+def test_unknown_element_is_offered_to_the_connected_peer_then_answered_PF001(node):
     """Hub routing: with no local handler, the node asks the connected peers (here only the
-    submitter's own link) to run it; a PF001 answer means "cannot", and none left gives PF003."""
+    submitter's own link) to run it; a PF001 answer means "cannot", and when nobody can run
+    the key the submitter gets PF001, the spec's code for "no handler"."""
     async def go():
         async with Raw(node.endpoint) as raw:
             pkt = packet("no_such_element", "x", timeout_ms=5000)
@@ -247,19 +248,49 @@ def test_unknown_element_is_offered_to_the_connected_peer_then_answered_PF003(no
             assert reply["type"] == "result" and reply["seq"] == 31, reply
             assert reply["payload"]["packet_id"] == pkt["id"]
             assert reply["payload"]["status"] == "error"
-            assert reply["payload"]["error"]["code"] == "PF003"
-            assert "df:no_such_element" in reply["payload"]["error"]["message"]
+            assert reply["payload"]["error"]["code"] == "PF001"
+            message = reply["payload"]["error"]["message"]
+            assert "df:no_such_element" in message and "has no handler" in message, message
             assert "data" not in reply["payload"]
             # the node remembers that this peer cannot: the next one is answered at once
             pkt2 = packet("no_such_element", "y")
             await raw.submit(32, pkt2)
             reply = await raw.recv()
-            assert (reply["type"], reply["seq"], reply["payload"]["error"]["code"]) == ("result", 32, "PF003")
+            assert (reply["type"], reply["seq"], reply["payload"]["error"]["code"]) == ("result", 32, "PF001")
             await raw.roundtrip()
         # our own reactor announces what it runs (nothing), so it is not asked
         async with Reactor(node.endpoint) as reactor:
             result = await reactor.submit("ed", "notify_users", {"message": "hi"})
-            assert result.error_code == "PF003", result
+            assert result.error_code == "PF001", result
+    run(go())
+
+
+def test_a_plain_client_that_never_answers_gets_PF001_within_the_probe_window(node):
+    """A raw client that is no reactor receives its own packet once (the spec's usage
+    example needs that), ignores it, and gets PF001 after the probe window (500 ms by
+    default), not after the packet's whole deadline (30 s)."""
+    async def go():
+        async with Raw(node.endpoint) as raw:
+            pkt = packet("nope", 1)  # no timeout_ms: the default deadline is 30 s
+            started = time.monotonic()
+            await raw.submit(7, pkt)
+            offered = await raw.recv()
+            assert offered["type"] == "submit" and offered["payload"]["id"] == pkt["id"], offered
+            reply = await raw.recv(5)
+            elapsed = time.monotonic() - started
+            assert reply["type"] == "result" and reply["seq"] == 7, reply
+            assert reply["payload"]["error"]["code"] == "PF001", reply
+            assert "did not answer within 500 ms" in reply["payload"]["error"]["message"], reply
+            assert 0.4 <= elapsed < 2.0, elapsed
+            # not asked again: it never answered anything, so the next one is PF001 at once
+            started = time.monotonic()
+            await raw.submit(8, packet("nope", 2))
+            reply = await raw.recv(5)
+            assert reply["payload"]["error"]["code"] == "PF001" and time.monotonic() - started < 0.4, reply
+            # a late answer to the first one goes nowhere, and the link keeps working
+            await raw.send(frame("result", 0, {"packet_id": pkt["id"], "status": "success",
+                                                "data": "late", "duration_ms": 0}))
+            await raw.roundtrip()
     run(go())
 
 
@@ -615,10 +646,10 @@ def test_unknown_http_path_is_404_and_a_plain_get_on_the_endpoint_is_426(node):
     assert http_get(node.http, "/packetflow/v1")[0] == 426
 
 
-def test_priority_orders_queued_packets_when_prefetch_is_one(fresh_node):
-    # One worker that takes one packet at a time: while it is busy, queued packets must
-    # then run highest priority first, FIFO within one priority.
-    n = fresh_node("--worker-prefetch", "1", workers=1)
+def test_priority_orders_queued_packets_behind_a_busy_worker(fresh_node):
+    # One worker, default prefetch: while it is busy, queued packets of a key never run
+    # before are not prefetched to it, so they run highest priority first, FIFO within one.
+    n = fresh_node(workers=1)
     order = [(1, "low-a"), (5, "mid-a"), (10, "high-a"), (1, "low-b"), (10, "high-b"), (5, "mid-b")]
 
     async def go():
@@ -651,3 +682,26 @@ def test_a_fragmented_message_is_reassembled_and_answered(node):
     assert reply["type"] == "result" and reply["seq"] == 77
     assert reply["payload"]["data"] == "IN THREE PIECES"
     assert ok["payload"]["data"] == "AND WHOLE"
+
+
+def test_prefetch_does_not_defeat_priority_for_slow_handlers(fresh_node):
+    """The df lane busy with 150 ms packets; six priority-1 packets submitted just before six
+    priority-10 ones: a worker holds only the packet it runs (its estimated work is far over
+    the 1 ms prefetch), so every priority-10 packet finishes before any priority-1 one."""
+    n = fresh_node(workers=2)
+
+    async def go():
+        async with Raw(n.endpoint) as raw:
+            await raw.roundtrip("sleep", 0.15)  # the node learns how long df:sleep takes
+            for seq in (1, 2):  # both workers busy
+                await raw.submit(seq, packet("sleep", 0.15))
+            await asyncio.sleep(0.05)
+            for seq in range(10, 16):
+                await raw.submit(seq, packet("sleep", 0.15, priority=1))
+            for seq in range(20, 26):
+                await raw.submit(seq, packet("sleep", 0.15, priority=10))
+            return await raw.recv_n(14, 10)
+    replies = run(go())
+    assert all(r["payload"]["status"] == "success" for r in replies), replies
+    order = [r["seq"] for r in replies if r["seq"] >= 10]
+    assert max(order.index(seq) for seq in range(20, 26)) < min(order.index(seq) for seq in range(10, 16)), order

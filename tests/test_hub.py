@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from pfnode.client import Reactor
-from pfnode.hub import ReactorProfile, rank_targets
+from pfnode.hub import LinkRoutes, ReactorProfile, rank_targets
 from tests.conftest import start_node
 from tests.e2e_util import Raw, frame, new_id, packet, run
 
@@ -401,7 +401,7 @@ def test_a_busy_or_stopping_reactor_passes_the_packet_on_and_alone_its_code_is_r
     run(go(), 20)
 
 
-def test_all_refuse_gives_pf003_naming_everyone_asked_with_the_submitter_last(hub):
+def test_all_refuse_gives_pf001_naming_everyone_asked_with_the_submitter_last(hub):
     async def go():
         await links_settle(hub, 0)
         async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:  # neither says what it runs
@@ -411,7 +411,7 @@ def test_all_refuse_gives_pf003_naming_everyone_asked_with_the_submitter_last(hu
             await r.send(refusal(pkt["id"], sub["seq"]))
             mine = await offered(s, pkt)
             await s.send(refusal(pkt["id"], 0))
-            msg = error_of(await reply_to(s, 31), "PF003")
+            msg = error_of(await reply_to(s, 31), "PF001")
             assert KEY in msg and "asked: " in msg, msg
             asked = msg.split("asked: ", 1)[1]
             assert asked.index(peer_of(r)) < asked.index(peer_of(s)), msg
@@ -423,7 +423,7 @@ def test_all_refuse_gives_pf003_naming_everyone_asked_with_the_submitter_last(hu
             await s.submit(32, pkt2)
             reply = await reply_to(s, 32)
             assert reply["packet_id"] == pkt2["id"]
-            assert "asked" not in error_of(reply, "PF003")
+            assert "asked" not in error_of(reply, "PF001")
             await silence(r)
     run(go(), 20)
 
@@ -488,14 +488,14 @@ def test_announced_capabilities_are_authoritative_and_replace_each_other(hub):
             hb = await announce(r, ["df:hub_other"], seq=55)
             assert hb["type"] == "heartbeat" and hb["seq"] == 55
             assert hb["payload"]["node"]["status"] == "ready"
-            # r said it does not run df:hub_job: not asked, PF003 at once
+            # r said it does not run df:hub_job: not asked, PF001 at once
             pkt = job(timeout_ms=5000)
             started = time.monotonic()
             await s.submit(1, pkt)
             reply = await reply_to(s, 1)
             assert time.monotonic() - started < 1.0
             assert reply["packet_id"] == pkt["id"]
-            assert "asked" not in error_of(reply, "PF003")
+            assert "asked" not in error_of(reply, "PF001")
             await silence(r)
             # what it announced it is asked for
             other = job(timeout_ms=5000, element="hub_other")
@@ -507,7 +507,7 @@ def test_announced_capabilities_are_authoritative_and_replace_each_other(hub):
             await announce(r, [KEY], seq=56)
             other2 = job(timeout_ms=5000, element="hub_other")
             await s.submit(3, other2)
-            error_of(await reply_to(s, 3), "PF003")
+            error_of(await reply_to(s, 3), "PF001")
             await silence(r, 0.1)
             pkt2 = job(timeout_ms=5000)
             await s.submit(4, pkt2)
@@ -518,7 +518,7 @@ def test_announced_capabilities_are_authoritative_and_replace_each_other(hub):
             await announce(r, [], seq=57)
             pkt3 = job(timeout_ms=5000)
             await s.submit(5, pkt3)
-            error_of(await reply_to(s, 5), "PF003")
+            error_of(await reply_to(s, 5), "PF001")
             await silence(r, 0.1)
 
         # an announcement also overrides a PF001 learnt earlier
@@ -529,7 +529,7 @@ def test_announced_capabilities_are_authoritative_and_replace_each_other(hub):
             await s.submit(1, pkt)
             sub = await offered(r, pkt)
             await r.send(refusal(pkt["id"], sub["seq"]))
-            error_of(await reply_to(s, 1), "PF003")
+            error_of(await reply_to(s, 1), "PF001")
             await announce(r, ["df:hub_third"])
             pkt = job(timeout_ms=5000, element="hub_third")
             await s.submit(2, pkt)
@@ -560,7 +560,7 @@ def test_malformed_capabilities_are_ignored_and_the_heartbeat_still_answered(hub
             await announce(r, ["df:hub_job", 5], seq=81)
             pkt = job(timeout_ms=5000)
             await s.submit(2, pkt)
-            error_of(await reply_to(s, 2), "PF003")
+            error_of(await reply_to(s, 2), "PF001")
             await silence(r, 0.1)
             other = job(timeout_ms=5000, element="hub_other")
             await s.submit(3, other)
@@ -584,7 +584,7 @@ def test_python_reactor_announces_at_start_and_on_register(hub):
                 await ra.heartbeat()  # its announcement, sent at start, has arrived
                 # it said it runs df:hub_a only: not asked for df:hub_b
                 result = await s.submit("df", "hub_b", 1, timeout_ms=5000)
-                assert result.error_code == "PF003", result
+                assert result.error_code == "PF001", result
                 assert "asked" not in result.error["message"], result
 
                 async def hub_b(data, ctx):
@@ -636,14 +636,14 @@ def test_a_spec_pure_reactor_is_learnt_by_probing(hub):
                 result = await s.submit("df", "hub_pure", "xyz", timeout_ms=5000)
                 assert result.ok and result.data == "zyx", result
                 await silence(p)
-                # a key neither runs: both asked (in either order), then PF003 naming both
+                # a key neither runs: both asked (in either order), then PF001 naming both
                 pid = new_id("none")
                 task = asyncio.ensure_future(s.submit("df", "hub_nobody", 0, timeout_ms=5000, packet_id=pid))
                 sub = await offered(p)
                 assert sub["payload"]["id"] == pid
                 await p.send(refusal(pid))
                 result = await task
-                assert result.error_code == "PF003", result
+                assert result.error_code == "PF001", result
                 msg = result.error["message"]
                 assert peer_of(p) in msg and reactor_peer(rn) in msg, msg
     run(go(), 20)
@@ -656,6 +656,7 @@ def test_pf504_at_the_deadline_the_silent_link_skipped_until_its_late_answer(hub
         await links_settle(hub, 0)
         async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
             await announce(s, [])
+            await announce(r, [KEY, "df:hub_other"])  # announced: no probe window, its deadline
             pkt = job("slow", timeout_ms=1000)
             started = time.monotonic()
             await s.submit(41, pkt)
@@ -674,7 +675,8 @@ def test_pf504_at_the_deadline_the_silent_link_skipped_until_its_late_answer(hub
                 reply = await reply_to(s, seq)
                 assert time.monotonic() - started < 1.0
                 assert reply["packet_id"] == later["id"]
-                assert "asked" not in error_of(reply, "PF003")
+                msg = error_of(reply, "PF003")  # a reactor runs it, but it does not answer
+                assert "asked" not in msg and peer_of(r) in msg and "did not answer" in msg, msg
             await silence(r, 0.1)
             # its late answer goes to nobody, but shows r is a (slow) reactor that runs KEY
             await r.send(result_frame(pkt["id"], sub["seq"], data="late"))
@@ -941,17 +943,19 @@ def test_sigterm_while_forwarded_answers_pf503_after_the_grace(fresh_node):
 @dataclasses.dataclass(eq=False)
 class FakeLink:
     name: str
-    load: int = 0
     closed: bool = False
-    uplink: bool = False
-    reactor: ReactorProfile = dataclasses.field(default_factory=ReactorProfile)
-    forwarded: dict = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.forwarded = {f"p{i}": None for i in range(self.load)}
-
-    def __repr__(self) -> str:
+    @property
+    def peer(self) -> str:
         return self.name
+
+
+def routes(name: str, load: int = 0, closed: bool = False, profile: ReactorProfile | None = None) -> LinkRoutes:
+    r = LinkRoutes(FakeLink(name, closed))
+    r.held = {f"p{i}": None for i in range(load)}
+    if profile is not None:
+        r.profile = profile
+    return r
 
 
 def test_reactor_profile_verdicts():
@@ -996,36 +1000,36 @@ def test_reactor_profile_verdicts():
 def test_rank_targets_known_least_loaded_then_unknown_with_the_origin_last():
     key = "df:k"
 
-    def can(link):
-        link.reactor.learn(key, True)
-        return link
+    def can(r):
+        r.profile.learn(key, True)
+        return r
 
-    origin = FakeLink("origin")
-    k1, k2 = can(FakeLink("k1", load=3)), can(FakeLink("k2", load=1))
-    ann = FakeLink("ann", load=2)
-    ann.reactor.announced = frozenset({key})
-    u1, u2 = FakeLink("u1", load=2), FakeLink("u2")
+    origin = routes("origin")
+    k1, k2 = can(routes("k1", load=3)), can(routes("k2", load=1))
+    ann = routes("ann", load=2)
+    ann.profile.announced = frozenset({key})
+    u1, u2 = routes("u1", load=2), routes("u2")
     skipped = []
-    no = FakeLink("refused")
-    no.reactor.learn(key, False)
-    silent = FakeLink("silent", reactor=ReactorProfile(silent=True))
-    ann_no = FakeLink("ann_no")
-    ann_no.reactor.announced = frozenset({"df:other"})
-    ann_no.reactor.learn(key, True)  # the announcement wins over what was learnt
-    closed, uplink = can(FakeLink("closed", closed=True)), can(FakeLink("uplink", uplink=True))
-    skipped += [no, silent, ann_no, closed, uplink]
-    tried = can(FakeLink("tried"))
-    links = [origin, k1, k2, ann, u1, u2, tried, *skipped]
+    no = routes("refused")
+    no.profile.learn(key, False)
+    silent = routes("silent", profile=ReactorProfile(silent=True))
+    ann_no = routes("ann_no")
+    ann_no.profile.announced = frozenset({"df:other"})
+    ann_no.profile.learn(key, True)  # the announcement wins over what was learnt
+    closed = can(routes("closed", closed=True))
+    skipped += [no, silent, ann_no, closed]
+    tried = can(routes("tried"))
+    table = [origin, k1, k2, ann, u1, u2, tried, *skipped]
     rng = random.Random(7)
-    for _ in range(20):  # whatever order the node's set yields them in
-        rng.shuffle(links)
-        assert rank_targets(links, key, origin, {tried}) == [k2, ann, k1, u2, u1, origin]
+    for _ in range(20):  # whatever order the node's table yields them in
+        rng.shuffle(table)
+        assert rank_targets(table, key, origin.link, {tried}) == [k2, ann, k1, u2, u1, origin]
 
     # the origin known to run it ranks by load with the other known links
     can(origin)
-    assert rank_targets(links, key, origin, {tried}) == [origin, k2, ann, k1, u2, u1]
+    assert rank_targets(table, key, origin.link, {tried}) == [origin, k2, ann, k1, u2, u1]
     # another key: only the unknown count (the silent and announcing links are out)
-    assert set(rank_targets(links, "df:z", origin, set())) == {origin, k1, k2, u1, u2, no, tried}
-    assert rank_targets(links, "df:z", origin, set())[-1] is origin
-    assert rank_targets([], key, origin, set()) == []
-    assert rank_targets(links, key, origin, set(links)) == []
+    assert set(rank_targets(table, "df:z", origin.link, set())) == {origin, k1, k2, u1, u2, no, tried}
+    assert rank_targets(table, "df:z", origin.link, set())[-1] is origin
+    assert rank_targets([], key, origin.link, set()) == []
+    assert rank_targets(table, key, origin.link, set(table)) == []

@@ -70,7 +70,7 @@ CLIENT_CHECKS = [
     "unicode",              # UTF-8 both ways
     "large_frame",          # 300 kB each way (64-bit frame lengths, many TCP segments)
     "handler_error",        # df:boom raises in the node's worker: result status error, PF500
-    "unknown_element",      # df:no_such_element: no reactor runs it: result status error, PF003
+    "unknown_element",      # df:no_such_element: no reactor runs it: result status error, PF001
     "forwarded_to_self",    # ... after the node asked this reactor (submit in, PF001 result out, seq 0)
     "concurrent_50",        # 50 in flight, each answer matched to its own submit by seq
     "invalid_priority",     # priority 11 -> error frame PF002: {:error, payload}

@@ -52,7 +52,7 @@ EXPECTED_CHECKS = [
     "process_data",       # df:process_data {items: [1..5]} priority 7 -> 30
     "validate_null",      # cf:validate null -> {valid: false}
     "validate_value",     # cf:validate "x" -> {valid: true}
-    "unknown_element",    # forwarded, no reactor can run it: result status error, PF003
+    "unknown_element",    # forwarded, no reactor can run it: result status error, PF001
     "concurrent_200",     # 200 in flight, each answer matched to its own submit by seq
     "invalid_priority",   # priority 11 -> error frame PF002, submit rejects
     "open_after_error",   # the connection survives the bad message
@@ -300,7 +300,8 @@ def test_ts_reactor_killed_mid_packet_gives_pf003_not_a_timeout(bare_node, node_
                 killed_at = time.monotonic()
                 result = await within(task, 8, "result for the packet whose TS reactor was killed")
                 took = time.monotonic() - killed_at
-                # with the only capable reactor gone, a new packet for it is PF003 at once
+                # the hub never learnt that the dead reactor ran df:ts_double (it announced nothing
+                # and answered nothing): nobody runs it, PF001 at once
                 later = await within(client.submit("df", "ts_double", {"items": [1]}, timeout_ms=TIMEOUT_MS),
                                      8, "result for a packet sent after the only capable reactor died")
                 return pid, result, took, later
@@ -314,7 +315,7 @@ def test_ts_reactor_killed_mid_packet_gives_pf003_not_a_timeout(bare_node, node_
     # parked for the reroute grace (no other reactor runs df:ts_slow), then PF003: long before
     # the packet's own 20 s deadline
     assert took < REROUTE_GRACE_MS / 1000 + 3, f"the PF003 came {took:.2f} s after the TS reactor died"
-    assert later.error_code == "PF003", later
+    assert later.error_code == "PF001", later
     assert bare_node.proc.poll() is None, bare_node.log()
 
 

@@ -263,13 +263,13 @@ defmodule Interop.Client do
     end)
 
     # No handler on the node: the node asks its connected reactors, this one included (which
-    # answers PF001, having no such handler either), then answers PF003.
+    # answers PF001, having no such handler either), then answers PF001: nobody runs it.
     unknown_id = uuid()
 
     check("unknown_element", fn ->
       result = Reactor.submit(%{id: unknown_id, group: "df", element: "no_such_element",
                                 data: 1, priority: 5})
-      expect_error(result, unknown_id, "PF003")
+      expect_error(result, unknown_id, "PF001")
     end)
 
     check("forwarded_to_self", fn ->

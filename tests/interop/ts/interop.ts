@@ -153,12 +153,12 @@ async function main(): Promise<void> {
 
   // A packet the node accepted but has no handler for: the node forwards it to its connected
   // reactors (this one included, which answers PF001 as the spec's processPacket does); none can
-  // run it, so the result is status error, PF003 (no reactor).
+  // run it, so the result is status error, PF001 (no handler, here or on any reactor).
   await check('unknown_element', async () => {
     const id = randomUUID();
     const result = await reactor.submit({ id, group: 'df', element: 'no_such_element', data: 1, priority: 5 });
-    const ok = result.status === 'error' && result.packet_id === id && result.error?.code === 'PF003';
-    return [ok, { expected: { packet_id: id, status: 'error', code: 'PF003' }, got: result }];
+    const ok = result.status === 'error' && result.packet_id === id && result.error?.code === 'PF001';
+    return [ok, { expected: { packet_id: id, status: 'error', code: 'PF001' }, got: result }];
   });
 
   // 200 submits in flight at once: each promise must get its own packet's answer (seq matching).

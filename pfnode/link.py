@@ -1,0 +1,142 @@
+"""What a transport and the node share: one connected peer (`PeerLink`), the node's
+interface as a transport sees it (`NodeInterface`), and a plain HTTP answer.
+
+A transport (pfnode/ws_picows.py, pfnode/ws_websockets.py) depends on this module only:
+it starts listening, asks `node.http_route` what to answer a plain HTTP request with,
+creates one `PeerLink` per connection, hands it each complete message (`deliver`) and
+implements `_write`, `_pause`/`_resume` (reading), `close`, `flush` and `ping`. Every
+protocol rule lives in the node, so the transports behave identically.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import time
+from typing import Any, Protocol
+
+OPEN_TIMEOUT_S = 10.0  # a dial-out connection's handshake
+HEARTBEAT_TIMEOUT_CLOSE_CODE = 4408  # a private-use close code: "peer silent too long"
+
+
+def hard_frame_limit(max_frame_bytes: int) -> int:
+    """Frames up to this size are read and, past max_frame_bytes, answered PF413; larger
+    ones cannot be read without unbounded memory, so the connection closes with 1009."""
+    return max(2 * max_frame_bytes, max_frame_bytes + (1 << 20))
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpReply:
+    """A plain HTTP answer instead of a WebSocket upgrade."""
+
+    status: int
+    reason: str
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class NodeInterface(Protocol):
+    """The node, as a transport sees it."""
+
+    settings: Any
+
+    def http_route(self, path: str, upgrade: bool = True, headers: Any = None,
+                   peer: str | None = None) -> HttpReply | None: ...
+
+    def on_open(self, link: "PeerLink") -> None: ...
+
+    def on_message(self, link: "PeerLink", frame: bytes | str) -> None: ...
+
+    def on_close(self, link: "PeerLink", code: int | None) -> None: ...
+
+
+class PeerLink:
+    """One connected peer, as the node sees it: a way to send frames, to stop and resume
+    reading, and its liveness. A transport subclasses it."""
+
+    def __init__(self, node: NodeInterface, peer: str) -> None:
+        self.node = node
+        self.peer = peer
+        self.last_seen = time.monotonic()
+        self.heartbeat_seq = 0
+        self.closed = False
+        self.identity: Any = None  # who it authenticated as (None: no authentication)
+        self._pause_reasons: set[str] = set()  # "inflight" (its limit), "writing" (slow reader)
+        self._backlog: collections.deque[bytes | str] = collections.deque()
+        self._draining = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether frames sent now go out (an uplink between connections holds them)."""
+        return not self.closed
+
+    # -- called by the node
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            self._write(frame)
+
+    @property
+    def reading_paused(self) -> bool:
+        return bool(self._pause_reasons)
+
+    def pause_reading(self, reason: str = "inflight") -> None:
+        if not self._pause_reasons:
+            self._pause()
+        self._pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str = "inflight") -> None:
+        """Read again once no reason to pause is left. Messages that arrived while paused
+        are handled first, in order, from the event loop (never from inside the caller,
+        which may be in the middle of answering another packet)."""
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        if self._pause_reasons:
+            return
+        if self._backlog:
+            if not self._draining:
+                self._draining = True
+                asyncio.get_running_loop().call_soon(self._drain_backlog)
+        else:
+            self._resume()
+
+    def _drain_backlog(self) -> None:
+        self._draining = False
+        backlog = self._backlog
+        while backlog and not self._pause_reasons and not self.closed:
+            self.node.on_message(self, backlog.popleft())
+        if not self._pause_reasons and not self.closed:
+            self._resume()
+
+    # -- called by the transport
+    def deliver(self, message: bytes | str) -> None:
+        """One complete message from the peer. A transport that reads ahead while paused
+        keeps order through the backlog, so the in-flight limit holds exactly."""
+        if self._pause_reasons or self._backlog:
+            self._backlog.append(message)
+        else:
+            self.node.on_message(self, message)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return sum(len(m) for m in self._backlog)
+
+    # -- transport specifics
+    def _write(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def _pause(self) -> None:
+        raise NotImplementedError
+
+    def _resume(self) -> None:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """A WebSocket ping with each heartbeat, where the library does not ping by itself."""
+
+    def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    async def flush(self, timeout_s: float) -> None:
+        raise NotImplementedError

@@ -1,0 +1,448 @@
+"""The node: frames in from the links, packets out to the pool or the hub, one answer back.
+
+    transport --deliver--> Node.on_message --decode--> admit (scheduler)
+        --> local handler: scheduler lane queue --> pool --> worker
+        --> no handler here: hub --> a connected reactor
+        --> built-in (mc:scale, mc:status): run here
+    every ending --> Node.settle --> scheduler.complete --> the origin's one reply
+
+The node owns the links, the one timer (every deadline and hub alarm is in the
+scheduler's table, and one `call_later` wakes the node for the earliest), and the answer
+path. The scheduler owns the packets in flight; the pool, the hub and the transports
+act on them and report back here. Nothing here reads a socket or a pipe.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Any, Callable
+
+import orjson
+
+from . import admin, pipe, protocol
+from .capacity import autoscale_step, read_capacity, recommend
+from .errors import ErrorCode, HandlerError
+from .flight import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, Outcome, failure,
+                     resolve_timeout_ms)
+from .hub import Hub
+from .link import HEARTBEAT_TIMEOUT_CLOSE_CODE, HttpReply, PeerLink
+from .pool import Pool
+from .scheduler import Scheduler
+from .settings import Settings
+
+log = logging.getLogger("pfnode.front")
+
+
+class Node:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.scheduler = Scheduler(aging_ms=settings.aging_ms, max_queued=settings.max_queued,
+                                   result_store_entries=settings.result_store_entries,
+                                   result_store_age_ms=settings.result_store_age_ms,
+                                   result_store_bytes=settings.result_store_bytes)
+        self.pool = Pool(settings, self.scheduler, self.settle, clock=clock)
+        self.hub = Hub(self, probe_ms=settings.probe_ms, reroute_grace_ms=settings.reroute_grace_ms,
+                       clock=clock)
+        self.links: set[PeerLink] = set()
+        self.uplink: Any = None  # pfnode/dialout.py's Uplink, for `pfnode connect`
+        self.draining = False
+        self.ready = False
+        self.stopping = asyncio.Event()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.started_at = time.time()
+        self._jobs: set[asyncio.Task] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the workers and the node's own loops (heartbeats, autoscaling)."""
+        self._loop = asyncio.get_running_loop()
+        await self.pool.start()
+        self.ready = True
+        shadowed = sorted(admin.BUILTIN_KEYS & self.pool.handler_keys)
+        if shadowed:
+            log.warning("front: handlers %s are shadowed by the node's built-ins", ", ".join(shadowed))
+        self._background(self._heartbeat_loop())
+        if self.settings.autoscale:
+            self._background(self._autoscale_loop())
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight packets finish for shutdown_grace_ms, answer the
+        rest PF503, close every link, stop the workers."""
+        if self.draining:
+            return
+        self.draining = True
+        self.ready = False
+        grace = self.settings.shutdown_grace_ms / 1000
+        log.info("front: draining %d in-flight packets (grace %.1f s)", len(self.scheduler.inflight), grace)
+        if self.uplink is not None:  # our hub: send us nothing more
+            self.uplink.link.send(self.announcement())
+        deadline = time.monotonic() + grace
+        while (self.scheduler.inflight or self._builtin_jobs()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for job in list(self._jobs):
+            job.cancel()
+        for flight in sorted(self.scheduler.inflight.values(), key=lambda f: f.order):
+            self.settle(flight, failure(ErrorCode.UNAVAILABLE, "node is shutting down"))
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.pool.close(grace_s=min(2.0, grace))
+        for link in list(self.links):
+            await link.flush(1.0)
+            link.close(1001, "node shutting down")
+        deadline = time.monotonic() + 2.0
+        while self.links and time.monotonic() < deadline:  # let the close handshakes finish
+            await asyncio.sleep(0.01)
+        log.info("front: stopped (%s)", dict(self.pool.counters))
+
+    def _builtin_jobs(self) -> bool:
+        return any(getattr(job, "builtin", False) for job in self._jobs)
+
+    def _background(self, coro, builtin: bool = False) -> asyncio.Task:
+        job = asyncio.ensure_future(coro)
+        job.builtin = builtin  # type: ignore[attr-defined]
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return job
+
+    # ------------------------------------------------------------------ HTTP
+    def health(self) -> dict[str, Any]:
+        state = "draining" if self.draining else ("ready" if self.ready else "starting")
+        s = self.scheduler
+        pool = self.pool.stats()
+        return {"status": state, "endpoint": self.settings.path, "connections": len(self.links),
+                "uptime_s": round(time.time() - self.started_at, 3),
+                "handlers": sorted(self.pool.handler_keys | admin.BUILTIN_KEYS), **pool,
+                "queued": s.queued, "blocked": s.blocked, "inflight": len(s.inflight),
+                "results_stored": len(s.results), "hub": self.hub.stats(s.forwarded),
+                "counters": {**pool["counters"], **self.counters}}
+
+    def heartbeat_payload(self) -> dict[str, Any]:
+        s = self.scheduler
+        return {"timestamp": int(time.time() * 1000),
+                "node": {"status": "draining" if self.draining else "ready",
+                         "workers": sum(self.pool.lane_sizes().values()), "queued": s.queued,
+                         "inflight": len(s.inflight)}}
+
+    def announcement(self, seq: int = 0) -> bytes:
+        """A heartbeat that tells a hub what this node runs (the capabilities extension):
+        nothing once draining. The built-ins answer for the node itself: never offered."""
+        keys = [] if self.draining else sorted(self.pool.handler_keys)
+        return protocol.encode_heartbeat(seq, {**self.heartbeat_payload(), "capabilities": keys})
+
+    def http_route(self, path: str, upgrade: bool = True, headers: Any = None,
+                   peer: str | None = None) -> HttpReply | None:
+        """What a transport answers an HTTP request for `path` with, or None to go on
+        with the WebSocket upgrade (`upgrade`: the request asked for one)."""
+        path = path.partition("?")[0]
+        if path == "/healthz":
+            body = orjson.dumps(self.health(), option=orjson.OPT_INDENT_2) + b"\n"
+            if self.ready:
+                return HttpReply(200, "OK", "application/json", body)
+            return HttpReply(503, "Service Unavailable", "application/json", body)
+        if path != self.settings.path:
+            return HttpReply(404, "Not Found", "text/plain; charset=utf-8",
+                             f"Not found. The PacketFlow endpoint is {self.settings.path}\n".encode())
+        if self.draining:
+            return HttpReply(503, "Service Unavailable", "text/plain; charset=utf-8", b"Node shutting down\n")
+        if not upgrade:
+            return HttpReply(426, "Upgrade Required", "text/plain; charset=utf-8",
+                             b"This is a PacketFlow WebSocket endpoint; connect with a WebSocket client.\n")
+        return None
+
+    # ------------------------------------------------------------------ links
+    def is_uplink(self, link: PeerLink) -> bool:
+        return self.uplink is not None and link is self.uplink.link
+
+    def on_open(self, link: PeerLink) -> None:
+        self.links.add(link)
+        self.counters["connections"] += 1
+        log.debug("front: %s connected", link.peer)
+        if self.settings.hub_routing and not self.is_uplink(link):
+            self.hub.add_link(link)
+
+    def on_close(self, link: PeerLink, code: int | None) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        self.links.discard(link)
+        dropped = self.scheduler.of_origin(link)
+        for flight in dropped:
+            self._abandon(flight)
+        self.hub.remove_link(link)
+        log.log(logging.INFO if dropped else logging.DEBUG, "front: %s disconnected (%s)%s",
+                link.peer, code, f"; dropped {len(dropped)} in-flight packets" if dropped else "")
+
+    def _abandon(self, flight: Flight) -> None:
+        """Its submitter left: it will not run if it has not started, and its answer is
+        dropped if it has (a running packet keeps its worker and its deadline, so a hung
+        handler is still killed when nobody waits for its answer)."""
+        self.counters["cancelled"] += 1
+        state = flight.state
+        if state is FORWARDED:
+            self.hub.abandon(flight)
+            self.scheduler.forget(flight)
+        elif state is DISPATCHED:
+            self.scheduler.orphan(flight)
+            self.pool.cancel(flight)
+        elif state is QUEUED or state is BLOCKED:
+            self.scheduler.forget(flight)
+            self.pool.pump()
+
+    # ------------------------------------------------------------------ frames
+    def on_message(self, link: PeerLink, frame: bytes | str) -> None:
+        s = self.settings
+        link.last_seen = time.monotonic()
+        msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes, max_timeout_ms=s.max_timeout_ms,
+                              raw_data=True)
+        if isinstance(msg, protocol.Rejected):
+            self.counters[f"rejected_{msg.code}"] += 1
+            log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
+            if getattr(msg, "type", None) == "result":  # a reactor's answer we cannot relay
+                self.hub.on_invalid_result(link, msg.packet_id, msg.message)
+                return
+            link.send(msg.reply)
+        elif msg.type == "submit":
+            self._submit(link, msg.seq, msg.payload)
+        elif msg.type == "heartbeat":
+            self._heartbeat(link, msg)
+        elif msg.type == "result":  # a reactor answers a packet the hub forwarded to it
+            self.hub.on_result(link, msg.payload)
+        else:
+            self.hub.on_error_frame(link, msg.seq, msg.payload)
+
+    def _heartbeat(self, link: PeerLink, msg: protocol.Message) -> None:
+        if self.is_uplink(link):
+            # our hub's heartbeat: as a reactor we only note it, as the spec's reactors do;
+            # answering would start an endless exchange between two pfnode nodes
+            return
+        link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
+        capabilities = msg.payload.get("capabilities")
+        if capabilities is not None:
+            if isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities):
+                node = msg.payload.get("node")
+                stopping = isinstance(node, dict) and node.get("status") == "draining"
+                self.hub.on_announce(link, capabilities, stopping)
+            else:
+                log.warning("front: %s announced capabilities that are not a list of strings; "
+                            "ignored", link.peer)
+
+    def _submit(self, link: PeerLink, seq: int, packet: protocol.Packet) -> None:
+        pid = packet.id
+        uplink = self.uplink if self.is_uplink(link) else None
+        if uplink is not None and uplink.replay(pid, seq):
+            return  # the hub sent it again after a reconnect: it runs (or ran) once
+        if not self.ready:
+            link.send(protocol.encode_failure(seq, pid, ErrorCode.UNAVAILABLE, "node is shutting down"
+                                              if self.draining else "node is starting; retry shortly"))
+            return
+        key = packet.key
+        builtin = admin.BUILTINS.get(key)
+        if builtin is not None:
+            self._background(self._run_builtin(link, seq, packet, builtin), builtin=True)
+            return
+        now = self.clock()
+        options = self.pool.handlers.get(key)
+        if options is not None:
+            if packet.metadata is not None and not pipe.passable(packet.metadata):
+                link.send(protocol.encode_failure(seq, pid, ErrorCode.INVALID_PACKET,
+                                                  "metadata holds a value a worker cannot be given "
+                                                  "(an integer beyond 64 bits?)"))
+                return
+            timeout_ms = resolve_timeout_ms(packet.timeout_ms, options.get("timeout_ms"),
+                                            self.settings.default_timeout_ms)
+            flight = Flight(packet, origin=link, seq=seq, lane=self.pool.lane_of(key, packet.group),
+                            priority=packet.priority, deadline=now + timeout_ms / 1000,
+                            timeout_ms=timeout_ms, dependencies=packet.dependencies or (),
+                            memory_limit_mb=options.get("memory_limit_mb"))
+            refusal = self.scheduler.admit(flight, now)
+            if refusal is None:
+                self.pool.pump()
+        elif self.settings.hub_routing and uplink is None:
+            timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
+            flight = Flight(packet, origin=link, seq=seq, lane=None, priority=packet.priority,
+                            deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms)
+            refusal = self.scheduler.admit_forwarded(flight, now)
+            if refusal is None:
+                self.hub.route(flight)
+        else:
+            link.send(protocol.encode_failure(seq, pid, ErrorCode.NO_HANDLER, f"No handler for {key}"))
+            return
+        if refusal is not None:
+            self.counters[f"refused_{refusal.code.value}"] += 1
+            link.send(protocol.encode_failure(seq, pid, refusal.code, refusal.message))
+            return
+        self._arm(flight.alarm)
+        self.counters["submitted"] += 1
+        if flight.state is not DONE and self._awaiting(link) >= self.settings.max_inflight_per_connection:
+            # Backpressure: stop reading this peer until an answer frees a slot;
+            # TCP flow control then slows the sender.
+            link.pause_reading("inflight")
+
+    def _awaiting(self, link: PeerLink) -> int:
+        """A link's packets that count against its in-flight limit: not those it runs
+        itself (the hub sent them back to it), whose answers can only come if we read on."""
+        return self.scheduler.count_of(link) - self.hub.own_held(link)
+
+    async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:
+        started = time.perf_counter()
+        try:
+            value = await builtin(self.pool, orjson.loads(memoryview(packet.data)))
+            frame = protocol.encode_success_raw(seq, packet.id, protocol.encode_json(value),
+                                                (time.perf_counter() - started) * 1000)
+        except HandlerError as exc:
+            frame = protocol.encode_failure(seq, packet.id, exc.code, exc.message,
+                                            (time.perf_counter() - started) * 1000)
+        except Exception as exc:  # a bug must still answer the packet, and say where to look
+            log.exception("front: %s failed for packet %s", packet.key, packet.id)
+            frame = protocol.encode_failure(seq, packet.id, ErrorCode.HANDLER_FAILED,
+                                            f"{packet.key} failed: {type(exc).__name__}: {exc}")
+        link.send(frame)
+
+    # ------------------------------------------------------------------ the answer path
+    def settle(self, flight: Flight, outcome: Outcome) -> None:
+        """The one way a packet is answered: record its end with the scheduler (which
+        releases or fails its dependents) and send its one reply to its origin."""
+        if flight.state is DONE:
+            return  # answered already (its deadline passed, say); a late outcome is dropped
+        failures = self.scheduler.complete(flight, self.clock(), ok=outcome.ok,
+                                           data_json=outcome.data_json, code=outcome.code)
+        self._deliver(flight, outcome)
+        for failed in failures:
+            self._deliver(failed.flight, failure(failed.code, failed.message))
+        if outcome.ok or failures:
+            self.pool.pump()  # dependents may have become ready
+
+    def _deliver(self, flight: Flight, outcome: Outcome) -> None:
+        origin = flight.origin
+        if origin is None:
+            return  # its submitter left
+        if outcome.ok:
+            self.counters["completed"] += 1
+            frame = protocol.encode_success_raw(flight.seq, flight.id, outcome.data_json, outcome.duration_ms)
+        else:
+            self.counters["failed"] += 1
+            self.counters[f"failed_{outcome.code}"] += 1
+            frame = protocol.encode_failure(flight.seq, flight.id, outcome.code, outcome.message,
+                                            outcome.duration_ms)
+        origin.send(frame)
+        if self.uplink is not None and origin is self.uplink.link:
+            self.uplink.remember(flight.id, frame)
+        if origin.reading_paused and self._awaiting(origin) < self.settings.max_inflight_per_connection:
+            origin.resume_reading("inflight")
+
+    # ------------------------------------------------------------------ the hub's effects
+    def offer(self, link: PeerLink, seq: int, flight: Flight, remaining_ms: int) -> None:
+        link.send(protocol.encode_submit_raw(seq, flight.packet, remaining_ms))
+
+    def set_alarm(self, flight: Flight, when: float) -> None:
+        self.scheduler.set_alarm(flight, when)
+        self._arm(flight.alarm)
+
+    def links_may_come(self) -> bool:
+        return not self.draining
+
+    # ------------------------------------------------------------------ time
+    def _arm(self, when: float | None) -> None:
+        if when is None or (self._timer_at is not None and self._timer_at <= when):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer_at = when
+        self._timer = loop.call_later(max(0.0, when - self.clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = self.clock()
+        for flight in self.scheduler.tick(now):
+            if flight.state is DONE:
+                continue
+            try:
+                if now >= flight.deadline:
+                    self._expire(flight)
+                else:
+                    self.hub.on_alarm(flight)
+            except Exception:  # answer it rather than lose it, and keep the timer going
+                log.exception("front: handling the alarm of packet %s failed", flight.id)
+                self.settle(flight, failure(ErrorCode.HANDLER_FAILED, "internal error handling its deadline"))
+        self._arm(self.scheduler.next_alarm())
+
+    def _expire(self, flight: Flight) -> None:
+        state, limit = flight.state, flight.timeout_ms
+        if state is QUEUED:
+            self.settle(flight, failure(ErrorCode.DEADLINE_EXCEEDED, f"deadline of {limit} ms passed while queued"))
+        elif state is BLOCKED:
+            waiting = ", ".join(sorted(flight.waiting_on))
+            self.settle(flight, failure(ErrorCode.DEADLINE_EXCEEDED,
+                                        f"deadline of {limit} ms passed while waiting for dependencies: {waiting}"))
+        elif state is DISPATCHED:
+            running = self.pool.dispatcher.is_running(flight)
+            self.settle(flight, failure(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"deadline of {limit} ms passed while running; worker killed" if running
+                else f"deadline of {limit} ms passed while queued at a worker"))
+            if running:
+                self.pool.kill_running(flight, "deadline")
+        elif state is FORWARDED:
+            self.hub.deadline_passed(flight)
+
+    # ------------------------------------------------------------------ loops
+    async def _heartbeat_loop(self) -> None:
+        s = self.settings
+        interval = s.heartbeat_interval_ms / 1000
+        silent_limit = interval * s.heartbeat_missed_limit
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for link in list(self.links):
+                if link.closed:
+                    continue
+                uplink = self.is_uplink(link)
+                if not link.connected or link.reading_paused:
+                    # an uplink between connections has nobody to hear or miss; a link whose
+                    # reads we paused has frames waiting unread, so its silence is ours
+                    link.last_seen = now
+                elif now - link.last_seen > silent_limit:
+                    log.warning("front: %s silent for %.0f s; closing", link.peer, silent_limit)
+                    link.close(HEARTBEAT_TIMEOUT_CLOSE_CODE, "heartbeat timeout")
+                    link.last_seen = now  # an uplink dials again: judge the next connection
+                    continue
+                link.heartbeat_seq += 1
+                if uplink:  # a hub learns again what we run, should it have restarted
+                    link.send(self.announcement(link.heartbeat_seq))
+                else:
+                    link.send(protocol.encode_heartbeat(link.heartbeat_seq, self.heartbeat_payload()))
+                link.ping()
+
+    async def _autoscale_loop(self) -> None:
+        """Grow the df lane while work queues behind busy workers; shrink it when idle."""
+        s = self.settings
+        idle_since = time.monotonic()
+        while not self.draining:
+            await asyncio.sleep(s.autoscale_interval_ms / 1000)
+            stats = self.pool.stats()["lanes"]["df"]
+            queued = self.scheduler.depth("df")
+            if stats["running"] or queued:
+                idle_since = time.monotonic()
+            cap = read_capacity(self.pool.worker_pids())
+            advice = recommend(cap, rm_memory_limit_mb=s.rm_memory_limit_mb,
+                               current=self.pool.lane_sizes(), df_max_workers=s.df_max_workers)
+            busy = stats["busy"]
+            size = self.pool.lane_size("df")
+            step = autoscale_step(size=size, queued=queued, busy=busy,
+                                  idle_s=time.monotonic() - idle_since, prefetch=1,
+                                  min_size=s.df_min_workers, max_size=s.df_max_workers,
+                                  recommended=advice["df"])
+            if step:
+                log.info("front: autoscale df %d -> %d (queued %d, busy %d)", size, size + step, queued, busy)
+                try:
+                    await self.pool.resize("df", size + step)
+                except Exception as exc:
+                    log.error("front: autoscale failed: %s", exc)
+
