@@ -272,8 +272,9 @@ class Processes:
         return node
 
     def start_nodes(self, argvs: dict[str, list[str]]) -> dict[str, NodeProcess]:
-        """Start several nodes (name -> argv), one after the other, each once the previous serves."""
-        return {name: self.wait_node(self.launch_node(name, argv)) for name, argv in argvs.items()}
+        """Start several nodes at once (name -> argv) and wait until each serves."""
+        launched = {name: self.launch_node(name, argv) for name, argv in argvs.items()}
+        return {name: self.wait_node(node) for name, node in launched.items()}
 
     def node_log_text(self, tail: int = 40) -> str:
         """The tail of every running or stopped node's log, each under its name."""

@@ -2,8 +2,8 @@
 """pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane no-op
 rows, ed latency under df load, payload sizes, and the two transports.
 
-    .venv/bin/python bench/run.py             # full run (make bench), about 3 minutes on 2 cores
-    .venv/bin/python bench/run.py --quick     # smoke run, about 25 s
+    .venv/bin/python bench/run.py             # full run (make bench), about 70 s on 2 cores
+    .venv/bin/python bench/run.py --quick     # smoke run, about 15 s
 
 Each repeat measures, a fresh client process each (bench/systems.py says what each is):
 
@@ -37,21 +37,27 @@ from bench.processes import Processes, run_with_cleanup  # noqa: E402
 
 def parse_args(argv: list[str] | None):
     opts = Options(__doc__, 3, "worker processes for pfnode and the executor")
-    opts.count("--group-packets", 5000, 1000, "packets per throughput measurement of each lane's no-op")
-    opts.count("--group-rtt-packets", 1000, 200, "round trips per RTT measurement of each lane's no-op")
-    opts.count("--ed-seconds", 5.0, 1.0, "seconds of ed:noop round trips per phase (df idle, saturated)",
+    opts.count("--group-packets", 2000, 1000, "packets per throughput measurement of each lane's no-op")
+    opts.count("--group-rtt-packets", 300, 150, "round trips per RTT measurement of each lane's no-op")
+    opts.count("--ed-seconds", 1.2, 0.5, "seconds of ed:noop round trips per phase (df idle, saturated)",
                kind=float, minimum=0.1)
-    opts.count("--ed-df-inflight", 64, 64, "df:sleep_ms packets kept in flight to saturate the df lane")
+    opts.add("--ed-df-inflight", type=int, default=None,
+             help="df:sleep_ms packets kept in flight to saturate the df lane (default 16 per worker)")
     opts.count("--ed-df-sleep-ms", 50, 50, "milliseconds each of those df packets sleeps (0: a df:sleep_ms 0 "
                "flood)", minimum=0)
-    opts.count("--payload-packets", 4000, 1000, "packets per throughput measurement of the 100 B payloads; "
-               "64 KiB gets a quarter, 1 MiB a 16th, at least 10")
-    opts.count("--payload-rtt-packets", 500, 200, "round trips per RTT measurement of the 100 B payloads; "
+    opts.count("--payload-packets", 1000, 400, "packets per throughput measurement of the 100 B payloads; "
+               "64 KiB gets a quarter, 1 MiB a 32nd, at least 10")
+    opts.count("--payload-rtt-packets", 160, 80, "round trips per RTT measurement of the 100 B payloads; "
                "64 KiB gets a quarter, 1 MiB a 16th, at least 5")
     opts.count("--payload-window", 16, 16, "packets in flight for the payload throughput")
     opts.count("--payload-large-window", 4, 4, "packets in flight for the 1 MiB payload throughput")
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")
-    return opts.parse(argv)
+    args = opts.parse(argv)
+    if args.ed_df_inflight is None:
+        args.ed_df_inflight = 16 * args.workers
+    if args.ed_df_inflight < 1:
+        opts.parser.error("--ed-df-inflight must be at least 1")
+    return args
 
 
 def run(args, procs: Processes) -> dict:

@@ -57,7 +57,7 @@ GROUPS = ("cf", "df", "ed", "rm")  # the lanes, each measured with its own no-op
 # Payload sizes: float64 arrays of this many bytes (12, 8 192 and 131 072 values), each sent as a
 # JSON list of floats and as an $ndarray object. The larger ones get fewer packets.
 PAYLOAD_SIZES = (("100 B", 96), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024))
-PAYLOAD_PACKET_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 16}
+PAYLOAD_PACKET_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 32}
 PAYLOAD_RTT_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 16}
 LARGE_PAYLOAD_BYTES = 1024 * 1024  # from this size on the throughput window is --payload-large-window
 ENCODINGS = ("json", "ndarray")
@@ -389,7 +389,7 @@ class Relay:
 
 
 def start_relay(procs: Processes, workers: int, uplink_transport: str) -> Relay:
-    """Start the direct node and the two hubs, then the dial-out node, then the Python reactor,
+    """Start the direct node and the two hubs, then the dial-out node and the Python reactor,
     and wait until each hub knows its one reactor runs df:noop."""
     progress("starting the direct node, two hubs, the dial-out node and the Python reactor ...")
     nodes = procs.start_nodes({"direct": serve_argv(workers), "hub-dialout": HUB_ARGV, "hub-reactor": HUB_ARGV})
@@ -400,9 +400,9 @@ def start_relay(procs: Processes, workers: int, uplink_transport: str) -> Relay:
             raise BenchError(f"the {hub.name} node has df:noop itself ({handlers}): nothing would be relayed")
     dialout = procs.launch_node("dialout", ["connect", hub_d.endpoint, "--workers", str(workers),
                                             "--transport", uplink_transport, "--handlers", NODE_HANDLERS])
+    reactor = procs.start_server("python-reactor", servers.python_reactor, endpoint=hub_r.endpoint)
     procs.wait_node(dialout, ready=DIALOUT_CONNECTED)
     hub_d.wait_log(ANNOUNCED, "the dial-out node's announcement of df:noop to its hub")
-    reactor = procs.start_server("python-reactor", servers.python_reactor, endpoint=hub_r.endpoint)
     hub_r.wait_log(ANNOUNCED, "the Python reactor's announcement of df:noop to its hub")
     progress(f"direct node at {direct.endpoint} (front pid {direct.front_pid}, workers {direct.worker_pids})")
     progress(f"hub {hub_d.endpoint} (front pid {hub_d.front_pid}) <- dial-out node (front pid "
