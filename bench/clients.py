@@ -8,7 +8,7 @@ fresh child process (`Processes.call`) and returns a dict of measurements.
                      an $ndarray, frames built as they are sent and answers checked without parsing
                      the data into floats
   ed_load_client     ed:noop one at a time while a second connection keeps the df lane busy
-                     (df:sleep_ms)
+                     (df:sleep_ms) or floods the front (df:noop)
   executor_client    the stdlib ProcessPoolExecutor, driven in-process
 
 CPU time of the server processes during a throughput phase is read here, from the client, for
@@ -452,10 +452,14 @@ def _lane_state(health: dict, lane: str) -> dict | None:
     return {key: state.get(key) for key in ("workers", "busy", "running", "queued")}
 
 
-def _saturated(state: dict | None) -> bool | None:
-    """Every worker of the lane holds a packet and more wait in its queue; None: unknown."""
+def _saturated(state: dict | None, what: str = "lane") -> bool | None:
+    """lane: every worker of the lane holds a packet and more wait in its queue. front: packets
+    wait in the lane's queue (the front holds a backlog; its workers may be faster than it and
+    empty now and then). None: unknown."""
     if state is None or None in (state["workers"], state["busy"], state["queued"]):
         return None
+    if what == "front":
+        return state["queued"] > 0
     return state["workers"] > 0 and state["busy"] == state["workers"] and state["queued"] > 0
 
 
@@ -469,9 +473,10 @@ def _latency_stats(rtts: list[float], seconds: float) -> dict:
 class _EdRun:
     """ed_load_client's state: the two connections, the next ed seq, what was answered."""
 
-    def __init__(self, endpoint: str, ed_ws, df_ws, seconds: float, tag: str, timeout_s: float) -> None:
+    def __init__(self, endpoint: str, ed_ws, df_ws, seconds: float, tag: str, timeout_s: float,
+                 front_pids: list[int]) -> None:
         self.endpoint, self.ed_ws, self.df_ws, self.seconds, self.tag = endpoint, ed_ws, df_ws, seconds, tag
-        self.timeout_s = timeout_s
+        self.timeout_s, self.front_pids = timeout_s, front_pids
         self.seq, self.answered = 1, 0
 
     async def df_lane(self) -> dict | None:
@@ -481,12 +486,14 @@ class _EdRun:
         return _lane_state(health, "df")
 
     async def ed_round_trips(self, seconds: float) -> dict:
-        """ed:noop one at a time for `seconds`: latency stats."""
-        start = time.perf_counter()
+        """ed:noop one at a time for `seconds`: latency stats, with the front's CPU share."""
+        start, front0 = time.perf_counter(), cpu_s(self.front_pids)
         rtts, next_seq = await _ed_for(self.ed_ws, seconds, f"{self.tag}ed", self.seq)
         elapsed = time.perf_counter() - start
         self.answered, self.seq = self.answered + next_seq - self.seq, next_seq
-        return _latency_stats(rtts, elapsed)
+        stats = _latency_stats(rtts, elapsed)
+        stats["front_cpu_share"] = (cpu_s(self.front_pids) - front0) / elapsed
+        return stats
 
     async def idle(self, phase: dict) -> dict:
         before = await self.df_lane()
@@ -520,7 +527,8 @@ class _EdRun:
         self.answered += filler.answered
         stats.update({"df_packets": df_answered, "df_throughput": df_answered / stats["elapsed_s"],
                       "df_lane_at_start": at_start, "df_lane_at_end": at_end,
-                      "df_saturated": _saturated(at_start) and _saturated(at_end)})
+                      "df_saturated": (_saturated(at_start, phase["saturates"])
+                                       and _saturated(at_end, phase["saturates"]))})
         return stats
 
     @staticmethod
@@ -530,7 +538,7 @@ class _EdRun:
             raise BenchError("the df filler stopped early")
 
     async def _until_saturated(self, task, phase: dict) -> dict | None:
-        """Wait until every df worker holds packets and more are queued; that df lane state."""
+        """Wait until the df lane is saturated as the phase means it; that df lane state."""
         import asyncio
 
         deadline = time.monotonic() + phase["saturate_s"]
@@ -538,25 +546,26 @@ class _EdRun:
             await asyncio.sleep(0.05)
             self._still_running(task)
             state = await self.df_lane()
-            if _saturated(state) is not False:
+            if _saturated(state, phase["saturates"]) is not False:
                 return state
             if time.monotonic() > deadline:
                 raise BenchError(f"the df lane did not saturate: {state}")
 
 
-def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, timeout_s: float) -> dict:
+def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, timeout_s: float,
+                   front_pids: list[int]) -> dict:
     """ed:noop RTT, one at a time on one connection, for `seconds` in each phase, in order:
     {"name": "idle"} with the df lane empty, or {"name": ..., "element", "data", "inflight",
-    "saturate_s"} while a second connection keeps `inflight` df:element packets in flight;
-    measured once the df lane is saturated, which must still hold at the end for the run to
-    count as saturated."""
+    "saturates", "saturate_s"} while a second connection keeps `inflight` df:element packets in
+    flight; measured once the df lane is saturated (`_saturated(state, saturates)`), which must
+    still hold at the end for the run to count as saturated."""
     async def main() -> dict:
         order = [phase["name"] for phase in phases]
         out: dict = {"order": order}
         if "idle" in order and "loaded" in order:
             out["idle_first"] = order.index("idle") < order.index("loaded")
         async with _connect(endpoint) as ed_ws, _connect(endpoint) as df_ws:
-            run = _EdRun(endpoint, ed_ws, df_ws, seconds, tag, timeout_s)
+            run = _EdRun(endpoint, ed_ws, df_ws, seconds, tag, timeout_s, front_pids)
             await run.ed_round_trips(min(0.5, seconds / 4))  # warm-up, not counted
             for phase in phases:
                 measure = run.idle if phase["name"] == "idle" else run.loaded

@@ -23,7 +23,7 @@ SUMMARY_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client
                 "server_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet",
                 "lane_cpu_us_per_packet", "hub_cpu_us_per_packet", "runner_cpu_us_per_packet",
                 "reactor_cpu_us_per_packet", "array_mb_s", "wire_mb_s", "worker_codec_us")
-ED_KEYS = ("p50_ms", "p99_ms", "p999_ms", "mean_ms", "df_throughput")
+ED_KEYS = ("p50_ms", "p99_ms", "p999_ms", "mean_ms", "df_throughput", "front_cpu_share")
 LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "window 4-32", "ed": "reserved, 1 at a time",
               "rm": "memory-capped, 1 at a time"}
 SHM_COMPARE_KEYS = ("throughput", "rtt_p50_us", "front_cpu_us_per_packet")
@@ -99,21 +99,23 @@ def summarise(runs: list[dict], keys=SUMMARY_KEYS) -> dict:
 
 
 def summarise_ed(runs: list[dict], args: argparse.Namespace) -> dict:
-    """Per phase: medians over the repeats of p50/p99/p99.9/mean and the df throughput; the
-    worst max of all; the ed packets in all. Ratios saturated / idle."""
+    """Per phase: medians over the repeats of p50/p99/p99.9/mean, the df throughput and the
+    front's CPU share; the worst max of all; the ed packets in all. Ratios to the idle phase."""
     out: dict = {"df_inflight": args.ed_df_inflight, "df_sleep_ms": args.ed_df_sleep_ms,
-                 "seconds_per_phase": args.ed_seconds,
+                 "flood_inflight": args.ed_flood_inflight, "seconds_per_phase": args.ed_seconds,
                  # Each df worker sleeps sleep_ms per packet, so the lane can do no more than this.
                  "df_throughput_ceiling": args.workers * 1000 / args.ed_df_sleep_ms if args.ed_df_sleep_ms else None,
-                 "df_saturated_runs": sum(1 for r in runs if r["loaded"]["df_saturated"])}
-    for phase in ("idle", "loaded"):
+                 "df_saturated_runs": sum(1 for r in runs if r["loaded"]["df_saturated"]),
+                 "flood_saturated_runs": sum(1 for r in runs if r["flood"]["df_saturated"])}
+    for phase in ("idle", "loaded", "flood"):
         phase_out: dict = {}
         for key in ED_KEYS:
             _stats([r[phase][key] for r in runs if key in r[phase]], key, phase_out)
         phase_out["max_ms"] = max(r[phase]["max_ms"] for r in runs)
         phase_out["packets"] = sum(r[phase]["packets"] for r in runs)
         out[phase] = phase_out
-    out["ratios"] = {q: out["loaded"][f"{q}_ms"] / out["idle"][f"{q}_ms"] for q in ("p50", "p99", "max")}
+    for phase, key in (("loaded", "ratios"), ("flood", "flood_ratios")):
+        out[key] = {q: out[phase][f"{q}_ms"] / out["idle"][f"{q}_ms"] for q in ("p50", "p99", "max")}
     return out
 
 
@@ -138,7 +140,7 @@ def summarise_payloads(variants: list[dict], payload_runs: dict[str, list[list[d
 
 def _growth(small: dict, large: dict) -> dict:
     """How the front's, the workers' and the echo server's CPU per packet grow from the small
-    to the large payload of one encoding, per added MB of frame."""
+    to the large payload of one encoding, per added MB (and MiB) of frame."""
     added_mb = (large["frame_bytes"] - small["frame_bytes"]) / 1e6
     g: dict = {"added_frame_mb": added_mb}
     for name, system, key in (("front", "pfnode", "front_cpu_us_per_packet"),
@@ -146,7 +148,8 @@ def _growth(small: dict, large: dict) -> dict:
                               ("echo_server", "echo", "server_cpu_us_per_packet")):
         lo, hi = small[system].get(key), large[system].get(key)
         extra = (hi - lo) / added_mb if None not in (lo, hi) else None
-        g[name] = {"small_us": lo, "large_us": hi, "growth": hi / lo if lo else None, "extra_us_per_mb": extra}
+        g[name] = {"small_us": lo, "large_us": hi, "growth": hi / lo if lo else None,
+                   "extra_us_per_mb": extra, "extra_us_per_mib": extra * 1.048576 if extra is not None else None}
     f_extra, e_extra, w_extra = (g[name]["extra_us_per_mb"] for name in ("front", "echo_server", "workers"))
     g["front_extra_vs_echo"] = f_extra / e_extra if f_extra is not None and e_extra else None
     g["front_extra_vs_workers"] = f_extra / w_extra if f_extra is not None and w_extra else None
@@ -207,6 +210,52 @@ def compare_shm(payloads: list[dict], pipes_variants: list[dict], pipes_runs: li
                          "shm_node_large_packets": large_packets}}
 
 
+def _goal(key: str, name: str, measured: float | None, limit: float, value: str, unit: str = "x",
+          at_least: bool = False, also: bool = True) -> dict:
+    """One goal: `measured` (a ratio, unit "x", or a figure in `unit`) against `limit` (at most,
+    or `at_least`), and `also` must hold too; `value` says what it was measured from."""
+    met = measured is not None and (measured >= limit if at_least else measured <= limit) and also
+    return {"key": key, "name": name, "measured": measured, "unit": unit, "limit": limit,
+            "at_least": at_least, "value": value, "met": met}
+
+
+def server_cpu(medians: dict, payload_summary: dict, ed_load: dict, ed_runs: int) -> dict:
+    """The serving side's CPU per df:noop packet (front, workers, picows echo, websockets echo),
+    and the hot-path goals measured against it, each met or not."""
+    p, pe, we = medians["pfnode"], medians["echo_picows"], medians["echo"]
+    rows = {}
+    for key, m, cpu_key in (("pfnode_front", p, "front_cpu_us_per_packet"),
+                            ("pfnode_workers", p, "workers_cpu_us_per_packet"),
+                            ("echo_picows", pe, "server_cpu_us_per_packet"),
+                            ("echo_websockets", we, "server_cpu_us_per_packet")):
+        rows[key] = {"us_per_packet" + suffix: m.get(cpu_key + suffix) for suffix in ("", "_min", "_max")}
+    front, workers, picows = (rows[k]["us_per_packet"] for k in ("pfnode_front", "pfnode_workers", "echo_picows"))
+    flood = ed_load["flood"]
+    goals = [
+        _goal("front_vs_picows_echo", "front CPU per df:noop <= 2x the picows echo server's",
+              front / picows if picows else None, 2.0, f"{fmt(front, '.1f')} vs {fmt(picows, '.1f')} µs"),
+        _goal("workers_us_per_noop", "workers CPU per no-op <= 15 µs", workers, 15.0, "all df workers together",
+              unit=" µs"),
+        _goal("throughput_vs_websockets_echo", "node throughput >= 1.0x the websockets echo server's",
+              p["throughput"] / we["throughput"], 1.0,
+              f"{fmt(p['throughput'])} vs {fmt(we['throughput'])} packets/s", at_least=True),
+        _goal("rtt_p50_vs_websockets_echo", "RTT p50, 1 in flight, <= 1.5x the websockets echo server's",
+              p["rtt_p50_us"] / we["rtt_p50_us"], 1.5, f"{fmt(p['rtt_p50_us'])} vs {fmt(we['rtt_p50_us'])} µs"),
+    ]
+    for enc, g in payload_summary["growth"].items():
+        goals.append(_goal(f"front_per_mib_vs_echo_{enc}",
+                           f"front CPU per added MiB of {enc} payload <= the websockets echo server's",
+                           g["front_extra_vs_echo"], 1.0,
+                           f"{fmt(g['front']['extra_us_per_mib'])} vs {fmt(g['echo_server']['extra_us_per_mib'])} "
+                           f"µs per MiB"))
+    goals.append(_goal("ed_p99_flood_ms", "ed p99 <= 2 ms while a df:noop flood saturates the front",
+                       flood["p99_ms"], 2.0,
+                       f"idle {ed_load['idle']['p99_ms']:.3f} ms; front busy {fmt(flood.get('front_cpu_share'), '.0%')} "
+                       f"of the time; saturated in {ed_load['flood_saturated_runs']} of {ed_runs} runs",
+                       unit=" ms", also=ed_load["flood_saturated_runs"] == ed_runs))
+    return {"rows": rows, "goals": goals, "ratios": {g["key"]: g["measured"] for g in goals}}
+
+
 def design_targets(p: dict, echo: dict, ratios: dict, ed_load: dict, ed_runs: int, payload_targets: list) -> list:
     """DESIGN.md's targets on the 2-core machine, and the payload issue's."""
     loaded, idle = ed_load["loaded"], ed_load["idle"]
@@ -233,7 +282,8 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
                     "rtt_p50": p["rtt_p50_us"] / base["rtt_p50_us"],
                     "rtt_p99": p["rtt_p99_us"] / base["rtt_p99_us"]}
               for key, base in (("executor", medians["executor"]), ("echo", medians["echo"]),
-                                ("websockets_transport", medians["pfnode_websockets"]))}
+                                ("websockets_transport", medians["pfnode_websockets"]),
+                                ("echo_picows", medians["echo_picows"]))}
     payloads = summarise_payloads(plan.variants, results.payload_runs)
     payload_checks = check_payloads(payloads)
     counters = {name: status["counters"] for name, status in node_status.items()}
@@ -245,14 +295,16 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
     ed_runs = len(results.ed_runs)
     return {
         "schema": 1,
-        "benchmark": "df:noop throughput and RTT (picows and websockets transports); per-lane no-op; "
-                     "ed latency while df is saturated; payload sizes 100 B to 1 MiB; large payloads "
-                     "with worker shared memory vs pipes only",
+        "benchmark": "df:noop throughput and RTT (picows and websockets transports, picows and websockets "
+                     "echo servers); server CPU per packet; per-lane no-op; ed latency while df is saturated "
+                     "and while a df:noop flood saturates the front; payload sizes 100 B to 1 MiB; large "
+                     "payloads with worker shared memory vs pipes only",
         "machine": machine,
         "config": run_config(args, plan, results, node_status, machine),
         "medians": medians,
         "ratios": ratios,
         "targets": design_targets(p, medians["echo"], ratios, ed_load, ed_runs, payload_checks["targets"]),
+        "server_cpu": server_cpu(medians, payload_checks["summary"], ed_load, ed_runs),
         "runs": results.runs,
         "groups": groups,
         "group_runs": results.group_runs,
@@ -273,7 +325,7 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
 
 def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_status: dict, machine: dict) -> dict:
     names = ("packets", "rtt_packets", "repeats", "workers", "window", "quick", "group_packets",
-             "group_rtt_packets", "ed_seconds", "ed_df_inflight", "ed_df_sleep_ms",
+             "group_rtt_packets", "ed_seconds", "ed_df_inflight", "ed_df_sleep_ms", "ed_flood_inflight",
              "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window")
     config = {name: getattr(args, name) for name in names}
     config.update({"warmup": plan.warmup, "group_warmup": plan.group_warmup,
@@ -348,6 +400,7 @@ def print_load(report: dict) -> None:
 def print_bench(report: dict) -> None:
     """Every table of bench/run.py's report, then the targets."""
     print_systems(report)
+    print_server_cpu(report)
     print_groups(report)
     print_ed_load(report)
     print_payloads(report)
@@ -379,6 +432,7 @@ def print_systems(report: dict) -> None:
     print()
     print("ratios (pfnode / baseline)         throughput   RTT p50   RTT p99")
     for key, label in (("executor", "pfnode / ProcessPoolExecutor"), ("echo", "pfnode / websockets echo"),
+                       ("echo_picows", "pfnode / picows echo"),
                        ("websockets_transport", "picows / websockets transport")):
         r = ratios[key]
         print(f"  {label:<32} {r['throughput']:>10.2f}x {r['rtt_p50']:>8.2f}x {r['rtt_p99']:>8.2f}x")
@@ -386,6 +440,26 @@ def print_systems(report: dict) -> None:
     print(f"  (the same node and client on each transport; websockets-transport server CPU split: front "
           f"{fmt(w.get('front_cpu_us_per_packet'), '.1f')} µs/packet, workers "
           f"{fmt(w.get('workers_cpu_us_per_packet'), '.1f')} µs/packet)")
+    print()
+
+
+SERVER_CPU_NAMES = {"pfnode_front": "pfnode front", "pfnode_workers": "pfnode workers (together)",
+                    "echo_picows": "picows echo server (orjson)", "echo_websockets": "websockets echo server"}
+
+
+def print_server_cpu(report: dict) -> None:
+    cpu, cfg = report["server_cpu"], report["config"]
+    print(f"server-side CPU per packet: df:noop (echo servers: the same frames), CPU time of each process during "
+          f"the throughput phase / {cfg['packets']:,} packets; medians over {cfg['repeats']} repeats")
+    _rule(f"{'process':<30} {'µs/packet':>10} {'(min-max)':>15}")
+    for key, name in SERVER_CPU_NAMES.items():
+        row = cpu["rows"][key]
+        spread = f"({fmt(row['us_per_packet_min'], '.1f')}-{fmt(row['us_per_packet_max'], '.1f')})"
+        print(f"{name:<30} {fmt(row['us_per_packet'], '.1f'):>10} {spread:>15}")
+    print("hot-path goals (measured side by side in this run)")
+    for goal in cpu["goals"]:
+        print(f"  {_met(goal['met'])} {goal['name']}: {fmt(goal['measured'], '.2f')}{goal['unit']} "
+              f"({goal['value']})")
     print()
 
 
@@ -408,25 +482,29 @@ def print_groups(report: dict) -> None:
 def print_ed_load(report: dict) -> None:
     ed = report["ed_load"]
     runs = len(report["ed_load_runs"])
-    print(f"ed latency while the df lane is saturated: ed:noop 1 in flight for {ed['seconds_per_phase']:g} s "
-          f"per phase on one connection; {ed['df_inflight']} df:sleep_ms {ed['df_sleep_ms']} kept in flight on "
-          f"another; {runs} repeats; medians (max: worst of all)")
+    print(f"ed latency under df load: ed:noop 1 in flight for {ed['seconds_per_phase']:g} s per phase on one "
+          f"connection; on another, {ed['df_inflight']} df:sleep_ms {ed['df_sleep_ms']} kept in flight (lane "
+          f"saturated) or {ed['flood_inflight']} df:noop (front saturated); {runs} repeats; medians "
+          f"(max: worst of all)")
     _rule(f"{'df lane':<38} {'ed packets':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-          f"{'max ms':>8} {'df packets/s':>13}")
+          f"{'max ms':>8} {'front busy':>10} {'df packets/s':>13}")
     ceiling = ed["df_throughput_ceiling"]
     rows = (("idle", ed["idle"], None),
-            (f"saturated ({ed['df_saturated_runs']}/{runs} runs verified)", ed["loaded"], ceiling))
+            (f"saturated ({ed['df_saturated_runs']}/{runs} runs verified)", ed["loaded"], ceiling),
+            (f"no-op flood ({ed['flood_saturated_runs']}/{runs} verified)", ed["flood"], None))
     for name, m, limit in rows:
         df = "-"
         if "df_throughput" in m:
             df = f"{m['df_throughput']:,.1f}" + (f" / {limit:g}" if limit else "")
         print(f"{name:<38} {m['packets']:>10,} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['p999_ms']:>9.3f} "
-              f"{m['max_ms']:>8.3f} {df:>13}")
-    r = ed["ratios"]
-    print(f"{'ratio saturated / idle':<38} {'':>10} {r['p50']:>7.2f}x {r['p99']:>7.2f}x {'':>9} {r['max']:>7.2f}x")
+              f"{m['max_ms']:>8.3f} {fmt(m.get('front_cpu_share'), '.0%'):>10} {df:>13}")
+    for name, key in (("ratio saturated / idle", "ratios"), ("ratio flood / idle", "flood_ratios")):
+        r = ed[key]
+        print(f"{name:<38} {'':>10} {r['p50']:>7.2f}x {r['p99']:>7.2f}x {'':>9} {r['max']:>7.2f}x")
     print("  target: ed p99 <= 2 ms while df is saturated" + (
         f"; df packets/s is the lane's rate during the loaded phase / its ceiling ({report['config']['workers']} "
-        f"workers x 1000 / {ed['df_sleep_ms']} ms)" if ceiling else ""))
+        f"workers x 1000 / {ed['df_sleep_ms']} ms)" if ceiling else "")
+        + "; front busy: the front's CPU time / the phase's time")
     print()
 
 
@@ -535,10 +613,10 @@ def write_plot(report: dict, paths: list[Path]) -> str:
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     fig.suptitle(f"pfnode benchmark, {report['machine']['cpu_count']} CPUs, {cfg['workers']} workers, "
                  f"{cfg['repeats']} repeats (medians; bars: min-max)  {report['machine']['date']}", fontsize=11)
-    systems = ["pfnode", "pfnode_websockets", "executor", "echo"]
+    systems = ["pfnode", "pfnode_websockets", "executor", "echo", "echo_picows"]
     labels = {row.key: row.plot_label for row in SYSTEMS}
     _bars(axes[0][0], [labels[s] for s in systems], [med[s] for s in systems],
-          ["tab:blue", "tab:cyan", "tab:gray", "tab:orange"],
+          ["tab:blue", "tab:cyan", "tab:gray", "tab:orange", "tab:olive"],
           f"df:noop throughput per system (window {cfg['window']})", "packets/s")
     axes[0][0].axhline(30_000, color="tab:red", linestyle="--", linewidth=1)
     axes[0][0].annotate("target 30 000/s", (-0.45, 30_000), xytext=(0, 3), textcoords="offset points",

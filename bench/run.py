@@ -8,10 +8,12 @@ rows, ed latency under df load, payload sizes, and the two transports.
 Each repeat measures, a fresh client process each (bench/systems.py says what each is):
 
   systems   df:noop through the node (picows), the same node on the websockets transport, the
-            stdlib ProcessPoolExecutor, and the same frames through a bare websockets echo
-            server; with the CPU per packet of each serving process
+            stdlib ProcessPoolExecutor, and the same frames through a bare websockets echo server
+            and a bare picows echo server (orjson decode + encode per frame); with the CPU per
+            packet of each serving process
   lanes     cf:noop, df:noop, ed:noop, rm:noop (bench/handlers_bench.py) against the same node
-  ed load   ed:noop one at a time with the df lane idle, and kept busy by df:sleep_ms packets
+  ed load   ed:noop one at a time with the df lane idle, kept busy by df:sleep_ms packets, and
+            flooded with df:noop (the front itself saturated)
   payloads  df:noop with 100 B, 64 KiB and 1 MiB of float64 data, as a JSON list and as an
             $ndarray, against the node and the websockets echo server; the large ones also
             against a node with pipes only between front and workers (--worker-shm-bytes 0)
@@ -39,12 +41,13 @@ def parse_args(argv: list[str] | None):
     opts = Options(__doc__, 3, "worker processes for pfnode and the executor")
     opts.count("--group-packets", 2000, 1000, "packets per throughput measurement of each lane's no-op")
     opts.count("--group-rtt-packets", 300, 150, "round trips per RTT measurement of each lane's no-op")
-    opts.count("--ed-seconds", 1.2, 0.5, "seconds of ed:noop round trips per phase (df idle, saturated)",
-               kind=float, minimum=0.1)
+    opts.count("--ed-seconds", 1.2, 0.5, "seconds of ed:noop round trips per phase (df idle, saturated, "
+               "flooded)", kind=float, minimum=0.1)
     opts.add("--ed-df-inflight", type=int, default=None,
              help="df:sleep_ms packets kept in flight to saturate the df lane (default 16 per worker)")
     opts.count("--ed-df-sleep-ms", 50, 50, "milliseconds each of those df packets sleeps (0: a df:sleep_ms 0 "
                "flood)", minimum=0)
+    opts.count("--ed-flood-inflight", 256, 256, "df:noop packets kept in flight to saturate the front")
     opts.count("--payload-packets", 1000, 400, "packets per throughput measurement of the 100 B payloads; "
                "64 KiB gets a quarter, 1 MiB a 32nd, at least 10")
     opts.count("--payload-rtt-packets", 160, 80, "round trips per RTT measurement of the 100 B payloads; "

@@ -1,6 +1,6 @@
 """The servers the benchmark runs beside the nodes, each in its own child process
-(`Processes.start_server`): a bare websockets echo server, the baseline of the node's transport
-cost, and a Python Reactor for the hub relay. Each answers ("ok", value) on its pipe once it serves.
+(`Processes.start_server`): two bare echo servers, the baselines of the node's transport cost,
+and a Python Reactor for the hub relay. Each answers ("ok", value) on its pipe once it serves.
 """
 from __future__ import annotations
 
@@ -28,6 +28,35 @@ def websockets_echo_server(conn) -> None:
         async with serve(echo, "127.0.0.1", 0, compression=None, max_queue=64, max_size=None) as server:
             conn.send(("ok", server.sockets[0].getsockname()[1]))
             await asyncio.Future()
+
+    run_loop(main)
+
+
+def picows_echo_server(conn) -> None:
+    """A bare picows echo server, the transport's own cost: per text frame `orjson.loads`, then
+    `orjson.dumps` of the decoded object, sent back (the same bytes, for orjson's own frames).
+    Answers ("ok", port); runs until killed."""
+    import asyncio
+
+    import orjson
+    from picows import WSListener, WSMsgType, ws_create_server
+
+    loads, dumps, text, close = orjson.loads, orjson.dumps, WSMsgType.TEXT, WSMsgType.CLOSE
+
+    class Echo(WSListener):
+        def on_ws_frame(self, transport, frame) -> None:
+            if frame.msg_type is text:
+                transport.send(text, dumps(loads(frame.get_payload_as_memoryview())))
+            elif frame.msg_type is close:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+    async def main() -> None:
+        server = await ws_create_server(lambda request: Echo(), "127.0.0.1", 0,
+                                        max_frame_size=64 * 1024 * 1024, enable_auto_ping=False,
+                                        enable_auto_pong=True)
+        conn.send(("ok", server.sockets[0].getsockname()[1]))
+        await asyncio.Future()
 
     run_loop(main)
 

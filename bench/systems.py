@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from bench import clients, servers
-from bench.common import BenchError, progress
+from bench.common import DATA, BenchError, progress
 from bench.processes import ChildServer, NodeProcess, Processes, node_health
 
 # The node loads the spec's examples (df:noop) and the bench-only handlers (cf/ed/rm:noop,
@@ -24,8 +24,8 @@ NODE_HANDLERS = "handlers.examples,bench.handlers_bench"
 PIPES_ONLY_ARGS = ("--worker-shm-bytes", "0")
 # The nodes run.py starts: name -> (transport, extra arguments).
 NODES = {"picows": ("picows", ()), "websockets": ("websockets", ()), "pipes": ("picows", PIPES_ONLY_ARGS)}
-# The bare echo server (bench/servers.py): the transport's cost with no node behind it.
-ECHO_SERVERS = {"websockets": servers.websockets_echo_server}
+# The bare echo servers (bench/servers.py): the transport's cost with no node behind it.
+ECHO_SERVERS = {"websockets": servers.websockets_echo_server, "picows": servers.picows_echo_server}
 
 
 def serve_argv(workers: int, transport: str = "picows", extra: tuple[str, ...] = (),
@@ -52,6 +52,8 @@ SYSTEMS = (
     Row("echo", "websockets echo server, no workers", "websockets\necho server", echo="websockets", tag="r"),
     Row("pfnode_websockets", "pfnode df:noop, websockets transport", "pfnode\n(websockets\ntransport)",
         node="websockets", tag="w"),
+    Row("echo_picows", "picows echo server (orjson), no workers", "picows\necho server\n(orjson)",
+        echo="picows", tag="p"),
 )
 GROUPS = ("cf", "df", "ed", "rm")  # the lanes, each measured with its own no-op
 # Payload sizes: float64 arrays of this many bytes (12, 8 192 and 131 072 values), each sent as a
@@ -67,11 +69,13 @@ SHM_COMPARE_SIZES = ("64 KiB", "1 MiB")
 
 def ed_phases(args: argparse.Namespace, rep: int) -> list[dict]:
     """The ed load phases, rotated each repeat: df lane idle; kept busy by df:sleep_ms packets
-    (the lane full, the CPUs not)."""
+    (the lane full, the CPUs not); flooded with df:noop (the front itself saturated)."""
     sleep_s = args.ed_df_sleep_ms / 1000
     phases = [{"name": "idle"},
               {"name": "loaded", "element": "sleep_ms", "data": args.ed_df_sleep_ms, "inflight": args.ed_df_inflight,
-               "saturate_s": 10 + args.ed_df_inflight * sleep_s}]
+               "saturates": "lane", "saturate_s": 10 + args.ed_df_inflight * sleep_s},
+              {"name": "flood", "element": "noop", "data": DATA, "inflight": args.ed_flood_inflight,
+               "saturates": "front", "saturate_s": 10}]
     k = rep % len(phases)
     return phases[k:] + phases[:k]
 
@@ -245,14 +249,14 @@ def measure_lanes(procs: Processes, servers: Servers, plan: Plan, rep: int, resu
 
 
 def measure_ed_load(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
-    """ed latency with the df lane idle and kept busy (the phase order rotates)."""
+    """ed latency with the df lane idle, kept busy, and flooded (the phase order rotates)."""
     a = plan.args
     node = servers.nodes["picows"]
     phases = ed_phases(a, rep)
     label = _label(plan, rep, "ed load")
     limit_s = len(phases) * (plan.ed_timeout_s + 2 * a.ed_seconds) + 30
     r = procs.call(label, clients.ed_load_client, limit_s, endpoint=node.endpoint, seconds=a.ed_seconds,
-                   phases=phases, tag=f"e{rep}", timeout_s=plan.ed_timeout_s)
+                   phases=phases, tag=f"e{rep}", timeout_s=plan.ed_timeout_s, front_pids=[node.front_pid])
     results.ed_runs.append(r)
     parts = [f"{name} p50 {r[name]['p50_ms']:.3f} / p99 {r[name]['p99_ms']:.3f} / max {r[name]['max_ms']:.3f} ms"
              + (f" (df {r[name]['df_throughput']:,.1f} packets/s, saturated: {r[name]['df_saturated']})"
