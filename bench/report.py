@@ -250,8 +250,9 @@ def server_cpu(medians: dict, payload_summary: dict, ed_load: dict, ed_runs: int
                            f"µs per MiB"))
     goals.append(_goal("ed_p99_flood_ms", "ed p99 <= 2 ms while a df:noop flood saturates the front",
                        flood["p99_ms"], 2.0,
-                       f"idle {ed_load['idle']['p99_ms']:.3f} ms; front busy {fmt(flood.get('front_cpu_share'), '.0%')} "
-                       f"of the time; saturated in {ed_load['flood_saturated_runs']} of {ed_runs} runs",
+                       f"idle {ed_load['idle']['p99_ms']:.3f} ms; front busy "
+                       f"{fmt(flood.get('front_cpu_share'), '.0%')} of the time; saturated in "
+                       f"{ed_load['flood_saturated_runs']} of {ed_runs} runs",
                        unit=" ms", also=ed_load["flood_saturated_runs"] == ed_runs))
     return {"rows": rows, "goals": goals, "ratios": {g["key"]: g["measured"] for g in goals}}
 
