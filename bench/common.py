@@ -18,10 +18,6 @@ DATA = {"sensor": "bench-01", "ts": 1718000000123, "values": [20.5, 21.25, 19.75
         "tags": ["lab", "north"], "ok": True}
 WINDOW = 256  # packets in flight during a throughput measurement
 
-# How much each harness measures by default, and with --quick. The full sizes keep `make bench`
-# (run.py, hub.py and the micro-benchmarks) near 100 s on 2 cores, with room for more rows.
-FULL = {"packets": 10_000, "rtt_packets": 1_000, "repeats": 3}
-QUICK = {"packets": 3_000, "rtt_packets": 300, "repeats": 1}
 
 
 class BenchError(Exception):
@@ -72,17 +68,18 @@ class Options:
     """An argument parser whose counted options default to one value for a full run and
     another for --quick, and are refused under their minimum."""
 
-    def __init__(self, doc: str, repeats: int, workers_help: str) -> None:
+    def __init__(self, doc: str, workers_help: str, packets: tuple[int, int], rtt_packets: tuple[int, int],
+                 repeats: int = 3) -> None:
+        """packets, rtt_packets: (full, --quick) defaults; --quick makes one repeat."""
         cores = os.cpu_count() or 1
         self.parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                               formatter_class=argparse.RawDescriptionHelpFormatter)
         self.counts: dict[str, tuple[float, float, float]] = {}
         self.parser.add_argument("--quick", action="store_true",
                                  help="short smoke run: fewer packets, seconds and repeats (1)")
-        self.count("--packets", FULL["packets"], QUICK["packets"], "packets per throughput measurement")
-        self.count("--rtt-packets", FULL["rtt_packets"], QUICK["rtt_packets"],
-                   "one-at-a-time round trips per RTT measurement")
-        self.count("--repeats", repeats, QUICK["repeats"], "measurements of each system; medians are reported")
+        self.count("--packets", *packets, "packets per throughput measurement")
+        self.count("--rtt-packets", *rtt_packets, "one-at-a-time round trips per RTT measurement")
+        self.count("--repeats", repeats, 1, "measurements of each system; medians are reported")
         self.parser.add_argument("--workers", type=int, default=cores,
                                  help=f"{workers_help} (default: cores, {cores})")
         self.parser.add_argument("--window", type=int, default=WINDOW,

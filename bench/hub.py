@@ -2,7 +2,7 @@
 """pfnode hub relay benchmark: what forwarding a packet through a hub costs (docs/PROTOCOL.md,
 "Hub routing" and "Dial-out"), against the same packet run directly, in one run.
 
-    .venv/bin/python bench/hub.py             # full run, about 20 s on 2 cores
+    .venv/bin/python bench/hub.py             # full run, about 15 s on 2 cores
     .venv/bin/python bench/hub.py --quick     # smoke run, about 6 s
 
 Three systems (bench/systems.py, "the hub relay"), each measured R times, interleaved, the order
@@ -41,7 +41,7 @@ from bench.processes import Processes, run_with_cleanup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
-    opts = Options(__doc__, 3, "df workers of the direct node and of the dial-out node")
+    opts = Options(__doc__, "df workers of the direct node and of the dial-out node", (6_000, 3_000), (600, 300))
     opts.add("--uplink-transport", choices=["picows", "websockets"], default="picows",
              help="the dial-out node's --transport (default %(default)s)")
     return opts.parse(argv)

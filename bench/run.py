@@ -38,20 +38,21 @@ from bench.processes import Processes, run_with_cleanup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
-    opts = Options(__doc__, 3, "worker processes for pfnode and the executor")
+    # The full sizes keep `make bench` (run.py, hub.py, the micro-benchmarks) near 90 s on 2 cores.
+    opts = Options(__doc__, "worker processes for pfnode and the executor", (10_000, 3_000), (1_000, 300))
     opts.count("--group-packets", 2000, 1000, "packets per throughput measurement of each lane's no-op")
     opts.count("--group-rtt-packets", 300, 150, "round trips per RTT measurement of each lane's no-op")
-    opts.count("--ed-seconds", 1.2, 0.5, "seconds of ed:noop round trips per phase (df idle, saturated, "
+    opts.count("--ed-seconds", 1.0, 0.5, "seconds of ed:noop round trips per phase (df idle, saturated, "
                "flooded)", kind=float, minimum=0.1)
     opts.add("--ed-df-inflight", type=int, default=None,
              help="df:sleep_ms packets kept in flight to saturate the df lane (default 16 per worker)")
     opts.count("--ed-df-sleep-ms", 50, 50, "milliseconds each of those df packets sleeps (0: a df:sleep_ms 0 "
                "flood)", minimum=0)
     opts.count("--ed-flood-inflight", 256, 256, "df:noop packets kept in flight to saturate the front")
-    opts.count("--payload-packets", 1000, 400, "packets per throughput measurement of the 100 B payloads; "
+    opts.count("--payload-packets", 800, 400, "packets per throughput measurement of the 100 B payloads; "
                "64 KiB gets a quarter, 1 MiB a 32nd, at least 10")
     opts.count("--payload-rtt-packets", 160, 80, "round trips per RTT measurement of the 100 B payloads; "
-               "64 KiB gets a quarter, 1 MiB a 16th, at least 5")
+               "64 KiB gets a quarter, 1 MiB a 20th, at least 5")
     opts.count("--payload-window", 16, 16, "packets in flight for the payload throughput")
     opts.count("--payload-large-window", 4, 4, "packets in flight for the 1 MiB payload throughput")
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")

@@ -60,7 +60,7 @@ GROUPS = ("cf", "df", "ed", "rm")  # the lanes, each measured with its own no-op
 # JSON list of floats and as an $ndarray object. The larger ones get fewer packets.
 PAYLOAD_SIZES = (("100 B", 96), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024))
 PAYLOAD_PACKET_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 32}
-PAYLOAD_RTT_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 16}
+PAYLOAD_RTT_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 20}
 LARGE_PAYLOAD_BYTES = 1024 * 1024  # from this size on the throughput window is --payload-large-window
 ENCODINGS = ("json", "ndarray")
 # The payload rows over the node's shared-memory threshold (32 KiB), also sent to the pipes-only node.
