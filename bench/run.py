@@ -2,7 +2,7 @@
 """pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane no-op
 rows, ed latency under df load, payload sizes, and the two transports.
 
-    .venv/bin/python bench/run.py             # full run (make bench), about 70 s on 2 cores
+    .venv/bin/python bench/run.py             # full run (make bench), about 80-90 s on 2 cores
     .venv/bin/python bench/run.py --quick     # smoke run, about 15 s
 
 Each repeat measures, a fresh client process each (bench/systems.py says what each is):
