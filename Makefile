@@ -38,15 +38,18 @@ test: venv interop-deps
 	PFNODE_TRANSPORT=websockets $(PY) -m pytest $(WIRE_TESTS) $(ARGS)
 
 # bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), then the pytest-benchmark micro-benchmarks
-# (MICRO_ARGS go to pytest). Plain `pytest` never collects bench/: testpaths is tests/.
+# (MICRO_ARGS go to pytest). --quick in ARGS shortens all three: hub.py gets it too, and each micro-benchmark
+# runs for at most 0.05 s instead of 0.5 s. Plain `pytest` never collects bench/: testpaths is tests/.
 MICRO_ARGS ?=
 HUB_ARGS ?=
+BENCH_QUICK := $(filter --quick,$(ARGS))
+MICRO_MAX_TIME := $(if $(BENCH_QUICK),0.05,0.5)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
-	$(PY) bench/hub.py $(HUB_ARGS)
+	$(PY) bench/hub.py $(BENCH_QUICK) $(HUB_ARGS)
 	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-sort=name \
-		--benchmark-columns=min,median,mean,stddev,ops,rounds \
+		--benchmark-max-time=$(MICRO_MAX_TIME) --benchmark-columns=min,median,mean,stddev,ops,rounds \
 		--benchmark-json=bench/results/micro-latest.json $(MICRO_ARGS)
 
 clean:

@@ -1,1 +1,4 @@
-"""The benchmark (bench/run.py) and its bench-only handlers (bench/handlers_bench.py)."""
+"""The benchmark: bench/run.py and bench/hub.py (entry points), bench/systems.py (what is measured),
+bench/clients.py (the client side), bench/servers.py (echo servers, the Python reactor),
+bench/processes.py (starting and stopping them all), bench/report.py (tables, JSON, plot),
+bench/common.py (shared pieces) and bench/handlers_bench.py (bench-only handlers)."""

@@ -1,0 +1,650 @@
+"""The client side: every function here that does not start with an underscore is run in a
+fresh child process (`Processes.call`) and returns a dict of measurements.
+
+  ws_client          pre-encoded submit frames over one raw WebSocket: warm-up, throughput with a
+                     window of packets in flight, then RTT one at a time; against a node or an
+                     echo server, every answer checked
+  payload_client     the same for df:noop with 100 B to 1 MiB of float64 data, as a JSON list and as
+                     an $ndarray, frames built as they are sent and answers checked without parsing
+                     the data into floats
+  ed_load_client     ed:noop one at a time while a second connection keeps the df lane busy
+                     (df:sleep_ms) or floods the front (df:noop)
+  executor_client    the stdlib ProcessPoolExecutor, driven in-process
+
+CPU time of the server processes during a throughput phase is read here, from the client, for
+the groups of pids the caller names (`cpu_pids`), and reported as `<group>_cpu_us_per_packet`.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.common import DATA, BenchError, percentile, run_loop
+from bench.processes import cpu_s, die_with_parent, node_health
+
+
+def _connect(endpoint: str):
+    from websockets.asyncio.client import connect
+
+    return connect(endpoint, compression=None, max_size=None, open_timeout=10)
+
+
+# ---------------------------------------------------------------------------- frames and checks
+
+def _submit_frame(seq: int, tag: str, group: str = "df", element: str = "noop", data=DATA) -> bytes:
+    import orjson
+
+    return orjson.dumps({"type": "submit", "seq": seq, "payload": {
+        "version": "1.0", "id": f"{tag}-{seq}", "group": group, "element": element,
+        "data": data, "priority": 5}})
+
+
+def _result_checker(tag: str, data):
+    """check(raw) -> the seq of a successful result for packet `<tag>-<seq>` that returned
+    `data`, or None for a heartbeat. Raises BenchError for anything else."""
+    import orjson
+
+    def check(raw: bytes) -> int | None:
+        obj = orjson.loads(raw)
+        mtype = obj.get("type")
+        if mtype == "heartbeat":
+            return None
+        if mtype != "result":
+            raise BenchError(f"node sent a {mtype!r} frame, expected a result: {raw[:300]!r}")
+        seq, p = obj.get("seq"), obj["payload"]
+        if p.get("status") != "success":
+            raise BenchError(f"packet {tag}-{seq} did not succeed: {p.get('error')}")
+        if p.get("packet_id") != f"{tag}-{seq}":
+            raise BenchError(f"seq {seq} answered with packet_id {p.get('packet_id')!r}, expected {tag}-{seq}")
+        if p.get("data") != data:
+            raise BenchError(f"packet {tag}-{seq} returned wrong data: {p.get('data')!r}")
+        return seq
+    return check
+
+
+def _checker(mode: str, first_seq: int, frames: list[bytes], tag: str):
+    """check(raw) -> index of the answered frame, or None for a frame to ignore; BenchError for
+    anything that is not the right answer. pfnode: a success result for a seq that was sent,
+    with its own packet_id and the data it was given; echo: the frame itself, byte for byte."""
+    import orjson
+
+    n = len(frames)
+    if mode == "pfnode":
+        result = _result_checker(tag, DATA)
+
+        def check(raw: bytes) -> int | None:
+            seq = result(raw)
+            if seq is None:
+                return None
+            i = seq - first_seq if type(seq) is int else -1
+            if not 0 <= i < n:
+                raise BenchError(f"result with unexpected seq {seq}: {raw[:300]!r}")
+            return i
+    else:
+        def check(raw: bytes) -> int | None:
+            obj = orjson.loads(raw)  # the same parse the pfnode check does
+            i = obj.get("seq", -1) - first_seq
+            if not 0 <= i < n or raw != frames[i]:
+                raise BenchError(f"echo server returned a wrong frame: {raw[:300]!r}")
+            return i
+    return check
+
+
+# ---------------------------------------------------------------------------- the two ways to send
+
+async def _pipelined(ws, frames, check, window: int, timeout_s: float) -> float:
+    """Send every frame keeping at most `window` unanswered; return elapsed seconds. Each
+    frame must be answered exactly once."""
+    import asyncio
+
+    n = len(frames)
+    room = asyncio.Semaphore(window)
+    seen = bytearray(n)
+
+    async def sender() -> None:
+        for frame in frames:
+            await room.acquire()
+            await ws.send(frame, text=True)
+
+    async def receiver() -> None:
+        got = 0
+        while got < n:
+            i = check(await ws.recv(decode=False))
+            if i is None:
+                continue
+            if seen[i]:
+                raise BenchError(f"frame {i} answered twice")
+            seen[i] = 1
+            got += 1
+            room.release()
+
+    start = time.perf_counter()
+    tasks = [asyncio.ensure_future(sender()), asyncio.ensure_future(receiver())]
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_EXCEPTION)
+    elapsed = time.perf_counter() - start
+    for task in pending:
+        task.cancel()
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()
+    if pending:
+        raise BenchError(f"only {sum(seen)} of {n} answers within {timeout_s:.0f} s")
+    return elapsed
+
+
+async def _round_trip(ws, frame: bytes, check) -> tuple[int, float]:
+    """Send one frame and wait for its answer: (what `check` says it answers, µs)."""
+    clock = time.perf_counter_ns
+    t0 = clock()
+    await ws.send(frame, text=True)
+    while True:
+        raw = await ws.recv(decode=False)
+        t1 = clock()
+        answered = check(raw)
+        if answered is not None:
+            return answered, (t1 - t0) / 1000
+
+
+async def _one_at_a_time(ws, frames, check) -> list[float]:
+    """Send each frame after the previous answer; return round-trip times in µs."""
+    rtts = []
+    for expected, frame in enumerate(frames):
+        i, rtt = await _round_trip(ws, frame, check)
+        if i != expected:
+            raise BenchError(f"answer for frame {i} while waiting for {expected}")
+        rtts.append(rtt)
+    return rtts
+
+
+async def _measure(ws, plan: dict, window: int, timeout_s: float, cpu_pids: dict[str, list[int]]) -> dict:
+    """Warm-up, throughput (with the CPU time of the client and of each group of `cpu_pids`),
+    then RTT one at a time, on one connection. `plan`: phase -> (frames, check)."""
+    await _pipelined(ws, *plan["warmup"], window, timeout_s)
+    packets = len(plan["throughput"][0])
+    cpu0 = {group: cpu_s(pids) for group, pids in cpu_pids.items()}
+    client0 = time.process_time()
+    elapsed = await _pipelined(ws, *plan["throughput"], window, timeout_s)
+    client1 = time.process_time()
+    cpu1 = {group: cpu_s(pids) for group, pids in cpu_pids.items()}
+    rtts = sorted(await _one_at_a_time(ws, *plan["rtt"]))
+    out = {"throughput": packets / elapsed, "elapsed_s": elapsed,
+           "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
+           "rtt_mean_us": statistics.fmean(rtts),
+           "client_cpu_us_per_packet": (client1 - client0) / packets * 1e6,
+           "frame_bytes": len(plan["throughput"][0][0]),
+           "packets_answered": sum(len(frames) for frames, _ in plan.values())}
+    for group in cpu_pids:
+        out[f"{group}_cpu_us_per_packet"] = (cpu1[group] - cpu0[group]) / packets * 1e6
+    return out
+
+
+def _plan(first_seq: int, counts: dict[str, int], make) -> tuple[dict, int]:
+    """phase -> make(seq, count) for each phase in `counts`, the seqs numbered on from
+    `first_seq`; and the next seq."""
+    plan, seq = {}, first_seq
+    for phase, count in counts.items():
+        plan[phase] = make(seq, count)
+        seq += count
+    return plan, seq
+
+
+# ---------------------------------------------------------------------------- ws_client
+
+def ws_client(endpoint: str, mode: str, packets: int, rtt_packets: int, window: int, warmup: int,
+              tag: str, cpu_pids: dict[str, list[int]], timeout_s: float, group: str = "df",
+              element: str = "noop") -> dict:
+    """One client run against pfnode (mode 'pfnode', packets `group:element`) or an echo server
+    (mode 'echo'), with pre-encoded frames: warm-up, throughput, RTT."""
+    def make(first_seq: int, count: int):
+        frames = [_submit_frame(seq, tag, group, element) for seq in range(first_seq, first_seq + count)]
+        return frames, _checker(mode, first_seq, frames, tag)
+
+    plan, _ = _plan(1, {"warmup": warmup, "throughput": packets, "rtt": rtt_packets}, make)
+
+    async def main() -> dict:
+        async with _connect(endpoint) as ws:
+            return await _measure(ws, plan, window, timeout_s, cpu_pids)
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- payloads
+# df:noop with 100 B, 64 KiB and 1 MiB of float64 data, as a JSON list and as an $ndarray
+# object (docs/PROTOCOL.md, "numpy payloads")
+
+def _payload_values(nbytes: int):
+    """nbytes / 8 float64 values, the same ones in every process (seeded by the size)."""
+    import numpy as np
+
+    return np.random.default_rng(nbytes).standard_normal(max(1, nbytes // 8))
+
+
+def _payload_json(values, encoding: str) -> bytes:
+    """The packet's `data` as JSON text: a list of floats, or one $ndarray object."""
+    import orjson
+
+    if encoding == "json":
+        return orjson.dumps(values.tolist())
+    from pfnode.ndarray import encode_array
+
+    return orjson.dumps(encode_array(values))
+
+
+def _same_payload(got: bytes, encoding: str, values) -> bool:
+    """True when `got` (data JSON text) holds exactly `values` in `encoding`: the slow check,
+    used only when the bytes differ from what was sent (any faithful re-encoding passes)."""
+    import numpy as np
+    import orjson
+
+    try:
+        obj = orjson.loads(got)
+        if encoding == "json":
+            return (type(obj) is list and len(obj) == len(values)
+                    and all(type(x) is float for x in obj) and np.array_equal(np.array(obj), values))
+        from pfnode.ndarray import decode_tree
+
+        array = decode_tree(obj)
+        return (isinstance(array, np.ndarray) and array.dtype == values.dtype
+                and array.shape == values.shape and np.array_equal(array, values))
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not the same
+        return False
+
+
+class _PayloadFrames:
+    """Submit frames for seqs first..first+count-1 that all carry `data_json`, built as they are
+    sent: hundreds of pre-encoded 2.6 MB frames would not fit in memory. Building one is a single
+    copy of the data (b"".join), the same for the node and the echo server."""
+
+    def __init__(self, first_seq: int, count: int, tag: str, data_json: bytes, ndarray: bool) -> None:
+        self.first_seq, self.count, self.tag, self.data_json = first_seq, count, tag.encode(), data_json
+        self.meta = b',"metadata":{"ndarray":true}' if ndarray else b""
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return (self[i] for i in range(self.count))
+
+    def __getitem__(self, i: int) -> bytes:
+        seq = self.first_seq + i
+        head = (b'{"type":"submit","seq":%d,"payload":{"version":"1.0","id":"%s-%d","group":"df",'
+                b'"element":"noop","priority":5%s,"data":' % (seq, self.tag, seq, self.meta))
+        return b"".join((head, self.data_json, b"}}"))
+
+
+_FRAME_DECODER = None
+
+
+def _frame_decoder():
+    """A msgspec decoder that keeps a frame's payload `data` as raw JSON: every answer is checked
+    without the client building 131 072 floats (it still scans them: the JSON must be valid)."""
+    global _FRAME_DECODER
+    if _FRAME_DECODER is None:
+        from typing import Any
+
+        import msgspec
+
+        # defstruct: real types, not annotations (this module has `from __future__ import annotations`)
+        payload = msgspec.defstruct("Payload", [("packet_id", Any, None), ("id", Any, None),
+                                                ("status", Any, None),
+                                                ("data", msgspec.Raw, msgspec.Raw(b"null")),
+                                                ("error", Any, None)])
+        frame = msgspec.defstruct("Frame", [("type", Any, None), ("seq", Any, None),
+                                            ("payload", payload | None, None)])
+        _FRAME_DECODER = msgspec.json.Decoder(frame)
+    return _FRAME_DECODER
+
+
+def _payload_checker(mode: str, first_seq: int, count: int, tag: str, data_json: bytes,
+                     encoding: str, values):
+    """check(raw) -> index of the answered frame, None for a heartbeat; BenchError otherwise.
+    pfnode: a success result for the right seq and packet id whose data equals what was sent
+    (byte for byte, or else decoded and compared value for value). echo: the submit frame
+    itself, with the same checks on its id and data."""
+    decoder = _frame_decoder()
+    expect_type = "result" if mode == "pfnode" else "submit"
+
+    def check(raw: bytes) -> int | None:
+        frame = decoder.decode(raw)
+        if frame.type == "heartbeat" and mode == "pfnode":
+            return None
+        if frame.type != expect_type:
+            raise BenchError(f"got a {frame.type!r} frame, expected {expect_type}: {raw[:300]!r}")
+        seq = frame.seq if type(frame.seq) is int else -1
+        i, p = seq - first_seq, frame.payload
+        if not 0 <= i < count or p is None:
+            raise BenchError(f"answer with unexpected seq {frame.seq}: {raw[:300]!r}")
+        packet_id = f"{tag}-{seq}"
+        if mode == "pfnode":
+            if p.status != "success":
+                raise BenchError(f"packet {packet_id} did not succeed: {p.error}")
+            if p.packet_id != packet_id:
+                raise BenchError(f"seq {seq} answered with packet_id {p.packet_id!r}, expected {packet_id!r}")
+        elif p.id != packet_id:
+            raise BenchError(f"echo server returned id {p.id!r} for seq {seq}, expected {packet_id!r}")
+        got = bytes(p.data)
+        if got != data_json and not _same_payload(got, encoding, values):
+            raise BenchError(f"packet {packet_id} ({encoding}, {len(data_json):,} bytes of data) came back "
+                             f"with different data ({len(got):,} bytes): {got[:120]!r}...")
+        return i
+    return check
+
+
+def _worker_codec_us(data_json: bytes, encoding: str, repeats: int = 7) -> float:
+    """Median µs of what a worker must do with this payload whatever the node: parse the data
+    (and base64-decode its array), then encode the result again. Timed in the client process."""
+    import orjson
+
+    if encoding == "ndarray":
+        from pfnode.ndarray import decode_tree, encode_tree
+
+        def work() -> bytes:
+            return orjson.dumps(encode_tree(decode_tree(orjson.loads(data_json))))
+    else:
+        def work() -> bytes:
+            return orjson.dumps(orjson.loads(data_json))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        work()
+        times.append((time.perf_counter_ns() - t0) / 1000)
+    return statistics.median(times)
+
+
+async def _payload_variant(ws, mode: str, v: dict, first_seq: int, tag: str, timeout_s: float,
+                           cpu_pids: dict[str, list[int]]) -> tuple[dict, int]:
+    """One payload variant on an open connection: its measurements and the next seq."""
+    values = _payload_values(v["nbytes"])
+    data_json = _payload_json(values, v["encoding"])
+
+    def make(seq: int, count: int):
+        frames = _PayloadFrames(seq, count, tag, data_json, v["encoding"] == "ndarray")
+        return frames, _payload_checker(mode, seq, count, tag, data_json, v["encoding"], values)
+
+    plan, next_seq = _plan(first_seq, {"warmup": v["warmup"], "throughput": v["packets"],
+                                       "rtt": v["rtt_packets"]}, make)
+    out = await _measure(ws, plan, v["window"], timeout_s, cpu_pids)
+    elapsed, packets = out["elapsed_s"], v["packets"]
+    out.update({"size": v["size"], "encoding": v["encoding"], "array_bytes": v["nbytes"],
+                "data_bytes": len(data_json), "window": v["window"],
+                "array_mb_s": packets * v["nbytes"] / elapsed / 1e6,
+                "wire_mb_s": packets * out["frame_bytes"] / elapsed / 1e6})
+    if mode == "pfnode":
+        out["worker_codec_us"] = _worker_codec_us(data_json, v["encoding"])
+    return out, next_seq
+
+
+def payload_client(endpoint: str, mode: str, variants: list[dict], tag: str,
+                   cpu_pids: dict[str, list[int]], timeout_s: float) -> list[dict]:
+    """Each payload variant in turn on one connection, against pfnode (df:noop) or the echo
+    server: warm-up, throughput at the variant's window, RTT one at a time. Returns one dict
+    per variant, in order."""
+    async def main() -> list[dict]:
+        results, seq = [], 1
+        async with _connect(endpoint) as ws:
+            for n, v in enumerate(variants):
+                r, seq = await _payload_variant(ws, mode, v, seq, f"{tag}v{n}", timeout_s, cpu_pids)
+                results.append(r)
+        return results
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- ed latency under load
+
+async def _ed_for(ws, seconds: float, tag: str, first_seq: int) -> tuple[list[float], int]:
+    """Send ed:noop packets one at a time (each after the previous answer) for `seconds`;
+    return (sorted round-trip times in µs, the next seq)."""
+    check = _result_checker(tag, DATA)
+    rtts = []
+    clock = time.perf_counter_ns
+    seq = first_seq
+    end = clock() + int(seconds * 1e9)
+    while clock() < end:
+        got, rtt = await _round_trip(ws, _submit_frame(seq, tag, "ed", "noop"), check)
+        if got != seq:
+            raise BenchError(f"answer for ed seq {got} while waiting for {seq}")
+        rtts.append(rtt)
+        seq += 1
+    if not rtts:
+        raise BenchError("no ed round trip completed")
+    rtts.sort()
+    return rtts, seq
+
+
+class _DfFiller:
+    """Keeps `inflight` df:`element` packets (data `data`) unanswered on one connection, sending
+    a new one as each answer arrives, until `refill` is cleared; then waits for the rest. Every
+    answer is checked (success, its own packet_id, the data it was given, answered once)."""
+
+    def __init__(self, ws, inflight: int, element: str, data, tag: str) -> None:
+        self.ws, self.inflight, self.element, self.data, self.tag = ws, inflight, element, data, tag
+        self.check = _result_checker(tag, data)
+        self.next_seq = 1
+        self.outstanding: set[int] = set()
+        self.answered = 0
+        self.refill = True
+
+    async def _send_one(self) -> None:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        self.outstanding.add(seq)
+        await self.ws.send(_submit_frame(seq, self.tag, "df", self.element, self.data), text=True)
+
+    async def run(self) -> None:
+        for _ in range(self.inflight):
+            await self._send_one()
+        while self.outstanding:
+            seq = self.check(await self.ws.recv(decode=False))
+            if seq is None:
+                continue
+            if seq not in self.outstanding:
+                raise BenchError(f"df:{self.element} seq {seq} answered twice, or never sent")
+            self.outstanding.remove(seq)
+            self.answered += 1
+            if self.refill:
+                await self._send_one()
+
+
+def _lane_state(health: dict, lane: str) -> dict | None:
+    state = health.get("lanes", {}).get(lane)
+    if not isinstance(state, dict):
+        return None
+    return {key: state.get(key) for key in ("workers", "busy", "running", "queued")}
+
+
+def _saturated(state: dict | None, what: str = "lane") -> bool | None:
+    """lane: every worker of the lane holds a packet and more wait in its queue. front: packets
+    wait in the lane's queue (the front holds a backlog; its workers may be faster than it and
+    empty now and then). None: unknown."""
+    if state is None or None in (state["workers"], state["busy"], state["queued"]):
+        return None
+    if what == "front":
+        return state["queued"] > 0
+    return state["workers"] > 0 and state["busy"] == state["workers"] and state["queued"] > 0
+
+
+def _latency_stats(rtts: list[float], seconds: float) -> dict:
+    return {"packets": len(rtts), "elapsed_s": seconds,
+            "p50_ms": percentile(rtts, 50) / 1000, "p99_ms": percentile(rtts, 99) / 1000,
+            "p999_ms": percentile(rtts, 99.9) / 1000, "max_ms": rtts[-1] / 1000,
+            "mean_ms": statistics.fmean(rtts) / 1000}
+
+
+class _EdRun:
+    """ed_load_client's state: the two connections, the next ed seq, what was answered."""
+
+    def __init__(self, endpoint: str, ed_ws, df_ws, seconds: float, tag: str, timeout_s: float,
+                 front_pids: list[int]) -> None:
+        self.endpoint, self.ed_ws, self.df_ws, self.seconds, self.tag = endpoint, ed_ws, df_ws, seconds, tag
+        self.timeout_s, self.front_pids = timeout_s, front_pids
+        self.seq, self.answered = 1, 0
+
+    async def df_lane(self) -> dict | None:
+        import asyncio
+
+        health = await asyncio.get_running_loop().run_in_executor(None, node_health, self.endpoint)
+        return _lane_state(health, "df")
+
+    async def ed_round_trips(self, seconds: float) -> dict:
+        """ed:noop one at a time for `seconds`: latency stats, with the front's CPU share."""
+        start, front0 = time.perf_counter(), cpu_s(self.front_pids)
+        rtts, next_seq = await _ed_for(self.ed_ws, seconds, f"{self.tag}ed", self.seq)
+        elapsed = time.perf_counter() - start
+        self.answered, self.seq = self.answered + next_seq - self.seq, next_seq
+        stats = _latency_stats(rtts, elapsed)
+        stats["front_cpu_share"] = (cpu_s(self.front_pids) - front0) / elapsed
+        return stats
+
+    async def idle(self, phase: dict) -> dict:
+        before = await self.df_lane()
+        if before is not None and (before["running"] or before["queued"]):
+            raise BenchError(f"df lane not idle before the idle phase: {before}")
+        return await self.ed_round_trips(self.seconds)
+
+    async def loaded(self, phase: dict) -> dict:
+        """ed round trips while a filler keeps phase["inflight"] df packets in flight, from the
+        moment the df lane is saturated; the filler drained and checked at the end."""
+        import asyncio
+
+        filler = _DfFiller(self.df_ws, phase["inflight"], phase["element"], phase["data"],
+                           f"{self.tag}{phase['name']}")
+        task = asyncio.ensure_future(filler.run())
+        try:
+            at_start = await self._until_saturated(task, phase)
+            answered0 = filler.answered
+            stats = await self.ed_round_trips(self.seconds)
+            df_answered = filler.answered - answered0
+            self._still_running(task)
+            at_end = await self.df_lane()
+            filler.refill = False
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
+            except TimeoutError:
+                raise BenchError(f"{len(filler.outstanding)} df:{phase['element']} packets still unanswered "
+                                 f"{self.timeout_s:.0f} s after the {phase['name']} phase") from None
+        finally:
+            task.cancel()
+        self.answered += filler.answered
+        stats.update({"df_packets": df_answered, "df_throughput": df_answered / stats["elapsed_s"],
+                      "df_lane_at_start": at_start, "df_lane_at_end": at_end,
+                      "df_saturated": (_saturated(at_start, phase["saturates"])
+                                       and _saturated(at_end, phase["saturates"]))})
+        return stats
+
+    @staticmethod
+    def _still_running(task) -> None:
+        if task.done():
+            task.result()
+            raise BenchError("the df filler stopped early")
+
+    async def _until_saturated(self, task, phase: dict) -> dict | None:
+        """Wait until the df lane is saturated as the phase means it; that df lane state."""
+        import asyncio
+
+        deadline = time.monotonic() + phase["saturate_s"]
+        while True:
+            await asyncio.sleep(0.05)
+            self._still_running(task)
+            state = await self.df_lane()
+            if _saturated(state, phase["saturates"]) is not False:
+                return state
+            if time.monotonic() > deadline:
+                raise BenchError(f"the df lane did not saturate: {state}")
+
+
+def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, timeout_s: float,
+                   front_pids: list[int]) -> dict:
+    """ed:noop RTT, one at a time on one connection, for `seconds` in each phase, in order:
+    {"name": "idle"} with the df lane empty, or {"name": ..., "element", "data", "inflight",
+    "saturates", "saturate_s"} while a second connection keeps `inflight` df:element packets in
+    flight; measured once the df lane is saturated (`_saturated(state, saturates)`), which must
+    still hold at the end for the run to count as saturated."""
+    async def main() -> dict:
+        order = [phase["name"] for phase in phases]
+        out: dict = {"order": order}
+        if "idle" in order and "loaded" in order:
+            out["idle_first"] = order.index("idle") < order.index("loaded")
+        async with _connect(endpoint) as ed_ws, _connect(endpoint) as df_ws:
+            run = _EdRun(endpoint, ed_ws, df_ws, seconds, tag, timeout_s, front_pids)
+            await run.ed_round_trips(min(0.5, seconds / 4))  # warm-up, not counted
+            for phase in phases:
+                measure = run.idle if phase["name"] == "idle" else run.loaded
+                out[phase["name"]] = await measure(phase)
+        out["packets_answered"] = run.answered
+        return out
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- the executor
+
+def _noop(data):
+    return data
+
+
+def executor_client(workers: int, packets: int, rtt_packets: int, window: int, warmup: int,
+                    timeout_s: float) -> dict:
+    """Baseline A: ProcessPoolExecutor(workers) driven directly, no network: at most `window`
+    futures outstanding for throughput, one at a time for RTT; every result checked."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import psutil
+
+    # The initializer only makes the workers die with this process if it is killed.
+    with ProcessPoolExecutor(workers, initializer=die_with_parent) as ex:
+        # Warm up: every worker started and busy at least once.
+        for result in ex.map(_noop, [DATA] * max(warmup, 4 * workers)):
+            if result != DATA:
+                raise BenchError(f"executor returned wrong data: {result!r}")
+        worker_pids = [p.pid for p in psutil.Process().children()]
+        cpu_workers0, cpu_client0 = cpu_s(worker_pids), time.process_time()
+        elapsed = _executor_throughput(ex, packets, window, timeout_s)
+        cpu_workers1, cpu_client1 = cpu_s(worker_pids), time.process_time()
+        rtts = []
+        clock = time.perf_counter_ns
+        for _ in range(rtt_packets):
+            t0 = clock()
+            result = ex.submit(_noop, DATA).result(timeout_s)
+            rtts.append((clock() - t0) / 1000)
+            if result != DATA:
+                raise BenchError(f"executor returned wrong data: {result!r}")
+        rtts.sort()
+    return {"throughput": packets / elapsed, "elapsed_s": elapsed,
+            "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
+            "rtt_mean_us": statistics.fmean(rtts),
+            "client_cpu_us_per_packet": (cpu_client1 - cpu_client0) / packets * 1e6,
+            "workers_cpu_us_per_packet": (cpu_workers1 - cpu_workers0) / packets * 1e6}
+
+
+def _executor_throughput(ex, packets: int, window: int, timeout_s: float) -> float:
+    """Submit `packets` no-ops keeping at most `window` unfinished; elapsed seconds."""
+    import threading
+
+    room = threading.BoundedSemaphore(window)
+    lock = threading.Lock()
+    finished = threading.Event()
+    state = {"done": 0, "errors": []}
+
+    def on_done(fut) -> None:
+        try:
+            if fut.result() != DATA:
+                raise BenchError(f"executor returned wrong data: {fut.result()!r}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            with lock:
+                state["errors"].append(repr(exc))
+        with lock:
+            state["done"] += 1
+            if state["done"] == packets:
+                finished.set()
+        room.release()
+
+    start = time.perf_counter()
+    for _ in range(packets):
+        room.acquire()
+        ex.submit(_noop, DATA).add_done_callback(on_done)
+    if not finished.wait(timeout_s):
+        raise BenchError(f"executor: only {state['done']} of {packets} tasks within {timeout_s:.0f} s")
+    elapsed = time.perf_counter() - start
+    if state["errors"]:
+        raise BenchError(f"executor: {len(state['errors'])} tasks failed, e.g. {state['errors'][0]}")
+    return elapsed

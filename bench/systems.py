@@ -1,0 +1,475 @@
+"""What each measured system is, and one function per family of measurements.
+
+The declarations first (the nodes and servers started, the df:noop rows, the lanes, the ed load
+phases, the payloads), then `start_servers`, then the families, each called once per repeat:
+`measure_systems`, `measure_lanes`, `measure_ed_load`, `measure_payloads`; then the checks of the
+nodes' own counters against what the clients sent, and `stop_servers`. bench/run.py calls them in
+that order; the hub relay's systems (bench/hub.py) are at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from dataclasses import dataclass, field
+
+from bench import clients, servers
+from bench.common import DATA, BenchError, progress
+from bench.processes import ChildServer, NodeProcess, Processes, node_health
+
+# The node loads the spec's examples (df:noop) and the bench-only handlers (cf/ed/rm:noop,
+# df:sleep_ms); its workers run with the repository root as cwd, so `bench.handlers_bench` imports.
+NODE_HANDLERS = "handlers.examples,bench.handlers_bench"
+# The pipes-only node: the main node's command with no shared memory between front and workers.
+PIPES_ONLY_ARGS = ("--worker-shm-bytes", "0")
+# The nodes run.py starts: name -> (transport, extra arguments).
+NODES = {"picows": ("picows", ()), "websockets": ("websockets", ()), "pipes": ("picows", PIPES_ONLY_ARGS)}
+# The bare echo servers (bench/servers.py): the transport's cost with no node behind it.
+ECHO_SERVERS = {"websockets": servers.websockets_echo_server, "picows": servers.picows_echo_server}
+
+
+def serve_argv(workers: int, transport: str = "picows", extra: tuple[str, ...] = (),
+               handlers: str = NODE_HANDLERS) -> list[str]:
+    return ["serve", "--port", "0", "--transport", transport, "--workers", str(workers),
+            "--handlers", handlers, *extra]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One df:noop system of the main table: sent to a node (NODES), an echo server
+    (ECHO_SERVERS), or neither (the executor, driven in-process)."""
+    key: str  # its key in the report (runs, medians)
+    label: str  # its name in the table; {w}: the worker count
+    plot_label: str
+    node: str | None = None
+    echo: str | None = None
+    tag: str = "r"  # packet ids start with this and the repeat
+
+
+SYSTEMS = (
+    Row("pfnode", "pfnode df:noop, {w} workers", "pfnode\n(picows)", node="picows", tag="r"),
+    Row("executor", "ProcessPoolExecutor({w}), no network", "ProcessPool\nExecutor"),
+    Row("echo", "websockets echo server, no workers", "websockets\necho server", echo="websockets", tag="r"),
+    Row("pfnode_websockets", "pfnode df:noop, websockets transport", "pfnode\n(websockets\ntransport)",
+        node="websockets", tag="w"),
+    Row("echo_picows", "picows echo server (orjson), no workers", "picows\necho server\n(orjson)",
+        echo="picows", tag="p"),
+)
+GROUPS = ("cf", "df", "ed", "rm")  # the lanes, each measured with its own no-op
+# Payload sizes: float64 arrays of this many bytes (12, 8 192 and 131 072 values), each sent as a
+# JSON list of floats and as an $ndarray object. The larger ones get fewer packets.
+PAYLOAD_SIZES = (("100 B", 96), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024))
+PAYLOAD_PACKET_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 32}
+PAYLOAD_RTT_DIVISOR = {"100 B": 1, "64 KiB": 4, "1 MiB": 20}
+LARGE_PAYLOAD_BYTES = 1024 * 1024  # from this size on the throughput window is --payload-large-window
+ENCODINGS = ("json", "ndarray")
+# The payload rows over the node's shared-memory threshold (32 KiB), also sent to the pipes-only node.
+SHM_COMPARE_SIZES = ("64 KiB", "1 MiB")
+
+
+def ed_phases(args: argparse.Namespace, rep: int) -> list[dict]:
+    """The ed load phases, rotated each repeat: df lane idle; kept busy by df:sleep_ms packets
+    (the lane full, the CPUs not); flooded with df:noop (the front itself saturated)."""
+    sleep_s = args.ed_df_sleep_ms / 1000
+    phases = [{"name": "idle"},
+              {"name": "loaded", "element": "sleep_ms", "data": args.ed_df_sleep_ms, "inflight": args.ed_df_inflight,
+               "saturates": "lane", "saturate_s": 10 + args.ed_df_inflight * sleep_s},
+              {"name": "flood", "element": "noop", "data": DATA, "inflight": args.ed_flood_inflight,
+               "saturates": "front", "saturate_s": 10}]
+    k = rep % len(phases)
+    return phases[k:] + phases[:k]
+
+
+def payload_variants(args: argparse.Namespace) -> list[dict]:
+    """The payload measurements, in the order a client runs them: each size as a JSON list and
+    as an $ndarray. Larger payloads get fewer packets (and the largest a smaller window)."""
+    variants = []
+    for size, nbytes in PAYLOAD_SIZES:
+        packets = max(10, args.payload_packets // PAYLOAD_PACKET_DIVISOR[size])
+        rtt_packets = max(5, args.payload_rtt_packets // PAYLOAD_RTT_DIVISOR[size])
+        window = args.payload_large_window if nbytes >= LARGE_PAYLOAD_BYTES else args.payload_window
+        for encoding in ENCODINGS:
+            variants.append({"size": size, "nbytes": nbytes, "encoding": encoding, "packets": packets,
+                             "rtt_packets": rtt_packets, "window": window,
+                             "warmup": max(2 * window, packets // 10)})
+    return variants
+
+
+@dataclass
+class Plan:
+    """The counts and time limits of one run, derived from its arguments."""
+    args: argparse.Namespace
+    warmup: int = 0
+    timeout_s: float = 0.0
+    group_warmup: int = 0
+    group_timeout_s: float = 0.0
+    ed_timeout_s: float = 0.0
+    variants: list[dict] = field(default_factory=list)
+    pipes_variants: list[dict] = field(default_factory=list)
+    payload_timeout_s: float = 0.0
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> "Plan":
+        """The df:noop rows' counts and limits (all bench/hub.py needs)."""
+        plan = cls(args)
+        plan.warmup = warmup_packets(args.packets)
+        # Generous: a run fails only if a system manages under 200 packets/s or hangs.
+        plan.timeout_s = 30 + (plan.warmup + args.packets) / 200 + args.rtt_packets / 100
+        return plan
+
+    @classmethod
+    def of_run(cls, args: argparse.Namespace) -> "Plan":
+        """bench/run.py's: also the lanes', the ed load's and the payloads'."""
+        plan = cls.of(args)
+        plan.group_warmup = warmup_packets(args.group_packets)
+        plan.group_timeout_s = 30 + (plan.group_warmup + args.group_packets) / 200 + args.group_rtt_packets / 100
+        # The drain after the loaded phase: every df:sleep_ms in flight run on one worker, and then some.
+        plan.ed_timeout_s = 30 + args.ed_df_inflight * args.ed_df_sleep_ms / 1000
+        plan.variants = payload_variants(args)
+        plan.pipes_variants = [v for v in plan.variants if v["size"] in SHM_COMPARE_SIZES]
+        # A 1 MiB JSON list goes at about 30 packets/s on 2 cores: allow 1 packet/s and then some.
+        plan.payload_timeout_s = 30 + max(v["warmup"] + v["packets"] + v["rtt_packets"] for v in plan.variants)
+        return plan
+
+    def common(self) -> dict:
+        """ws_client's arguments for a df:noop row."""
+        a = self.args
+        return dict(packets=a.packets, rtt_packets=a.rtt_packets, window=a.window, warmup=self.warmup,
+                    timeout_s=self.timeout_s)
+
+
+def warmup_packets(packets: int) -> int:
+    return min(1000, max(200, packets // 10))
+
+
+@dataclass
+class Results:
+    """Every measurement of a run, as the clients returned them, per repeat."""
+    runs: dict[str, list[dict]] = field(default_factory=lambda: {row.key: [] for row in SYSTEMS})
+    group_runs: dict[str, list[dict]] = field(default_factory=lambda: {group: [] for group in GROUPS})
+    ed_runs: list[dict] = field(default_factory=list)
+    payload_runs: dict[str, list[list[dict]]] = field(
+        default_factory=lambda: {"pfnode": [], "echo": [], "pfnode_pipes": []})
+    lanes_at_start: dict = field(default_factory=dict)  # the main node's /healthz lanes
+    large_packets: int = 0  # the payload packets over the shm threshold sent to the main node
+
+
+# ---------------------------------------------------------------------------- the servers
+
+@dataclass
+class Servers:
+    """The nodes and echo servers run.py measures, started once for the whole run."""
+    nodes: dict[str, NodeProcess]
+    echoes: dict[str, ChildServer]
+    lanes_at_start: dict  # the main node's /healthz lanes
+    lane_pids: dict[str, list[int]]  # the main node's workers of each lane
+    pipes_df_pids: list[int]
+
+    def endpoint(self, row: Row) -> str:
+        return self.nodes[row.node].endpoint if row.node else f"ws://127.0.0.1:{self.echoes[row.echo].ready}/"
+
+    def cpu_pids(self, row: Row) -> dict[str, list[int]]:
+        if row.node:
+            node = self.nodes[row.node]
+            return {"front": [node.front_pid], "workers": node.worker_pids}
+        return {"server": [self.echoes[row.echo].pid]}
+
+    def check_alive(self) -> None:
+        for name, echo in self.echoes.items():
+            if not echo.alive():
+                raise BenchError(f"the {name} echo server exited with {echo.proc.exitcode}")
+        for node in self.nodes.values():
+            if not node.alive():
+                raise BenchError(f"the {node.name} node exited during the run:\n{node.log_text()}")
+
+
+def start_servers(procs: Processes, workers: int) -> Servers:
+    progress("starting the nodes (picows, the default transport; websockets; picows with pipes only) "
+             "and the echo servers ...")
+    nodes = procs.start_nodes({name: serve_argv(workers, transport, extra)
+                               for name, (transport, extra) in NODES.items()})
+    for node in nodes.values():
+        progress(f"{node.name} node at {node.endpoint} (front pid {node.front_pid}, workers {node.worker_pids}; "
+                 f"pfnode {' '.join(node.argv)})")
+    echoes = {name: procs.start_server(f"{name}-echo-server", func) for name, func in ECHO_SERVERS.items()}
+    for name, echo in echoes.items():
+        progress(f"{name} echo server at ws://127.0.0.1:{echo.ready}/ (pid {echo.pid})")
+    main = nodes["picows"]
+    lanes = node_health(main.endpoint).get("lanes", {})
+    lane_pids = {lane: lanes.get(lane, {}).get("pids") or main.worker_pids for lane in GROUPS}
+    progress("lane workers: " + ", ".join(f"{lane} {lane_pids[lane]}" for lane in GROUPS))
+    pipes = nodes["pipes"]
+    pipes_df = node_health(pipes.endpoint).get("lanes", {}).get("df", {}).get("pids") or pipes.worker_pids
+    return Servers(nodes, echoes, lanes, lane_pids, pipes_df)
+
+
+# ---------------------------------------------------------------------------- the families
+
+def _label(plan: Plan, rep: int, what: str) -> str:
+    return f"repeat {rep + 1}/{plan.args.repeats} {what}"
+
+
+def _say(label: str, r: dict) -> None:
+    progress(f"{label}: {r['throughput']:,.0f} packets/s, RTT p50 {r['rtt_p50_us']:,.0f} µs, "
+             f"p99 {r['rtt_p99_us']:,.0f} µs")
+
+
+def measure_systems(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """Each df:noop row once, a fresh client each, the order rotated so none always goes first."""
+    k = rep % len(SYSTEMS)
+    for row in SYSTEMS[k:] + SYSTEMS[:k]:
+        label = _label(plan, rep, row.key)
+        limit_s = 2 * plan.timeout_s + 30
+        if row.node is None and row.echo is None:
+            r = procs.call(label, clients.executor_client, limit_s, workers=plan.args.workers, **plan.common())
+            r["server_cpu_us_per_packet"] = r["workers_cpu_us_per_packet"]
+        else:
+            r = procs.call(label, clients.ws_client, limit_s, endpoint=servers.endpoint(row),
+                           mode="pfnode" if row.node else "echo", tag=f"{row.tag}{rep}",
+                           cpu_pids=servers.cpu_pids(row), **plan.common())
+            if row.node:
+                r["server_cpu_us_per_packet"] = r["front_cpu_us_per_packet"] + r["workers_cpu_us_per_packet"]
+        results.runs[row.key].append(r)
+        _say(label, r)
+
+
+def measure_lanes(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """Each lane's no-op against the main node, measured like the pfnode row; the order rotates."""
+    a, k = plan.args, rep % len(GROUPS)
+    node = servers.nodes["picows"]
+    for group in GROUPS[k:] + GROUPS[:k]:
+        label = _label(plan, rep, f"lane {group}:noop")
+        r = procs.call(label, clients.ws_client, 2 * plan.group_timeout_s + 30, endpoint=node.endpoint,
+                       mode="pfnode", tag=f"g{rep}{group}", group=group, element="noop",
+                       cpu_pids={"front": [node.front_pid], "lane": servers.lane_pids[group]},
+                       packets=a.group_packets, rtt_packets=a.group_rtt_packets, window=a.window,
+                       warmup=plan.group_warmup, timeout_s=plan.group_timeout_s)
+        results.group_runs[group].append(r)
+        _say(label, r)
+
+
+def measure_ed_load(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """ed latency with the df lane idle, kept busy, and flooded (the phase order rotates)."""
+    a = plan.args
+    node = servers.nodes["picows"]
+    phases = ed_phases(a, rep)
+    label = _label(plan, rep, "ed load")
+    limit_s = len(phases) * (plan.ed_timeout_s + 2 * a.ed_seconds) + 30
+    r = procs.call(label, clients.ed_load_client, limit_s, endpoint=node.endpoint, seconds=a.ed_seconds,
+                   phases=phases, tag=f"e{rep}", timeout_s=plan.ed_timeout_s, front_pids=[node.front_pid])
+    results.ed_runs.append(r)
+    parts = [f"{name} p50 {r[name]['p50_ms']:.3f} / p99 {r[name]['p99_ms']:.3f} / max {r[name]['max_ms']:.3f} ms"
+             + (f" (df {r[name]['df_throughput']:,.1f} packets/s, saturated: {r[name]['df_saturated']})"
+                if name != "idle" else "") for name in r["order"]]
+    progress(f"{label}: ed RTT " + "; ".join(parts))
+
+
+def measure_payloads(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """The payload variants against the main node and the echo server, the large ones also against
+    the pipes-only node, between the two: right after the main node one repeat, right before it
+    the next."""
+    main, pipes = servers.nodes["picows"], servers.nodes["pipes"]
+    echo = servers.echoes["websockets"]
+    calls = {
+        "pfnode": dict(endpoint=main.endpoint, mode="pfnode", variants=plan.variants, tag=f"p{rep}",
+                       cpu_pids={"front": [main.front_pid], "workers": servers.lane_pids["df"]}),
+        "pfnode_pipes": dict(endpoint=pipes.endpoint, mode="pfnode", variants=plan.pipes_variants, tag=f"q{rep}",
+                             cpu_pids={"front": [pipes.front_pid], "workers": servers.pipes_df_pids}),
+        "echo": dict(endpoint=f"ws://127.0.0.1:{echo.ready}/", mode="echo", variants=plan.variants,
+                     tag=f"p{rep}", cpu_pids={"server": [echo.pid]}),
+    }
+    order = ("pfnode", "pfnode_pipes", "echo") if rep % 2 == 0 else ("echo", "pfnode_pipes", "pfnode")
+    limit_s = 60 + 2 * len(plan.variants) * plan.payload_timeout_s
+    for system in order:
+        label = _label(plan, rep, f"payloads {system}")
+        rs = procs.call(label, clients.payload_client, limit_s, timeout_s=plan.payload_timeout_s, **calls[system])
+        results.payload_runs[system].append(rs)
+        progress(f"{label}: " + "; ".join(
+            f"{r['size']} {r['encoding']} {r['throughput']:,.0f}/s"
+            + (f" front {r['front_cpu_us_per_packet']:,.0f} µs/pkt" if system != "echo" else "") for r in rs))
+
+
+FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads)
+
+
+# ---------------------------------------------------------------------------- after the repeats
+
+def _answered(runs) -> int:
+    return sum(r["packets_answered"] for r in runs)
+
+
+def check_counters(servers: Servers, results: Results) -> dict[str, dict]:
+    """Each node's /healthz counters must show exactly the packets its clients had answered and
+    none failed; the large payloads must have used the main node's shared-memory rings (at most
+    one each way per packet: a full ring sends a payload through the pipe) and never the
+    pipes-only node's. Returns the counters by node name (and notes the large packets sent)."""
+    counters = {name: node_health(node.endpoint).get("counters", {}) for name, node in servers.nodes.items()}
+    main_payloads = [r for rs in results.payload_runs["pfnode"] for r in rs]
+    expected = {"picows": _answered(results.runs["pfnode"]) + _answered(results.ed_runs) + _answered(main_payloads)
+                + sum(_answered(rs) for rs in results.group_runs.values()),
+                "websockets": _answered(results.runs["pfnode_websockets"]),
+                "pipes": _answered(r for rs in results.payload_runs["pfnode_pipes"] for r in rs)}
+    for name, got in counters.items():
+        progress(f"{name} node counters: {got}")
+        if got.get("failed", 0) or got.get("completed", 0) != expected[name]:
+            raise BenchError(f"{name} node counters disagree with the client: completed {got.get('completed')}, "
+                             f"expected {expected[name]}, failed {got.get('failed', 0)}")
+    large = _answered(r for r in main_payloads if r["size"] in SHM_COMPARE_SIZES)
+    for key in ("shm_payloads_in", "shm_payloads_out"):
+        if not 0 < counters["picows"].get(key, 0) <= large:
+            raise BenchError(f"node counters: {key} {counters['picows'].get(key, 0)}, expected 1 to {large} "
+                             f"(the {' and '.join(SHM_COMPARE_SIZES)} payload packets sent to it)")
+        if counters["pipes"].get(key, 0):
+            raise BenchError(f"pipes-only node ({' '.join(PIPES_ONLY_ARGS)}) counters: {key} "
+                             f"{counters['pipes'][key]}, expected none")
+    results.large_packets = large
+    return counters
+
+
+def stop_node_and_say(procs: Processes, node: NodeProcess) -> dict:
+    """Stop the node; its exit status, argv and the warnings/errors it logged."""
+    rc = node.returncode if node.popen is None else procs.stop_node(node.name)
+    problems = node.log_problems()
+    if rc != 0:
+        progress(f"{node.name} node exited with status {rc}")
+    if problems:
+        progress(f"{node.name} node logged {len(problems)} warnings/errors, e.g.: {problems[0]}")
+    return {"exit_status": rc, "log_warnings": problems[:20], "argv": node.argv}
+
+
+def stop_servers(procs: Processes, servers: Servers, counters: dict[str, dict]) -> dict[str, dict]:
+    """Stop the echo servers and the nodes; each node's status, with its counters."""
+    progress("stopping the nodes and the echo servers ...")
+    for echo in servers.echoes.values():
+        echo.stop()
+    status = {}
+    for name, node in servers.nodes.items():
+        status[name] = stop_node_and_say(procs, node)
+        status[name]["counters"] = counters[name]
+    return status
+
+
+# ---------------------------------------------------------------------------- the hub relay (bench/hub.py)
+
+# The hubs: no df:noop (bench.handlers_bench has cf/ed/rm:noop and df:sleep_ms), so df:noop is
+# forwarded; they run nothing themselves, hence the smallest lanes.
+HUB_ARGV = serve_argv(1, handlers="bench.handlers_bench",
+                      extra=("--ed-workers", "0", "--rm-workers", "0"))
+# A hub logs this when a link announces what it runs (pfnode/hub.py, on_announce).
+ANNOUNCED = re.compile(r"hub: \S+ runs .*\bdf:noop\b")
+DIALOUT_CONNECTED = re.compile(r"dial-out: connected to ")
+# The dial-out node's last line: `front: stopped ({pool counters})`.
+STOPPED = re.compile(r"front: stopped \((\{.*\})\)")
+HUB_SYSTEMS = {"direct": "direct: pfnode serve",
+               "dialout": "relayed: hub -> pfnode connect",
+               "reactor": "relayed: hub -> Python Reactor"}
+
+
+@dataclass
+class Relay:
+    """The hub benchmark's processes: a direct node; a hub with a dial-out node behind it; a hub
+    with a Python reactor behind it."""
+    direct: NodeProcess
+    hub_d: NodeProcess
+    hub_r: NodeProcess
+    dialout: NodeProcess
+    reactor: ChildServer
+
+    def endpoints(self) -> dict[str, str]:
+        return {"direct": self.direct.endpoint, "dialout": self.hub_d.endpoint, "reactor": self.hub_r.endpoint}
+
+    def cpu_pids(self) -> dict[str, dict[str, list[int]]]:
+        return {"direct": {"front": [self.direct.front_pid], "workers": self.direct.worker_pids},
+                "dialout": {"hub": [self.hub_d.front_pid], "front": [self.dialout.front_pid],
+                            "workers": self.dialout.worker_pids},
+                "reactor": {"hub": [self.hub_r.front_pid], "reactor": [self.reactor.pid]}}
+
+    def check_alive(self) -> None:
+        for node in (self.direct, self.hub_d, self.hub_r, self.dialout):
+            if not node.alive():
+                raise BenchError(f"the {node.name} node exited during the run:\n{node.log_text()}")
+        if not self.reactor.alive():
+            raise BenchError("the Python reactor exited during the run")
+
+
+def start_relay(procs: Processes, workers: int, uplink_transport: str) -> Relay:
+    """Start the direct node and the two hubs, then the dial-out node and the Python reactor,
+    and wait until each hub knows its one reactor runs df:noop."""
+    progress("starting the direct node, two hubs, the dial-out node and the Python reactor ...")
+    nodes = procs.start_nodes({"direct": serve_argv(workers), "hub-dialout": HUB_ARGV, "hub-reactor": HUB_ARGV})
+    direct, hub_d, hub_r = nodes["direct"], nodes["hub-dialout"], nodes["hub-reactor"]
+    for hub in (hub_d, hub_r):
+        handlers = node_health(hub.endpoint).get("handlers", [])
+        if "df:noop" in handlers:
+            raise BenchError(f"the {hub.name} node has df:noop itself ({handlers}): nothing would be relayed")
+    dialout = procs.launch_node("dialout", ["connect", hub_d.endpoint, "--workers", str(workers),
+                                            "--transport", uplink_transport, "--handlers", NODE_HANDLERS])
+    reactor = procs.start_server("python-reactor", servers.python_reactor, endpoint=hub_r.endpoint)
+    procs.wait_node(dialout, ready=DIALOUT_CONNECTED)
+    hub_d.wait_log(ANNOUNCED, "the dial-out node's announcement of df:noop to its hub")
+    hub_r.wait_log(ANNOUNCED, "the Python reactor's announcement of df:noop to its hub")
+    progress(f"direct node at {direct.endpoint} (front pid {direct.front_pid}, workers {direct.worker_pids})")
+    progress(f"hub {hub_d.endpoint} (front pid {hub_d.front_pid}) <- dial-out node (front pid "
+             f"{dialout.front_pid}, workers {dialout.worker_pids})")
+    progress(f"hub {hub_r.endpoint} (front pid {hub_r.front_pid}) <- Python reactor (pid {reactor.pid})")
+    for hub in (hub_d, hub_r):
+        connections = node_health(hub.endpoint).get("connections")
+        if connections != 1:
+            raise BenchError(f"the {hub.name} node has {connections} connections before the run, expected 1 "
+                             f"(its reactor)")
+    return Relay(direct, hub_d, hub_r, dialout, reactor)
+
+
+def measure_relay(procs: Processes, relay: Relay, plan: Plan, rep: int, runs: dict[str, list[dict]]) -> None:
+    """Each hub system once, a fresh client each, the order rotated; with the CPU of whatever
+    ran the packet (runner) and of the whole serving side (server = hub front + runner)."""
+    systems, k = tuple(HUB_SYSTEMS), rep % len(HUB_SYSTEMS)
+    endpoints, cpu_pids = relay.endpoints(), relay.cpu_pids()
+    for system in systems[k:] + systems[:k]:
+        label = _label(plan, rep, system)
+        r = procs.call(label, clients.ws_client, 2 * plan.timeout_s + 30, endpoint=endpoints[system],
+                       mode="pfnode", tag=f"{system[0]}{rep}", cpu_pids=cpu_pids[system], **plan.common())
+        if system == "reactor":
+            r["runner_cpu_us_per_packet"] = r["reactor_cpu_us_per_packet"]
+        else:
+            r["runner_cpu_us_per_packet"] = r["front_cpu_us_per_packet"] + r["workers_cpu_us_per_packet"]
+        r["server_cpu_us_per_packet"] = r["runner_cpu_us_per_packet"] + r.get("hub_cpu_us_per_packet", 0.0)
+        runs[system].append(r)
+        hub_cpu = f", hub front {r['hub_cpu_us_per_packet']:.1f} µs/pkt" if "hub_cpu_us_per_packet" in r else ""
+        progress(f"{label}: {r['throughput']:,.0f} packets/s, RTT p50 {r['rtt_p50_us']:,.0f} µs, "
+                 f"p99 {r['rtt_p99_us']:,.0f} µs{hub_cpu}")
+
+
+def check_relay(procs: Processes, relay: Relay, expected: int) -> dict[str, dict]:
+    """Every packet answered once, by the system meant to run it: the direct node's /healthz,
+    the hubs' (none run, none held), the dial-out node's final counters (its last log line, so
+    it is stopped here), the Python reactor's own count (stopped here too)."""
+    checks: dict[str, dict] = {}
+    direct = node_health(relay.direct.endpoint).get("counters", {})
+    checks["direct"] = {"counters": direct, "expected_completed": expected}
+    if direct.get("failed", 0) or direct.get("completed", 0) != expected:
+        raise BenchError(f"direct node counters disagree with the client: {direct}, expected completed {expected}")
+    for hub in (relay.hub_d, relay.hub_r):
+        health = node_health(hub.endpoint)
+        checks[hub.name] = {"counters": health.get("counters", {}), "inflight": health.get("inflight"),
+                            "queued": health.get("queued"), "connections": health.get("connections")}
+        c = checks[hub.name]["counters"]
+        if c.get("completed", 0) or c.get("failed", 0) or health.get("inflight"):
+            raise BenchError(f"the {hub.name} node ran packets itself or still holds some: {checks[hub.name]}")
+    progress("stopping the dial-out node and the Python reactor ...")
+    rc = procs.stop_node("dialout")
+    match = STOPPED.search(relay.dialout.log())
+    dialout = ast.literal_eval(match.group(1)) if match else None
+    checks["dialout"] = {"exit_status": rc, "counters": dialout, "expected_completed": expected}
+    if dialout is None:
+        raise BenchError(f"the dial-out node (exit status {rc}) logged no final counters:\n{relay.dialout.log_text()}")
+    if dialout.get("failed", 0) or dialout.get("completed", 0) != expected:
+        raise BenchError(f"dial-out node counters disagree with the client: {dialout}, expected completed {expected}")
+    counts = relay.reactor.ask_stop()
+    checks["reactor"] = {**counts, "expected_answered": expected}
+    if counts["answered"] != expected or counts["duplicates"]:
+        raise BenchError(f"the Python reactor ran {counts['answered']} packets ({counts['duplicates']} twice), "
+                         f"expected {expected} once each")
+    progress(f"counters agree: direct node completed {expected}, dial-out node completed "
+             f"{dialout.get('completed')}, Python reactor ran {counts['answered']} (none twice), hubs ran none")
+    return checks
