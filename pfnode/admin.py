@@ -4,60 +4,78 @@
               {"workers": "auto"} (optionally with "lane") applies the capacity recommendation.
               Replies {"before": {...}, "after": {...}, "capacity": {...}, "recommended": {...}}.
               Packets in flight are never lost: growing waits for the new workers, shrinking
-              lets retiring workers finish what they hold.
+              lets retiring workers finish what they hold. Requests are carried out one at a
+              time (the pool serialises resizes), and sizes are absolute, so ten requests for
+              8 workers leave 8, not 80.
 - `mc:status` replies the lanes, workers, queue depths, counters and capacity.
 
-A user handler registered under mc:scale or mc:status is shadowed by these (the node
-logs a warning at start); other mc and co handlers run on the df lane.
+Bad input is PF002 naming the field; a resize that fails is PF500. A user handler
+registered under mc:scale or mc:status is shadowed by these (the node logs a warning at
+start); other mc and co handlers run on the df lane.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from .capacity import read_capacity, recommend
 from .errors import ErrorCode, HandlerError
-from .pool import Pool
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .pool import Pool
 
 BUILTIN_KEYS = frozenset({"mc:scale", "mc:status"})
 MAX_WORKERS_PER_CORE = 4  # a lane larger than this is a typo, not a plan
+SCALE_USAGE = 'mc:scale expects {"lane": "df", "workers": N} or {"workers": "auto"} (optionally with "lane")'
 
 
-def capacity_report(pool: Pool) -> tuple[dict[str, Any], dict[str, int]]:
+def _invalid(message: str) -> HandlerError:
+    return HandlerError(ErrorCode.INVALID_PACKET, message)
+
+
+def capacity_report(pool: "Pool") -> tuple[dict[str, Any], dict[str, int]]:
     cap = read_capacity(pool.worker_pids())
     advice = recommend(cap, rm_memory_limit_mb=pool.settings.rm_memory_limit_mb,
                        current=pool.lane_sizes(), df_max_workers=pool.settings.df_max_workers)
     return cap.to_dict(), advice
 
 
-async def scale(pool: Pool, data: Any) -> dict[str, Any]:
+def scale_plan(data: Any, lanes: dict, advice: dict[str, int], usable_cores: int) -> dict[str, int]:
+    """The lane sizes an `mc:scale` request asks for, checked; PF002 naming what is wrong."""
     if not isinstance(data, dict):
-        raise HandlerError(ErrorCode.HANDLER_FAILED,
-                           'mc:scale expects {"lane": "df", "workers": N} or {"workers": "auto"}')
-    workers = data.get("workers")
+        raise _invalid(f"{SCALE_USAGE}; got {type(data).__name__}")
+    unknown = sorted(set(data) - {"lane", "workers"})
+    if unknown:
+        raise _invalid(f"mc:scale: unknown field(s) {', '.join(map(repr, unknown))}; {SCALE_USAGE}")
     lane = data.get("lane")
-    capacity, advice = capacity_report(pool)
+    workers = data.get("workers")
+    if lane is not None and (not isinstance(lane, str) or lane not in lanes):
+        raise _invalid(f"mc:scale: \"lane\" must be one of {', '.join(lanes)}, got {lane!r}"[:300])
     if workers == "auto":
         plan = {lane: advice[lane]} if lane is not None else {k: v for k, v in advice.items() if k != "cf"}
+    elif type(workers) is int:
+        plan = {lane or "df": workers}
     else:
-        if lane is None:
-            lane = "df"
-        if type(workers) is not int:
-            raise HandlerError(ErrorCode.HANDLER_FAILED,
-                               f'mc:scale "workers" must be an integer or "auto", got {workers!r}')
-        plan = {lane: workers}
-    limit = MAX_WORKERS_PER_CORE * max(capacity["usable_cores"], 1)
+        raise _invalid(f"mc:scale: \"workers\" must be an integer or \"auto\", got {workers!r}"[:300])
+    limit = MAX_WORKERS_PER_CORE * max(usable_cores, 1)
     for name, size in plan.items():
-        if name not in pool.lanes:
-            raise HandlerError(ErrorCode.HANDLER_FAILED,
-                               f"unknown lane {name!r}; lanes are {', '.join(pool.lanes)}")
-        if not pool.lanes[name].resizable and size != pool.lanes[name].size:
-            raise HandlerError(ErrorCode.HANDLER_FAILED, f"the {name} lane has a fixed size of "
-                               f"{pool.lanes[name].size} (cf is sequential by definition)")
+        spec = lanes[name]
+        if not spec.resizable and size != spec.size:
+            raise _invalid(f"mc:scale: the {name} lane has a fixed size of {spec.size} "
+                           "(cf is sequential by definition)")
         low = 1 if name == "df" else 0
         if not low <= size <= limit:
-            raise HandlerError(ErrorCode.HANDLER_FAILED,
-                               f"{name} lane size must be {low}..{limit} on this machine, got {size}")
+            raise _invalid(f"mc:scale: {name} lane size must be {low}..{limit} on this machine, got {size}")
+    return plan
+
+
+async def scale(node: "Node", data: Any) -> dict[str, Any]:
+    pool = node.pool
+    capacity, advice = capacity_report(pool)
+    plan = scale_plan(data, pool.lanes, advice, capacity["usable_cores"])
     before = pool.lane_sizes()
     started = time.perf_counter()
     for name, size in plan.items():
@@ -70,9 +88,9 @@ async def scale(pool: Pool, data: Any) -> dict[str, Any]:
             "capacity": capacity, "recommended": advice}
 
 
-async def status(pool: Pool, data: Any) -> dict[str, Any]:
-    capacity, advice = capacity_report(pool)
-    return {**pool.stats(), "capacity": capacity, "recommended": advice}
+async def status(node: "Node", data: Any) -> dict[str, Any]:
+    capacity, advice = capacity_report(node.pool)
+    return {**node.health(), "capacity": capacity, "recommended": advice}
 
 
 BUILTINS = {"mc:scale": scale, "mc:status": status}

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -40,6 +42,10 @@ class Node:
         self.settings = settings
         self.clock = clock
         self.scheduler = Scheduler(aging_ms=settings.aging_ms, max_queued=settings.max_queued,
+                                   max_blocked=settings.max_blocked,
+                                   max_blocked_per_client=settings.max_blocked_per_client,
+                                   max_queued_bytes=settings.max_queued_bytes,
+                                   max_queued_bytes_per_client=settings.max_queued_bytes_per_client,
                                    result_store_entries=settings.result_store_entries,
                                    result_store_age_ms=settings.result_store_age_ms,
                                    result_store_bytes=settings.result_store_bytes)
@@ -57,6 +63,7 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._incidents = itertools.count(1)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -150,6 +157,12 @@ class Node:
                              f"Not found. The PacketFlow endpoint is {self.settings.path}\n".encode())
         if self.draining:
             return HttpReply(503, "Service Unavailable", "text/plain; charset=utf-8", b"Node shutting down\n")
+        if upgrade and len(self.links) >= self.settings.max_connections:
+            self.counters["connections_refused"] += 1
+            log.warning("front: refused a connection from %s: %d connections already (--max-connections)",
+                        peer or "?", len(self.links))
+            return HttpReply(503, "Service Unavailable", "text/plain; charset=utf-8",
+                             b"Too many connections; retry later\n", (("Retry-After", "1"),))
         if not upgrade:
             return HttpReply(426, "Upgrade Required", "text/plain; charset=utf-8",
                              b"This is a PacketFlow WebSocket endpoint; connect with a WebSocket client.\n")
@@ -196,10 +209,42 @@ class Node:
 
     # ------------------------------------------------------------------ frames
     def on_message(self, link: PeerLink, frame: bytes | str) -> None:
+        """One frame from a link. Whatever goes wrong in here, the frame is answered: an
+        exception becomes a PF500 naming an incident id that is also in the log."""
         s = self.settings
         link.last_seen = time.monotonic()
-        msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes, max_timeout_ms=s.max_timeout_ms,
-                              raw_data=True)
+        msg = None
+        try:
+            msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes, max_timeout_ms=s.max_timeout_ms,
+                                  raw_data=True)
+            self._handle(link, msg)
+        except Exception:
+            self._internal_error(link, msg)
+
+    def _internal_error(self, link: PeerLink, msg: Any) -> None:
+        incident = f"E{next(self._incidents):06d}-{os.urandom(3).hex()}"
+        log.exception("front: internal error %s handling a frame from %s (%s)", incident, link.peer,
+                      getattr(msg, "type", "undecoded"))
+        self.counters["internal_errors"] += 1
+        text = f"internal error {incident}; the node's log has the details"
+        try:
+            if isinstance(msg, protocol.Message) and msg.type == "submit":
+                packet = msg.payload
+                flight = self.scheduler.inflight.get((self._scope(link), packet.id))
+                if flight is not None and flight.origin is link and flight.seq == msg.seq:
+                    self.settle(flight, failure(ErrorCode.HANDLER_FAILED, text))
+                else:
+                    link.send(protocol.encode_failure(msg.seq, packet.id, ErrorCode.HANDLER_FAILED, text))
+            elif not (isinstance(msg, protocol.Message) and msg.type in ("result", "error")):
+                link.send(protocol.encode_error(getattr(msg, "seq", 0), ErrorCode.HANDLER_FAILED, text))
+        except Exception:
+            log.exception("front: could not answer after internal error %s", incident)
+
+    def _scope(self, link: PeerLink) -> Any:
+        """Whose ids and results a link's packets are among (see Flight.scope)."""
+        return None
+
+    def _handle(self, link: PeerLink, msg: Any) -> None:
         if isinstance(msg, protocol.Rejected):
             self.counters[f"rejected_{msg.code}"] += 1
             log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
@@ -259,14 +304,14 @@ class Node:
             flight = Flight(packet, origin=link, seq=seq, lane=self.pool.lane_of(key, packet.group),
                             priority=packet.priority, deadline=now + timeout_ms / 1000,
                             timeout_ms=timeout_ms, dependencies=packet.dependencies or (),
-                            memory_limit_mb=options.get("memory_limit_mb"))
+                            memory_limit_mb=options.get("memory_limit_mb"), size=len(packet.data))
             refusal = self.scheduler.admit(flight, now)
             if refusal is None:
                 self.pool.pump()
         elif self.settings.hub_routing and uplink is None:
             timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
             flight = Flight(packet, origin=link, seq=seq, lane=None, priority=packet.priority,
-                            deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms)
+                            deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms, size=len(packet.data))
             refusal = self.scheduler.admit_forwarded(flight, now)
             if refusal is None:
                 self.hub.route(flight)
@@ -292,7 +337,7 @@ class Node:
     async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:
         started = time.perf_counter()
         try:
-            value = await builtin(self.pool, orjson.loads(memoryview(packet.data)))
+            value = await builtin(self, orjson.loads(memoryview(packet.data)))
             frame = protocol.encode_success_raw(seq, packet.id, protocol.encode_json(value),
                                                 (time.perf_counter() - started) * 1000)
         except HandlerError as exc:
@@ -312,9 +357,16 @@ class Node:
             return  # answered already (its deadline passed, say); a late outcome is dropped
         failures = self.scheduler.complete(flight, self.clock(), ok=outcome.ok,
                                            data_json=outcome.data_json, code=outcome.code)
-        self._deliver(flight, outcome)
-        for failed in failures:
-            self._deliver(failed.flight, failure(failed.code, failed.message))
+        for ended, how in ((flight, outcome), *((f.flight, failure(f.code, f.message)) for f in failures)):
+            try:
+                self._deliver(ended, how)
+            except Exception:  # the reply must still go: a plain PF500 with an incident id
+                incident = f"E{next(self._incidents):06d}-{os.urandom(3).hex()}"
+                log.exception("front: internal error %s answering packet %s", incident, ended.id)
+                if ended.origin is not None:
+                    ended.origin.send(protocol.encode_failure(
+                        ended.seq, ended.id, ErrorCode.HANDLER_FAILED,
+                        f"internal error {incident}; the node's log has the details"))
         if outcome.ok or failures:
             self.pool.pump()  # dependents may have become ready
 

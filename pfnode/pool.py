@@ -53,6 +53,7 @@ class Pool:
         self._handler_keys: frozenset[str] = frozenset()
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resizing = asyncio.Lock()  # one resize at a time: sizes are absolute, never summed
 
     @property
     def lanes(self) -> dict[str, LaneSpec]:
@@ -147,42 +148,43 @@ class Pool:
         view = proc.view
         if view is None:
             return
-        answered = self.dispatcher.answered
-        on_answer = self.on_answer
         for message in messages:
-            kind = type(message)
-            if kind is pipe.Done:
-                body = message.body
-                if type(body) is pipe.ShmRef:
-                    body = proc.outbound.take(body)  # copy out and free, whatever becomes of it
-                    self.counters["shm_payloads_out"] += 1
-                flight = answered(view, message.no, message.duration_ms)
-                if flight is None:
-                    return self._out_of_order(proc, message.no)
-                on_answer(flight, success(body, message.duration_ms))
-            elif kind is pipe.Failed:
-                flight = answered(view, message.no, message.duration_ms)
-                if flight is None:
-                    return self._out_of_order(proc, message.no)
-                on_answer(flight, failure(message.code, message.message, message.duration_ms))
-            elif kind is pipe.Skipped:
-                flight = answered(view, message.no, None)
-                if flight is None:
-                    return self._out_of_order(proc, message.no)
-                if flight.state is not DONE:
-                    self.scheduler.forget(flight)  # never ran: no result to record
-            elif kind is pipe.Retire:
-                view.retired = True
-                view.ready = False
+            try:
+                if not self._on_message(proc, view, message):
+                    return
+            except Exception:  # one bad answer must not cost the others in this read
+                log.exception("pool: handling %s from worker pid %s failed", type(message).__name__, proc.pid)
         proc.ran_packets = True
         if view.retiring and not view.held:
             proc.close_channel()
         self.pump()
 
-    def _out_of_order(self, proc: WorkerProcess, no: int) -> None:
+    def _on_message(self, proc: WorkerProcess, view, message) -> bool:
+        """One message from a worker; False when the worker broke the protocol (killed)."""
+        kind = type(message)
+        if kind is pipe.Retire:
+            view.retired = True
+            view.ready = False
+            return True
+        if kind is pipe.Done and type(message.body) is pipe.ShmRef:
+            message.body = proc.outbound.take(message.body)  # copy out and free, whatever becomes of it
+            self.counters["shm_payloads_out"] += 1
+        flight = self.dispatcher.answered(view, message.no, None if kind is pipe.Skipped else message.duration_ms)
+        if flight is None:
+            return self._out_of_order(proc, message.no)
+        if kind is pipe.Done:
+            self.on_answer(flight, success(message.body, message.duration_ms))
+        elif kind is pipe.Failed:
+            self.on_answer(flight, failure(message.code, message.message, message.duration_ms))
+        elif flight.state is not DONE:  # Skipped: never ran, no result to record
+            self.scheduler.forget(flight)
+        return True
+
+    def _out_of_order(self, proc: WorkerProcess, no: int) -> bool:
         log.error("pool: worker pid %s answered task %s out of order; killing it", proc.pid, no)
         proc.view.ready = False
         proc.kill("protocol error")
+        return False
 
     def on_worker_exit(self, proc: WorkerProcess) -> None:
         if not self.supervisor.forget(proc) or self.supervisor.closing:
@@ -224,7 +226,8 @@ class Pool:
         return self.supervisor.lane_sizes()
 
     async def resize(self, lane: str, size: int) -> None:
-        await self.supervisor.resize(lane, size)
+        async with self._resizing:
+            await self.supervisor.resize(lane, size)
         self.pump()
 
     def worker_pids(self, lane: str | None = None) -> list[int]:

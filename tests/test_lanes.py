@@ -196,7 +196,7 @@ def test_mc_scale_grows_and_shrinks_df_under_load_without_losing_a_packet(fresh_
     assert len({res.data["pid"] for res in results}) >= 2  # the new workers took part
     assert status.ok and status.data["lanes"]["df"]["workers"] == 1
     assert status.data["counters"]["workers_retired"] == 2
-    assert bad.error_code == "PF500" and "fixed size" in bad.error["message"]
+    assert bad.error_code == "PF002" and "fixed size" in bad.error["message"]
     assert auto.ok and auto.data["after"]["df"] == auto.data["recommended"]["df"]
 
 
