@@ -56,7 +56,7 @@ class Flight:
 
     __slots__ = (
         # the packet, and the answer path: who gets the one reply (None once they left)
-        "packet", "id", "scope", "key", "origin", "seq",
+        "packet", "id", "scope", "key", "origin", "seq", "tenant", "size",
         # the scheduler's (pfnode/scheduler.py)
         "lane", "priority", "deadline", "timeout_ms", "dependencies", "arrived", "order",
         "state", "waiting_on", "alarm",
@@ -70,13 +70,16 @@ class Flight:
     def __init__(self, packet: Any, *, scope: Hashable = None, origin: Any = None, seq: int = 0,
                  lane: str | None = "df", priority: int = 5, deadline: float = 0.0,
                  timeout_ms: int = 0, dependencies: tuple[str, ...] = (),
-                 memory_limit_mb: int | None = None, packet_id: str | None = None) -> None:
+                 memory_limit_mb: int | None = None, packet_id: str | None = None, size: int = 0) -> None:
         self.packet = packet
         self.id = packet_id if packet_id is not None else packet.id
         self.scope = scope
         self.key = (scope, self.id)  # ids are unique per submitter scope
         self.origin = origin
         self.seq = seq
+        # who it counts against for fair shares: its submitter's scope, else its link
+        self.tenant = scope if scope is not None else origin
+        self.size = size  # bytes of its data the node holds until it is answered
         self.lane = lane
         self.priority = priority
         self.deadline = deadline

@@ -9,7 +9,8 @@ the hub carry the decisions out. So every rule here is testable with a fake cloc
 Rules
 - Lanes: each local packet belongs to one lane (cf, df, ed, rm); each lane has its own
   queue. A forwarded packet (a connected reactor runs it) has no lane.
-- Priority 1-10, higher first; FIFO within one priority.
+- Priority 1-10, higher first; within one priority, submitters ("tenants") take turns,
+  each in FIFO order: one client's flood cannot starve another's packets.
 - Bounded aging (no starvation): a queued packet's effective priority grows by one for
   every `aging_ms` it has waited, up to 10; among equal effective priorities the older
   packet goes first. So a priority-1 packet waits at most 9 x aging_ms before it competes
@@ -24,7 +25,12 @@ Rules
   dependent's deadline passes. Self-dependencies and cycles are refused at admission.
 - Results of completed packets (run here or by a reactor) are kept in a bounded store
   (entries, bytes and age) so that later packets can depend on them.
-- Admission: at most `max_queued` packets queued or blocked at once; past it, PF004.
+- Admission (PF004 past a bound, to that submitter only where the bound is its own):
+  at most `max_queued` packets queued at once; once half of that is taken, a tenant
+  holding its fair share (the bound over the tenants with packets in flight) or more is
+  refused while the others, newcomers first, still get in. At most `max_blocked` packets wait on
+  dependencies at once, `max_blocked_per_client` of one tenant. The packets' data held
+  by the node is bounded too: `max_queued_bytes`, `max_queued_bytes_per_client`.
 - Duplicate ids: an id already in flight in the same scope is refused (PF409).
 """
 from __future__ import annotations
@@ -107,27 +113,59 @@ class ResultStore:
         return len(self._results)
 
 
+class _Level:
+    """One priority level of a lane: a FIFO per tenant (a submitter), served round-robin."""
+
+    __slots__ = ("tenants",)
+
+    def __init__(self) -> None:
+        self.tenants: collections.OrderedDict[Any, collections.deque[Flight]] = collections.OrderedDict()
+
+    def head(self) -> Flight | None:
+        """The packet this level serves next: the oldest of the tenant whose turn it is."""
+        tenants = self.tenants
+        while tenants:
+            tenant, fifo = next(iter(tenants.items()))
+            while fifo and fifo[0].state is not QUEUED:
+                fifo.popleft()  # forgotten, expired or failed while queued
+            if fifo:
+                return fifo[0]
+            del tenants[tenant]
+        return None
+
+
 class LaneQueue:
-    """Ten FIFOs, one per priority, popped by effective (aged) priority."""
+    """Ten priority levels, popped by effective (aged) priority; within a level, the
+    tenants (submitters) take turns, each in FIFO order, so that one client's flood does
+    not starve another's packets of the same priority."""
 
     def __init__(self, aging_s: float) -> None:
         self.aging_s = aging_s
-        self._fifos: list[collections.deque[Flight]] = [collections.deque() for _ in range(11)]
-        self.live = 0  # flights still QUEUED (the deques also hold stale ones, skipped lazily)
+        self._levels = [_Level() for _ in range(11)]
+        self.live = 0  # flights still QUEUED (the FIFOs also hold stale ones, skipped lazily)
 
     def push(self, flight: Flight) -> None:
-        fifo = self._fifos[flight.priority]
+        level = self._levels[flight.priority]
+        fifo = level.tenants.get(flight.tenant)
+        if fifo is None:
+            fifo = level.tenants[flight.tenant] = collections.deque()
         if fifo and fifo[-1].order > flight.order:
-            # a requeued flight goes back to its original place
+            # a requeued flight goes back to its original place, and its tenant's turn is next
             index = next(i for i, f in enumerate(fifo) if f.order > flight.order)
             fifo.insert(index, flight)
+            level.tenants.move_to_end(flight.tenant, last=False)
         else:
             fifo.append(flight)
         self.live += 1
 
     def unpop(self, flight: Flight) -> None:
-        """Undo the last `pop` of `flight` (nobody could take it): back at its head."""
-        self._fifos[flight.priority].appendleft(flight)
+        """Undo the last `pop` of `flight` (nobody could take it): back at the head, its turn."""
+        level = self._levels[flight.priority]
+        fifo = level.tenants.get(flight.tenant)
+        if fifo is None:
+            fifo = level.tenants[flight.tenant] = collections.deque()
+        fifo.appendleft(flight)
+        level.tenants.move_to_end(flight.tenant, last=False)
         self.live += 1
 
     def effective_priority(self, flight: Flight, now: float) -> int:
@@ -138,16 +176,20 @@ class LaneQueue:
     def pop(self, now: float) -> Flight | None:
         best: Flight | None = None
         best_rank = (0, 0)
-        for fifo in self._fifos:
-            while fifo and fifo[0].state is not QUEUED:
-                fifo.popleft()  # forgotten, expired or failed while queued
-            if fifo:
-                head = fifo[0]
+        for level in self._levels:
+            head = level.head()
+            if head is not None:
                 rank = (self.effective_priority(head, now), -head.order)
                 if best is None or rank > best_rank:
                     best, best_rank = head, rank
         if best is not None:
-            self._fifos[best.priority].popleft()
+            tenants = self._levels[best.priority].tenants
+            fifo = tenants[best.tenant]
+            fifo.popleft()
+            if fifo:
+                tenants.move_to_end(best.tenant)  # the next tenant's turn
+            else:
+                del tenants[best.tenant]
             self.live -= 1
         return best
 
@@ -156,10 +198,18 @@ class LaneQueue:
 
 
 class Scheduler:
-    def __init__(self, *, aging_ms: int = 1000, max_queued: int = 100_000,
+    def __init__(self, *, aging_ms: int = 1000, max_queued: int = 100_000, max_blocked: int = 10_000,
+                 max_blocked_per_client: int = 1_000, max_queued_bytes: int = 1 << 30,
+                 max_queued_bytes_per_client: int = 256 << 20,
                  result_store_entries: int = 10_000, result_store_age_ms: int = 600_000,
                  result_store_bytes: int = 256 * 1024 * 1024, lanes: Iterable[str] = LANES) -> None:
         self.max_queued = max_queued
+        self.max_blocked = max_blocked
+        self.max_blocked_per_client = max_blocked_per_client
+        self.max_queued_bytes = max_queued_bytes
+        self.max_queued_bytes_per_client = max_queued_bytes_per_client
+        self.bytes = 0  # data of every packet in flight
+        self._loads: dict[Any, list[int]] = {}  # tenant -> [in flight, blocked, bytes]
         self.lanes: dict[str, LaneQueue] = {lane: LaneQueue(aging_ms / 1000) for lane in lanes}
         self.results = ResultStore(result_store_entries, result_store_age_ms / 1000, result_store_bytes)
         self.inflight: dict[Hashable, Flight] = {}  # every flight not DONE, by (scope, id)
@@ -178,9 +228,9 @@ class Scheduler:
             return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
         if flight.lane not in self.lanes:
             raise ValueError(f"unknown lane {flight.lane!r}")
-        if self.queued + self.blocked >= self.max_queued:
-            return Refusal(ErrorCode.OVERLOADED,
-                           f"node overloaded: {self.max_queued} packets already waiting; retry later")
+        refusal = self._over_a_bound(flight)
+        if refusal is not None:
+            return refusal
         waiting: set[str] = set()
         scope = flight.scope
         for dep in flight.dependencies:
@@ -195,11 +245,20 @@ class Scheduler:
         if waiting and self._reaches(scope, waiting, flight.id):
             return Refusal(ErrorCode.DEPENDENCY_FAILED,
                            f"dependency cycle: packet {flight.id!r} would wait for itself")
+        if waiting:
+            load = self._loads.get(flight.tenant)
+            if self.blocked >= self.max_blocked:
+                return Refusal(ErrorCode.OVERLOADED, f"node overloaded: {self.max_blocked} packets already "
+                                                     "wait for dependencies; retry later")
+            if load is not None and load[1] >= self.max_blocked_per_client:
+                return Refusal(ErrorCode.OVERLOADED, f"{self.max_blocked_per_client} of your packets already "
+                                                     "wait for dependencies; retry once they ran")
         self._enter(flight, now)
         if waiting:
             flight.state = BLOCKED
             flight.waiting_on = waiting
             self.blocked += 1
+            self._loads[flight.tenant][1] += 1
             for dep in waiting:
                 self._waiters[(scope, dep)].append(flight)
         else:
@@ -213,12 +272,48 @@ class Scheduler:
         (its dependencies travel with it)."""
         if flight.key in self.inflight:
             return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
+        refusal = self._over_bytes(flight)
+        if refusal is not None:
+            return refusal
         self._enter(flight, now)
         flight.state = FORWARDED
         self.forwarded += 1
         return None
 
+    def _over_a_bound(self, flight: Flight) -> Refusal | None:
+        queued = self.queued
+        if queued >= self.max_queued:
+            return Refusal(ErrorCode.OVERLOADED,
+                           f"node overloaded: {self.max_queued} packets already waiting; retry later")
+        if queued * 2 >= self.max_queued:
+            load = self._loads.get(flight.tenant)
+            share = self.max_queued // max(1, len(self._loads))
+            if load is not None and load[0] >= share:
+                return Refusal(ErrorCode.OVERLOADED,
+                               f"node busy: you hold {load[0]} of its {queued} waiting packets, over your "
+                               f"fair share of {share}; retry later")
+        return self._over_bytes(flight)
+
+    def _over_bytes(self, flight: Flight) -> Refusal | None:
+        size = flight.size
+        if not size:
+            return None
+        if self.bytes + size > self.max_queued_bytes:
+            return Refusal(ErrorCode.OVERLOADED, f"node overloaded: {self.bytes} bytes of packet data "
+                                                 f"already held (limit {self.max_queued_bytes}); retry later")
+        load = self._loads.get(flight.tenant)
+        if load is not None and load[2] + size > self.max_queued_bytes_per_client:
+            return Refusal(ErrorCode.OVERLOADED, f"your packets in flight already hold {load[2]} bytes of data "
+                                                 f"(limit {self.max_queued_bytes_per_client}); retry later")
+        return None
+
     def _enter(self, flight: Flight, now: float) -> None:
+        load = self._loads.get(flight.tenant)
+        if load is None:
+            load = self._loads[flight.tenant] = [0, 0, 0]
+        load[0] += 1
+        load[2] += flight.size
+        self.bytes += flight.size
         flight.arrived = now
         flight.order = next(self._order)
         self.inflight[flight.key] = flight
@@ -272,6 +367,7 @@ class Scheduler:
                     waiter.waiting_on.discard(done_id)
                     if not waiter.waiting_on:
                         self.blocked -= 1
+                        self._loads[waiter.tenant][1] -= 1
                         waiter.state = QUEUED
                         self.lanes[waiter.lane].push(waiter)
                 else:
@@ -298,6 +394,11 @@ class Scheduler:
     def of_origin(self, origin: Any) -> list[Flight]:
         """The packets `origin` waits for, oldest first."""
         return sorted(self._origins.get(origin, {}).values(), key=lambda f: f.order)
+
+    def load_of(self, tenant: Any) -> tuple[int, int, int]:
+        """A tenant's packets in flight, of them blocked, and the bytes of their data."""
+        load = self._loads.get(tenant)
+        return tuple(load) if load is not None else (0, 0, 0)
 
     def count_of(self, origin: Any) -> int:
         mine = self._origins.get(origin)
@@ -370,11 +471,18 @@ class Scheduler:
             self.lanes[flight.lane].live -= 1
         elif state is BLOCKED:
             self.blocked -= 1
+            self._loads[flight.tenant][1] -= 1
         elif state is DISPATCHED:
             self.dispatched -= 1
         elif state is FORWARDED:
             self.forwarded -= 1
         flight.state = DONE
+        load = self._loads[flight.tenant]
+        load[0] -= 1
+        load[2] -= flight.size
+        self.bytes -= flight.size
+        if not load[0]:
+            del self._loads[flight.tenant]
         if self.inflight.get(flight.key) is flight:
             del self.inflight[flight.key]
         if flight.origin is not None:

@@ -412,3 +412,72 @@ def test_random_event_sequences_keep_the_counters_and_states_consistent():
                 s.complete(late, clock.now, ok=False, code="PF408")
         check_counts(s)
         assert s.queued + s.blocked <= 60
+
+
+def test_within_a_priority_submitters_take_turns(clock):
+    s = Scheduler(aging_ms=0)
+    for i in range(100):
+        s.admit(entry(f"a{i}", scope="flooder"), clock.now)
+    for i in range(3):
+        s.admit(entry(f"b{i}", scope="other"), clock.now)
+    s.admit(entry("c0", 9, scope="third"), clock.now)  # a higher priority still goes first
+    first = drain(s, "df", clock.now)[:8]
+    assert first == ["c0", "a0", "b0", "a1", "b1", "a2", "b2", "a3"], first
+
+
+def test_a_requeued_packet_goes_back_first_in_its_submitters_line_and_turn(clock):
+    s = Scheduler(aging_ms=0)
+    for pid, who in (("a0", "A"), ("b0", "B"), ("a1", "A"), ("b1", "B")):
+        s.admit(entry(pid, scope=who), clock.now)
+    got = s.dispatch("df", clock.now)
+    assert got.id == "a0"
+    s.requeue(got)  # its worker died before starting it
+    assert drain(s, "df", clock.now) == ["a0", "b0", "a1", "b1"]
+    s.admit(entry("a2", scope="A"), clock.now)
+    s.admit(entry("b2", scope="B"), clock.now)
+    got = s.dispatch("df", clock.now)
+    s.undispatch(got)  # no worker had room: still first
+    assert s.dispatch("df", clock.now) is got
+
+
+def test_a_busy_node_refuses_the_tenant_over_its_fair_share_and_admits_a_newcomer(clock):
+    s = Scheduler(max_queued=100)
+    for i in range(60):  # alone, a tenant may fill the node up to the bound
+        assert s.admit(entry(f"g{i}", scope="greedy"), clock.now) is None
+    assert s.admit(entry("n0", scope="newcomer"), clock.now) is None
+    refusal = s.admit(entry("g60", scope="greedy"), clock.now)  # 60 >= 100 // 2 tenants
+    assert refusal.code is ErrorCode.OVERLOADED and "fair share of 50" in refusal.message
+    for i in range(1, 40):
+        assert s.admit(entry(f"n{i}", scope="newcomer"), clock.now) is None, i
+    assert s.admit(entry("late", scope="third"), clock.now).code is ErrorCode.OVERLOADED  # 100 queued: full
+
+
+def test_packets_waiting_on_dependencies_have_their_own_bounds(clock):
+    s = Scheduler(max_queued=1000, max_blocked=5, max_blocked_per_client=3)
+    for i in range(3):
+        assert s.admit(entry(f"w{i}", deps=("never",), scope="waiter"), clock.now) is None
+    refusal = s.admit(entry("w3", deps=("never",), scope="waiter"), clock.now)
+    assert refusal.code is ErrorCode.OVERLOADED and "3 of your packets" in refusal.message
+    assert s.admit(entry("ready", scope="waiter"), clock.now) is None  # its ready packets still go
+    for i in range(2):
+        assert s.admit(entry(f"x{i}", deps=("never",), scope="other"), clock.now) is None
+    assert s.admit(entry("x2", deps=("never",), scope="third"), clock.now).code is ErrorCode.OVERLOADED
+    assert s.admit(entry("fine", scope="third"), clock.now) is None
+    assert s.load_of("waiter") == (4, 3, 0)
+
+
+def test_the_data_held_for_packets_in_flight_is_bounded_per_tenant_and_node(clock):
+    s = Scheduler(max_queued_bytes=1000, max_queued_bytes_per_client=600)
+
+    def big(pid, size, who):
+        f = entry(pid, scope=who)
+        f.size = size
+        return f
+
+    assert s.admit(big("a", 500, "A"), clock.now) is None
+    assert "your packets" in s.admit(big("b", 200, "A"), clock.now).message
+    assert s.admit(big("c", 400, "B"), clock.now) is None
+    assert "node overloaded" in s.admit(big("d", 200, "C"), clock.now).message
+    s.dispatch("df", clock.now)
+    s.complete(s.inflight[("A", "a")], clock.now, ok=True, data_json=b"1")
+    assert s.bytes == 400 and s.admit(big("d", 200, "C"), clock.now) is None
