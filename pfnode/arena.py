@@ -29,6 +29,43 @@ _CONSUMED = struct.Struct("<Q")  # header: bytes consumed so far, written by the
 HEADER_BYTES = 64
 
 
+PREFIX = "pfnode-"  # pfnode-<front pid>-<slot>-<in|out>-<random>: a later start can tell whose
+
+
+def remove_orphans(shm_dir: str | None = None) -> list[str]:
+    """Unlink the arenas of pfnode nodes that are gone (SIGKILLed, say): their names carry
+    the front's pid, and a segment whose pid is no live process is nobody's. Returns what
+    was removed."""
+    shm_dir = shm_dir or _shm_dir()
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid_text = name[len(PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
 def _shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
@@ -55,7 +92,7 @@ class Arena:
 
     @classmethod
     def create(cls, size: int, tag: str) -> "Arena":
-        path = os.path.join(_shm_dir(), f"pfnode-{os.getpid()}-{tag}-{os.urandom(4).hex()}")
+        path = os.path.join(_shm_dir(), f"{PREFIX}{os.getpid()}-{tag}-{os.urandom(4).hex()}")
         return cls(path, HEADER_BYTES + size, create=True)
 
     @classmethod

@@ -61,6 +61,8 @@ def _add_node_options(parser: argparse.ArgumentParser, defaults: Settings) -> No
                        help="deadline for packets without timeout_ms (default %(default)s)")
     parser.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes,
                        help="frames larger than this get PF413 (default %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                       help="connections at once; past it a handshake is answered 503 (default %(default)s)")
     parser.add_argument("--max-inflight-per-connection", type=int,
                        default=defaults.max_inflight_per_connection,
                        help="a peer's reads pause at this many unanswered packets (default %(default)s)")
@@ -156,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
                         handler_modules=args.handlers, default_timeout_ms=args.default_timeout_ms,
                         max_frame_bytes=args.max_frame_bytes,
                         max_inflight_per_connection=args.max_inflight_per_connection,
+                        max_connections=args.max_connections,
                         worker_window=args.worker_window, prefetch_ms=args.prefetch_ms,
                         heartbeat_interval_ms=args.heartbeat_interval_ms,
                         shutdown_grace_ms=args.shutdown_grace_ms, log_level=args.log_level)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import resource
 import signal
 from typing import Any
 
@@ -40,9 +41,27 @@ def endpoint_of(node: Node, server: Any) -> str:
     return f"ws://{node.settings.host}:{port}{node.settings.path}"
 
 
+def raise_open_files_limit(settings: Settings) -> None:
+    """Let the node hold its connections: the soft RLIMIT_NOFILE up to the hard one; warn
+    when even that cannot hold --max-connections (plus the workers' pipes and the rest)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    needed = settings.max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("front: only %d open files allowed; --max-connections %d needs about %d "
+                    "(raise LimitNOFILE / ulimit -n, or lower --max-connections)",
+                    soft, settings.max_connections, needed)
+
+
 async def run_node(node: Node, connect_url: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop."""
     loop = asyncio.get_running_loop()
+    raise_open_files_limit(node.settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stopping.set)  # handlers only enqueue
     transport = transport_module(node.settings.transport)

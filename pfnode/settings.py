@@ -38,6 +38,10 @@ class Settings:
     prefetch_ms: float = 1.0
     worker_window: int = 32
     worker_start_timeout_ms: int = 30_000
+    # "fork": workers are forked by a fork server that has the handler modules imported
+    # (a replacement takes milliseconds); "spawn": each is a new interpreter (for handler
+    # modules that start threads at import, which forking cannot copy)
+    worker_start: str = "fork"
     # Threads for numpy's BLAS in each worker: the pool parallelises across processes,
     # so more threads per worker only oversubscribe the cores.
     worker_blas_threads: int = 1
@@ -49,6 +53,10 @@ class Settings:
     # Scheduling
     aging_ms: int = 1000  # a queued packet gains one priority level per aging_ms waited (up to 10)
     max_queued: int = 100_000  # node-wide bound on packets waiting; past it new packets get PF004
+    max_blocked: int = 10_000  # packets waiting for dependencies, node-wide
+    max_blocked_per_client: int = 1_000  # ... of one client
+    max_queued_bytes: int = 1 << 30  # data of the packets in flight, node-wide
+    max_queued_bytes_per_client: int = 256 << 20  # ... of one client
     result_store_entries: int = 10_000  # completed results kept for dependencies
     result_store_age_ms: int = 600_000
     result_store_bytes: int = 256 * 1024 * 1024
@@ -65,7 +73,12 @@ class Settings:
     max_frame_bytes: int = 16 * 1024 * 1024
 
     # Connections
+    max_connections: int = 1000  # past it, a new connection's handshake is answered 503
     max_inflight_per_connection: int = 1024
+    # A client that does not read its results: past write_buffer_high_bytes buffered for it,
+    # its reading pauses (no new work from it); past max_write_buffer_bytes it is closed (1008)
+    write_buffer_high_bytes: int = 1 << 20
+    max_write_buffer_bytes: int = 64 << 20
     heartbeat_interval_ms: int = 30_000
     heartbeat_missed_limit: int = 3
 
@@ -94,6 +107,8 @@ class Settings:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be 0..65535, got {self.port}")
+        if self.worker_start not in ("fork", "spawn"):
+            problems.append(f"worker_start must be fork or spawn, got {self.worker_start!r}")
         if self.transport not in ("websockets", "picows"):
             problems.append(f"transport must be websockets or picows, got {self.transport!r}")
         if not self.path.startswith("/"):
@@ -115,7 +130,9 @@ class Settings:
         for name in ("default_timeout_ms", "max_timeout_ms", "max_frame_bytes",
                      "max_inflight_per_connection", "heartbeat_interval_ms",
                      "heartbeat_missed_limit", "worker_start_timeout_ms", "rm_memory_limit_mb",
-                     "max_queued", "result_store_entries", "result_store_age_ms", "result_store_bytes",
+                     "max_queued", "max_blocked", "max_blocked_per_client", "max_queued_bytes",
+                     "max_queued_bytes_per_client", "max_connections", "write_buffer_high_bytes",
+                     "max_write_buffer_bytes", "result_store_entries", "result_store_age_ms", "result_store_bytes",
                      "autoscale_interval_ms", "worker_blas_threads", "reroute_grace_ms", "probe_ms",
                      "reconnect_min_ms", "reconnect_max_ms", "replay_entries"):
             if getattr(self, name) <= 0:
@@ -128,6 +145,8 @@ class Settings:
             problems.append(f"shutdown_grace_ms must be >= 0, got {self.shutdown_grace_ms}")
         if self.reconnect_min_ms > self.reconnect_max_ms:
             problems.append("reconnect_min_ms must not exceed reconnect_max_ms")
+        if self.write_buffer_high_bytes > self.max_write_buffer_bytes:
+            problems.append("write_buffer_high_bytes must not exceed max_write_buffer_bytes")
         if self.default_timeout_ms > self.max_timeout_ms:
             problems.append("default_timeout_ms must not exceed max_timeout_ms")
         if problems:

@@ -3,6 +3,12 @@ lanes and stops them all, the way uvicorn's and gunicorn's supervisors keep thei
 children. It owns the processes; which packet goes where is the dispatcher's
 (pfnode/dispatch.py), what a dead worker's packets become is the pool's.
 
+Workers are forked by a fork server that has the handler modules imported
+(`worker_start = "fork"`, the default: a replacement takes milliseconds), or started as
+new interpreters (`"spawn"`: for handler modules that start threads at import). When the
+fork server cannot be had, workers are spawned, and the fork server is tried again at
+the next replacement.
+
 Respawn rule (`respawn_delay_s`, pure): a worker that died running a packet (a crash,
 or killed for its deadline) is replaced at once, whatever happened before: the packet
 was to blame, not the lane. A worker that dies at start or while idle is replaced at
@@ -22,9 +28,10 @@ from typing import Callable
 
 import orjson
 
-from .arena import Arena
+from .arena import Arena, remove_orphans
 from .dispatch import Dispatcher, WorkerView
 from .errors import ConfigError
+from .forkserver import ForkServer
 from .settings import Settings
 from .workerproc import WorkerListener, WorkerProcess
 
@@ -98,9 +105,16 @@ class Supervisor:
         self._spawning: collections.Counter[str] = collections.Counter()  # lane -> on their way
         self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._background: set[asyncio.Task] = set()
+        self.forkserver: ForkServer | None = None
+        self._forked: dict[int, WorkerProcess] = {}  # pid -> a forked worker until its end is known
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        removed = remove_orphans()
+        if removed:
+            log.info("pool: removed %d shared-memory segments of nodes that are gone", len(removed))
+        if self.settings.worker_start == "fork":
+            await self._start_forkserver()  # a handler module that cannot be imported stops us here
         spawns = [self.spawn(name) for name, spec in self.lanes.items() for _ in range(spec.size)]
         results = await asyncio.gather(*spawns, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -116,6 +130,35 @@ class Supervisor:
             self.handlers = next(iter(self.procs.values())).handlers
         log.info("pool: lanes %s ready; %d handlers",
                  ", ".join(f"{name}={self.lane_size(name)}" for name in self.lanes), len(self.handlers))
+
+    async def _start_forkserver(self) -> bool:
+        server = ForkServer(list(self.settings.handler_modules), self._worker_env(), self._forked_exit)
+        try:
+            await server.start(self.settings.worker_start_timeout_ms / 1000)
+        except OSError as exc:
+            log.warning("pool: no fork server (%s); starting workers as new interpreters", exc)
+            return False
+        self.forkserver = server
+        log.debug("pool: fork server pid %s ready", server.pid)
+        return True
+
+    def _forked_exit(self, pid: int, returncode: int | None) -> None:
+        proc = self._forked.pop(pid, None)
+        if proc is not None:
+            proc.forked_exited(returncode)
+
+    async def _launch(self, lane: str, slot: int, config: dict, arenas) -> WorkerProcess:
+        """A new worker process: forked if the fork server is (or can be made) alive."""
+        s = self.settings
+        if s.worker_start == "fork" and not self.closing:
+            if (self.forkserver is None or not self.forkserver.alive) and not await self._start_forkserver():
+                self.forkserver = None
+            if self.forkserver is not None:
+                proc = await WorkerProcess.fork(self.forkserver, self.listener, lane, slot, config, arenas,
+                                                s.worker_start_timeout_ms / 1000)
+                self._forked[proc.pid] = proc
+                return proc
+        return await WorkerProcess.start(self.listener, lane, slot, config, self._worker_env(), arenas)
 
     def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -152,7 +195,7 @@ class Supervisor:
                       "arenas": [a.path for a in arenas] if arenas else None,
                       "shm_threshold_bytes": s.shm_threshold_bytes}
             try:
-                proc = await WorkerProcess.start(self.listener, lane, slot, config, self._worker_env(), arenas)
+                proc = await self._launch(lane, slot, config, arenas)
             except BaseException:
                 for arena in arenas or ():
                     arena.close(unlink=True)
@@ -161,11 +204,11 @@ class Supervisor:
             try:
                 await asyncio.wait_for(asyncio.shield(proc.hello), s.worker_start_timeout_ms / 1000)
             except asyncio.TimeoutError:
-                proc.kill("start timeout")
+                self._abort(proc, arenas, "start timeout")
                 raise ConfigError(f"{lane} worker (pid {proc.pid}) did not become ready within "
                                   f"{s.worker_start_timeout_ms} ms") from None
             except BaseException:
-                proc.kill("start failed")
+                self._abort(proc, arenas, "start failed")
                 raise
             finally:
                 self._starting.discard(proc)
@@ -181,6 +224,14 @@ class Supervisor:
         proc.view = self.dispatcher.add(slot, lane, proc)
         self.counters["workers_started"] += 1
         return proc
+
+    @staticmethod
+    def _abort(proc: WorkerProcess, arenas, reason: str) -> None:
+        """A worker that will never take work: kill it and remove its shared memory now,
+        not when its exit is noticed (a node failing to start may not wait for that)."""
+        proc.kill(reason)
+        for arena in arenas or ():
+            arena.close(unlink=True)
 
     def forget(self, proc: WorkerProcess) -> bool:
         """A worker exited; True when it was one of ours that had taken work."""
@@ -252,14 +303,15 @@ class Supervisor:
                 proc.kill("shutdown")
             else:
                 proc.close_channel()
-        if not procs:
-            return
-        _, pending = await asyncio.wait([p.exited for p in procs], timeout=grace_s)
-        for proc in procs:
-            if not proc.exited.done():
-                proc.kill("shutdown")
-        if pending:
-            await asyncio.wait([p.exited for p in procs], timeout=5)
+        if procs:
+            _, pending = await asyncio.wait([p.exited for p in procs], timeout=grace_s)
+            for proc in procs:
+                if not proc.exited.done():
+                    proc.kill("shutdown")
+            if pending:
+                await asyncio.wait([p.exited for p in procs], timeout=5)
+        if self.forkserver is not None:
+            await self.forkserver.close()
 
     def _in_background(self, coro) -> asyncio.Task:
         job = asyncio.ensure_future(coro)

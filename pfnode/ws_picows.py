@@ -49,6 +49,7 @@ class PicowsLink(PeerLink, WSListener):
         self.transport = transport
         address = transport.underlying_transport.get_extra_info("peername")
         self.peer = "%s:%s" % address[:2] if address else "?"
+        transport.underlying_transport.set_write_buffer_limits(high=self.node.settings.write_buffer_high_bytes)
         self.node.on_open(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -111,7 +112,12 @@ class PicowsLink(PeerLink, WSListener):
         for frame in frames:
             parts.append(text_header(len(frame)))
             parts.append(frame)
-        self.transport.underlying_transport.writelines(parts)
+        underlying = transport.underlying_transport
+        underlying.writelines(parts)
+        # past the high mark picows calls pause_writing (reading pauses); past the hard
+        # bound the client is not reading at all: it is closed, and only it
+        if underlying.get_write_buffer_size() > self.node.settings.max_write_buffer_bytes:
+            self.close(1008, "not reading its results")
 
     def _pause(self) -> None:
         self.transport.underlying_transport.pause_reading()

@@ -26,13 +26,21 @@ class WebsocketsLink(PeerLink):
         super().__init__(node, peer)
         self.ws = ws
         self._outgoing: collections.deque[bytes] = collections.deque()
+        self._outgoing_bytes = 0
         self._wake = asyncio.Event()
         self._readable = asyncio.Event()
         self._readable.set()
 
     def _write(self, frame: bytes) -> None:
         self._outgoing.append(frame)
+        self._outgoing_bytes += len(frame)
         self._wake.set()
+        s = self.node.settings
+        if self._outgoing_bytes > s.write_buffer_high_bytes and self.connected:
+            if self._outgoing_bytes > s.max_write_buffer_bytes:
+                self.close(1008, "not reading its results")
+            else:
+                self.pause_reading("writing")  # a slow reader: take no new work from it
 
     def _pause(self) -> None:
         self._readable.clear()
@@ -58,7 +66,10 @@ class WebsocketsLink(PeerLink):
                 self._wake.clear()
                 while out:
                     await ws.send(out[0], text=True)
-                    out.popleft()  # only once written: an uplink sends the rest on its next connection
+                    # only once written: an uplink sends the rest on its next connection
+                    self._outgoing_bytes -= len(out.popleft())
+                    if self._outgoing_bytes <= self.node.settings.write_buffer_high_bytes // 2:
+                        self.resume_reading("writing")
         except ConnectionClosed:
             pass
 

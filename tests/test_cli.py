@@ -120,7 +120,7 @@ def test_serve_on_a_port_in_use_exits_2_at_once_without_starting_workers(node):
         children = []
         while proc.poll() is None:  # note any worker it starts while it lives
             try:
-                children = psutil.Process(proc.pid).children() or children
+                children = psutil.Process(proc.pid).children(recursive=True) or children
             except psutil.NoSuchProcess:
                 break
             time.sleep(0.02)

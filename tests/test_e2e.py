@@ -626,9 +626,11 @@ def test_healthz_reports_ready_as_json(node):
     assert health["status"] == "ready"
     assert health["workers"] == 5 and health["lanes"]["df"]["workers"] == 2  # and cf, ed, rm
     assert len(health["worker_pids"]) == 5
-    for pid in health["worker_pids"]:  # real, live child processes of the node
+    descendants = {p.pid for p in psutil.Process(node.proc.pid).children(recursive=True)}
+    for pid in health["worker_pids"]:  # real, live processes of the node (forked by its fork server)
         proc = psutil.Process(pid)
-        assert proc.ppid() == node.proc.pid
+        assert pid in descendants
+        assert psutil.Process(proc.ppid()).ppid() == node.proc.pid  # the fork server is the node's child
         assert proc.status() != psutil.STATUS_ZOMBIE
     assert "df:transform" in health["handlers"] and "df:hang" in health["handlers"]
     assert health["endpoint"] == "/packetflow/v1"
