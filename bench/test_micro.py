@@ -19,9 +19,9 @@ import pytest
 
 from pfnode import protocol
 from pfnode.ndarray import decode_tree, encode_array
-from pfnode.pool import Pool
-from pfnode.protocol import Message, Packet, RawJSON
-from pfnode.scheduler import Refusal
+from pfnode.link import PeerLink
+from pfnode.node import Node
+from pfnode.protocol import Message, RawJSON
 from pfnode.settings import Settings
 
 # The same small packet data as bench/run.py (about 100 bytes of JSON).
@@ -102,10 +102,34 @@ def test_ndarray_decode_1mib(benchmark):
 
 # ---------------------------------------------------------------------------- the worker queue
 
+class _AnswerLink(PeerLink):
+    """A link with no socket: the frame the node sends resolves the waiting future."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node, "micro")
+        self.waiting: asyncio.Future | None = None
+
+    def _write(self, frame: bytes) -> None:
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(frame)
+
+    def _pause(self) -> None:
+        pass
+
+    def _resume(self) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        self.node.on_close(self, code)
+
+    async def flush(self, timeout_s: float) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def pool_loop():
-    """A real Pool (df 1 worker, no ed or rm workers; cf always has its one) in its own event
-    loop, closed at the end of the module."""
+def node_loop():
+    """A real Node (df 1 worker, no ed or rm workers; cf always has its one) in its own event
+    loop, with a socket-less link, closed at the end of the module."""
     try:
         import uvloop
     except ImportError:
@@ -113,34 +137,36 @@ def pool_loop():
     else:
         loop = uvloop.new_event_loop()
 
-    async def start() -> Pool:
-        pool = Pool(Settings(workers=1, ed_workers=0, rm_workers=0, handler_modules=("handlers.examples",)))
-        await pool.start()
-        return pool
+    async def start() -> tuple[Node, _AnswerLink]:
+        node = Node(Settings(workers=1, ed_workers=0, rm_workers=0, handler_modules=("handlers.examples",)))
+        await node.start()
+        link = _AnswerLink(node)
+        node.on_open(link)
+        return node, link
 
-    pool = loop.run_until_complete(start())
+    node, link = loop.run_until_complete(start())
     try:
-        yield loop, pool
+        yield loop, node, link
     finally:
-        loop.run_until_complete(pool.close())
+        loop.run_until_complete(node.shutdown())
         loop.close()
 
 
-@pytest.mark.benchmark(group="pool: one df:noop round trip through a worker")
-def test_pool_round_trip(benchmark, pool_loop):
-    """Submit one df:noop packet (its data as RawJSON, as the front hands it over) to the pool
-    and await its outcome: queue, pickle over the pipe, the worker's parse, handler and
-    encode, the pipe back. No network."""
-    loop, pool = pool_loop
+@pytest.mark.benchmark(group="node: one df:noop round trip through a worker, no network")
+def test_node_round_trip(benchmark, node_loop):
+    """Hand the node one df:noop submit frame and await its result frame: decode, admit,
+    dispatch, the pipe to the worker, its parse, handler and encode, the pipe back, the
+    answer path. No network."""
+    loop, node, link = node_loop
     numbers = itertools.count(1)
-    data = RawJSON(SMALL_JSON)
 
     async def round_trip():
-        done = loop.create_future()
-        packet = Packet(id=f"micro-{next(numbers)}", group="df", element="noop", data=data)
-        task = pool.submit(packet, None, done.set_result)
-        assert not isinstance(task, Refusal), task
-        return await done
+        link.waiting = loop.create_future()
+        seq = next(numbers)
+        node.on_message(link, b'{"type":"submit","seq":%d,"payload":{"version":"1.0","id":"micro-%d",'
+                              b'"group":"df","element":"noop","data":%s}}' % (seq, seq, SMALL_JSON))
+        return await link.waiting
 
-    outcome = benchmark(lambda: loop.run_until_complete(round_trip()))
-    assert outcome.ok and orjson.loads(outcome.data_json) == SMALL_DATA, outcome
+    frame = benchmark(lambda: loop.run_until_complete(round_trip()))
+    payload = orjson.loads(frame)["payload"]
+    assert payload["status"] == "success" and payload["data"] == SMALL_DATA, payload
