@@ -106,6 +106,7 @@ class Supervisor:
         self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._background: set[asyncio.Task] = set()
         self.forkserver: ForkServer | None = None
+        self._forkserver_lock = asyncio.Lock()
         self._forked: dict[int, WorkerProcess] = {}  # pid -> a forked worker until its end is known
 
     # ------------------------------------------------------------------ lifecycle
@@ -132,15 +133,21 @@ class Supervisor:
                  ", ".join(f"{name}={self.lane_size(name)}" for name in self.lanes), len(self.handlers))
 
     async def _start_forkserver(self) -> bool:
-        server = ForkServer(list(self.settings.handler_modules), self._worker_env(), self._forked_exit)
-        try:
-            await server.start(self.settings.worker_start_timeout_ms / 1000)
-        except OSError as exc:
-            log.warning("pool: no fork server (%s); starting workers as new interpreters", exc)
-            return False
-        self.forkserver = server
-        log.debug("pool: fork server pid %s ready", server.pid)
-        return True
+        """(Re)start the fork server, once for any number of workers waiting on it."""
+        async with self._forkserver_lock:
+            if self.forkserver is not None and self.forkserver.alive:
+                return True
+            if self.forkserver is not None:
+                log.warning("pool: the fork server (pid %s) went away; starting another", self.forkserver.pid)
+            server = ForkServer(list(self.settings.handler_modules), self._worker_env(), self._forked_exit)
+            try:
+                await server.start(self.settings.worker_start_timeout_ms / 1000)
+            except OSError as exc:
+                log.warning("pool: no fork server (%s); starting workers as new interpreters", exc)
+                return False
+            self.forkserver = server
+            log.debug("pool: fork server pid %s ready", server.pid)
+            return True
 
     def _forked_exit(self, pid: int, returncode: int | None) -> None:
         proc = self._forked.pop(pid, None)
@@ -151,9 +158,9 @@ class Supervisor:
         """A new worker process: forked if the fork server is (or can be made) alive."""
         s = self.settings
         if s.worker_start == "fork" and not self.closing:
-            if (self.forkserver is None or not self.forkserver.alive) and not await self._start_forkserver():
-                self.forkserver = None
-            if self.forkserver is not None:
+            if self.forkserver is None or not self.forkserver.alive:
+                await self._start_forkserver()
+            if self.forkserver is not None and self.forkserver.alive:
                 proc = await WorkerProcess.fork(self.forkserver, self.listener, lane, slot, config, arenas,
                                                 s.worker_start_timeout_ms / 1000)
                 self._forked[proc.pid] = proc
@@ -182,12 +189,14 @@ class Supervisor:
             log.warning("pool: no shared memory for a %s worker (%s); payloads go by pipe", lane, exc)
             return None
 
-    async def spawn(self, lane: str) -> WorkerProcess:
-        """Start one worker of `lane` and wait until it is ready and takes work."""
+    async def spawn(self, lane: str, counted: bool = False) -> WorkerProcess:
+        """Start one worker of `lane` and wait until it is ready and takes work (`counted`:
+        the caller already counted it as on its way)."""
         spec = self.lanes[lane]
         s = self.settings
         slot = next(self._slots)
-        self._spawning[lane] += 1
+        if not counted:
+            self._spawning[lane] += 1
         try:
             arenas = self._arenas(lane, slot)
             config = {"handler_modules": list(s.handler_modules), "slot": slot, "lane": lane,
@@ -245,18 +254,19 @@ class Supervisor:
         if missing <= 0:
             return
         delay = respawn_delay_s(cause, self._deaths[lane], self.clock())
+        self._spawning[lane] += missing  # on their way from now: the next exit counts them
         for _ in range(missing):
             self._in_background(self._respawn(lane, delay))
 
     async def _respawn(self, lane: str, delay_s: float) -> None:
-        if delay_s:
-            self._spawning[lane] += 1  # counted as on its way while it waits
-            try:
-                await asyncio.sleep(delay_s)
-            finally:
-                self._spawning[lane] -= 1
         try:
-            proc = await self.spawn(lane)
+            if delay_s:
+                await asyncio.sleep(delay_s)
+        except BaseException:
+            self._spawning[lane] -= 1
+            raise
+        try:
+            proc = await self.spawn(lane, counted=True)
         except Exception as exc:
             if not self.closing:
                 log.error("pool: cannot start a %s worker: %s; retrying", lane, exc)

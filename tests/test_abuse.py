@@ -1,0 +1,247 @@
+"""Hostile and careless clients: each numbered case of the "exactly one reply, whatever
+arrives" issue, against real nodes over real sockets (and, where the rule is the node's
+own, an in-process node). Every frame is answered once; nothing one client does closes
+another's connection, loses another's packet or starves another's lane."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import psutil
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from pfnode import protocol
+from tests.conftest import ROOT, TEST_HANDLERS
+from tests.e2e_util import Raw, new_id, packet, run, wait_until
+from tests.inproc import RecordingLink, started_node
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+# ---------------------------------------------------------------- 2: an exception at a callback boundary
+
+def test_an_exception_inside_the_node_answers_the_frame_and_later_frames_are_still_read(monkeypatch):
+    """A frame whose handling raises (here: the decoder, forced to) is answered PF500 with an
+    incident id, also when it waited in a paused link's backlog; the frames after it are read."""
+    real_decode = protocol.decode
+
+    def flaky_decode(frame, **kwargs):
+        if b"explode" in (frame if isinstance(frame, bytes) else frame.encode()):
+            raise RuntimeError("a bug")
+        return real_decode(frame, **kwargs)
+
+    monkeypatch.setattr(protocol, "decode", flaky_decode)
+
+    async def go():
+        async with started_node(max_inflight_per_connection=1, handler_modules=(
+                "handlers.examples", "tests.handlers_testing")) as node:
+            link = RecordingLink(node)
+            node.on_open(link)
+            link.submit(1, {"id": "slow", "group": "df", "element": "sleep", "data": 0.2})
+            assert link.reading_paused  # at its limit: what follows waits in the backlog
+            link.deliver(b'{"type":"submit","seq":2,"payload":"explode"}')
+            link.submit(3, {"id": "after", "group": "df", "element": "transform", "data": "ok"})
+            return [await link.reply(seq) for seq in (1, 0, 3)], dict(node.counters)
+
+    (slow, boom, after), counters = asyncio.run(go())  # an undecoded frame's seq is unknown: 0
+    assert slow["payload"]["status"] == "success"
+    assert boom["type"] == "error" and boom["payload"]["code"] == "PF500", boom
+    assert "internal error E" in boom["payload"]["message"]
+    assert after["payload"]["data"] == "OK"
+    assert counters["internal_errors"] == 1
+
+
+def test_an_exception_after_admission_answers_the_packet_once(monkeypatch):
+    async def go():
+        async with started_node() as node:
+            link = RecordingLink(node)
+            node.on_open(link)
+
+            def broken_pump():
+                raise RuntimeError("pump bug")
+
+            monkeypatch.setattr(node.pool, "pump", broken_pump)
+            link.submit(1, {"id": "p", "group": "df", "element": "noop", "data": 1})
+            reply = await link.reply(1)
+            await asyncio.sleep(0.05)
+            return reply, [f for f in link.frames if f.get("seq") == 1], len(node.scheduler.inflight)
+
+    reply, answers, inflight = asyncio.run(go())
+    assert reply["type"] == "result" and reply["payload"]["error"]["code"] == "PF500"
+    assert len(answers) == 1 and inflight == 0
+
+
+# ---------------------------------------------------------------- 3, 4: mc:scale
+
+@pytest.mark.parametrize("data, field", [
+    ({"lane": ["df"], "workers": 2}, "lane"),
+    ({"lane": {"x": 1}, "workers": 2}, "lane"),
+    ({"lane": "gpu", "workers": "auto"}, "lane"),
+    ({"lane": "df", "workers": True}, "workers"),
+    ({"lane": "df", "workers": [1]}, "workers"),
+    ({"lane": "df", "workers": 2, "extra": 1}, "extra"),
+    ("df", "expects"),
+])
+def test_bad_mc_scale_input_is_pf002_naming_the_field(node, data, field):
+    async def go():
+        async with Raw(node.endpoint) as raw:
+            pkt = packet("scale", data, group="mc")
+            await raw.submit(7, pkt)
+            return await raw.recv(10)
+
+    reply = run(go())
+    assert reply["seq"] == 7 and reply["payload"]["error"]["code"] == "PF002", reply
+    assert field in reply["payload"]["error"]["message"], reply
+
+
+def test_pipelined_mc_scale_requests_do_not_add_up(fresh_node):
+    n = fresh_node(workers=1)
+
+    async def go():
+        async with Raw(n.endpoint) as raw:
+            for seq in range(10):
+                await raw.submit(seq, packet("scale", {"lane": "df", "workers": 3}, group="mc"))
+            return await raw.recv_n(10, 60)
+
+    replies = run(go(), 90)
+    assert all(r["payload"]["status"] == "success" for r in replies), replies
+    assert {r["payload"]["data"]["after"]["df"] for r in replies} == {3}
+    health = n.health()
+    assert health["lanes"]["df"]["workers"] == 3 and health["lanes"]["df"]["target"] == 3
+    assert len(health["worker_pids"]) == 6, health["worker_pids"]  # cf, 3 df, ed, rm
+
+
+# ---------------------------------------------------------------- 5: connections
+
+def test_past_max_connections_a_handshake_gets_503_and_the_others_carry_on(fresh_node):
+    n = fresh_node("--max-connections", "3", workers=1)
+
+    async def go():
+        async with Raw(n.endpoint) as a, Raw(n.endpoint) as b, Raw(n.endpoint) as c:
+            with pytest.raises(InvalidStatus) as refused:
+                async with Raw(n.endpoint):
+                    pass
+            assert refused.value.response.status_code == 503
+            for raw in (a, b, c):
+                await raw.roundtrip()
+            health = await asyncio.to_thread(n.health)
+            assert health["status"] == "ready" and health["connections"] == 3
+        await asyncio.sleep(0.2)
+        async with Raw(n.endpoint) as d:  # a slot freed: let in again
+            await d.roundtrip()
+
+    run(go())
+    assert "refused a connection" in n.log()
+
+
+# ---------------------------------------------------------------- 7: blocked packets
+
+def test_packets_blocked_on_unknown_dependencies_are_bounded_per_client_not_for_everyone(fresh_node):
+    n = fresh_node(workers=1)
+
+    async def go():
+        async with Raw(n.endpoint) as waiter, Raw(n.endpoint) as other:
+            for seq in range(1, 1101):  # never-arriving dependencies, long deadlines
+                await waiter.submit(seq, packet("noop", seq, dependencies=[new_id("never")],
+                                                timeout_ms=600_000))
+            refused = await waiter.recv_n(100, 30)
+            # the other client is not refused: its packets, blocked or not, are admitted
+            await other.roundtrip("transform", "fine")
+            dep = new_id("dep")
+            await other.submit(5, packet("transform", "x", id=dep))
+            await other.submit(6, packet("noop", "after", dependencies=[dep]))
+            return refused, await other.recv_n(2)
+
+    refused, others = run(go(), 60)
+    assert len({r["seq"] for r in refused}) == 100
+    assert all(r["payload"]["error"]["code"] == "PF004" and "wait for dependencies" in
+               r["payload"]["error"]["message"] for r in refused), refused[:2]
+    assert min(r["seq"] for r in refused) == 1001
+    assert sorted((r["seq"], r["payload"]["status"]) for r in others) == [(5, "success"), (6, "success")]
+
+
+# ---------------------------------------------------------------- 8: faults do not stall the others
+
+def test_workers_killed_by_packets_are_replaced_at_once_by_the_fork_server(fresh_node):
+    n = fresh_node(workers=2)
+
+    async def go():
+        async with Raw(n.endpoint) as bad, Raw(n.endpoint) as good:
+            for seq in range(1, 11):
+                await bad.submit(seq, packet("exit", 3))
+            healthy = []
+            for seq in range(100, 140):
+                healthy.append(await good.roundtrip("transform", f"h{seq}", seq=seq))
+            return await bad.recv_n(10, 30), healthy
+
+    crashes, healthy = run(go(), 60)
+    assert sorted(r["seq"] for r in crashes) == list(range(1, 11))
+    assert all(r["payload"]["error"]["code"] == "PF502" for r in crashes), crashes
+    assert all(r["payload"]["status"] == "success" for r in healthy)
+    health = wait_until(lambda: (h := n.health())["lanes"]["df"]["workers"] == 2 and h, what="2 df workers")
+    assert health["counters"]["worker_deaths"] == 10 and health["counters"]["workers_replaced"] == 10
+    assert "retrying" not in n.log()  # no back-off: the packets were to blame, not the lane
+    forkserver = [p for p in psutil.Process(n.proc.pid).children() if "pfnode.forkserver" in " ".join(p.cmdline())]
+    assert len(forkserver) == 1
+    assert set(health["worker_pids"]) <= {p.pid for p in forkserver[0].children()}
+
+
+def test_a_killed_fork_server_costs_its_workers_packets_only_and_is_replaced(fresh_node):
+    n = fresh_node(workers=2)
+    (forkserver,) = [p for p in psutil.Process(n.proc.pid).children()
+                     if "pfnode.forkserver" in " ".join(p.cmdline())]
+    forkserver.kill()
+
+    def recovered():
+        health = n.health()
+        return health["workers"] == 5 and health
+    wait_until(recovered, timeout_s=20, what="the lanes refilled")
+
+    async def go():
+        async with Raw(n.endpoint) as raw:
+            return [await raw.roundtrip("transform", f"x{i}", seq=i) for i in range(20)]
+    assert all(r["payload"]["data"].startswith("X") for r in run(go()))
+
+
+# ---------------------------------------------------------------- 10: shared memory
+
+def _segments_of(pid: int) -> list[str]:
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"pfnode-{pid}-")]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+@pytest.mark.parametrize("handlers", ["handlers.examples,no_such_module_xyz", "tests.handlers_broken_worker"])
+def test_a_node_that_fails_to_start_leaves_no_shared_memory(handlers):
+    proc = subprocess.Popen([sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", "1",
+                             "--handlers", handlers], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert _segments_of(proc.pid) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_the_segments_of_a_sigkilled_node_are_removed_at_the_next_start(fresh_node):
+    victim = fresh_node(workers=2)
+    pid = victim.proc.pid
+    assert _segments_of(pid), "a node with shared memory has segments"
+    for child in _children(pid):
+        child.kill()
+    os.kill(pid, signal.SIGKILL)
+    victim.proc.wait(10)
+    assert _segments_of(pid)  # SIGKILL runs no cleanup
+    later = fresh_node(workers=1)
+    assert _segments_of(pid) == []
+    assert "removed" in later.log() and "shared-memory segments of nodes that are gone" in later.log()
