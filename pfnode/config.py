@@ -48,10 +48,11 @@ class Option:
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
-    def parse(self, value: object) -> object:
-        """`value` (text from a flag or the environment, or a TOML value) as this field's type;
-        ValueError names what was expected."""
-        return _parse(self.type, value)
+    def parse(self, value: object, from_text: bool = True) -> object:
+        """`value` as this field's type: text from a flag or the environment, or (from_text=False)
+        a TOML value, which must have the TOML type (a number, not a string of digits).
+        ValueError says what was expected."""
+        return _parse(self.type, value, from_text)
 
     def text(self, value: object) -> str:
         """`value` written as a flag or an environment variable would take it."""
@@ -72,14 +73,14 @@ def _is_optional(hint) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
-def _parse(hint, value: object) -> object:
+def _parse(hint, value: object, from_text: bool) -> object:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if _is_optional(hint):
         if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
             return None
         (inner,) = (arg for arg in args if arg is not type(None))
         try:
-            return _parse(inner, value)
+            return _parse(inner, value, from_text)
         except ValueError as exc:
             raise ValueError(f"{exc} or {NONE_WORDS[0]}") from None
     if origin is Literal:
@@ -87,42 +88,36 @@ def _parse(hint, value: object) -> object:
             return value
         raise ValueError("one of " + ", ".join(map(str, args)))
     if origin is tuple and args[1:] == (Ellipsis,) and args[0] is str:
-        if isinstance(value, str):
+        if from_text and isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return tuple(value)
-        raise ValueError("a list of strings (comma-separated in flags and variables)")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        word = value.strip().lower() if isinstance(value, str) else None
-        if word in _TRUE + _FALSE:
-            return word in _TRUE
-        raise ValueError("true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ValueError("an integer")
-    if hint is float:
-        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None and math.isfinite(number):
-            return float(number)
-        raise ValueError("a number")
+        raise ValueError("an array of strings")
     if hint is str:
         if isinstance(value, str):
             return value
         raise ValueError("a string")
-    raise TypeError(f"a Settings field of type {hint!r}: pfnode/config.py cannot read it from text")
+    if from_text and isinstance(value, str):  # a number or a bool, written out
+        value = value.strip().lower()
+        if hint is bool and value in _TRUE + _FALSE:
+            return value in _TRUE
+        try:
+            value = int(value) if hint is int else float(value) if hint is float else value
+        except ValueError:
+            pass
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError("true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError("an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ValueError("a number")
+    raise TypeError(f"a Settings field of type {hint!r}: pfnode/config.py cannot read it")
 
 
 def metavar(option: Option) -> str:
@@ -160,7 +155,7 @@ def options() -> dict[str, Option]:
 def _parse_check(name: str, hint) -> None:
     """Fail at once, naming the field, on an annotation the sources cannot express."""
     try:
-        _parse(hint, "1")
+        _parse(hint, "1", True)
     except ValueError:
         pass
     except TypeError as exc:
@@ -185,9 +180,9 @@ def load(flags: Mapping[str, tuple[str, object]] | None = None, *, path: str | N
     problems: list[str] = []
     given: dict[str, tuple[object, str]] = {}
 
-    def take(name: str, value: object, source: str) -> None:
+    def take(name: str, value: object, source: str, from_text: bool = True) -> None:
         try:
-            given[name] = (known[name].parse(value), source)
+            given[name] = (known[name].parse(value, from_text), source)
         except ValueError as exc:
             problems.append(f"{source}: {name} must be {exc}, got {value!r}")
 
@@ -195,16 +190,18 @@ def load(flags: Mapping[str, tuple[str, object]] | None = None, *, path: str | N
         source = f"file:{path}"
         for key, value in _read_toml(path, problems).items():
             if key in known:
-                take(key, value, source)
+                take(key, value, source, from_text=False)
             else:
                 table = " (settings are top-level keys, not a table)" if isinstance(value, dict) else ""
-                problems.append(f"{source}: unknown key {key!r}{table}{_did_you_mean(key, known)}")
+                hint = _did_you_mean(key, {name: name for name in known})
+                problems.append(f"{source}: unknown key {key!r}{table}{hint}")
     by_env = {option.env: option.name for option in known.values()}
     for var in sorted(environ):
         if var in by_env:
             take(by_env[var], environ[var], f"env:{var}")
         elif var.startswith(ENV_PREFIX) and var != CONFIG_ENV:
-            problems.append(f"env:{var}: unknown variable{_did_you_mean(var, by_env)}")
+            hint = _did_you_mean(var.removeprefix(ENV_PREFIX), {n: o.env for n, o in known.items()})
+            problems.append(f"env:{var}: unknown variable{hint}")
     for name, (flag, value) in (flags or {}).items():
         take(name, value, f"flag:{flag}")
 
@@ -231,9 +228,10 @@ def _read_toml(path: str, problems: list[str]) -> dict:
     return {}
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word.replace("-", "_"), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _did_you_mean(word: str, spellings: dict[str, str]) -> str:
+    """A hint naming the setting closest to `word`, spelt as `spellings` says, if any is close."""
+    close = difflib.get_close_matches(word.replace("-", "_").lower(), list(spellings), n=1)
+    return f" (did you mean {spellings[close[0]]!r}?)" if close else ""
 
 
 def _with_sources(problem: str, sources: dict[str, str]) -> str:
