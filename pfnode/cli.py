@@ -14,7 +14,6 @@ from .errors import PFNodeError
 
 DEFAULT_ENDPOINT = "ws://127.0.0.1:8443/packetflow/v1"
 
-
 SOURCES_HELP = ("Each option is also a key of the --config TOML file and a PFNODE_<OPTION> "
                 "environment variable (--max-queued: max_queued, PFNODE_MAX_QUEUED); flags override "
                 "the environment, which overrides the file. `pfnode config` shows the result; "
@@ -32,8 +31,11 @@ class _Given(argparse.Action):
         setattr(namespace, self.dest, (option_string, values))
 
 
-def _add_settings(parser: argparse.ArgumentParser, scope: str | None) -> None:
-    """--config, and a flag for each setting of `scope` ("serve", "connect"; None: all)."""
+def _settings_command(commands, name: str, scope: str | None, help: str,
+                      description: str) -> argparse.ArgumentParser:
+    """A subcommand with --config and a flag for each setting of `scope` ("serve",
+    "connect"; None: all of them)."""
+    parser = commands.add_parser(name, help=help, description=description, epilog=SOURCES_HELP)
     parser.add_argument("--config", dest="config_path", metavar="PATH",
                         help=f"TOML file of settings (default: ${config.CONFIG_ENV}, else none)")
     for option in config.options().values():
@@ -43,7 +45,9 @@ def _add_settings(parser: argparse.ArgumentParser, scope: str | None) -> None:
         parser.add_argument(
             *option.flags, dest=_SETTING + option.name, action=_Given, default=argparse.SUPPRESS,
             nargs=0 if is_bool else None, metavar=None if is_bool else config.metavar(option),
-            help=argparse.SUPPRESS if option.hidden else f"{option.help} (default {option.shown_default})")
+            help=argparse.SUPPRESS if option.hidden
+            else f"{option.help} (default {option.shown_default})".replace("%", "%%"))
+    return parser
 
 
 def _load(args: argparse.Namespace) -> config.Loaded:
@@ -57,25 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pfnode {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run a node", epilog=SOURCES_HELP,
-                                description="Run a PacketFlow node until SIGTERM or Ctrl-C.")
-    _add_settings(serve, "serve")
-
-    connect = commands.add_parser(
-        "connect", help="run a node as a reactor of another endpoint", epilog=SOURCES_HELP,
-        description="Dial out to a PacketFlow endpoint (a hub) and answer the packets it "
-        "sends with this node's workers; reconnect with backoff when the link drops. "
-        "Listens nowhere. Runs until SIGTERM or Ctrl-C.")
+    _settings_command(commands, "serve", "serve", "run a node",
+                      "Run a PacketFlow node until SIGTERM or Ctrl-C.")
+    connect = _settings_command(
+        commands, "connect", "connect", "run a node as a reactor of another endpoint",
+        "Dial out to a PacketFlow endpoint (a hub) and answer the packets it sends with this "
+        "node's workers; reconnect with backoff when the link drops. Listens nowhere. Runs "
+        "until SIGTERM or Ctrl-C.")
     connect.add_argument("url", help="the hub's endpoint, e.g. ws://hub:8443/packetflow/v1")
-    _add_settings(connect, "connect")
-
-    show = commands.add_parser(
-        "config", help="print the effective settings and where each came from", epilog=SOURCES_HELP,
-        description="Print every setting, its value and its source (default, file:PATH, "
-        "env:NAME or flag:--x) as serve or connect would get them from the same file, "
-        "environment and flags. Exit status 0, or 2 with the list of problems.")
+    show = _settings_command(
+        commands, "config", None, "print the effective settings and where each came from",
+        "Print every setting, its value and its source (default, file:PATH, env:NAME or "
+        "flag:--x) as serve or connect would get them from the same file, environment and "
+        "flags. Exit status 0, or 2 with the list of problems.")
     show.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
-    _add_settings(show, None)
 
     submit = commands.add_parser("submit", help="send one packet and print its result",
                                  description="Submit one packet; print the result as JSON. "
