@@ -2,115 +2,163 @@
 
 Fields carry their units in their names. The object is picklable so that the pool
 can hand it to worker processes unchanged.
+
+Each field is the one definition of its setting: its annotation is its type, and
+`setting(default, help, ...)` gives its one-line help and where its option appears.
+pfnode/config.py derives from the fields the flag `--field-name`, the environment
+variable `PFNODE_FIELD_NAME` and the TOML key `field_name`, so a new field needs
+nothing more than its line here (with its help: tests/test_config.py checks).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import typing
+from typing import Literal
 
 from .errors import ConfigError
 
 DEFAULT_HANDLER_MODULES = ("handlers.examples", "handlers.numeric")
 
 
+def setting(default=dataclasses.MISSING, help: str = "", *, factory=None, default_text: str = "",
+            scope: str = "", flags: tuple[str, ...] = (), hidden: bool = False):
+    """A Settings field with its help text and its command-line metadata.
+
+    factory: builds the default at construction (then default_text says it in words, for
+    the docs); scope: "serve" or "connect" when the flag belongs to that subcommand only
+    (the environment and the file set it everywhere); flags: spellings kept besides
+    `--field-name`; hidden: left out of `--help` (still settable, and documented).
+    """
+    metadata = {"help": help, "default_text": default_text, "scope": scope,
+                "flags": tuple(flags), "hidden": hidden}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class SettingsError(ConfigError):
+    """Settings with problems; `problems` lists every one of them."""
+
+    def __init__(self, problems: list[str], heading: str = "invalid settings") -> None:
+        self.problems = list(problems)
+        super().__init__(f"{heading}:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # Where the WebSocket endpoint listens: ws://host:port/path
-    host: str = "127.0.0.1"
-    port: int = 8443
-    path: str = "/packetflow/v1"
+    host: str = setting("127.0.0.1", "address to listen on", scope="serve")
+    port: int = setting(8443, "TCP port to listen on (0 picks a free one)", scope="serve")
+    path: str = setting("/packetflow/v1", "the WebSocket endpoint's path", scope="serve")
     # The WebSocket layer: "picows" (Cython, the faster: see bench/) or "websockets"
     # (pure Python, the reference); both pass the same test suite
-    transport: str = "picows"
+    transport: Literal["picows", "websockets"] = setting(
+        "picows", "WebSocket layer: the endpoint's, or the uplink's for connect")
 
     # Worker pool. Lanes: cf has one worker pinned to one core; df has `workers`;
     # ed has `ed_workers` reserved for ed packets; rm has `rm_workers`, memory-limited.
-    # None: as the capacity recommendation says at start (usable cores, as memory allows)
-    workers: int | None = None
-    ed_workers: int = 1
-    rm_workers: int = 1
-    cf_core: int | None = None  # the core the cf worker is pinned to; None: the last usable one
-    rm_memory_limit_mb: int = 1024  # address space an rm handler may add to its worker
-    handler_modules: tuple[str, ...] = DEFAULT_HANDLER_MODULES
+    workers: int | None = setting(
+        None, "df lane workers (auto: the capacity recommendation, one per usable core as "
+        "memory allows)")
+    ed_workers: int = setting(1, "workers reserved for ed packets")
+    rm_workers: int = setting(1, "memory-limited workers for rm packets (0 sends rm to df)")
+    cf_core: int | None = setting(None, "core the cf worker is pinned to (auto: the last usable one)")
+    rm_memory_limit_mb: int = setting(1024, "address space an rm handler may add to its worker")
+    handler_modules: tuple[str, ...] = setting(
+        DEFAULT_HANDLER_MODULES, "handler modules to import", flags=("--handlers",))
     # Prefetch (pfnode/dispatch.py): besides the packet it runs, a df worker holds about
     # prefetch_ms of estimated work (its handlers' moving average run times), and at most
     # worker_window packets in all; cf, ed and rm workers take one at a time.
-    prefetch_ms: float = 1.0
-    worker_window: int = 32
-    worker_start_timeout_ms: int = 30_000
+    prefetch_ms: float = setting(1.0, "estimated work a df worker holds beyond the packet it runs")
+    worker_window: int = setting(32, "most packets one df worker holds at once (1: one at a time)")
+    worker_start_timeout_ms: int = setting(30_000, "how long a new worker may take to become ready",
+                                           hidden=True)
     # "fork": workers are forked by a fork server that has the handler modules imported
     # (a replacement takes milliseconds); "spawn": each is a new interpreter (for handler
     # modules that start threads at import, which forking cannot copy)
-    worker_start: str = "fork"
+    worker_start: Literal["fork", "spawn"] = setting(
+        "fork", "how workers start: forked by a fork server with the handler modules imported "
+        "(fast), or spawned as new interpreters (for modules that start threads at import)")
     # Threads for numpy's BLAS in each worker: the pool parallelises across processes,
     # so more threads per worker only oversubscribe the cores.
-    worker_blas_threads: int = 1
+    worker_blas_threads: int = setting(1, "numpy BLAS threads in each worker", hidden=True)
     # Payloads over shm_threshold_bytes travel through a shared-memory ring of
     # worker_shm_bytes per direction per worker instead of the pipe (0: pipes only).
-    worker_shm_bytes: int = 8 * 1024 * 1024
-    shm_threshold_bytes: int = 32 * 1024
+    worker_shm_bytes: int = setting(8 * 1024 * 1024, "shared-memory ring per worker and direction "
+                                    "for large payloads (0: pipes only)")
+    shm_threshold_bytes: int = setting(32 * 1024, "payloads over this size go through the "
+                                       "shared-memory ring", hidden=True)
 
     # Scheduling
-    aging_ms: int = 1000  # a queued packet gains one priority level per aging_ms waited (up to 10)
-    max_queued: int = 100_000  # node-wide bound on packets waiting; past it new packets get PF004
-    max_blocked: int = 10_000  # packets waiting for dependencies, node-wide
-    max_blocked_per_client: int = 1_000  # ... of one client
-    max_queued_bytes: int = 1 << 30  # data of the packets in flight, node-wide
-    max_queued_bytes_per_client: int = 256 << 20  # ... of one client
-    result_store_entries: int = 10_000  # completed results kept for dependencies
-    result_store_age_ms: int = 600_000
-    result_store_bytes: int = 256 * 1024 * 1024
+    aging_ms: int = setting(1000, "a waiting packet gains one priority level per this many ms, up "
+                            "to 10 (0: strict priorities)")
+    max_queued: int = setting(100_000, "node-wide bound on waiting packets; past it PF004")
+    max_blocked: int = setting(10_000, "node-wide bound on packets waiting for dependencies")
+    max_blocked_per_client: int = setting(1_000, "packets of one client waiting for dependencies")
+    max_queued_bytes: int = setting(1 << 30, "data of the packets in flight, node-wide")
+    max_queued_bytes_per_client: int = setting(256 << 20, "data of one client's packets in flight")
+    result_store_entries: int = setting(10_000, "completed results kept for dependencies")
+    result_store_age_ms: int = setting(600_000, "how long a completed result is kept for "
+                                       "dependencies", hidden=True)
+    result_store_bytes: int = setting(256 * 1024 * 1024, "memory the kept results may take",
+                                      hidden=True)
 
     # Autoscaling of the df lane (off by default): between min and max workers, by queue depth
-    autoscale: bool = False
-    autoscale_interval_ms: int = 1000
-    df_min_workers: int = 1
-    df_max_workers: int = dataclasses.field(default_factory=lambda: 2 * (os.cpu_count() or 1))
+    autoscale: bool = setting(False, "grow and shrink the df lane with its queue")
+    autoscale_interval_ms: int = setting(1000, "how often autoscaling looks at the queue", hidden=True)
+    df_min_workers: int = setting(1, "autoscaling lower bound")
+    df_max_workers: int = setting(factory=lambda: 2 * (os.cpu_count() or 1), default_text="2 × cores",
+                                  help="autoscaling upper bound")
 
     # Packets
-    default_timeout_ms: int = 30_000
-    max_timeout_ms: int = 24 * 3600 * 1000
-    max_frame_bytes: int = 16 * 1024 * 1024
+    default_timeout_ms: int = setting(30_000, "deadline of packets that set no timeout_ms")
+    max_timeout_ms: int = setting(24 * 3600 * 1000, "longest deadline a packet may ask for")
+    max_frame_bytes: int = setting(16 * 1024 * 1024, "frames larger than this get PF413")
 
     # Connections
-    max_connections: int = 1000  # past it, a new connection's handshake is answered 503
-    max_inflight_per_connection: int = 1024
+    max_connections: int = setting(1000, "connections at once; past it a handshake is answered 503")
+    max_inflight_per_connection: int = setting(1024, "a peer's reads pause at this many "
+                                               "unanswered packets")
     # A client that does not read its results: past write_buffer_high_bytes buffered for it,
     # its reading pauses (no new work from it); past max_write_buffer_bytes it is closed (1008)
-    write_buffer_high_bytes: int = 1 << 20
-    max_write_buffer_bytes: int = 64 << 20
-    heartbeat_interval_ms: int = 30_000
-    heartbeat_missed_limit: int = 3
+    write_buffer_high_bytes: int = setting(1 << 20, "results buffered for a peer past which its "
+                                           "reading pauses", hidden=True)
+    max_write_buffer_bytes: int = setting(64 << 20, "results buffered for a peer past which it is "
+                                          "closed (1008: not reading)")
+    heartbeat_interval_ms: int = setting(30_000, "heartbeat period")
+    heartbeat_missed_limit: int = setting(3, "peers silent for this many heartbeat periods are "
+                                          "dropped", hidden=True)
 
     # Hub routing (pfnode/hub.py): packets with no local handler go to connected reactors.
-    # Off: they are answered PF001 at once.
-    hub_routing: bool = True
-    # How long a forwarded packet whose reactor went away waits for another (within its deadline)
-    reroute_grace_ms: int = 10_000
-    # How long a link that never answered a forwarded packet nor announced capabilities
-    # is given to answer one before the hub asks the next (a plain client gets PF001 then)
-    probe_ms: int = 500
+    hub_routing: bool = setting(True, "forward packets with no local handler to connected "
+                                "reactors (off: PF001 at once)", scope="serve")
+    reroute_grace_ms: int = setting(10_000, "how long a forwarded packet whose reactor went away "
+                                    "waits for another", scope="serve")
+    probe_ms: int = setting(500, "how long a link that never answered a forwarded packet nor "
+                            "announced what it runs may take to answer one before the next is "
+                            "asked", scope="serve")
 
     # Dial-out (`pfnode connect`, pfnode/dialout.py): reconnect delays grow from min to max,
     # doubled each failed try, with random jitter; answers are kept this many packets back
     # so a packet the hub sends again after a reconnect is answered, not run twice.
-    reconnect_min_ms: int = 250
-    reconnect_max_ms: int = 15_000
-    replay_entries: int = 10_000
+    reconnect_min_ms: int = setting(250, "first reconnect delay; doubles per failed try",
+                                    scope="connect")
+    reconnect_max_ms: int = setting(15_000, "longest reconnect delay", scope="connect")
+    replay_entries: int = setting(10_000, "answers kept for packets the hub may send again",
+                                  scope="connect", hidden=True)
 
-    # Shutdown: how long in-flight packets may take to finish before they get PF503
-    shutdown_grace_ms: int = 10_000
+    shutdown_grace_ms: int = setting(10_000, "how long in-flight packets may take to finish on "
+                                     "SIGTERM before they get PF503")
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                    for name, choices in _choices().items() if getattr(self, name) not in choices]
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be 0..65535, got {self.port}")
-        if self.worker_start not in ("fork", "spawn"):
-            problems.append(f"worker_start must be fork or spawn, got {self.worker_start!r}")
-        if self.transport not in ("websockets", "picows"):
-            problems.append(f"transport must be websockets or picows, got {self.transport!r}")
         if not self.path.startswith("/"):
             problems.append(f"path must start with '/', got {self.path!r}")
         if self.workers is not None and self.workers < 1:
@@ -150,7 +198,7 @@ class Settings:
         if self.default_timeout_ms > self.max_timeout_ms:
             problems.append("default_timeout_ms must not exceed max_timeout_ms")
         if problems:
-            raise ConfigError("invalid settings: " + "; ".join(problems))
+            raise SettingsError(problems)
 
     @property
     def endpoint(self) -> str:
@@ -158,3 +206,16 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def field_types() -> dict[str, object]:
+    """Each field's annotation, resolved (the module's annotations are strings)."""
+    return typing.get_type_hints(Settings)
+
+
+@functools.cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The fields annotated Literal[...] and the values each allows."""
+    return {name: typing.get_args(hint) for name, hint in field_types().items()
+            if typing.get_origin(hint) is Literal}

@@ -1,6 +1,7 @@
 """The command line, run as a user would: `python -m pfnode ...` in a child process."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -134,3 +135,25 @@ def test_serve_on_a_port_in_use_exits_2_at_once_without_starting_workers(node):
     assert "Traceback" not in stderr
     assert children == [], f"workers {children} were started for a node that cannot listen"
     assert elapsed < 5.0, elapsed  # an interpreter start and a bind, nothing more
+
+
+def test_serve_reads_the_config_file_and_the_environment_and_flags_win(fresh_node, tmp_path, monkeypatch):
+    """ed and rm lanes from the file, one overridden by the environment; the environment's
+    df size overridden by the --workers flag: df 1 + cf 1 + ed 0 + rm 0 workers."""
+    path = tmp_path / "node.toml"
+    path.write_text("ed_workers = 1\nrm_workers = 0\nmax_queued = 5000\n")
+    monkeypatch.setenv("PFNODE_CONFIG", str(path))
+    monkeypatch.setenv("PFNODE_ED_WORKERS", "0")
+    monkeypatch.setenv("PFNODE_WORKERS", "3")
+    node = fresh_node(workers=1)
+    assert node.health()["workers"] == 2
+
+
+def test_connect_reports_bad_settings_from_the_environment_before_dialling():
+    done = subprocess.run([sys.executable, "-m", "pfnode", "connect", f"ws://127.0.0.1:{free_port()}/packetflow/v1",
+                           "--reconnect-max-ms", "100"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PFNODE_RECONNECT_MIN_MS": "500"})
+    assert done.returncode == 2
+    assert ("reconnect_min_ms must not exceed reconnect_max_ms (reconnect_min_ms from "
+            "env:PFNODE_RECONNECT_MIN_MS, reconnect_max_ms from flag:--reconnect-max-ms)") in done.stderr
+    assert "Traceback" not in done.stderr
