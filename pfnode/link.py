@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import os
+import socket
 import time
 from typing import Any, Protocol
 
@@ -138,5 +140,36 @@ class PeerLink:
     def close(self, code: int, reason: str) -> None:
         raise NotImplementedError
 
-    async def flush(self, timeout_s: float) -> None:
-        raise NotImplementedError
+    def abort(self) -> None:
+        """Drop the connection now, without a closing handshake (a peer that does not
+        answer one must not hold up the node's shutdown)."""
+
+    def peer_gone(self) -> bool:
+        """Whether the peer has hung up, looked at without reading: a link whose reading
+        is paused does not notice its peer leaving by itself."""
+        return peer_hung_up(self.socket_fileno())
+
+    def socket_fileno(self) -> int | None:
+        return None
+
+
+_TCP_CLOSED_STATES = {7, 8, 9}  # Linux tcp_states.h: TCP_CLOSE, TCP_CLOSE_WAIT, TCP_LAST_ACK
+
+
+def peer_hung_up(fileno: int | None) -> bool:
+    """True when the TCP peer has closed its side, even with unread data waiting (which a
+    peek would return first): the socket's TCP state, from TCP_INFO (Linux; elsewhere a
+    non-blocking peek, which sees a hang-up once nothing is left unread)."""
+    if fileno is None or fileno < 0:
+        return False
+    probe = socket.socket(fileno=os.dup(fileno))
+    try:
+        if hasattr(socket, "TCP_INFO") and probe.family in (socket.AF_INET, socket.AF_INET6):
+            return probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] in _TCP_CLOSED_STATES
+        return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()

@@ -75,6 +75,7 @@ class Node:
         if shadowed:
             log.warning("front: handlers %s are shadowed by the node's built-ins", ", ".join(shadowed))
         self._background(self._heartbeat_loop())
+        self._background(self._paused_links_loop())
         if self.settings.autoscale:
             self._background(self._autoscale_loop())
 
@@ -105,6 +106,8 @@ class Node:
         deadline = time.monotonic() + 2.0
         while self.links and time.monotonic() < deadline:  # let the close handshakes finish
             await asyncio.sleep(0.01)
+        for link in list(self.links):  # peers that do not answer a close (not reading at all)
+            link.abort()
         log.info("front: stopped (%s)", dict(self.pool.counters))
 
     def _builtin_jobs(self) -> bool:
@@ -471,6 +474,18 @@ class Node:
                 else:
                     link.send(protocol.encode_heartbeat(link.heartbeat_seq, self.heartbeat_payload()))
                 link.ping()
+
+    async def _paused_links_loop(self) -> None:
+        """Every second, look at the links whose reading is paused: a paused transport does
+        not notice its peer hanging up, and the peer's packets should not wait for its
+        reading to resume to be dropped."""
+        while True:
+            await asyncio.sleep(1.0)
+            for link in [link for link in self.links if link.reading_paused and not link.closed]:
+                if not self.is_uplink(link) and link.peer_gone():
+                    log.debug("front: %s hung up while its reading was paused", link.peer)
+                    link.abort()
+                    self.on_close(link, None)
 
     async def _autoscale_loop(self) -> None:
         """Grow the df lane while work queues behind busy workers; shrink it when idle."""

@@ -133,6 +133,16 @@ class PicowsLink(PeerLink, WSListener):
             self.transport.send_close(WSCloseCode(code), reason.encode())
             self.transport.disconnect(graceful=True)
 
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.underlying_transport.abort()
+
+    def socket_fileno(self) -> int | None:
+        if self.transport is None or self.transport.is_disconnected:
+            return None
+        sock = self.transport.underlying_transport.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
     async def flush(self, timeout_s: float) -> None:
         self._flush_pending()
         deadline = time.monotonic() + timeout_s

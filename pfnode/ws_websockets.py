@@ -52,6 +52,16 @@ class WebsocketsLink(PeerLink):
         if self.ws is not None:
             asyncio.ensure_future(self.ws.close(code, reason))
 
+    def abort(self) -> None:
+        if self.ws is not None and self.ws.transport is not None:
+            self.ws.transport.abort()
+
+    def socket_fileno(self) -> int | None:
+        if self.ws is None or self.ws.transport is None:
+            return None
+        sock = self.ws.transport.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
     async def flush(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while self._outgoing and self.ws is not None and time.monotonic() < deadline:
@@ -90,7 +100,18 @@ class WebsocketsLink(PeerLink):
             message = await ws.recv(decode=False)
             self.deliver(message)
             if self._pause_reasons:
-                await self._readable.wait()
+                await self._paused(ws)
+
+    async def _paused(self, ws) -> None:
+        """Wait until reading may go on, or the connection is gone (a paused peer that
+        disconnects, or is aborted, must still be noticed)."""
+        readable = asyncio.ensure_future(self._readable.wait())
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            await asyncio.wait((readable, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            readable.cancel()
+            closed.cancel()
 
 
 def connection_options(s) -> dict:

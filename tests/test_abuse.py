@@ -245,3 +245,90 @@ def test_the_segments_of_a_sigkilled_node_are_removed_at_the_next_start(fresh_no
     later = fresh_node(workers=1)
     assert _segments_of(pid) == []
     assert "removed" in later.log() and "shared-memory segments of nodes that are gone" in later.log()
+
+
+# ---------------------------------------------------------------- 6: a client that never reads
+
+class DeafClient:
+    """A WebSocket client on a bare socket with a tiny receive buffer that sends frames and
+    never reads: the node's results pile up on its side of the connection."""
+
+    def __init__(self, endpoint: str) -> None:
+        import base64
+        import socket
+        import urllib.parse
+
+        url = urllib.parse.urlsplit(endpoint)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((url.hostname, url.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {url.path} HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\n"
+                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += self.sock.recv(1)
+        assert b" 101 " in response.split(b"\r\n", 1)[0], response
+
+    def send_text(self, payload: bytes) -> bool:
+        """One masked text frame; False once the node has closed the connection."""
+        mask = os.urandom(4)
+        size = len(payload)
+        header = bytes([0x81]) + (bytes([0x80 | size]) if size < 126 else
+                                  bytes([0x80 | 126]) + size.to_bytes(2, "big") if size < 65536 else
+                                  bytes([0x80 | 127]) + size.to_bytes(8, "big"))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        try:
+            self.sock.sendall(header + mask + masked)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_client_that_never_reads_is_paused_then_closed_and_costs_the_others_nothing(fresh_node):
+    n = fresh_node("--max-write-buffer-bytes", str(4 << 20), "--write-buffer-high-bytes", str(256 << 10),
+                   "--max-inflight-per-connection", "4096", workers=1)
+    rss_before = psutil.Process(n.proc.pid).memory_info().rss
+    blob = "x" * 20_000
+    deaf = DeafClient(n.endpoint)
+    sent = 0
+    try:
+        for seq in range(1, 1001):  # 20 MB of results if the node kept them all
+            frame = orjson.dumps({"type": "submit", "seq": seq, "payload": packet("noop", blob)})
+            deaf.sock.settimeout(1.0)
+            if not deaf.send_text(frame):
+                break
+            sent += 1
+    except TimeoutError:
+        pass  # the node stopped reading it: its send buffer is full too
+
+    async def others():
+        async with Raw(n.endpoint) as fine:
+            return [await fine.roundtrip("transform", f"ok{i}", seq=i) for i in range(20)]
+    assert all(r["payload"]["status"] == "success" for r in run(others()))
+    rss_after = psutil.Process(n.proc.pid).memory_info().rss
+    deaf.close()
+    assert rss_after - rss_before < 48 << 20, (rss_before, rss_after, sent)
+    # the node stopped taking its frames (paused: its sends stalled) or closed it (1008)
+    assert sent < 1000 or "not reading its results" in n.log(), sent
+
+
+def test_a_client_that_leaves_while_its_reading_is_paused_is_forgotten_at_once(fresh_node):
+    n = fresh_node("--max-inflight-per-connection", "2", workers=1)
+
+    async def go():
+        raw = await Raw(n.endpoint).__aenter__()
+        for seq in range(1, 6):
+            await raw.submit(seq, packet("sleep", 5))
+        await asyncio.sleep(0.3)  # two admitted, reading paused, three waiting unread
+        raw.ws.transport.abort()  # the client process dies: no close frame, the socket just goes
+        left_at = time.monotonic()
+        while (await asyncio.to_thread(n.health))["connections"]:
+            assert time.monotonic() - left_at < 2.0, "the paused link was not closed"
+            await asyncio.sleep(0.05)
+    run(go())
+    assert "dropped 2 in-flight packets" in n.log()

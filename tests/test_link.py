@@ -82,3 +82,26 @@ def test_workers_dying_on_their_own_are_replaced_with_a_growing_delay_that_reset
     assert delays[:2] == [0.0, 0.0] and delays[2] > 0
     assert all(a <= b for a, b in zip(delays, delays[1:])) and delays[-1] == MAX_RESPAWN_DELAY_S
     assert respawn_delay_s("idle", recent, 1000.0) == 0.0  # ten quiet seconds later: at once again
+
+
+def test_a_hang_up_is_seen_without_reading_even_with_data_unread():
+    import socket
+
+    from pfnode.link import peer_hung_up
+
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        assert not peer_hung_up(accepted.fileno())
+        client.sendall(b"unread frames")
+        assert not peer_hung_up(accepted.fileno())  # data waiting is not a hang-up
+        client.close()
+        import time
+        time.sleep(0.05)
+        assert peer_hung_up(accepted.fileno())  # the FIN is seen behind the unread data
+        assert accepted.recv(100) == b"unread frames"  # and nothing was consumed
+        assert not peer_hung_up(None)
+    finally:
+        accepted.close()
+        server.close()
