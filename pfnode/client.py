@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import ssl as ssl_module
 import itertools
 import logging
 import time
@@ -44,8 +45,18 @@ REPLY_SLACK_S = 5.0  # how long past a packet's own deadline we still wait for t
 class Reactor:
     def __init__(self, endpoint: str, *, heartbeat_interval_ms: int = 30_000,
                  max_frame_bytes: int | None = 64 * 1024 * 1024, open_timeout_s: float = 10.0,
-                 announce: bool = True) -> None:
+                 announce: bool = True, token: str | None = None, ca_file: str | None = None,
+                 ssl: "ssl_module.SSLContext | None" = None) -> None:
+        """`token`: sent as `Authorization: Bearer <token>` (or put `?token=` in the
+        endpoint); for `wss://`, the server is verified with `ssl`, else with `ca_file`,
+        else with the system's trust store."""
         self.endpoint = endpoint
+        self.token = token
+        self.ssl = ssl
+        if self.ssl is None and ca_file is not None:
+            from .tls import client_context
+
+            self.ssl = client_context(ca_file)
         self.announce = announce
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_frame_bytes = max_frame_bytes
@@ -61,9 +72,14 @@ class Reactor:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> "Reactor":
+        options: dict[str, Any] = {}
+        if self.token is not None:
+            options["additional_headers"] = {"Authorization": f"Bearer {self.token}"}
+        if self.ssl is not None and self.endpoint.startswith("wss:"):
+            options["ssl"] = self.ssl
         try:
             self._ws = await connect(self.endpoint, max_size=self.max_frame_bytes, compression=None,
-                                     open_timeout=self.open_timeout_s)
+                                     open_timeout=self.open_timeout_s, **options)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {self.endpoint}: {exc}") from exc
         except Exception as exc:  # websockets' handshake errors (InvalidStatus, InvalidURI, ...)

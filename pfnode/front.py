@@ -14,7 +14,7 @@ import resource
 import signal
 from typing import Any
 
-from . import admin
+from . import admin, tls
 from .errors import ConfigError
 from .node import Node
 from .settings import Settings
@@ -31,14 +31,9 @@ def transport_module(name: str):
         raise ConfigError(f"transport {name!r} is not available: {exc}") from exc
 
 
-async def serve(node: Node) -> Any:
-    """Start listening on the node's transport; returns its server (.sockets, .close())."""
-    return await transport_module(node.settings.transport).serve(node)
-
-
 def endpoint_of(node: Node, server: Any) -> str:
     port = server.sockets[0].getsockname()[1]
-    return f"ws://{node.settings.host}:{port}{node.settings.path}"
+    return f"{node.settings.scheme}://{node.settings.host}:{port}{node.settings.path}"
 
 
 def raise_open_files_limit(settings: Settings) -> None:
@@ -70,7 +65,9 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
         if connect_url is None:
             # listen first, so that a port in use is reported at once, not after the workers
             # started; packets that arrive before they are ready are answered PF503
-            server = await transport.serve(node)
+            s = node.settings
+            ssl_context = tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+            server = await transport.serve(node, ssl_context)
             await node.start()
             where = f"serving {endpoint_of(node, server)}"
         else:

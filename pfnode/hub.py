@@ -171,14 +171,15 @@ class HubEffects(Protocol):
         """Whether a reactor may still connect (false while the node drains)."""
 
 
-def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set[LinkRoutes]) -> list[LinkRoutes]:
+def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set[LinkRoutes],
+                 may: Callable[[LinkRoutes], bool] | None = None) -> list[LinkRoutes]:
     """The links to ask, best first: those known to run `key` (least loaded first), then
     those not known either way, the submitter's own link last among them. Links that
-    cannot run it, were tried already, or are closed are left out."""
+    cannot run it, were tried already, are closed, or `may` not run it are left out."""
     known: list[LinkRoutes] = []
     unknown: list[LinkRoutes] = []
     for r in routes:
-        if r in tried or r.link.closed:
+        if r in tried or r.link.closed or (may is not None and not may(r)):
             continue
         verdict = r.profile.verdict(key)
         if verdict is True:
@@ -192,8 +193,12 @@ def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set
 
 class Hub:
     def __init__(self, effects: HubEffects, *, probe_ms: int, reroute_grace_ms: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 may_run: Callable[[Any, Flight, bool], bool] | None = None) -> None:
         self.effects = effects
+        # whether a link may be sent a packet to run (its role; without authentication,
+        # whether it is a proven reactor or the packet's own submitter): the node's policy
+        self.may_run = may_run
         self.probe_s = probe_ms / 1000
         self.grace_s = reroute_grace_ms / 1000
         self.clock = clock
@@ -391,7 +396,11 @@ class Hub:
         if remaining_ms <= 0:
             self.deadline_passed(flight)
             return
-        targets = rank_targets(self.routes.values(), flight.packet.key, flight.origin, route.tried)
+        def may(r: LinkRoutes) -> bool:
+            if flight.id in r.held:  # it holds another submitter's packet of this id
+                return False
+            return self.may_run is None or self.may_run(r.link, flight, r.profile.unproven)
+        targets = rank_targets(self.routes.values(), flight.packet.key, flight.origin, route.tried, may)
         if targets:
             self._send_to(flight, targets[0], now, remaining_ms)
         elif route.lost and self.effects.links_may_come():

@@ -63,7 +63,10 @@ class PeerLink:
         self.last_seen = time.monotonic()
         self.heartbeat_seq = 0
         self.closed = False
-        self.identity: Any = None  # who it authenticated as (None: no authentication)
+        self.identity: Any = None  # who it authenticated as (pfnode.auth.Identity; None: no authentication)
+        self.credential: str | None = None  # the hash of the token it presented
+        self.request_path = "/"  # the handshake's path and query, and its headers (for the token)
+        self.request_headers: Any = None
         self._pause_reasons: set[str] = set()  # "inflight" (its limit), "writing" (slow reader)
         self._backlog: collections.deque[bytes | str] = collections.deque()
         self._draining = False

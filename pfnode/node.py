@@ -24,6 +24,7 @@ from typing import Any, Callable
 import orjson
 
 from . import admin, pipe, protocol
+from .auth import Identity, TokenTable, token_hash, token_of
 from .capacity import autoscale_step, read_capacity, recommend
 from .errors import ErrorCode, HandlerError
 from .flight import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, Outcome, failure,
@@ -35,6 +36,8 @@ from .scheduler import Scheduler
 from .settings import Settings
 
 log = logging.getLogger("pfnode.front")
+
+AUTH_CLOSE_CODE = 4401  # a private-use close code: "unauthenticated"
 
 
 class Node:
@@ -51,7 +54,8 @@ class Node:
                                    result_store_bytes=settings.result_store_bytes)
         self.pool = Pool(settings, self.scheduler, self.settle, clock=clock)
         self.hub = Hub(self, probe_ms=settings.probe_ms, reroute_grace_ms=settings.reroute_grace_ms,
-                       clock=clock)
+                       clock=clock, may_run=self._may_run)
+        self.tokens: TokenTable | None = None  # None: no authentication (loopback only)
         self.links: set[PeerLink] = set()
         self.uplink: Any = None  # pfnode/dialout.py's Uplink, for `pfnode connect`
         self.draining = False
@@ -69,6 +73,13 @@ class Node:
     async def start(self) -> None:
         """Start the workers and the node's own loops (heartbeats, autoscaling)."""
         self._loop = asyncio.get_running_loop()
+        if self.settings.token_file:
+            self.tokens = TokenTable.load(self.settings.token_file)
+            log.info("front: %d tokens from %s", len(self.tokens), self.settings.token_file)
+        elif self.settings.insecure_no_auth:
+            log.warning("front: no authentication (--insecure-no-auth) on %s: anyone who can reach "
+                        "the port can submit, answer forwarded packets and resize the node",
+                        self.settings.host)
         await self.pool.start()
         self.ready = True
         shadowed = sorted(admin.BUILTIN_KEYS & self.pool.handler_keys)
@@ -149,12 +160,19 @@ class Node:
                    peer: str | None = None) -> HttpReply | None:
         """What a transport answers an HTTP request for `path` with, or None to go on
         with the WebSocket upgrade (`upgrade`: the request asked for one)."""
-        path = path.partition("?")[0]
-        if path == "/healthz":
-            body = orjson.dumps(self.health(), option=orjson.OPT_INDENT_2) + b"\n"
+        full_path, path = path, path.partition("?")[0]
+        if path == "/healthz":  # readiness, for load balancers and systemd: nothing more
+            state = "draining" if self.draining else ("ready" if self.ready else "starting")
+            body = orjson.dumps({"status": state}) + b"\n"
             if self.ready:
                 return HttpReply(200, "OK", "application/json", body)
             return HttpReply(503, "Service Unavailable", "application/json", body)
+        if path == "/status":  # the node's detail (workers, pids, counters): admins only
+            refusal = self._http_refusal(full_path, headers, "admin")
+            if refusal is not None:
+                return refusal
+            body = orjson.dumps(self.health(), option=orjson.OPT_INDENT_2) + b"\n"
+            return HttpReply(200, "OK", "application/json", body)
         if path != self.settings.path:
             return HttpReply(404, "Not Found", "text/plain; charset=utf-8",
                              f"Not found. The PacketFlow endpoint is {self.settings.path}\n".encode())
@@ -171,6 +189,22 @@ class Node:
                              b"This is a PacketFlow WebSocket endpoint; connect with a WebSocket client.\n")
         return None
 
+    def _http_refusal(self, path: str, headers: Any, role: str) -> HttpReply | None:
+        """None when the request may see a page that needs `role`, else the HTTP answer."""
+        if self.tokens is None:
+            return None
+        identity = self.tokens.lookup(token_of(path, headers))
+        if identity is None:
+            self.counters["auth_failures"] += 1
+            return HttpReply(401, "Unauthorized", "text/plain; charset=utf-8",
+                             b"A token is needed: 'Authorization: Bearer <token>'\n",
+                             (("WWW-Authenticate", 'Bearer realm="pfnode"'),))
+        if not identity.may(role):
+            self.counters["forbidden"] += 1
+            return HttpReply(403, "Forbidden", "text/plain; charset=utf-8",
+                             f"{identity.name} does not have the {role} role\n".encode())
+        return None
+
     # ------------------------------------------------------------------ links
     def is_uplink(self, link: PeerLink) -> bool:
         return self.uplink is not None and link is self.uplink.link
@@ -178,9 +212,71 @@ class Node:
     def on_open(self, link: PeerLink) -> None:
         self.links.add(link)
         self.counters["connections"] += 1
-        log.debug("front: %s connected", link.peer)
+        if self.tokens is not None and not self.is_uplink(link):
+            token = token_of(link.request_path, link.request_headers)
+            identity = self.tokens.lookup(token)
+            if identity is None:
+                self.counters["auth_failures"] += 1
+                log.warning("front: refused %s: %s token", link.peer, "an unknown" if token else "no")
+                link.send(protocol.encode_error(0, ErrorCode.UNAUTHENTICATED,
+                                                "unknown token" if token else
+                                                "authentication required: present a token as "
+                                                "'Authorization: Bearer <token>' or '?token=<token>'"))
+                link.close(AUTH_CLOSE_CODE, "unauthenticated")
+                return
+            link.identity = identity
+            link.credential = token_hash(token)
+        log.debug("front: %s connected%s", link.peer, f" as {link.identity}" if link.identity else "")
         if self.settings.hub_routing and not self.is_uplink(link):
             self.hub.add_link(link)
+
+    def reload_tokens(self) -> None:
+        """Read the token file again (SIGHUP). Links whose token is gone are closed (PF401);
+        the others take their token's roles as the file now says. A file with problems
+        keeps the previous table (logged)."""
+        if not self.settings.token_file:
+            return
+        try:
+            tokens = TokenTable.load(self.settings.token_file)
+        except Exception as exc:
+            log.error("front: token file not reloaded, the previous one stays in force: %s", exc)
+            return
+        self.tokens = tokens
+        closed = 0
+        for link in list(self.links):
+            if link.identity is None or self.is_uplink(link):
+                continue
+            identity = tokens.by_hash(link.credential)
+            if identity is None:
+                closed += 1
+                link.send(protocol.encode_error(0, ErrorCode.UNAUTHENTICATED, "token revoked"))
+                link.close(AUTH_CLOSE_CODE, "token revoked")
+            else:
+                link.identity = identity
+        log.info("front: %d tokens from %s; %d connections closed (their token is gone)",
+                 len(tokens), self.settings.token_file, closed)
+
+    def _may(self, link: PeerLink, role: str) -> bool:
+        """Whether `link` may act in `role` (always, without authentication)."""
+        return self.tokens is None or (link.identity is not None and link.identity.may(role))
+
+    def _may_run(self, link: PeerLink, flight: Flight, unproven: bool) -> bool:
+        """Whether the hub may send `flight` to `link` to run: a peer with the reactor role;
+        without authentication, a peer that announced or has answered before (not
+        `unproven`), or the submitter itself for its own packets (the spec's usage example)."""
+        if self.tokens is not None:
+            return link.identity is not None and link.identity.may("reactor")
+        return not unproven or link is flight.origin
+
+    def _forbid(self, link: PeerLink, seq: int, what: str, packet_id: str | None = None,
+                submit: bool = False) -> None:
+        self.counters["forbidden"] += 1
+        log.info("front: %s (%s) may not %s", link.peer, link.identity, what)
+        message = f"{link.identity} may not {what}"
+        if submit:
+            link.send(protocol.encode_failure(seq, packet_id, ErrorCode.FORBIDDEN, message))
+        else:
+            link.send(protocol.encode_error(seq, ErrorCode.FORBIDDEN, message, packet_id))
 
     def on_close(self, link: PeerLink, code: int | None) -> None:
         if link.closed:
@@ -243,16 +339,19 @@ class Node:
         except Exception:
             log.exception("front: could not answer after internal error %s", incident)
 
-    def _scope(self, link: PeerLink) -> Any:
-        """Whose ids and results a link's packets are among (see Flight.scope)."""
-        return None
+    @staticmethod
+    def _scope(link: PeerLink) -> Any:
+        """Whose ids and results a link's packets are among (see Flight.scope): its token's
+        identity, or without authentication the connection itself. So one client can
+        neither take another's ids (PF409) nor read or feed another's results."""
+        return link.identity.name if link.identity is not None else link
 
     def _handle(self, link: PeerLink, msg: Any) -> None:
         if isinstance(msg, protocol.Rejected):
             self.counters[f"rejected_{msg.code}"] += 1
             log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
-            if getattr(msg, "type", None) == "result":  # a reactor's answer we cannot relay
-                self.hub.on_invalid_result(link, msg.packet_id, msg.message)
+            if getattr(msg, "type", None) == "result" and self._may(link, "reactor"):
+                self.hub.on_invalid_result(link, msg.packet_id, msg.message)  # cannot be relayed
                 return
             link.send(msg.reply)
         elif msg.type == "submit":
@@ -260,8 +359,11 @@ class Node:
         elif msg.type == "heartbeat":
             self._heartbeat(link, msg)
         elif msg.type == "result":  # a reactor answers a packet the hub forwarded to it
-            self.hub.on_result(link, msg.payload)
-        else:
+            if self._may(link, "reactor"):
+                self.hub.on_result(link, msg.payload)
+            else:
+                self._forbid(link, msg.seq, "answer packets (the reactor role)", msg.payload.packet_id)
+        elif self._may(link, "reactor"):
             self.hub.on_error_frame(link, msg.seq, msg.payload)
 
     def _heartbeat(self, link: PeerLink, msg: protocol.Message) -> None:
@@ -269,8 +371,11 @@ class Node:
             # our hub's heartbeat: as a reactor we only note it, as the spec's reactors do;
             # answering would start an endless exchange between two pfnode nodes
             return
-        link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
         capabilities = msg.payload.get("capabilities")
+        if capabilities is not None and not self._may(link, "reactor"):
+            self._forbid(link, msg.seq, "announce capabilities (the reactor role)")
+            return
+        link.send(protocol.encode_heartbeat(msg.seq, self.heartbeat_payload()))
         if capabilities is not None:
             if isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities):
                 node = msg.payload.get("node")
@@ -290,11 +395,16 @@ class Node:
                                               if self.draining else "node is starting; retry shortly"))
             return
         key = packet.key
+        role = "admin" if packet.group == "mc" else "submit"
+        if uplink is None and not self._may(link, role):
+            self._forbid(link, seq, f"submit {key} (the {role} role)", pid, submit=True)
+            return
         builtin = admin.BUILTINS.get(key)
         if builtin is not None:
             self._background(self._run_builtin(link, seq, packet, builtin), builtin=True)
             return
         now = self.clock()
+        scope = self._scope(link)
         options = self.pool.handlers.get(key)
         if options is not None:
             if packet.metadata is not None and not pipe.passable(packet.metadata):
@@ -304,7 +414,7 @@ class Node:
                 return
             timeout_ms = resolve_timeout_ms(packet.timeout_ms, options.get("timeout_ms"),
                                             self.settings.default_timeout_ms)
-            flight = Flight(packet, origin=link, seq=seq, lane=self.pool.lane_of(key, packet.group),
+            flight = Flight(packet, scope=scope, origin=link, seq=seq, lane=self.pool.lane_of(key, packet.group),
                             priority=packet.priority, deadline=now + timeout_ms / 1000,
                             timeout_ms=timeout_ms, dependencies=packet.dependencies or (),
                             memory_limit_mb=options.get("memory_limit_mb"), size=len(packet.data))
@@ -313,7 +423,7 @@ class Node:
                 self.pool.pump()
         elif self.settings.hub_routing and uplink is None:
             timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
-            flight = Flight(packet, origin=link, seq=seq, lane=None, priority=packet.priority,
+            flight = Flight(packet, scope=scope, origin=link, seq=seq, lane=None, priority=packet.priority,
                             deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms, size=len(packet.data))
             refusal = self.scheduler.admit_forwarded(flight, now)
             if refusal is None:

@@ -38,6 +38,18 @@ def setting(default=dataclasses.MISSING, help: str = "", *, factory=None, defaul
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listening address reaches this machine only (Redis' protected mode rule)."""
+    import ipaddress
+
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name, or "" and "0.0.0.0"-like wildcards: not loopback
+
+
 class SettingsError(ConfigError):
     """Settings with problems; `problems` lists every one of them."""
 
@@ -131,6 +143,23 @@ class Settings:
     heartbeat_missed_limit: int = setting(3, "peers silent for this many heartbeat periods are "
                                           "dropped", hidden=True)
 
+    # Security (pfnode/auth.py, pfnode/tls.py). Without a token file the node listens on
+    # loopback only, unless told otherwise with insecure_no_auth (and says so in its log).
+    token_file: str | None = setting(None, "TOML file of tokens and their roles (submit, reactor, "
+                                     "admin); reloaded on SIGHUP", scope="serve")
+    insecure_no_auth: bool = setting(False, "allow listening on a non-loopback address without a "
+                                     "token file (anyone who can reach the port controls the node)",
+                                     scope="serve")
+    tls_cert: str | None = setting(None, "PEM certificate (chain) to serve wss:// with", scope="serve")
+    tls_key: str | None = setting(None, "PEM private key of tls_cert", scope="serve")
+    tls_client_ca: str | None = setting(None, "require client certificates signed by this CA bundle "
+                                        "(mutual TLS)", scope="serve")
+    ca_file: str | None = setting(None, "CA bundle to verify the hub's certificate (default: the "
+                                  "system's trust store)", scope="connect")
+    client_cert: str | None = setting(None, "client certificate to present to the hub (mutual TLS)",
+                                      scope="connect")
+    client_key: str | None = setting(None, "private key of client_cert", scope="connect")
+
     # Hub routing (pfnode/hub.py): packets with no local handler go to connected reactors.
     hub_routing: bool = setting(True, "forward packets with no local handler to connected "
                                 "reactors (off: PF001 at once)", scope="serve")
@@ -161,6 +190,15 @@ class Settings:
             problems.append(f"port must be 0..65535, got {self.port}")
         if not self.path.startswith("/"):
             problems.append(f"path must start with '/', got {self.path!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            problems.append("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        if (self.client_cert is None) != (self.client_key is None):
+            problems.append("client_cert and client_key go together")
+        if self.token_file is None and not self.insecure_no_auth and not is_loopback(self.host):
+            problems.append(f"listening on {self.host} without authentication: give a token_file "
+                            "(--token-file), or accept the risk with --insecure-no-auth")
         if self.workers is not None and self.workers < 1:
             problems.append(f"workers must be >= 1, got {self.workers}")
         for name in ("ed_workers", "rm_workers"):
@@ -201,8 +239,12 @@ class Settings:
             raise SettingsError(problems)
 
     @property
+    def scheme(self) -> str:
+        return "wss" if self.tls_cert else "ws"
+
+    @property
     def endpoint(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.path}"
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -151,7 +151,7 @@ class PicowsLink(PeerLink, WSListener):
             await asyncio.sleep(0.01)
 
 
-async def serve(node: NodeInterface) -> asyncio.Server:
+async def serve(node: NodeInterface, ssl_context=None) -> asyncio.Server:
     s = node.settings
 
     def route(request: WSUpgradeRequest):
@@ -159,7 +159,9 @@ async def serve(node: NodeInterface) -> asyncio.Server:
         reply = node.http_route(path, "websocket" in request.headers.get("Upgrade", "").lower(),
                                 request.headers)
         if reply is None:
-            return PicowsLink(node)
+            link = PicowsLink(node)
+            link.request_path, link.request_headers = path, request.headers
+            return link
         headers = {"Content-Type": reply.content_type, "Cache-Control": "no-store", **dict(reply.headers)}
         if reply.status == 200:
             response = WSUpgradeResponse.create_ok_response(reply.body, headers)
@@ -174,6 +176,7 @@ async def serve(node: NodeInterface) -> asyncio.Server:
         # heartbeat loop sends the WebSocket pings instead (see PicowsLink.ping)
         enable_auto_ping=False,
         enable_auto_pong=True,
+        ssl=ssl_context,
     )
 
 

@@ -124,7 +124,7 @@ def connection_options(s) -> dict:
     )
 
 
-async def serve(node: NodeInterface) -> Server:
+async def serve(node: NodeInterface, ssl_context=None) -> Server:
     s = node.settings
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
@@ -140,6 +140,7 @@ async def serve(node: NodeInterface) -> Server:
 
     async def handle(ws: ServerConnection) -> None:
         link = WebsocketsLink(node, ws)
+        link.request_path, link.request_headers = ws.request.path, ws.request.headers
         node.on_open(link)
         try:
             await link.converse(ws)
@@ -147,7 +148,7 @@ async def serve(node: NodeInterface) -> Server:
             node.on_close(link, ws.close_code)
 
     return await ws_serve(handle, s.host, s.port, process_request=process_request, max_queue=64,
-                          **connection_options(s))
+                          ssl=ssl_context, **connection_options(s))
 
 
 class WebsocketsUplinkLink(WebsocketsLink):

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HANDLERS = "handlers.examples,handlers.numeric,tests.handlers_testing"
-_SERVING = re.compile(r"front: serving (ws://\S+)")
+_SERVING = re.compile(r"front: serving (wss?://\S+)")
 
 
 @dataclasses.dataclass
@@ -24,13 +24,18 @@ class RunningNode:
     proc: subprocess.Popen
     endpoint: str
     log_path: Path
+    tokens: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> token, with --token-file
 
     @property
     def http(self) -> str:
         return self.endpoint.split("/packetflow")[0].replace("ws://", "http://", 1)
 
     def health(self) -> dict:
-        with urllib.request.urlopen(self.http + "/healthz", timeout=5) as response:
+        """The node's detail (its admin-only /status page)."""
+        request = urllib.request.Request(self.http + "/status")
+        if "admin" in self.tokens:
+            request.add_header("Authorization", f"Bearer {self.tokens['admin']}")
+        with urllib.request.urlopen(request, timeout=5) as response:
             return orjson.loads(response.read())
 
     def log(self) -> str:
@@ -47,9 +52,38 @@ class RunningNode:
         return self.proc.returncode
 
 
+# The roles of the tokens a node started with `tokens=True` knows (their names are the keys).
+TOKEN_ROLES = {"admin": ["admin", "submit", "reactor"], "client": ["submit"],
+               "reactor": ["submit", "reactor"], "serve-only": ["reactor"]}
+
+
+def _test_tokens() -> dict[str, str]:
+    from pfnode.auth import new_token
+
+    return {name: new_token() for name in TOKEN_ROLES}
+
+
+TEST_TOKENS = _test_tokens()  # the same for every node of this test session
+
+
+def write_token_file(directory: Path, roles: dict[str, list[str]] = TOKEN_ROLES,
+                     tokens: dict[str, str] = TEST_TOKENS) -> tuple[Path, dict[str, str]]:
+    from pfnode.auth import token_entry
+
+    tokens = {name: tokens[name] for name in roles}
+    path = directory / f"tokens-{time.monotonic_ns()}.toml"
+    path.write_text("\n".join(token_entry(name, roles[name], tokens[name]) for name in roles))
+    return path, tokens
+
+
 def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST_HANDLERS,
-               timeout_s: float = 60.0) -> RunningNode:
-    """Run `pfnode serve` on a free port and wait until it says where it listens."""
+               timeout_s: float = 60.0, tokens: bool = False) -> RunningNode:
+    """Run `pfnode serve` on a free port and wait until it says where it listens. With
+    `tokens`, it runs with a token file of TOKEN_ROLES (the node's `tokens` say them)."""
+    known: dict[str, str] = {}
+    if tokens:
+        token_path, known = write_token_file(log_dir)
+        args = (*args, "--token-file", str(token_path))
     log_path = log_dir / f"node-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(
@@ -61,7 +95,7 @@ def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST
     while time.monotonic() < deadline:
         match = _SERVING.search(log_path.read_text(errors="replace"))
         if match:
-            return RunningNode(proc, match.group(1), log_path)
+            return RunningNode(proc, match.group(1), log_path, known)
         if proc.poll() is not None:
             raise RuntimeError(f"node exited with {proc.returncode}:\n{log_path.read_text()}")
         time.sleep(0.05)

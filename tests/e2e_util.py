@@ -52,8 +52,8 @@ class Raw:
     The node's own heartbeats (seq counted by the node) are kept apart in `node_heartbeats`
     unless a test asks for heartbeats explicitly."""
 
-    def __init__(self, endpoint: str, **connect_kwargs: Any) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str, token: str | None = None, **connect_kwargs: Any) -> None:
+        self.endpoint = with_token(endpoint, token)
         self.connect_kwargs = connect_kwargs
         self.ws: ClientConnection | None = None
         self.node_heartbeats: list[dict] = []
@@ -116,6 +116,13 @@ class Raw:
     def close_code(self) -> int | None:
         assert self.ws is not None
         return self.ws.close_code
+
+
+def with_token(endpoint: str, token: str | None) -> str:
+    """The endpoint URL carrying a token (`?token=`), as a spec reactor presents one."""
+    if token is None:
+        return endpoint
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}token={urllib.parse.quote(token)}"
 
 
 def http_get(base: str, path: str, timeout_s: float = 5.0) -> tuple[int, dict, bytes]:

@@ -112,13 +112,13 @@ def test_hidden_settings_are_left_out_of_help_but_settable(capsys):
 
 def test_file_then_environment_then_flags(tmp_path):
     loaded = load(
-        toml='max_queued = 10\naging_ms = 20\nprobe_ms = 30\nhost = "0.0.0.0"\n',
+        toml='max_queued = 10\naging_ms = 20\nprobe_ms = 30\nhost = "127.0.0.2"\n',
         env={"PFNODE_AGING_MS": "21", "PFNODE_PROBE_MS": "31", "PFNODE_PORT": "9000"},
         flags={"probe_ms": ("--probe-ms", "32"), "workers": ("--workers", "2")},
         tmp_path=tmp_path)
     file = f"file:{tmp_path / 'pfnode.toml'}"
     assert (loaded.settings.max_queued, loaded.sources["max_queued"]) == (10, file)
-    assert (loaded.settings.host, loaded.sources["host"]) == ("0.0.0.0", file)
+    assert (loaded.settings.host, loaded.sources["host"]) == ("127.0.0.2", file)
     assert (loaded.settings.aging_ms, loaded.sources["aging_ms"]) == (21, "env:PFNODE_AGING_MS")
     assert (loaded.settings.port, loaded.sources["port"]) == (9000, "env:PFNODE_PORT")
     assert (loaded.settings.probe_ms, loaded.sources["probe_ms"]) == (32, "flag:--probe-ms")
@@ -159,7 +159,10 @@ GOOD = [
     ("bool", "autoscale", "yes", True, "true", True),
     ("bool", "hub_routing", "OFF", False, "false", False),
     ("bool", "autoscale", "1", True, "false", False),
-    ("str", "host", "::1", "::1", '"0.0.0.0"', "0.0.0.0"),
+    ("str", "host", "::1", "::1", '"127.0.0.2"', "127.0.0.2"),
+    ("NoneType | str", "token_file", "/etc/pfnode/tokens.toml", "/etc/pfnode/tokens.toml",
+     '"tokens.toml"', "tokens.toml"),
+    ("NoneType | str", "tls_client_ca", "none", None, '"none"', None),
     ("Literal", "transport", "websockets", "websockets", '"picows"', "picows"),
     ("Literal", "log_level", "DEBUG", "DEBUG", '"ERROR"', "ERROR"),
     ("tuple[str, ...]", "handler_modules", "a, b,,c", ("a", "b", "c"), '["x", "y"]', ("x", "y")),
@@ -195,6 +198,7 @@ BAD = [  # (kind, field, a bad value from the environment, a bad TOML literal, w
     ("tuple[str, ...]", "handler_modules", None, '["a", 1]', "an array of strings"),
     ("tuple[str, ...]", "handler_modules", None, '"a,b"', "an array of strings"),
     ("NoneType | int", "workers", "many", "2.0", "an integer or auto"),
+    ("NoneType | str", "token_file", None, "3", "a string or auto"),
 ]
 
 
@@ -336,6 +340,7 @@ def test_the_configuration_doc_example_means_what_it_says(tmp_path):
     [example] = toml_examples(ROOT / "docs" / "CONFIGURATION.md")
     settings = load(toml=example, tmp_path=tmp_path).settings
     assert settings.host == "0.0.0.0" and settings.port == 8443
+    assert settings.token_file == "/etc/pfnode/tokens.toml"
     assert settings.handler_modules == ("handlers.examples", "handlers.numeric", "myhandlers")
     assert settings.workers is None and settings.autoscale is True
     assert (settings.max_queued, settings.df_max_workers, settings.log_level) == (50_000, 16, "WARNING")

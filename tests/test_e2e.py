@@ -321,10 +321,10 @@ def test_duplicate_in_flight_id_gives_PF409_and_the_first_packet_is_unaffected(n
             assert first_reply["seq"] == 2
             assert first_reply["payload"]["packet_id"] == dup
             assert first_reply["payload"]["error"]["code"] == "PF409"
-            # ids are unique node-wide: another connection gets PF409 too
+            # ids belong to their submitter (here: its connection): another may use the same
             await other.submit(1, packet("transform", "third", id=dup))
             other_reply = await other.recv()
-            assert other_reply["seq"] == 1 and other_reply["payload"]["error"]["code"] == "PF409"
+            assert other_reply["seq"] == 1 and other_reply["payload"]["data"] == "THIRD", other_reply
 
             sleeper = await raw.recv()
             assert sleeper["seq"] == 1
@@ -618,10 +618,13 @@ def test_reactor_submit_is_not_answered_by_an_unsolicited_node_heartbeat(fast_he
 
 # ---------------------------------------------------------------------------- HTTP
 
-def test_healthz_reports_ready_as_json(node):
+def test_healthz_says_ready_and_nothing_more_and_status_has_the_detail(node):
     status, headers, body = http_get(node.http, "/healthz")
     assert status == 200
     assert headers["content-type"] == "application/json"
+    assert orjson.loads(body) == {"status": "ready"}  # no pids, no counters: readiness only
+    status, headers, body = http_get(node.http, "/status")  # no tokens here: loopback only
+    assert status == 200 and headers["content-type"] == "application/json"
     health = orjson.loads(body)
     assert health["status"] == "ready"
     assert health["workers"] == 5 and health["lanes"]["df"]["workers"] == 2  # and cf, ed, rm

@@ -20,19 +20,23 @@ from websockets.exceptions import ConnectionClosed
 
 from pfnode.client import Reactor
 from pfnode.hub import LinkRoutes, ReactorProfile, rank_targets
-from tests.conftest import start_node
+from tests.conftest import TEST_TOKENS, start_node
 from tests.e2e_util import Raw, frame, new_id, packet, run
 
 pytestmark = pytest.mark.timeout(60)
 
 K = "hub_job"  # no node in this module has a handler for df:hub_job (nor the others used here)
+# Every peer here presents this token of the module's nodes, whose roles (submit, reactor) are a
+# spec reactor's: it submits, and it may be sent packets to run. The role rules themselves are
+# tested in tests/test_auth.py.
+T = TEST_TOKENS["reactor"]
 KEY = f"df:{K}"
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """A node of this module's own (1 df worker, the test handlers, default reroute grace)."""
-    running = start_node(tmp_path_factory.mktemp("hub"), workers=1)
+    running = start_node(tmp_path_factory.mktemp("hub"), workers=1, tokens=True)
     yield running
     running.stop()
 
@@ -156,7 +160,7 @@ def error_of(payload: dict, code: str) -> str:
 def test_packet_is_forwarded_with_time_left_and_the_result_relayed_as_sent(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:
             hb = await announce(s, [])  # the submitter runs nothing
             assert hb["payload"]["node"]["status"] == "ready"
             await announce(r, [KEY])
@@ -202,7 +206,7 @@ def test_packet_is_forwarded_with_time_left_and_the_result_relayed_as_sent(hub):
 def test_the_submitters_own_link_may_run_its_packet(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s:  # alone, and it never said what it runs
+        async with Raw(hub.endpoint, T) as s:  # alone, and it never said what it runs
             pkt = job("me", timeout_ms=5000)
             await s.submit(5, pkt)
             sub = await offered(s, pkt)
@@ -217,10 +221,10 @@ def test_the_submitters_own_link_may_run_its_packet(hub):
 def test_a_reactor_running_its_own_packets_is_not_stopped_by_its_in_flight_limit(fresh_node):
     """The in-flight limit pauses reading a peer; a peer whose packets the hub sends back to
     it answers them on that same link, so those do not count (else: stuck until PF504)."""
-    node = fresh_node("--workers", "1", "--max-inflight-per-connection", "4", handlers="tests.handlers_testing")
+    node = fresh_node("--workers", "1", "--max-inflight-per-connection", "4", handlers="tests.handlers_testing", tokens=True)
 
     async def go():
-        async with Reactor(node.endpoint) as reactor:
+        async with Reactor(node.endpoint, token=T) as reactor:
             reactor.register("df", K, lambda data: data * 2)
             await reactor.announce_capabilities()
             results = await asyncio.gather(*(reactor.submit("df", K, i, timeout_ms=8000) for i in range(40)))
@@ -235,7 +239,7 @@ def test_a_reactor_running_its_own_packets_is_not_stopped_by_its_in_flight_limit
 def test_builtins_and_local_handlers_are_never_forwarded(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:  # both would be asked
+        async with Raw(hub.endpoint, TEST_TOKENS["admin"]) as s, Raw(hub.endpoint, T) as r:  # both would be asked
             status_pkt = packet("status", None, group="mc")
             await s.submit(1, status_pkt)
             reply = await reply_to(s, 1)
@@ -253,7 +257,7 @@ def test_builtins_and_local_handlers_are_never_forwarded(hub):
 def test_a_result_from_a_link_not_holding_the_packet_is_ignored(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r, Raw(hub.endpoint) as other:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r, Raw(hub.endpoint, T) as other:
             await announce(s, [])
             await announce(r, [KEY])
             await announce(other, [])
@@ -289,7 +293,7 @@ def test_large_payload_metadata_priority_and_dependencies_pass_through_untouched
 
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:
             await announce(s, [])
             await announce(r, [KEY])
             await s.send(submit_text)
@@ -329,7 +333,7 @@ def test_large_payload_metadata_priority_and_dependencies_pass_through_untouched
 def test_pf001_sends_it_to_the_next_link_which_is_then_known_to_run_it(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r1, Raw(hub.endpoint) as r2:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r1, Raw(hub.endpoint, T) as r2:
             await announce(s, [])
             pkt = job("a", timeout_ms=5000)
             await s.submit(1, pkt)
@@ -369,7 +373,7 @@ def test_a_busy_or_stopping_reactor_passes_the_packet_on_and_alone_its_code_is_r
     reactor is asked; when none is left, the submitter gets that code, to retry later."""
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r1, Raw(hub.endpoint) as r2:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r1, Raw(hub.endpoint, T) as r2:
             await announce(s, [])
             await announce(r1, [KEY])
             await announce(r2, [KEY])
@@ -404,7 +408,7 @@ def test_a_busy_or_stopping_reactor_passes_the_packet_on_and_alone_its_code_is_r
 def test_all_refuse_gives_pf001_naming_everyone_asked_with_the_submitter_last(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:  # neither says what it runs
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:  # neither says what it runs
             pkt = job("x", timeout_ms=5000)
             await s.submit(31, pkt)
             sub = await offered(r, pkt)  # the other link first, the submitter's own last
@@ -431,10 +435,10 @@ def test_all_refuse_gives_pf001_naming_everyone_asked_with_the_submitter_last(hu
 def test_an_error_frame_answering_our_submit_sends_it_to_the_next_link_then_pf003(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r1:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r1:
             await announce(s, [])
             await announce(r1, [KEY])  # announced: asked before any unknown link
-            async with Raw(hub.endpoint) as r2:
+            async with Raw(hub.endpoint, T) as r2:
                 pkt = job(1, timeout_ms=5000)
                 await s.submit(1, pkt)
                 sub = await offered(r1, pkt)
@@ -457,7 +461,7 @@ def test_an_error_frame_answering_our_submit_sends_it_to_the_next_link_then_pf00
 def test_known_reactors_share_the_load_least_loaded_first(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r1, Raw(hub.endpoint) as r2:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r1, Raw(hub.endpoint, T) as r2:
             await announce(s, [])
             await announce(r1, [KEY])
             await announce(r2, [KEY])
@@ -483,7 +487,7 @@ def test_known_reactors_share_the_load_least_loaded_first(hub):
 def test_announced_capabilities_are_authoritative_and_replace_each_other(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:
             await announce(s, [])
             hb = await announce(r, ["df:hub_other"], seq=55)
             assert hb["type"] == "heartbeat" and hb["seq"] == 55
@@ -523,7 +527,7 @@ def test_announced_capabilities_are_authoritative_and_replace_each_other(hub):
 
         # an announcement also overrides a PF001 learnt earlier
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:
             await announce(s, [])
             pkt = job(timeout_ms=5000, element="hub_third")
             await s.submit(1, pkt)
@@ -544,7 +548,7 @@ def test_malformed_capabilities_are_ignored_and_the_heartbeat_still_answered(hub
 
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:
             await announce(s, [])
             for i, caps in enumerate(malformed):
                 hb = await announce(r, caps, seq=70 + i)  # answered, seq for seq
@@ -577,8 +581,8 @@ def test_malformed_capabilities_are_ignored_and_the_heartbeat_still_answered(hub
 def test_python_reactor_announces_at_start_and_on_register(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Reactor(hub.endpoint) as s:  # registers nothing: announces []
-            ra = Reactor(hub.endpoint)
+        async with Reactor(hub.endpoint, token=T) as s:  # registers nothing: announces []
+            ra = Reactor(hub.endpoint, token=T)
             ra.register("df", "hub_a", lambda data: {"a": data})
             async with ra:
                 await ra.heartbeat()  # its announcement, sent at start, has arrived
@@ -598,7 +602,7 @@ def test_python_reactor_announces_at_start_and_on_register(hub):
                 assert result.packet_id == pid
 
                 # an unknown peer is not asked while a known reactor runs the key
-                async with Raw(hub.endpoint) as p:
+                async with Raw(hub.endpoint, T) as p:
                     result = await s.submit("df", "hub_a", 3, timeout_ms=5000)
                     assert result.ok and result.data == {"a": 3}, result
                     await silence(p)
@@ -623,14 +627,14 @@ def test_a_spec_pure_reactor_is_learnt_by_probing(hub):
     async def go():
         await links_settle(hub, 0)
         # frequent heartbeats: none of them may say what it runs
-        async with Reactor(hub.endpoint) as s, \
-                Reactor(hub.endpoint, announce=False, heartbeat_interval_ms=50) as rn:
+        async with Reactor(hub.endpoint, token=T) as s, \
+                Reactor(hub.endpoint, token=T, announce=False, heartbeat_interval_ms=50) as rn:
             rn.register("df", "hub_pure", lambda data: data[::-1])
             await links_settle(hub, 2)
             await asyncio.sleep(0.2)
             result = await s.submit("df", "hub_pure", "abc", timeout_ms=5000)
             assert result.ok and result.data == "cba", result
-            async with Raw(hub.endpoint) as p:
+            async with Raw(hub.endpoint, T) as p:
                 await links_settle(hub, 3)
                 # known now: asked first, the unknown peer not at all
                 result = await s.submit("df", "hub_pure", "xyz", timeout_ms=5000)
@@ -654,7 +658,7 @@ def test_a_spec_pure_reactor_is_learnt_by_probing(hub):
 def test_pf504_at_the_deadline_the_silent_link_skipped_until_its_late_answer(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:
             await announce(s, [])
             await announce(r, [KEY, "df:hub_other"])  # announced: no probe window, its deadline
             pkt = job("slow", timeout_ms=1000)
@@ -693,7 +697,7 @@ def test_pf504_at_the_deadline_the_silent_link_skipped_until_its_late_answer(hub
 def test_a_timeout_does_not_silence_a_link_that_has_answered_before(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r:
             await announce(s, [])
             pkt = job(1, timeout_ms=5000)
             await s.submit(1, pkt)
@@ -718,7 +722,7 @@ def test_a_timeout_does_not_silence_a_link_that_has_answered_before(hub):
 def test_a_reactor_disconnecting_hands_the_packet_to_the_next_one(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as r1, Raw(hub.endpoint) as r2:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as r1, Raw(hub.endpoint, T) as r2:
             await announce(s, [])
             await announce(r1, [KEY])  # announced: first; r2 unknown: next
             pkt = job({"v": 1}, timeout_ms=5000)
@@ -737,19 +741,19 @@ def test_a_reactor_disconnecting_hands_the_packet_to_the_next_one(hub):
 
 
 def test_with_no_other_reactor_the_packet_waits_for_a_new_link_or_announcement(fresh_node):
-    n = fresh_node("--reroute-grace-ms", "3000", workers=1)
+    n = fresh_node("--reroute-grace-ms", "3000", workers=1, tokens=True)
 
     async def go():
-        async with Raw(n.endpoint) as s:
+        async with Raw(n.endpoint, T) as s:
             await announce(s, [])
             # a new link connecting takes it
-            async with Raw(n.endpoint) as r1:
+            async with Raw(n.endpoint, T) as r1:
                 await announce(r1, [KEY])
                 pkt = job("parked", timeout_ms=8000)
                 await s.submit(61, pkt)
                 await offered(r1, pkt)
             await silence(s, 0.4)  # parked, not failed
-            async with Raw(n.endpoint) as r3:
+            async with Raw(n.endpoint, T) as r3:
                 sub = await offered(r3, pkt)
                 assert sub["payload"]["data"] == "parked"
                 assert sub["payload"]["timeout_ms"] <= 7600
@@ -759,7 +763,7 @@ def test_with_no_other_reactor_the_packet_waits_for_a_new_link_or_announcement(f
             await links_settle(n, 1)
 
             # a connected link announcing that it runs it takes it
-            async with Raw(n.endpoint) as r4, Raw(n.endpoint) as r5:
+            async with Raw(n.endpoint, T) as r4, Raw(n.endpoint, T) as r5:
                 await announce(r4, [])
                 await announce(r5, [KEY])
                 pkt = job("parked again", timeout_ms=8000)
@@ -776,9 +780,9 @@ def test_with_no_other_reactor_the_packet_waits_for_a_new_link_or_announcement(f
         await links_settle(n, 0)
 
         # a parked packet whose submitter leaves is dropped: a new link is not offered it
-        async with Raw(n.endpoint) as r6:
+        async with Raw(n.endpoint, T) as r6:
             await announce(r6, [KEY])
-            async with Raw(n.endpoint) as s2:
+            async with Raw(n.endpoint, T) as s2:
                 await announce(s2, [])
                 pkt = job("orphan", timeout_ms=8000)
                 await s2.submit(63, pkt)
@@ -786,19 +790,19 @@ def test_with_no_other_reactor_the_packet_waits_for_a_new_link_or_announcement(f
                 await r6.ws.close()
                 await silence(s2, 0.2)  # parked
         await links_settle(n, 0)
-        async with Raw(n.endpoint) as r7:
+        async with Raw(n.endpoint, T) as r7:
             await silence(r7, 0.4)
             await r7.roundtrip()
     run(go(), 20)
 
 
 def test_a_parked_packet_fails_pf003_when_the_grace_ends(fresh_node):
-    n = fresh_node("--reroute-grace-ms", "500", workers=1)
+    n = fresh_node("--reroute-grace-ms", "500", workers=1, tokens=True)
 
     async def go():
-        async with Raw(n.endpoint) as s:
+        async with Raw(n.endpoint, T) as s:
             await announce(s, [])
-            async with Raw(n.endpoint) as r1:
+            async with Raw(n.endpoint, T) as r1:
                 await announce(r1, [KEY])
                 pkt = job(timeout_ms=10_000)
                 await s.submit(71, pkt)
@@ -818,10 +822,10 @@ def test_a_parked_packet_fails_pf003_when_the_grace_ends(fresh_node):
 def test_parking_ends_at_the_packets_deadline_when_that_comes_first(hub):
     async def go():  # the module's node has the default grace of 10 s
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s:
+        async with Raw(hub.endpoint, T) as s:
             await announce(s, [])
             started = time.monotonic()
-            async with Raw(hub.endpoint) as r1:
+            async with Raw(hub.endpoint, T) as r1:
                 await announce(r1, [KEY])
                 pkt = job(timeout_ms=1200)
                 await s.submit(81, pkt)
@@ -840,7 +844,7 @@ def test_parking_ends_at_the_packets_deadline_when_that_comes_first(hub):
 def test_a_duplicate_id_while_forwarded_is_pf409_and_the_first_is_unaffected(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as s, Raw(hub.endpoint) as s2, Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as s, Raw(hub.endpoint, T) as s2, Raw(hub.endpoint, T) as r:
             await announce(s, [])
             await announce(s2, [])
             await announce(r, [KEY])
@@ -872,10 +876,10 @@ def test_a_duplicate_id_while_forwarded_is_pf409_and_the_first_is_unaffected(hub
 def test_the_submitter_leaving_drops_the_late_answer_and_the_node_stays_healthy(hub):
     async def go():
         await links_settle(hub, 0)
-        async with Raw(hub.endpoint) as r:
+        async with Raw(hub.endpoint, T) as r:
             await announce(r, [KEY])
             a, b = new_id("orphan-a"), new_id("orphan-b")
-            async with Raw(hub.endpoint) as s:
+            async with Raw(hub.endpoint, T) as s:
                 await announce(s, [])
                 await s.submit(1, job("a", id=a, timeout_ms=5000))
                 await s.submit(2, job("b", id=b, timeout_ms=5000))
@@ -887,7 +891,7 @@ def test_the_submitter_leaving_drops_the_late_answer_and_the_node_stays_healthy(
             await silence(r)
             health = await asyncio.to_thread(hub.health)
             assert health["status"] == "ready" and health["connections"] == 1, health
-            async with Raw(hub.endpoint) as s2:
+            async with Raw(hub.endpoint, T) as s2:
                 await announce(s2, [])
                 await s2.roundtrip("transform", "still fine")
                 # the packet still unanswered was dropped too: its id is free again
@@ -903,10 +907,10 @@ def test_the_submitter_leaving_drops_the_late_answer_and_the_node_stays_healthy(
 
 
 def test_sigterm_while_forwarded_answers_pf503_after_the_grace(fresh_node):
-    n = fresh_node("--shutdown-grace-ms", "600", workers=1)
+    n = fresh_node("--shutdown-grace-ms", "600", workers=1, tokens=True)
 
     async def go():
-        async with Raw(n.endpoint) as s, Raw(n.endpoint) as r:
+        async with Raw(n.endpoint, T) as s, Raw(n.endpoint, T) as r:
             await announce(s, [])
             await announce(r, [KEY])
             answered, hung = job("answered", timeout_ms=20_000), job("hung", timeout_ms=20_000)

@@ -42,8 +42,8 @@ from typing import Any
 import pytest
 
 from pfnode.client import Reactor
-from tests.conftest import start_node
-from tests.e2e_util import new_id, run
+from tests.conftest import TEST_TOKENS, start_node
+from tests.e2e_util import new_id, run, with_token
 from tests.interop_util import PeerProcess, assert_checks, run_driver
 
 pytestmark = pytest.mark.timeout(60)
@@ -402,6 +402,13 @@ class ElixirPeer(PeerProcess):
             return next((e for e in self.events if e.get("event") == kind and e.get("packet_id") == packet_id), None)
 
 
+def peer_url(endpoint: str) -> str:
+    return with_token(endpoint, TEST_TOKENS["reactor"])
+
+
+CLIENT = TEST_TOKENS["client"]
+
+
 def start_peer(elixir: str, endpoint: str) -> ElixirPeer:
     return ElixirPeer.start(elixir, endpoint)
 
@@ -409,7 +416,7 @@ def start_peer(elixir: str, endpoint: str) -> ElixirPeer:
 @pytest.fixture(scope="module")
 def hub_node(tmp_path_factory):
     """A node of this module's own, with no handler for what the Elixir peer serves."""
-    running = start_node(tmp_path_factory.mktemp("elixir-hub"), handlers=BARE_HANDLERS)
+    running = start_node(tmp_path_factory.mktemp("elixir-hub"), handlers=BARE_HANDLERS, tokens=True)
     handlers = running.health()["handlers"]
     assert not set(ELIXIR_KEYS) & set(handlers), handlers
     yield running
@@ -418,7 +425,8 @@ def hub_node(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def elixir_peer(elixir_bin, hub_node):
-    peer = start_peer(elixir_bin, hub_node.endpoint)
+    """The Elixir reactor, authenticated by its URL alone (`?token=`) with the reactor role."""
+    peer = start_peer(elixir_bin, peer_url(hub_node.endpoint))
     yield peer
     peer.stop()
 
@@ -447,7 +455,7 @@ def test_python_client_gets_elixir_notify_users_answer_through_the_node(hub_node
     """The spec's Elixir -> TypeScript example with the roles moved: a Python client submits
     ed:notify_users, the Elixir reactor runs it, the node relays the answer."""
     async def go():
-        async with Reactor(hub_node.endpoint) as client:
+        async with Reactor(hub_node.endpoint, token=CLIENT) as client:
             out = []
             for message in ("System maintenance in 10 minutes", "hi"):
                 pid = new_id("notify")
@@ -473,7 +481,7 @@ def test_python_client_gets_elixir_notify_users_answer_through_the_node(hub_node
 
 def test_elixir_handler_exception_is_relayed_as_pf500(hub_node, elixir_peer):
     async def go():
-        async with Reactor(hub_node.endpoint) as client:
+        async with Reactor(hub_node.endpoint, token=CLIENT) as client:
             pid = new_id("boom")
             result = await within(client.submit("df", "elixir_boom", {"x": 1}, timeout_ms=TIMEOUT_MS,
                                                 packet_id=pid), 12, "result of df:elixir_boom")
@@ -491,7 +499,7 @@ def test_elixir_handler_exception_is_relayed_as_pf500(hub_node, elixir_peer):
 
 def test_concurrent_python_submits_each_get_their_elixir_answer(hub_node, elixir_peer):
     async def go():
-        async with Reactor(hub_node.endpoint) as client:
+        async with Reactor(hub_node.endpoint, token=CLIENT) as client:
             work = [(new_id("csum"), list(range(i + 1))) for i in range(40)]
             results = await within(asyncio.gather(*(
                 client.submit("df", "elixir_sum", {"items": items}, priority=1 + i % 10,
@@ -512,11 +520,11 @@ def test_elixir_reactor_killed_mid_packet_gives_pf003_not_a_timeout(elixir_bin, 
     """The only reactor that runs df:elixir_slow is killed (SIGKILL: no close frame) while it
     runs one: once --reroute-grace-ms has passed with no other reactor, the Python client gets
     a PF003 result that says the reactor disconnected, long before the packet's deadline."""
-    bare = fresh_node("--reroute-grace-ms", str(REROUTE_GRACE_MS), handlers=BARE_HANDLERS)
-    peer = start_peer(elixir_bin, bare.endpoint)
+    bare = fresh_node("--reroute-grace-ms", str(REROUTE_GRACE_MS), handlers=BARE_HANDLERS, tokens=True)
+    peer = start_peer(elixir_bin, peer_url(bare.endpoint))
     try:
         async def go():
-            async with Reactor(bare.endpoint) as client:
+            async with Reactor(bare.endpoint, token=CLIENT) as client:
                 pid = new_id("killed")
                 task = asyncio.ensure_future(
                     client.submit("df", "elixir_slow", 10_000, timeout_ms=20_000, packet_id=pid))
@@ -542,11 +550,11 @@ def test_elixir_reactor_killed_mid_packet_gives_pf003_not_a_timeout(elixir_bin, 
 def test_packet_of_a_killed_elixir_reactor_is_retried_on_another(elixir_bin, fresh_node):
     """Two Elixir reactors run df:elixir_slow; the one running the packet is killed: the node
     hands the packet (same id) to the other, and the Python client gets its answer."""
-    bare = fresh_node(handlers=BARE_HANDLERS)
-    peers = [start_peer(elixir_bin, bare.endpoint) for _ in range(2)]
+    bare = fresh_node(handlers=BARE_HANDLERS, tokens=True)
+    peers = [start_peer(elixir_bin, peer_url(bare.endpoint)) for _ in range(2)]
     try:
         async def go():
-            async with Reactor(bare.endpoint) as client:
+            async with Reactor(bare.endpoint, token=CLIENT) as client:
                 pid = new_id("retried")
                 task = asyncio.ensure_future(
                     client.submit("df", "elixir_slow", 1500, timeout_ms=TIMEOUT_MS, packet_id=pid))

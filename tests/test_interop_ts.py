@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from pfnode.client import Reactor
-from tests.conftest import start_node
-from tests.e2e_util import new_id, run
+from tests.conftest import TEST_TOKENS, start_node
+from tests.e2e_util import new_id, run, with_token
 from tests.interop_util import PeerProcess, assert_checks, run_driver
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,9 +132,26 @@ def start_peer(node_bin: str, endpoint: str) -> TsPeer:
 
 
 @pytest.fixture(scope="module")
-def ts_peer(node, node_bin):
-    """A TS peer serving TS_KEYS on the shared node for this module's tests."""
-    peer = start_peer(node_bin, node.endpoint)
+def auth_node(tmp_path_factory):
+    """A node of this module's own with tokens: the TS peer authenticates by its URL alone
+    (`?token=`, all a spec reactor can choose) with the reactor role, which it needs to be sent
+    other clients' packets; the Python clients have the submit role only."""
+    running = start_node(tmp_path_factory.mktemp("ts-auth-node"), tokens=True)
+    yield running
+    running.stop()
+
+
+def peer_url(endpoint: str) -> str:
+    return with_token(endpoint, TEST_TOKENS["reactor"])
+
+
+CLIENT = TEST_TOKENS["client"]
+
+
+@pytest.fixture(scope="module")
+def ts_peer(auth_node, node_bin):
+    """A TS peer serving TS_KEYS on this module's node with tokens."""
+    peer = start_peer(node_bin, peer_url(auth_node.endpoint))
     yield peer
     peer.stop()
 
@@ -144,7 +161,7 @@ def bare_node(tmp_path_factory):
     """A node of this module's own whose handlers lack df:transform, and with no TS peer that
     outlives a test (the disconnect test needs to be sure no other reactor can take over)."""
     running = start_node(tmp_path_factory.mktemp("bare-node"), "--reroute-grace-ms", str(REROUTE_GRACE_MS),
-                         handlers=BARE_HANDLERS)
+                         handlers=BARE_HANDLERS, tokens=True)
     handlers = running.health()["handlers"]
     assert "df:transform" not in handlers and not set(TS_KEYS) & set(handlers), handlers
     yield running
@@ -162,10 +179,10 @@ async def within(awaitable, timeout_s: float, what: str):
         raise AssertionError(f"no {what} within {timeout_s} s") from None
 
 
-def test_python_client_gets_ts_notify_users_answer_through_the_node(node, ts_peer):
+def test_python_client_gets_ts_notify_users_answer_through_the_node(auth_node, ts_peer):
     """The spec's Elixir -> TypeScript example, with a Python client in the Elixir client's place."""
     async def go():
-        async with Reactor(node.endpoint) as client:
+        async with Reactor(auth_node.endpoint, token=CLIENT) as client:
             results = []
             for message in ("System maintenance in 10 minutes", "hi"):
                 pid = new_id("notify")
@@ -188,9 +205,9 @@ def test_python_client_gets_ts_notify_users_answer_through_the_node(node, ts_pee
         ts_peer.wait_ran("ed:notify_users", {"message": message})
 
 
-def test_ts_double_data_is_relayed(node, ts_peer):
+def test_ts_double_data_is_relayed(auth_node, ts_peer):
     async def go():
-        async with Reactor(node.endpoint) as client:
+        async with Reactor(auth_node.endpoint, token=CLIENT) as client:
             return [await client.submit("df", "ts_double", {"items": items}, timeout_ms=TIMEOUT_MS)
                     for items in ([1, 2, 3, 4, 5], [], [0.5, -7, 1e6])]
 
@@ -200,9 +217,9 @@ def test_ts_double_data_is_relayed(node, ts_peer):
     ts_peer.wait_ran("df:ts_double", {"items": [1, 2, 3, 4, 5]})
 
 
-def test_ts_handler_exception_is_relayed_as_pf500_with_its_message(node, ts_peer):
+def test_ts_handler_exception_is_relayed_as_pf500_with_its_message(auth_node, ts_peer):
     async def go():
-        async with Reactor(node.endpoint) as client:
+        async with Reactor(auth_node.endpoint, token=CLIENT) as client:
             pid = new_id("boom")
             result = await client.submit("df", "ts_boom", {"x": 1}, timeout_ms=TIMEOUT_MS, packet_id=pid)
             # the link is fine afterwards
@@ -217,7 +234,7 @@ def test_ts_handler_exception_is_relayed_as_pf500_with_its_message(node, ts_peer
     ts_peer.wait_ran("df:ts_boom", {"x": 1})
 
 
-def test_concurrent_forwarded_and_local_submits_each_get_their_own_answer(node, ts_peer):
+def test_concurrent_forwarded_and_local_submits_each_get_their_own_answer(auth_node, ts_peer):
     """Two Python clients, 30 packets each in flight at once: TS-served keys mixed with a
     local handler (df:transform) and a throwing TS handler; every answer matches its packet."""
     def plan(client_no: int) -> list[tuple]:
@@ -237,7 +254,7 @@ def test_concurrent_forwarded_and_local_submits_each_get_their_own_answer(node, 
 
     async def one_client(client_no: int):
         work = plan(client_no)
-        async with Reactor(node.endpoint) as client:
+        async with Reactor(auth_node.endpoint, token=CLIENT) as client:
             ids = [new_id(f"cc{client_no}") for _ in work]
             results = await asyncio.gather(*(
                 client.submit(group, element, data, priority=1 + n % 10, timeout_ms=TIMEOUT_MS, packet_id=pid)
@@ -266,9 +283,9 @@ def test_concurrent_forwarded_and_local_submits_each_get_their_own_answer(node, 
     assert not wrong, f"{len(wrong)} wrong answers, first: {wrong[:3]}\n{ts_peer.describe()}"
 
 
-def test_forwarded_packet_past_its_deadline_is_pf504(node, ts_peer):
+def test_forwarded_packet_past_its_deadline_is_pf504(auth_node, ts_peer):
     async def go():
-        async with Reactor(node.endpoint) as client:
+        async with Reactor(auth_node.endpoint, token=CLIENT) as client:
             pid = new_id("slow")
             start = time.monotonic()
             result = await client.submit("df", "ts_slow", 3000, timeout_ms=500, packet_id=pid)
@@ -285,10 +302,10 @@ def test_forwarded_packet_past_its_deadline_is_pf504(node, ts_peer):
 
 
 def test_ts_reactor_killed_mid_packet_gives_pf003_not_a_timeout(bare_node, node_bin):
-    peer = start_peer(node_bin, bare_node.endpoint)
+    peer = start_peer(node_bin, peer_url(bare_node.endpoint))
     try:
         async def go():
-            async with Reactor(bare_node.endpoint) as client:
+            async with Reactor(bare_node.endpoint, token=CLIENT) as client:
                 pid = new_id("killed")
                 task = asyncio.ensure_future(
                     client.submit("df", "ts_slow", 10_000, timeout_ms=20_000, packet_id=pid))
@@ -331,5 +348,5 @@ def test_ts_reactor_stop_closes_the_link_cleanly(node, node_bin):
 def test_spec_usage_example_handler_on_the_ts_reactor(bare_node, node_bin):
     """The spec's usage example against a node without df:transform: only the TS reactor that
     submits the packet has the handler, so the node must route it back to that reactor."""
-    checks, proc, output = _run_driver(node_bin, bare_node.endpoint, "--usage")
+    checks, proc, output = _run_driver(node_bin, peer_url(bare_node.endpoint), "--usage")
     assert_checks(USAGE_CHECKS, checks, proc, output)
