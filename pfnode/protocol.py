@@ -27,6 +27,7 @@ _ELEMENT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 # put it first, Elixir peers (sorted map keys) put it after the payload.
 _SEQ_RE = re.compile(rb'"seq"\s*:\s*(\d{1,16})')
 _SEQ_SCAN_BYTES = 256
+_INT64_MIN, _UINT64_MAX = -2**63, 2**64 - 1  # the integers orjson reads and writes as integers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,31 +222,32 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
     return Message(mtype, seq, payload if payload is not None else {})
 
 
-def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Decoded | None:
-    """The submit and result fast path of `decode`; None for anything else (a heartbeat,
-    a frame that is not well-formed, a payload that is not an object), which the general
-    path handles and explains."""
+def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Message | None:
+    """The submit and result fast path of `decode`: the Message when the frame is a valid
+    submit or result, else None, and the general path decides and explains (so that the
+    answer never depends on `raw_data`). None for anything else too: a heartbeat, a frame
+    that is not well-formed or nests deeper than msgspec recurses, a payload that is not
+    an object."""
     try:
         wire = _LAZY_DECODER.decode(frame)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return None
     seq, p = wire.seq, wire.payload
     if p is None or type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         return None
-    if isinstance(wire, _ResultWire):
-        fields = {"packet_id": p.packet_id, "status": p.status, "data": p.data, "error": p.error,
-                  "duration_ms": p.duration_ms}
-        try:
-            return Message("result", seq, parse_result(fields))
-        except _Invalid as exc:
-            return _reject(seq, exc.code, exc.message)
-    fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
-              "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
-              "dependencies": p.dependencies, "metadata": p.metadata}
     try:
+        if isinstance(wire, _ResultWire):
+            fields = {"packet_id": p.packet_id, "status": p.status, "data": p.data, "error": p.error,
+                      "duration_ms": p.duration_ms}
+            return Message("result", seq, parse_result(fields))
+        fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
+                  "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
+                  "dependencies": p.dependencies, "metadata": p.metadata}
         return Message("submit", seq, parse_packet(fields, max_timeout_ms=max_timeout_ms))
-    except _Invalid as exc:
-        return _reject(seq, exc.code, exc.message, p.id if isinstance(p.id, str) else None)
+    except _Invalid:
+        # msgspec reads integers beyond 64 bits exactly, orjson as floats: the general path
+        # gives the answer decoding without raw_data gives
+        return None
 
 
 def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
@@ -358,9 +360,19 @@ def _json_type(value: Any) -> str:
 
 
 def _show(value: Any, limit: int = 60) -> str:
+    """A field's value for an error message: short, and never an exception, whatever the
+    value (a container too deep for orjson to write, an integer beyond 64 bits)."""
     if value is None:
         return "null (or missing)"
-    text = orjson.dumps(value, default=repr).decode() if not isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        text = repr(value[:limit + 1])
+    elif type(value) is int and not _INT64_MIN <= value <= _UINT64_MAX:
+        text = f"an integer of {value.bit_length()} bits"
+    else:
+        try:
+            text = orjson.dumps(value, default=repr).decode()
+        except TypeError:  # nested deeper than orjson writes, or holding a too large integer
+            text = f"an {_json_type(value)}" if _json_type(value) in ("array", "object") else repr(value)[:limit]
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -5,6 +5,7 @@ Plain synchronous tests: strings and bytes in, Message / Rejected out.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import orjson
@@ -883,3 +884,103 @@ def test_raw_data_decoding_rejects_bad_results_exactly_like_full_decoding(payloa
     lazy, full = decode(text, raw_data=True), decode(text)
     assert isinstance(lazy, Rejected)
     assert (lazy.seq, lazy.code, lazy.message) == (full.seq, full.code, full.message)
+
+
+# ============================================================================ regressions: decode raised
+
+ISSUE_REPRO = (b'{"type":"submit","seq":1,"payload":{"version":"1.0","id":"a","group":"df",'
+               b'"element":"noop","priority":100000000000000000000000000000}}')
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def nested_json(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+def submit_with_raw_field(field: str, value_json: bytes, seq: int = 1) -> bytes:
+    """A valid df:noop submit whose `field` is replaced by the given JSON text."""
+    fields = {"version": b'"1.0"', "id": b'"a"', "group": b'"df"', "element": b'"noop"', "priority": b"5"}
+    fields[field] = value_json
+    body = b",".join(b'"%s":%s' % (k.encode(), v) for k, v in fields.items())
+    return b'{"type":"submit","seq":%d,"payload":{%s}}' % (seq, body)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_issue_repro_priority_beyond_64_bits_is_pf002(raw_data):
+    """It raised TypeError (orjson cannot write the integer msgspec read) in _show."""
+    rejected = decode(ISSUE_REPRO, raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF002", 1)
+    assert "priority" in payload["message"]
+    assert rejected.packet_id == "a"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("field", ["version", "id", "group", "element", "priority"])
+@pytest.mark.parametrize("number", [b"100000000000000000000000000000", b"-100000000000000000000000000000",
+                                    b"18446744073709551616", b"-9223372036854775809"])
+def test_integer_beyond_64_bits_in_a_packet_field_is_pf002(raw_data, field, number):
+    rejected = decode(submit_with_raw_field(field, number, seq=3), raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF002", 3)
+    assert field in payload["message"]
+    assert rejected == decode(submit_with_raw_field(field, number, seq=3), raw_data=not raw_data)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("field", ["version", "id", "group", "element", "priority"])
+def test_integer_beyond_the_double_range_is_pf400_not_json(raw_data, field):
+    """orjson refuses a number it would read as infinity; msgspec reads it as an int:
+    the answer must not depend on the path."""
+    rejected = decode(submit_with_raw_field(field, b"1" + b"0" * 400, seq=3), raw_data=raw_data)
+    assert_error_reply(rejected, "PF400", 0)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("depth", [300, 600, 1000])
+@pytest.mark.parametrize("field", ["version", "id", "group", "element", "priority"])
+def test_deep_array_in_a_packet_field_is_pf002(raw_data, depth, field):
+    """It raised TypeError (orjson writes at most 254 levels) in _show."""
+    rejected = decode(submit_with_raw_field(field, nested_json(depth), seq=4), raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF002", 4)
+    assert field in payload["message"]
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("depth", [300, 600])
+def test_deep_array_as_seq_is_pf400_seq_0(raw_data, depth):
+    raw = b'{"type":"submit","seq":' + nested_json(depth) + b',"payload":{}}'
+    payload = assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 0)
+    assert "seq" in payload["message"]
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("field", ["data", "id", "seq", "metadata"])
+def test_10000_deep_nesting_is_pf400(raw_data, field):
+    """msgspec raised RecursionError (not a MsgspecError) on the raw_data path."""
+    deep = nested_json(10_000)
+    if field == "seq":
+        raw = b'{"type":"submit","seq":' + deep + b',"payload":{}}'
+    else:
+        raw = submit_with_raw_field(field, deep, seq=6)
+    rejected = decode(raw, raw_data=raw_data)
+    assert isinstance(rejected, Rejected) and rejected.code == "PF400"
+    assert orjson.loads(rejected.reply)["type"] == "error"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_result_packet_id_beyond_64_bits_is_pf400(raw_data):
+    raw = b'{"type":"result","seq":2,"payload":{"packet_id":100000000000000000000000000000,"status":"success"}}'
+    assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 2)
+
+
+@pytest.mark.parametrize("value", [10**29, -10**29, 2**64, 10**4000, nested(300), nested(1000),
+                                   [10**29], {"k": nested(400)}, "x" * 10_000, 1.5, True, None])
+def test_show_never_raises_and_stays_short(value):
+    from pfnode.protocol import _show
+
+    text = _show(value)
+    assert isinstance(text, str) and 0 < len(text) <= 63
