@@ -96,13 +96,18 @@ class Message:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rejected:
-    """A frame the node could not accept, with the error frame to answer it."""
+    """A frame the node could not accept, with the error frame to answer it. `type` and
+    `packet_id` say, when they could be read, what the frame was (its `type`, one of
+    MESSAGE_TYPES) and which packet it was about (a submit's `id`, a result's or an error's
+    `packet_id`): enough to route it, e.g. to fail a forwarded packet whose reactor sent a
+    result frame that cannot be read."""
 
     seq: int
     code: str
     message: str
     reply: bytes
     packet_id: str | None = None
+    type: str | None = None
 
 
 Decoded = Union[Message, Rejected]
@@ -186,6 +191,17 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
         if len(raw) > max_frame_bytes:
             return _reject(_seq_from_oversized(raw), ErrorCode.TOO_LARGE,
                            f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes")
+    # One rule for invalid UTF-8 whatever the transport hands over (bytes from picows, a str
+    # with lone surrogates from a caller): msgspec would let it through in data it skips.
+    try:
+        ascii_only = frame.isascii()
+    except AttributeError:  # a memoryview: the rules below read bytes
+        frame = bytes(frame)
+        ascii_only = frame.isascii()
+    if not ascii_only:
+        problem = _utf8_problem(frame)
+        if problem is not None:
+            return _reject_undecodable(frame, f"frame is not valid UTF-8: {problem}")
     if raw_data:
         lazy = _decode_lazily(frame, max_timeout_ms)
         if lazy is not None:
@@ -194,32 +210,75 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
         return _reject(0, ErrorCode.MALFORMED_FRAME, f"frame is not valid JSON: {exc}")
+    return _decode_object(obj, max_timeout_ms)
+
+
+def _decode_object(obj: Any, max_timeout_ms: int | None) -> Decoded:
+    """The general path: a parsed frame checked field by field."""
     if not isinstance(obj, dict):
         return _reject(0, ErrorCode.MALFORMED_FRAME,
                        f"frame must be a JSON object, got {_json_type(obj)}")
-    seq = obj.get("seq")
+    mtype, seq, payload = obj.get("type"), obj.get("seq"), obj.get("payload")
+    known = mtype if isinstance(mtype, str) and mtype in MESSAGE_TYPES else None
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         return _reject(0, ErrorCode.MALFORMED_FRAME,
-                       f"seq must be an integer 0..{MAX_SEQ}, got {_show(seq)}")
-    mtype = obj.get("type")
-    if not isinstance(mtype, str) or mtype not in MESSAGE_TYPES:
+                       f"seq must be an integer 0..{MAX_SEQ}, got {_show(seq)}",
+                       known, _packet_id(known, payload))
+    if known is None:
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
                        f"unknown message type {_show(mtype)}; expected one of "
                        + ", ".join(sorted(MESSAGE_TYPES)))
-    payload = obj.get("payload")
     try:
-        if mtype == "submit":
+        if known == "submit":
             return Message("submit", seq, parse_packet(payload, max_timeout_ms=max_timeout_ms))
-        if mtype == "result":
+        if known == "result":
             return Message("result", seq, parse_result(payload))
     except _Invalid as exc:
-        packet_id = payload.get("id") if isinstance(payload, dict) else None
-        return _reject(seq, exc.code, exc.message,
-                       packet_id if isinstance(packet_id, str) else None)
+        return _reject(seq, exc.code, exc.message, known, _packet_id(known, payload))
     if payload is not None and not isinstance(payload, dict):
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
-                       f"{mtype} payload must be an object or null, got {_json_type(payload)}")
-    return Message(mtype, seq, payload if payload is not None else {})
+                       f"{known} payload must be an object or null, got {_json_type(payload)}", known)
+    return Message(known, seq, payload if payload is not None else {})
+
+
+def _packet_id(mtype: str | None, payload: Any) -> str | None:
+    """The packet a frame is about: a submit's `id`, a result's or an error's `packet_id`."""
+    if mtype is None or mtype == "heartbeat" or not isinstance(payload, dict):
+        return None
+    packet_id = payload.get("id" if mtype == "submit" else "packet_id")
+    return packet_id if isinstance(packet_id, str) else None
+
+
+def _utf8_problem(frame: str | bytes) -> str | None:
+    """What makes `frame` not valid UTF-8 (a str: a lone surrogate), or None."""
+    try:
+        frame.encode() if isinstance(frame, str) else frame.decode()
+    except UnicodeError as exc:
+        if isinstance(frame, str):
+            return f"lone surrogate U+{ord(frame[exc.start]):04X} at character {exc.start}"
+        return f"{exc.reason}, byte 0x{frame[exc.start]:02x} at offset {exc.start}"
+    return None
+
+
+def _reject_undecodable(frame: str | bytes, message: str) -> Rejected:
+    """PF400 for a frame that is not valid UTF-8, with its seq, type and packet id when the
+    frame reads as JSON once its invalid bytes are replaced (U+FFFD): so that a result frame
+    that cannot be read still names the packet it answers. An id that held invalid bytes is
+    not the packet's id: none is given."""
+    raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+    try:
+        obj = orjson.loads(raw.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        return _reject(0, ErrorCode.MALFORMED_FRAME, message)
+    mtype, seq = obj.get("type"), obj.get("seq")
+    mtype = mtype if isinstance(mtype, str) and mtype in MESSAGE_TYPES else None
+    packet_id = _packet_id(mtype, obj.get("payload"))
+    if packet_id is not None and "\ufffd" in packet_id:
+        packet_id = None
+    return _reject(seq if type(seq) is int and 0 <= seq <= MAX_SEQ else 0, ErrorCode.MALFORMED_FRAME,
+                   message, mtype, packet_id)
 
 
 def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Message | None:
@@ -341,8 +400,11 @@ def _seq_from_oversized(raw: bytes) -> int:
     return 0
 
 
-def _reject(seq: int, code: ErrorCode, message: str, packet_id: str | None = None) -> Rejected:
-    return Rejected(seq, code.value, message, encode_error(seq, code, message, packet_id), packet_id)
+def _reject(seq: int, code: ErrorCode, message: str, mtype: str | None = None,
+            packet_id: str | None = None) -> Rejected:
+    """The error frame answers a refused submit with the packet's id, when it could be read."""
+    reply = encode_error(seq, code, message, packet_id if mtype == "submit" else None)
+    return Rejected(seq, code.value, message, reply, packet_id, mtype)
 
 
 def _json_type(value: Any) -> str:

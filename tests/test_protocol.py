@@ -473,7 +473,8 @@ def test_oversized_elixir_frame_with_seq_inside_data_echoes_the_frame_seq():
 
 def test_oversized_str_with_lone_surrogate_does_not_raise():
     raw = '{"type":"submit","seq":5,"payload":"\ud800' + "x" * 200 + '"}'
-    assert_error_reply(decode(raw), "PF400", 0)  # under no limit: handled
+    payload = assert_error_reply(decode(raw), "PF400", 5)  # under no limit: not UTF-8
+    assert payload["message"].startswith("frame is not valid UTF-8")
     result = decode(raw, max_frame_bytes=50)
     assert isinstance(result, Rejected)
     assert result.code == "PF413"
@@ -984,3 +985,103 @@ def test_show_never_raises_and_stays_short(value):
 
     text = _show(value)
     assert isinstance(text, str) and 0 < len(text) <= 63
+
+
+# ============================================================================ invalid UTF-8: one rule
+
+INVALID_UTF8 = {
+    "invalid start byte": b"\xff",
+    "lone continuation byte": b"\x80",
+    "overlong NUL": b"\xc0\x80",
+    "encoded surrogate": b"\xed\xa0\x80",
+    "truncated sequence": b"\xe2\x82",
+    "beyond U+10FFFF": b"\xf4\x90\x80\x80",
+}
+
+
+def _with_bad_bytes(bad: bytes, where: str) -> bytes:
+    pkt = {"version": "1.0", "id": "utf-1", "group": "df", "element": "noop", "data": "@DATA@",
+           "priority": 5, "metadata": {"k": "@META@"}}
+    raw = orjson.dumps({"type": "submit", "seq": 77, "extra": "@EXTRA@", "payload": pkt})
+    raw = raw.replace(b'"@EXTRA@"', b'{"@KEY@":"@EXTRA@"}')
+    marker = {"data": b"@DATA@", "metadata": b"@META@", "unknown field": b"@EXTRA@",
+              "key": b"@KEY@", "id": b"utf-1"}[where]
+    return raw.replace(marker, b"a" + bad + b"z")
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("where", ["data", "metadata", "unknown field", "key", "id"])
+@pytest.mark.parametrize("bad", list(INVALID_UTF8.values()), ids=list(INVALID_UTF8))
+def test_invalid_utf8_anywhere_is_pf400_with_the_frames_seq(raw_data, where, bad):
+    raw = _with_bad_bytes(bad, where)
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode()
+    rejected = decode(raw, raw_data=raw_data, max_frame_bytes=1 << 20)
+    payload = assert_error_reply(rejected, "PF400", 77)
+    assert payload["message"].startswith("frame is not valid UTF-8")
+    assert rejected.type == "submit"
+    if where == "id":  # the id itself is unreadable: none is claimed
+        assert rejected.packet_id is None and "packet_id" not in payload
+    else:
+        assert rejected.packet_id == payload["packet_id"] == "utf-1"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_str_frame_with_a_lone_surrogate_is_pf400_not_utf8(raw_data):
+    raw = orjson.dumps({"type": "submit", "seq": 8, "payload": packet(id="s-1", data="@")}).decode()
+    raw = raw.replace('"@"', '"\udc80"')
+    rejected = decode(raw, raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF400", 8)
+    assert payload["message"] == "frame is not valid UTF-8: lone surrogate U+DC80 at character " + str(raw.index("\udc80"))
+    assert (rejected.type, rejected.packet_id) == ("submit", "s-1")
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_result_with_invalid_utf8_in_its_raw_data_names_its_packet(raw_data):
+    """The lazy path kept data as msgspec.Raw without checking its UTF-8, so the hub would have
+    relayed invalid UTF-8 to the submitter: now the frame is refused, and the Rejected says
+    which forwarded packet the unreadable result was for (the node may answer it PF502)."""
+    raw = (b'{"type":"result","seq":0,"payload":{"packet_id":"fwd-9","status":"success",'
+           b'"data":"caf\xe9","duration_ms":1.5}}')
+    rejected = decode(raw, raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF400", 0)
+    assert payload["message"].startswith("frame is not valid UTF-8: invalid continuation byte, byte 0xe9")
+    assert (rejected.type, rejected.packet_id) == ("result", "fwd-9")
+    assert "packet_id" not in payload  # the reply names a packet only for a refused submit
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_invalid_utf8_outside_strings_is_pf400_seq_0(raw_data):
+    raw = b'{"type":"submit","seq":3,\xff"payload":{}}'
+    rejected = decode(raw, raw_data=raw_data)
+    assert_error_reply(rejected, "PF400", 0)
+    assert rejected.type is None and rejected.packet_id is None
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("as_str", [False, True], ids=["bytes", "str"])
+def test_valid_non_ascii_is_accepted(raw_data, as_str):
+    raw = orjson.dumps({"type": "submit", "seq": 4, "payload": packet(
+        id="ü-✓-😀", data={"é": "日本語 😀", "n": [1, "\u0000"]}, metadata={"ключ": "значение"})})
+    msg = decode(raw.decode() if as_str else raw, raw_data=raw_data)
+    assert isinstance(msg, Message), msg
+    assert msg.payload.id == "ü-✓-😀" and msg.payload.metadata == {"ключ": "значение"}
+    data = orjson.loads(memoryview(msg.payload.data)) if raw_data else msg.payload.data
+    assert data == {"é": "日本語 😀", "n": [1, "\u0000"]}
+
+
+def test_rejected_names_the_type_and_packet_of_the_frame():
+    bad_submit = decode(submit(seq=3, id="p-3", priority=0))
+    assert (bad_submit.type, bad_submit.packet_id) == ("submit", "p-3")
+    bad_seq = decode(frame("submit", -1, packet(id="p-4")))
+    assert (bad_seq.seq, bad_seq.type, bad_seq.packet_id) == (0, "submit", "p-4")
+    assert orjson.loads(bad_seq.reply)["payload"]["packet_id"] == "p-4"
+    bad_result = decode(frame("result", 5, {"packet_id": "r-5", "status": "maybe"}), raw_data=True)
+    assert (bad_result.type, bad_result.packet_id) == ("result", "r-5")
+    assert "packet_id" not in orjson.loads(bad_result.reply)["payload"]
+    bad_error = decode(frame("error", 6, ["PF500"]))
+    assert (bad_error.type, bad_error.packet_id) == ("error", None)
+    unknown = decode(frame("ping", 7, {"id": "x"}))
+    assert (unknown.type, unknown.packet_id) == (None, None)
+    not_json = decode(b"{")
+    assert (not_json.type, not_json.packet_id) == (None, None)
