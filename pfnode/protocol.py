@@ -23,10 +23,20 @@ MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript peer can hold exactly
 MAX_ID_CHARS = 256
 MAX_DEPENDENCIES = 1024
 _ELEMENT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-# Where an oversized frame's seq may be found without parsing it: TypeScript peers
-# put it first, Elixir peers (sorted map keys) put it after the payload.
-_SEQ_RE = re.compile(rb'"seq"\s*:\s*(\d{1,16})')
-_SEQ_SCAN_BYTES = 256
+# orjson reads frames nested at most this deep (the frame itself is level 1) ...
+MAX_NESTING = 1024
+_DEPTH_EXCEEDED = "depth limit exceeded"  # ... and says so in its JSONDecodeError
+# The values the node builds as Python objects and hands on (metadata, heartbeat and error
+# payloads) nest at most this deep: orjson writes at most 254 levels, repr() and pickle
+# recurse. (serde_json's default limit.)
+MAX_OBJECT_NESTING = 128
+# Where the seq of a frame too large or too deeply nested to parse may be found: TypeScript
+# peers put it first, Elixir peers (sorted map keys) put it after the payload.
+_SCAN_BYTES = 256
+_TOKEN_RE = re.compile(rb'\s*("(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+)')
+_SEQ_TOKEN_RE = re.compile(rb"0|[1-9][0-9]{0,15}")
+_TAIL_RES = {b'"seq"': re.compile(rb'"seq"\s*:\s*(0|[1-9][0-9]{0,15})(?=\s*[,}])'),
+             b'"type"': re.compile(rb'"type"\s*:\s*("(?:submit|result|error|heartbeat)")(?=\s*[,}])')}
 _INT64_MIN, _UINT64_MAX = -2**63, 2**64 - 1  # the integers orjson reads and writes as integers
 
 
@@ -189,8 +199,9 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
     if max_frame_bytes is not None and (len(frame) * 4 if isinstance(frame, str) else len(frame)) > max_frame_bytes:
         raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
         if len(raw) > max_frame_bytes:
-            return _reject(_seq_from_oversized(raw), ErrorCode.TOO_LARGE,
-                           f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes")
+            seq, mtype = _scan_envelope(raw)
+            return _reject(seq, ErrorCode.TOO_LARGE,
+                           f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes", mtype)
     # One rule for invalid UTF-8 whatever the transport hands over (bytes from picows, a str
     # with lone surrogates from a caller): msgspec would let it through in data it skips.
     try:
@@ -209,11 +220,14 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
     try:
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
+        if _DEPTH_EXCEEDED in str(exc):
+            seq, mtype = _scan_envelope(_utf8(frame))
+            return _reject(seq, ErrorCode.MALFORMED_FRAME, f"frame nests deeper than {MAX_NESTING} levels", mtype)
         return _reject(0, ErrorCode.MALFORMED_FRAME, f"frame is not valid JSON: {exc}")
-    return _decode_object(obj, max_timeout_ms)
+    return _decode_object(obj, max_timeout_ms, raw_data)
 
 
-def _decode_object(obj: Any, max_timeout_ms: int | None) -> Decoded:
+def _decode_object(obj: Any, max_timeout_ms: int | None, raw_data: bool = False) -> Decoded:
     """The general path: a parsed frame checked field by field."""
     if not isinstance(obj, dict):
         return _reject(0, ErrorCode.MALFORMED_FRAME,
@@ -230,15 +244,48 @@ def _decode_object(obj: Any, max_timeout_ms: int | None) -> Decoded:
                        + ", ".join(sorted(MESSAGE_TYPES)))
     try:
         if known == "submit":
-            return Message("submit", seq, parse_packet(payload, max_timeout_ms=max_timeout_ms))
+            packet = parse_packet(payload, max_timeout_ms=max_timeout_ms)
+            if raw_data:
+                packet = dataclasses.replace(packet, data=_as_raw(packet.data, ErrorCode.INVALID_PACKET))
+            return Message("submit", seq, packet)
         if known == "result":
-            return Message("result", seq, parse_result(payload))
+            result = parse_result(payload)
+            if raw_data and result.ok:
+                result = dataclasses.replace(result, data=_as_raw(result.data, ErrorCode.MALFORMED_FRAME))
+            return Message("result", seq, result)
     except _Invalid as exc:
         return _reject(seq, exc.code, exc.message, known, _packet_id(known, payload))
     if payload is not None and not isinstance(payload, dict):
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
                        f"{known} payload must be an object or null, got {_json_type(payload)}", known)
+    if payload is not None and _nests_deeper(payload, MAX_OBJECT_NESTING):
+        return _reject(seq, ErrorCode.MALFORMED_FRAME,
+                       f"{known} payload nests deeper than {MAX_OBJECT_NESTING} levels", known,
+                       _packet_id(known, payload))
     return Message(known, seq, payload if payload is not None else {})
+
+
+def _as_raw(data: Any, code: ErrorCode) -> RawJSON:
+    """`data` as raw_data promises it, for a frame the lazy path left to the general one (it
+    nests deeper than msgspec recurses, or repeats its type key)."""
+    try:
+        return RawJSON(orjson.dumps(data))
+    except orjson.JSONEncodeError:
+        raise _Invalid(code, "data nests too deep for this node to pass on "
+                             "(more than 254 levels; see docs/PROTOCOL.md)") from None
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Whether containers nest more than `levels` deep in the JSON object or array `value`
+    (itself level 1). Recurses at most `levels` times."""
+    for child in (value.values() if type(value) is dict else value):
+        if (type(child) is dict or type(child) is list) and (levels <= 1 or _nests_deeper(child, levels - 1)):
+            return True
+    return False
+
+
+def _utf8(frame: str | bytes) -> bytes:
+    return frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
 
 
 def _packet_id(mtype: str | None, payload: Any) -> str | None:
@@ -265,10 +312,13 @@ def _reject_undecodable(frame: str | bytes, message: str) -> Rejected:
     frame reads as JSON once its invalid bytes are replaced (U+FFFD): so that a result frame
     that cannot be read still names the packet it answers. An id that held invalid bytes is
     not the packet's id: none is given."""
-    raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+    raw = _utf8(frame)
     try:
         obj = orjson.loads(raw.decode("utf-8", "replace"))
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if _DEPTH_EXCEEDED in str(exc):
+            seq, mtype = _scan_envelope(raw)
+            return _reject(seq, ErrorCode.MALFORMED_FRAME, message, mtype)
         obj = None
     if not isinstance(obj, dict):
         return _reject(0, ErrorCode.MALFORMED_FRAME, message)
@@ -351,9 +401,12 @@ def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
                            f"dependencies must be null or a list of at most {MAX_DEPENDENCIES} packet ids")
         deps = tuple(deps)
     metadata = obj.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise _Invalid(ErrorCode.INVALID_PACKET,
-                       f"metadata must be an object or null, got {_json_type(metadata)}")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise _Invalid(ErrorCode.INVALID_PACKET,
+                           f"metadata must be an object or null, got {_json_type(metadata)}")
+        if metadata and _nests_deeper(metadata, MAX_OBJECT_NESTING):
+            raise _Invalid(ErrorCode.INVALID_PACKET, f"metadata nests deeper than {MAX_OBJECT_NESTING} levels")
     return Packet(id=pid, group=group, element=element, data=obj.get("data"),
                   priority=priority, timeout_ms=timeout_ms, dependencies=deps, metadata=metadata)
 
@@ -373,7 +426,10 @@ def parse_result(obj: Any) -> Result:
     if status == "error":
         if not isinstance(error, dict) or not isinstance(error.get("code"), str):
             raise _Invalid(ErrorCode.MALFORMED_FRAME, "an error result needs error: {code, message}")
-        error = {"code": error["code"], "message": str(error.get("message", ""))}
+        message = error.get("message")
+        if not isinstance(message, str):  # shown, not repr()'d: it may nest 1000 levels deep
+            message = "" if message is None else _show(message, 200)
+        error = {"code": error["code"], "message": message}
     duration = obj.get("duration_ms")
     if duration is None:
         duration = 0
@@ -383,21 +439,50 @@ def parse_result(obj: Any) -> Result:
                   error=error if status == "error" else None, duration_ms=duration)
 
 
-def _seq_from_oversized(raw: bytes) -> int:
-    """The top-level seq of a frame too large to parse, or 0. Only a match outside the
-    payload counts: before "payload" in the head, or after the payload's end in the tail."""
-    head = raw[:_SEQ_SCAN_BYTES]
-    payload_at = head.find(b'"payload"')
-    match = _SEQ_RE.search(head, 0, payload_at if payload_at >= 0 else len(head))
-    if match is None:
-        tail = raw[-_SEQ_SCAN_BYTES:]
-        candidates = list(_SEQ_RE.finditer(tail))
-        # after the last seq of the tail only `,"type":"..."}` may follow: one closing brace
-        if candidates and tail.count(b"}", candidates[-1].end()) == 1:
-            match = candidates[-1]
-    if match is not None and int(match.group(1)) <= MAX_SEQ:
-        return int(match.group(1))
-    return 0
+def _scan_envelope(raw: bytes) -> tuple[int, str | None]:
+    """The top-level seq (0 when no valid one is found) and type of a frame too large or
+    too deeply nested to parse, read in its first and last _SCAN_BYTES: a key of the
+    frame's own object before the first nested value that runs past the head, or one
+    after the payload's end in the tail. A seq repeated in the frame's middle goes unseen."""
+    head = raw[:_SCAN_BYTES]
+    found = _scan_head(head, complete=len(head) == len(raw))
+    if len(raw) > len(head):
+        tail = raw[-_SCAN_BYTES:]
+        for key, regex in _TAIL_RES.items():
+            candidates = list(regex.finditer(tail))
+            # after a key of the frame's own object only `,"type":"..."}` may follow: one
+            # closing brace; a key nested in the payload is followed by two or more
+            if candidates and tail.count(b"}", candidates[-1].end()) == 1:
+                found[key] = candidates[-1].group(1)  # the later key wins, as in parsing
+    seq = found.get(b'"seq"')
+    mtype = found.get(b'"type"', b"")[1:-1].decode("ascii", "replace")
+    return (int(seq) if seq is not None and int(seq) <= MAX_SEQ else 0,
+            mtype if mtype in MESSAGE_TYPES else None)
+
+
+def _scan_head(head: bytes, complete: bool) -> dict[bytes, bytes]:
+    """The "seq" and "type" values of the frame's own object in `head`, tokenized as far as
+    it goes (`complete`: the whole frame; else a token the head cuts is not read)."""
+    found: dict[bytes, bytes] = {}
+    pos, depth, key, colon = 0, 0, None, False
+    while pos < len(head):
+        match = _TOKEN_RE.match(head, pos)
+        if match is None or (match.end() == len(head) and not complete):
+            break
+        token, pos = match.group(1), match.end()
+        if token in (b"{", b"["):
+            if depth == 0 and token != b"{":
+                break
+            depth += 1
+        elif token in (b"}", b"]"):
+            depth -= 1
+            if depth <= 0:
+                break
+        elif depth == 1 and colon and key in (b'"seq"', b'"type"'):
+            if key == b'"type"' or _SEQ_TOKEN_RE.fullmatch(token):
+                found[key] = token
+        key, colon = (key, True) if token == b":" else (token, False)
+    return found
 
 
 def _reject(seq: int, code: ErrorCode, message: str, mtype: str | None = None,

@@ -1085,3 +1085,139 @@ def test_rejected_names_the_type_and_packet_of_the_frame():
     assert (unknown.type, unknown.packet_id) == (None, None)
     not_json = decode(b"{")
     assert (not_json.type, not_json.packet_id) == (None, None)
+
+
+# ============================================================================ nesting depth
+
+def _deep_submit(depth: int, seq: int = 21, sort_keys: bool = False) -> bytes:
+    """A df:noop submit whose data is an array nested `depth` levels deep."""
+    raw = orjson.dumps({"type": "submit", "seq": seq, "payload": packet(id="deep-1", data="@")},
+                       option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    return raw.replace(b'"@"', nested_json(depth))
+
+
+def test_orjson_depth_limit_is_the_documented_one():
+    """MAX_NESTING and the message protocol.py recognises are orjson's: pinned here."""
+    from pfnode.protocol import MAX_NESTING
+
+    orjson.loads(nested_json(MAX_NESTING - 1))  # nested_json(n) nests n + 0 arrays around 1
+    with pytest.raises(orjson.JSONDecodeError, match="depth limit exceeded"):
+        orjson.loads(nested_json(MAX_NESTING + 1))
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("sort_keys", [False, True], ids=["typescript order", "elixir order"])
+@pytest.mark.parametrize("depth", [1100, 10_000, 100_000])
+def test_frame_nested_too_deep_is_pf400_with_its_seq_and_type(raw_data, sort_keys, depth):
+    raw = _deep_submit(depth, seq=4321, sort_keys=sort_keys)
+    rejected = decode(raw, raw_data=raw_data, max_frame_bytes=1 << 20)
+    payload = assert_error_reply(rejected, "PF400", 4321)
+    assert payload["message"] == "frame nests deeper than 1024 levels"
+    assert rejected.type == "submit"
+
+
+def test_frame_nesting_limit_boundary():
+    """The frame is level 1, its payload 2, the data array 3: data may nest 1022 levels."""
+    assert isinstance(decode(_deep_submit(1022)), Message)
+    assert_error_reply(decode(_deep_submit(1023)), "PF400", 21)
+
+
+@pytest.mark.parametrize("depth", [254, 500, 1000, 1022])
+def test_raw_data_never_returns_data_that_is_not_raw_json(depth):
+    """Past msgspec's recursion the general path reads the frame: its data must still be
+    RawJSON (the front relays and forwards it as such); one deeper than orjson writes is
+    refused instead (PF002), never returned as Python objects."""
+    from pfnode.protocol import RawJSON
+
+    result = decode(_deep_submit(depth), raw_data=True)
+    if isinstance(result, Message):
+        assert type(result.payload.data) is RawJSON
+        assert orjson.loads(memoryview(result.payload.data)) == nested(depth)
+    else:
+        payload = assert_error_reply(result, "PF002", 21)
+        assert "data nests too deep" in payload["message"] and depth > 254
+
+
+def test_raw_data_with_a_repeated_type_key_still_returns_raw_json():
+    """msgspec refuses a repeated tag, orjson keeps the last: the general path accepts it."""
+    from pfnode.protocol import RawJSON
+
+    raw = (b'{"type":"heartbeat","seq":3,"payload":{"version":"1.0","id":"t","group":"df",'
+           b'"element":"noop","data":{"a":[1,2]}},"type":"submit"}')
+    msg = decode(raw, raw_data=True)
+    assert isinstance(msg, Message) and msg.type == "submit"
+    assert type(msg.payload.data) is RawJSON and orjson.loads(memoryview(msg.payload.data)) == {"a": [1, 2]}
+    result = (b'{"type":"error","seq":3,"payload":{"packet_id":"r","status":"success",'
+              b'"data":[1],"duration_ms":1},"type":"result"}')
+    msg = decode(result, raw_data=True)
+    assert type(msg.payload.data) is RawJSON and bytes(msg.payload.data) == b"[1]"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_metadata_nests_at_most_128_levels(raw_data):
+    from pfnode.protocol import MAX_OBJECT_NESTING
+
+    ok = decode(submit(metadata={"a": nested(MAX_OBJECT_NESTING - 2, {})}), raw_data=raw_data)
+    assert isinstance(ok, Message), ok
+    deep = decode(submit(seq=9, id="m-1", metadata={"a": nested(MAX_OBJECT_NESTING - 1, {})}), raw_data=raw_data)
+    payload = assert_error_reply(deep, "PF002", 9)
+    assert payload["message"] == "metadata nests deeper than 128 levels"
+    assert payload["packet_id"] == "m-1"
+
+
+@pytest.mark.parametrize("mtype", ["heartbeat", "error"])
+def test_heartbeat_and_error_payloads_nest_at_most_128_levels(mtype):
+    ok = decode(frame(mtype, 12, {"x": nested(126, {})}))
+    assert isinstance(ok, Message)
+    deep = decode(frame(mtype, 12, {"x": nested(127, {}), "packet_id": "e-1"}))
+    payload = assert_error_reply(deep, "PF400", 12)
+    assert payload["message"] == f"{mtype} payload nests deeper than 128 levels"
+    assert deep.type == mtype and deep.packet_id == ("e-1" if mtype == "error" else None)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("message, shown", [
+    (None, ""), (5, "5"), (True, "true"), ({"a": 1}, '{"a":1}'), ([1e300], "[1e+300]"),
+])
+def test_error_result_message_that_is_not_a_string_is_shown_as_json(raw_data, message, shown):
+    res = decode(frame("result", 1, {"packet_id": "p", "status": "error",
+                                     "error": {"code": "PF500", "message": message}}), raw_data=raw_data)
+    assert res.payload.error == {"code": "PF500", "message": shown}
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_error_result_message_nested_1000_levels_does_not_raise(raw_data):
+    """str() of it raised RecursionError (repr recurses) in parse_result."""
+    raw = (b'{"type":"result","seq":1,"payload":{"packet_id":"a","status":"error","error":'
+           b'{"code":"PF500","message":' + nested_json(1015) + b'}}}')
+    res = decode(raw, raw_data=raw_data)
+    assert isinstance(res, Message)
+    assert res.payload.error["code"] == "PF500" and len(res.payload.error["message"]) <= 203
+
+
+# ============================================================================ seq of an unparsed frame
+
+def test_oversized_seq_of_a_nested_object_in_the_head_is_not_taken():
+    """The head scan took the first "seq" before "payload", even one nested in another key."""
+    raw = b'{"type":"submit","meta":{"seq":5},"seq":7,"payload":"' + b"x" * 2000 + b'"}'
+    assert_error_reply(decode(raw, max_frame_bytes=100), "PF413", 7)
+
+
+@pytest.mark.parametrize("seq_text", [b"12345678901234567", b"5.5", b"5e3", b"-5", b"05"])
+@pytest.mark.parametrize("where", ["head", "tail"])
+def test_oversized_seq_that_is_not_a_valid_integer_is_not_cut_to_one(seq_text, where):
+    """The scan matched the first 16 digits of a longer number, or the 5 of 5.5."""
+    filler = b'"' + b"x" * 2000 + b'"'
+    if where == "head":
+        raw = b'{"type":"submit","seq":' + seq_text + b',"payload":' + filler + b"}"
+    else:
+        raw = b'{"payload":' + filler + b',"seq":' + seq_text + b',"type":"submit"}'
+    rejected = decode(raw, max_frame_bytes=100)
+    assert_error_reply(rejected, "PF413", 0)
+    assert rejected.type == "submit"
+
+
+def test_oversized_repeated_seq_takes_the_last_as_parsing_does():
+    raw = b'{"type":"submit","seq":1,"payload":"' + b"x" * 2000 + b'","seq":2}'
+    assert orjson.loads(raw)["seq"] == 2
+    assert_error_reply(decode(raw, max_frame_bytes=100), "PF413", 2)
