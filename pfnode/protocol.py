@@ -22,6 +22,9 @@ MESSAGE_TYPES = frozenset({"submit", "result", "error", "heartbeat"})
 MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript peer can hold exactly
 MAX_ID_CHARS = 256
 MAX_DEPENDENCIES = 1024
+# A timeout is a safe integer whatever --max-timeout-ms says: the node writes it on (the time
+# left of a forwarded packet) and peers read it.
+MAX_TIMEOUT_MS = MAX_SEQ
 _ELEMENT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 # orjson reads frames nested at most this deep (the frame itself is level 1) ...
 MAX_NESTING = 1024
@@ -139,6 +142,9 @@ def ndarray_opted_in(metadata: Any) -> bool:
 RawJSON = msgspec.Raw
 
 
+_ABSENT = msgspec.Raw()  # a field the frame does not have (present, it holds at least "null")
+
+
 class _PacketWire(msgspec.Struct):
     """The packet fields the front routes on; `data` stays raw JSON (validated, not built)."""
 
@@ -150,7 +156,9 @@ class _PacketWire(msgspec.Struct):
     priority: Any = None
     timeout_ms: Any = None
     dependencies: Any = None
-    metadata: Any = None
+    # read by orjson, as without raw_data: msgspec reads integers beyond 64 bits exactly, and
+    # orjson could not write such metadata on to a worker or reactor
+    metadata: msgspec.Raw = _ABSENT
 
 
 class _SubmitWire(msgspec.Struct, tag_field="type", tag="submit"):
@@ -165,7 +173,7 @@ class _ResultPayloadWire(msgspec.Struct):
     packet_id: Any = None
     status: Any = None
     data: msgspec.Raw = msgspec.Raw(b"null")
-    error: Any = None
+    error: msgspec.Raw = _ABSENT  # read by orjson, as metadata
     duration_ms: Any = None
 
 
@@ -346,16 +354,18 @@ def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Message | 
         return None
     try:
         if isinstance(wire, _ResultWire):
-            fields = {"packet_id": p.packet_id, "status": p.status, "data": p.data, "error": p.error,
+            fields = {"packet_id": p.packet_id, "status": p.status, "data": p.data,
+                      "error": orjson.loads(memoryview(p.error)) if len(p.error) else None,
                       "duration_ms": p.duration_ms}
             return Message("result", seq, parse_result(fields))
         fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
                   "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
-                  "dependencies": p.dependencies, "metadata": p.metadata}
+                  "dependencies": p.dependencies,
+                  "metadata": orjson.loads(memoryview(p.metadata)) if len(p.metadata) else None}
         return Message("submit", seq, parse_packet(fields, max_timeout_ms=max_timeout_ms))
-    except _Invalid:
-        # msgspec reads integers beyond 64 bits exactly, orjson as floats: the general path
-        # gives the answer decoding without raw_data gives
+    except (_Invalid, orjson.JSONDecodeError):
+        # msgspec reads integers beyond 64 bits exactly, orjson as floats (or refuses them as
+        # infinity): the general path gives the answer decoding without raw_data gives
         return None
 
 
@@ -383,16 +393,17 @@ def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
         priority = 5
     if type(priority) is not int or not 1 <= priority <= 10:
         raise _Invalid(ErrorCode.INVALID_PACKET, f"priority must be an integer 1..10, got {_show(priority)}")
-    timeout_ms = obj.get("timeout_ms")
+    given = timeout_ms = obj.get("timeout_ms")
     if timeout_ms is not None:
         if isinstance(timeout_ms, float) and timeout_ms.is_integer():
             timeout_ms = int(timeout_ms)
         if type(timeout_ms) is not int or timeout_ms <= 0:
             raise _Invalid(ErrorCode.INVALID_PACKET,
                            f"timeout_ms must be a positive integer or null, got {_show(timeout_ms)}")
-        if max_timeout_ms is not None and timeout_ms > max_timeout_ms:
+        limit = MAX_TIMEOUT_MS if max_timeout_ms is None else min(max_timeout_ms, MAX_TIMEOUT_MS)
+        if timeout_ms > limit:
             raise _Invalid(ErrorCode.INVALID_PACKET,
-                           f"timeout_ms {timeout_ms} exceeds this node's maximum of {max_timeout_ms}")
+                           f"timeout_ms {_show(given)} exceeds this node's maximum of {limit}")
     deps = obj.get("dependencies")
     if deps is not None:
         if not isinstance(deps, list) or len(deps) > MAX_DEPENDENCIES or not all(
@@ -435,6 +446,11 @@ def parse_result(obj: Any) -> Result:
         duration = 0
     if isinstance(duration, bool) or not isinstance(duration, (int, float)):
         raise _Invalid(ErrorCode.MALFORMED_FRAME, f"result duration_ms must be a number, got {_show(duration)}")
+    if type(duration) is int and not _INT64_MIN <= duration <= _UINT64_MAX:
+        try:  # read as orjson reads it (the node writes it on in the relayed result)
+            duration = float(duration)
+        except OverflowError:  # orjson refuses the frame: not JSON
+            raise _Invalid(ErrorCode.MALFORMED_FRAME, "result duration_ms is out of range") from None
     return Result(packet_id=pid, status=status, data=obj.get("data"),
                   error=error if status == "error" else None, duration_ms=duration)
 

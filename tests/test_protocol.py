@@ -1221,3 +1221,73 @@ def test_oversized_repeated_seq_takes_the_last_as_parsing_does():
     raw = b'{"type":"submit","seq":1,"payload":"' + b"x" * 2000 + b'","seq":2}'
     assert orjson.loads(raw)["seq"] == 2
     assert_error_reply(decode(raw, max_frame_bytes=100), "PF413", 2)
+
+
+# ============================================================================ integers beyond 64 bits
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("max_timeout_ms", [None, 86_400_000])
+@pytest.mark.parametrize("timeout", [b"100000000000000000000000000000", b"9007199254740992", b"1e300", b"1e16"])
+def test_timeout_ms_beyond_a_safe_integer_is_pf002(raw_data, max_timeout_ms, timeout):
+    """Without a node maximum it was accepted, and the node could not write it on (forwarded
+    packets carry their time left): orjson raises on integers beyond 64 bits."""
+    rejected = decode(submit_with_raw_field("timeout_ms", timeout, seq=5), raw_data=raw_data,
+                      max_timeout_ms=max_timeout_ms)
+    payload = assert_error_reply(rejected, "PF002", 5)
+    assert "timeout_ms" in payload["message"] and "maximum" in payload["message"]
+
+
+def test_timeout_ms_of_the_largest_safe_integer_is_accepted_without_a_node_maximum():
+    from pfnode.protocol import MAX_TIMEOUT_MS, encode_submit
+
+    msg = decode(submit(timeout_ms=MAX_TIMEOUT_MS))
+    assert msg.payload.timeout_ms == MAX_TIMEOUT_MS
+    encode_submit(1, msg.payload)  # the node can write it on
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("number", [b"100000000000000000000000000000", b"-100000000000000000000000000000",
+                                    b"18446744073709551616"])
+def test_integer_beyond_64_bits_in_metadata_is_read_as_without_raw_data(raw_data, number):
+    """msgspec read it exactly on the raw_data path, and the hub could not forward the packet."""
+    from pfnode.protocol import encode_submit_raw
+
+    raw = submit_with_raw_field("priority", b'5,"metadata":{"n":' + number + b',"k":[' + number + b"]}")
+    msg = decode(raw, raw_data=raw_data)
+    assert isinstance(msg, Message), msg
+    assert msg.payload.metadata == {"n": float(number), "k": [float(number)]}
+    assert msg.payload.metadata == decode(raw, raw_data=not raw_data).payload.metadata
+    encode_submit_raw(1, msg.payload, 1000)  # what the hub sends a reactor
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_number_beyond_the_double_range_in_metadata_is_pf400_not_json(raw_data):
+    raw = submit_with_raw_field("priority", b'5,"metadata":{"n":1' + b"0" * 400 + b"}")
+    assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 0)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("number", [b"100000000000000000000000000000", b"-18446744073709551617"])
+def test_result_duration_beyond_64_bits_is_read_as_a_float(raw_data, number):
+    """msgspec read it exactly; the hub's relayed result (orjson) then raised TypeError."""
+    raw = (b'{"type":"result","seq":0,"payload":{"packet_id":"p","status":"success","data":1,'
+           b'"duration_ms":' + number + b"}}")
+    msg = decode(raw, raw_data=raw_data)
+    assert msg.payload.duration_ms == float(number) and type(msg.payload.duration_ms) is float
+    relayed = encode_success_raw(3, "p", b"1", msg.payload.duration_ms)
+    assert orjson.loads(relayed)["payload"]["duration_ms"] == float(number)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_result_duration_beyond_the_double_range_is_pf400_not_json(raw_data):
+    raw = (b'{"type":"result","seq":4,"payload":{"packet_id":"p","status":"success",'
+           b'"duration_ms":1' + b"0" * 400 + b"}}")
+    assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 0)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_error_result_read_by_orjson_on_both_paths(raw_data):
+    raw = (b'{"type":"result","seq":1,"payload":{"packet_id":"p","status":"error","error":'
+           b'{"code":"PF500","message":100000000000000000000000000000},"duration_ms":1}}')
+    msg = decode(raw, raw_data=raw_data)
+    assert msg.payload.error == {"code": "PF500", "message": "1e+29"}
