@@ -8,6 +8,7 @@ accept becomes a `Rejected` carrying the `error` frame to send back.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Any, Optional, Union
 
@@ -15,6 +16,8 @@ import msgspec
 import orjson
 
 from .errors import ErrorCode
+
+log = logging.getLogger("pfnode.protocol")
 
 VERSION = "1.0"
 GROUPS = frozenset({"cf", "df", "ed", "co", "mc", "rm"})
@@ -36,6 +39,8 @@ MAX_OBJECT_NESTING = 128
 # Where the seq of a frame too large or too deeply nested to parse may be found: TypeScript
 # peers put it first, Elixir peers (sorted map keys) put it after the payload.
 _SCAN_BYTES = 256
+# The message of the PF500 that answers a frame whose decoding raised (a bug in the checks)
+DECODER_FAILED = "the node failed to read this frame (a bug in the node, logged there)"
 _TOKEN_RE = re.compile(rb'\s*("(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+)')
 _SEQ_TOKEN_RE = re.compile(rb"0|[1-9][0-9]{0,15}")
 _TAIL_RES = {b'"seq"': re.compile(rb'"seq"\s*:\s*(0|[1-9][0-9]{0,15})(?=\s*[,}])'),
@@ -202,7 +207,20 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
     With `raw_data`, a submit's or a result's `data` is returned as `RawJSON` (its JSON
     text, checked for well-formedness in C but never built into Python objects): the
     front's cost then does not grow with the payload; the worker parses a packet's data,
-    and a relayed result's data is passed on as it came."""
+    and a relayed result's data is passed on as it came.
+
+    Never raises, whatever `frame` holds. Should a bug make a check raise all the same, the
+    frame is answered PF500 and the exception logged: the connection, and the packets in
+    flight on it, must not pay for it."""
+    try:
+        return _decode(frame, max_frame_bytes, max_timeout_ms, raw_data)
+    except Exception:
+        log.exception("protocol: decoding a frame raised; it is answered PF500 (a bug: please report)")
+        return _reject(0, ErrorCode.HANDLER_FAILED, DECODER_FAILED)
+
+
+def _decode(frame: str | bytes, max_frame_bytes: int | None, max_timeout_ms: int | None,
+            raw_data: bool) -> Decoded:
     # A str holds at most 4 UTF-8 bytes per character: only a long one needs encoding to measure.
     if max_frame_bytes is not None and (len(frame) * 4 if isinstance(frame, str) else len(frame)) > max_frame_bytes:
         raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame

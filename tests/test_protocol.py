@@ -1291,3 +1291,21 @@ def test_error_result_read_by_orjson_on_both_paths(raw_data):
            b'{"code":"PF500","message":100000000000000000000000000000},"duration_ms":1}}')
     msg = decode(raw, raw_data=raw_data)
     assert msg.payload.error == {"code": "PF500", "message": "1e+29"}
+
+
+# ============================================================================ the last line of defence
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_a_check_that_raises_is_answered_pf500_and_logged(raw_data, monkeypatch, caplog):
+    """Should a bug make a check raise, decode still returns: the front must not close the
+    connection (1011) and lose its in-flight packets over one frame."""
+    import pfnode.protocol as protocol
+
+    def broken(obj, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(protocol, "parse_packet", broken)
+    rejected = decode(submit(seq=8), raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF500", 0)
+    assert payload["message"] == protocol.DECODER_FAILED
+    assert "decoding a frame raised" in caplog.text and "KeyError: 'a bug'" in caplog.text
