@@ -479,7 +479,7 @@ def _scan_envelope(raw: bytes) -> tuple[int, str | None]:
     frame's own object before the first nested value that runs past the head, or one
     after the payload's end in the tail. A seq repeated in the frame's middle goes unseen."""
     head = raw[:_SCAN_BYTES]
-    found = _scan_head(head, complete=len(head) == len(raw))
+    found = _scan_head(head)
     if len(raw) > len(head):
         tail = raw[-_SCAN_BYTES:]
         for key, regex in _TAIL_RES.items():
@@ -494,16 +494,19 @@ def _scan_envelope(raw: bytes) -> tuple[int, str | None]:
             mtype if mtype in MESSAGE_TYPES else None)
 
 
-def _scan_head(head: bytes, complete: bool) -> dict[bytes, bytes]:
+def _scan_head(head: bytes) -> dict[bytes, bytes]:
     """The "seq" and "type" values of the frame's own object in `head`, tokenized as far as
-    it goes (`complete`: the whole frame; else a token the head cuts is not read)."""
+    it goes: a value counts once the `,` or `}` after it is read (the head may cut it)."""
     found: dict[bytes, bytes] = {}
-    pos, depth, key, colon = 0, 0, None, False
+    pos, depth, key, colon, pending = 0, 0, None, False, None
     while pos < len(head):
         match = _TOKEN_RE.match(head, pos)
-        if match is None or (match.end() == len(head) and not complete):
+        if match is None:
             break
         token, pos = match.group(1), match.end()
+        if pending is not None and token in (b",", b"}"):
+            found[pending[0]] = pending[1]
+        pending = None
         if token in (b"{", b"["):
             if depth == 0 and token != b"{":
                 break
@@ -514,7 +517,7 @@ def _scan_head(head: bytes, complete: bool) -> dict[bytes, bytes]:
                 break
         elif depth == 1 and colon and key in (b'"seq"', b'"type"'):
             if key == b'"type"' or _SEQ_TOKEN_RE.fullmatch(token):
-                found[key] = token
+                pending = (key, token)
         key, colon = (key, True) if token == b":" else (token, False)
     return found
 

@@ -1309,3 +1309,13 @@ def test_a_check_that_raises_is_answered_pf500_and_logged(raw_data, monkeypatch,
     payload = assert_error_reply(rejected, "PF500", 0)
     assert payload["message"] == protocol.DECODER_FAILED
     assert "decoding a frame raised" in caplog.text and "KeyError: 'a bug'" in caplog.text
+
+
+def test_oversized_seq_cut_by_the_end_of_the_head_is_not_read():
+    """The head scan read the digits before the cut: 123 of 12345."""
+    head = b'{"type":"submit","pad":"' + b"x" * 221 + b'","seq":'
+    raw = head + b"123" + b"45" + b',"payload":"' + b"y" * 2000 + b'"}'
+    assert len(head) + 3 == 256
+    assert_error_reply(decode(raw, max_frame_bytes=100), "PF413", 0)
+    truncated = b'{"type":"submit","seq":12345'
+    assert_error_reply(decode(truncated, max_frame_bytes=10), "PF413", 0)
