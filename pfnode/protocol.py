@@ -161,9 +161,7 @@ class _PacketWire(msgspec.Struct):
     priority: Any = None
     timeout_ms: Any = None
     dependencies: Any = None
-    # read by orjson, as without raw_data: msgspec reads integers beyond 64 bits exactly, and
-    # orjson could not write such metadata on to a worker or reactor
-    metadata: msgspec.Raw = _ABSENT
+    metadata: Any = None
 
 
 class _SubmitWire(msgspec.Struct, tag_field="type", tag="submit"):
@@ -212,45 +210,42 @@ def decode(frame: str | bytes, *, max_frame_bytes: int | None = None,
     Never raises, whatever `frame` holds. Should a bug make a check raise all the same, the
     frame is answered PF500 and the exception logged: the connection, and the packets in
     flight on it, must not pay for it."""
-    try:
-        return _decode(frame, max_frame_bytes, max_timeout_ms, raw_data)
+    try:  # (inline, not a call: this is the front's hot path)
+        # A str holds at most 4 UTF-8 bytes per character: only a long one needs encoding to measure.
+        if max_frame_bytes is not None and \
+                (len(frame) * 4 if isinstance(frame, str) else len(frame)) > max_frame_bytes:
+            raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+            if len(raw) > max_frame_bytes:
+                seq, mtype = _scan_envelope(raw)
+                return _reject(seq, ErrorCode.TOO_LARGE,
+                               f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes", mtype)
+        # One rule for invalid UTF-8 whatever the transport hands over (bytes from picows, a
+        # str with lone surrogates from a caller): msgspec would let it through in data it skips.
+        try:
+            ascii_only = frame.isascii()
+        except AttributeError:  # a memoryview: the rules below read bytes
+            frame = bytes(frame)
+            ascii_only = frame.isascii()
+        if not ascii_only:
+            problem = _utf8_problem(frame)
+            if problem is not None:
+                return _reject_undecodable(frame, f"frame is not valid UTF-8: {problem}")
+        if raw_data:
+            lazy = _decode_lazily(frame, max_timeout_ms)
+            if lazy is not None:
+                return lazy
+        try:
+            obj = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
+            if _DEPTH_EXCEEDED in str(exc):
+                seq, mtype = _scan_envelope(_utf8(frame))
+                return _reject(seq, ErrorCode.MALFORMED_FRAME, f"frame nests deeper than {MAX_NESTING} levels",
+                               mtype)
+            return _reject(0, ErrorCode.MALFORMED_FRAME, f"frame is not valid JSON: {exc}")
+        return _decode_object(obj, max_timeout_ms, raw_data)
     except Exception:
         log.exception("protocol: decoding a frame raised; it is answered PF500 (a bug: please report)")
         return _reject(0, ErrorCode.HANDLER_FAILED, DECODER_FAILED)
-
-
-def _decode(frame: str | bytes, max_frame_bytes: int | None, max_timeout_ms: int | None,
-            raw_data: bool) -> Decoded:
-    # A str holds at most 4 UTF-8 bytes per character: only a long one needs encoding to measure.
-    if max_frame_bytes is not None and (len(frame) * 4 if isinstance(frame, str) else len(frame)) > max_frame_bytes:
-        raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
-        if len(raw) > max_frame_bytes:
-            seq, mtype = _scan_envelope(raw)
-            return _reject(seq, ErrorCode.TOO_LARGE,
-                           f"frame of {len(raw)} bytes exceeds the limit of {max_frame_bytes} bytes", mtype)
-    # One rule for invalid UTF-8 whatever the transport hands over (bytes from picows, a str
-    # with lone surrogates from a caller): msgspec would let it through in data it skips.
-    try:
-        ascii_only = frame.isascii()
-    except AttributeError:  # a memoryview: the rules below read bytes
-        frame = bytes(frame)
-        ascii_only = frame.isascii()
-    if not ascii_only:
-        problem = _utf8_problem(frame)
-        if problem is not None:
-            return _reject_undecodable(frame, f"frame is not valid UTF-8: {problem}")
-    if raw_data:
-        lazy = _decode_lazily(frame, max_timeout_ms)
-        if lazy is not None:
-            return lazy
-    try:
-        obj = orjson.loads(frame)
-    except orjson.JSONDecodeError as exc:
-        if _DEPTH_EXCEEDED in str(exc):
-            seq, mtype = _scan_envelope(_utf8(frame))
-            return _reject(seq, ErrorCode.MALFORMED_FRAME, f"frame nests deeper than {MAX_NESTING} levels", mtype)
-        return _reject(0, ErrorCode.MALFORMED_FRAME, f"frame is not valid JSON: {exc}")
-    return _decode_object(obj, max_timeout_ms, raw_data)
 
 
 def _decode_object(obj: Any, max_timeout_ms: int | None, raw_data: bool = False) -> Decoded:
@@ -284,7 +279,7 @@ def _decode_object(obj: Any, max_timeout_ms: int | None, raw_data: bool = False)
     if payload is not None and not isinstance(payload, dict):
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
                        f"{known} payload must be an object or null, got {_json_type(payload)}", known)
-    if payload is not None and _nests_deeper(payload, MAX_OBJECT_NESTING):
+    if payload is not None and _unpassable(payload) is not None:
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
                        f"{known} payload nests deeper than {MAX_OBJECT_NESTING} levels", known,
                        _packet_id(known, payload))
@@ -301,13 +296,23 @@ def _as_raw(data: Any, code: ErrorCode) -> RawJSON:
                              "(more than 254 levels; see docs/PROTOCOL.md)") from None
 
 
-def _nests_deeper(value: Any, levels: int) -> bool:
-    """Whether containers nest more than `levels` deep in the JSON object or array `value`
-    (itself level 1). Recurses at most `levels` times."""
+def _unpassable(value: Any, levels: int = MAX_OBJECT_NESTING) -> str | None:
+    """Why the JSON object or array `value` (itself level 1) cannot be passed on, or None:
+    containers nested more than `levels` deep, or an integer beyond 64 bits, which orjson
+    cannot write (only msgspec reads one as an integer: orjson, and so the general path,
+    reads a float; the raw_data path then leaves the frame to the general path). Recurses at
+    most `levels` times."""
     for child in (value.values() if type(value) is dict else value):
-        if (type(child) is dict or type(child) is list) and (levels <= 1 or _nests_deeper(child, levels - 1)):
-            return True
-    return False
+        kind = type(child)
+        if kind is dict or kind is list:
+            if levels <= 1:
+                return f"nests deeper than {MAX_OBJECT_NESTING} levels"
+            why = _unpassable(child, levels - 1)
+            if why is not None:
+                return why
+        elif kind is int and not _INT64_MIN <= child <= _UINT64_MAX:
+            return "holds an integer beyond 64 bits"
+    return None
 
 
 def _utf8(frame: str | bytes) -> bytes:
@@ -373,13 +378,13 @@ def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Message | 
     try:
         if isinstance(wire, _ResultWire):
             fields = {"packet_id": p.packet_id, "status": p.status, "data": p.data,
-                      "error": orjson.loads(memoryview(p.error)) if len(p.error) else None,
+                      "error": orjson.loads(bytes(p.error)) if len(p.error) else None,
                       "duration_ms": p.duration_ms}
             return Message("result", seq, parse_result(fields))
         fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
                   "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
                   "dependencies": p.dependencies,
-                  "metadata": orjson.loads(memoryview(p.metadata)) if len(p.metadata) else None}
+                  "metadata": p.metadata}
         return Message("submit", seq, parse_packet(fields, max_timeout_ms=max_timeout_ms))
     except (_Invalid, orjson.JSONDecodeError):
         # msgspec reads integers beyond 64 bits exactly, orjson as floats (or refuses them as
@@ -434,8 +439,9 @@ def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
         if not isinstance(metadata, dict):
             raise _Invalid(ErrorCode.INVALID_PACKET,
                            f"metadata must be an object or null, got {_json_type(metadata)}")
-        if metadata and _nests_deeper(metadata, MAX_OBJECT_NESTING):
-            raise _Invalid(ErrorCode.INVALID_PACKET, f"metadata nests deeper than {MAX_OBJECT_NESTING} levels")
+        why = _unpassable(metadata) if metadata else None
+        if why is not None:
+            raise _Invalid(ErrorCode.INVALID_PACKET, f"metadata {why}")
     return Packet(id=pid, group=group, element=element, data=obj.get("data"),
                   priority=priority, timeout_ms=timeout_ms, dependencies=deps, metadata=metadata)
 

@@ -1032,7 +1032,8 @@ def test_str_frame_with_a_lone_surrogate_is_pf400_not_utf8(raw_data):
     raw = raw.replace('"@"', '"\udc80"')
     rejected = decode(raw, raw_data=raw_data)
     payload = assert_error_reply(rejected, "PF400", 8)
-    assert payload["message"] == "frame is not valid UTF-8: lone surrogate U+DC80 at character " + str(raw.index("\udc80"))
+    where = raw.index("\udc80")
+    assert payload["message"] == f"frame is not valid UTF-8: lone surrogate U+DC80 at character {where}"
     assert (rejected.type, rejected.packet_id) == ("submit", "s-1")
 
 
