@@ -39,13 +39,13 @@ MAX_OBJECT_NESTING = 128
 # Where the seq of a frame too large or too deeply nested to parse may be found: TypeScript
 # peers put it first, Elixir peers (sorted map keys) put it after the payload.
 _SCAN_BYTES = 256
-# The message of the PF500 that answers a frame whose decoding raised (a bug in the checks)
-DECODER_FAILED = "the node failed to read this frame (a bug in the node, logged there)"
 _TOKEN_RE = re.compile(rb'\s*("(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+)')
 _SEQ_TOKEN_RE = re.compile(rb"0|[1-9][0-9]{0,15}")
 _TAIL_RES = {b'"seq"': re.compile(rb'"seq"\s*:\s*(0|[1-9][0-9]{0,15})(?=\s*[,}])'),
              b'"type"': re.compile(rb'"type"\s*:\s*("(?:submit|result|error|heartbeat)")(?=\s*[,}])')}
 _INT64_MIN, _UINT64_MAX = -2**63, 2**64 - 1  # the integers orjson reads and writes as integers
+# The message of the PF500 that answers a frame whose decoding raised (a bug in the checks)
+DECODER_FAILED = "the node failed to read this frame (a bug in the node, logged there)"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -176,7 +176,7 @@ class _ResultPayloadWire(msgspec.Struct):
     packet_id: Any = None
     status: Any = None
     data: msgspec.Raw = msgspec.Raw(b"null")
-    error: msgspec.Raw = _ABSENT  # read by orjson, as metadata
+    error: msgspec.Raw = _ABSENT  # read by orjson, as without raw_data (not msgspec's exact big integers)
     duration_ms: Any = None
 
 
@@ -383,8 +383,7 @@ def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Message | 
             return Message("result", seq, parse_result(fields))
         fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
                   "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
-                  "dependencies": p.dependencies,
-                  "metadata": p.metadata}
+                  "dependencies": p.dependencies, "metadata": p.metadata}
         return Message("submit", seq, parse_packet(fields, max_timeout_ms=max_timeout_ms))
     except (_Invalid, orjson.JSONDecodeError):
         # msgspec reads integers beyond 64 bits exactly, orjson as floats (or refuses them as
@@ -561,8 +560,8 @@ def _show(value: Any, limit: int = 60) -> str:
     else:
         try:
             text = orjson.dumps(value, default=repr).decode()
-        except TypeError:  # nested deeper than orjson writes, or holding a too large integer
-            text = f"an {_json_type(value)}" if _json_type(value) in ("array", "object") else repr(value)[:limit]
+        except TypeError:  # a container nested deeper than orjson writes, or holding a too large integer
+            text = f"an {_json_type(value)}"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
