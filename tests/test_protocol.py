@@ -5,6 +5,7 @@ Plain synchronous tests: strings and bytes in, Message / Rejected out.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import orjson
@@ -472,7 +473,8 @@ def test_oversized_elixir_frame_with_seq_inside_data_echoes_the_frame_seq():
 
 def test_oversized_str_with_lone_surrogate_does_not_raise():
     raw = '{"type":"submit","seq":5,"payload":"\ud800' + "x" * 200 + '"}'
-    assert_error_reply(decode(raw), "PF400", 0)  # under no limit: handled
+    payload = assert_error_reply(decode(raw), "PF400", 5)  # under no limit: not UTF-8
+    assert payload["message"].startswith("frame is not valid UTF-8")
     result = decode(raw, max_frame_bytes=50)
     assert isinstance(result, Rejected)
     assert result.code == "PF413"
@@ -883,3 +885,438 @@ def test_raw_data_decoding_rejects_bad_results_exactly_like_full_decoding(payloa
     lazy, full = decode(text, raw_data=True), decode(text)
     assert isinstance(lazy, Rejected)
     assert (lazy.seq, lazy.code, lazy.message) == (full.seq, full.code, full.message)
+
+
+# ============================================================================ regressions: decode raised
+
+ISSUE_REPRO = (b'{"type":"submit","seq":1,"payload":{"version":"1.0","id":"a","group":"df",'
+               b'"element":"noop","priority":100000000000000000000000000000}}')
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def nested_json(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+def submit_with_raw_field(field: str, value_json: bytes, seq: int = 1) -> bytes:
+    """A valid df:noop submit whose `field` is replaced by the given JSON text."""
+    fields = {"version": b'"1.0"', "id": b'"a"', "group": b'"df"', "element": b'"noop"', "priority": b"5"}
+    fields[field] = value_json
+    body = b",".join(b'"%s":%s' % (k.encode(), v) for k, v in fields.items())
+    return b'{"type":"submit","seq":%d,"payload":{%s}}' % (seq, body)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_issue_repro_priority_beyond_64_bits_is_pf002(raw_data):
+    """It raised TypeError (orjson cannot write the integer msgspec read) in _show."""
+    rejected = decode(ISSUE_REPRO, raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF002", 1)
+    assert "priority" in payload["message"]
+    assert rejected.packet_id == "a"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("field", ["version", "id", "group", "element", "priority"])
+@pytest.mark.parametrize("number", [b"100000000000000000000000000000", b"-100000000000000000000000000000",
+                                    b"18446744073709551616", b"-9223372036854775809"])
+def test_integer_beyond_64_bits_in_a_packet_field_is_pf002(raw_data, field, number):
+    rejected = decode(submit_with_raw_field(field, number, seq=3), raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF002", 3)
+    assert field in payload["message"]
+    assert rejected == decode(submit_with_raw_field(field, number, seq=3), raw_data=not raw_data)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("field", ["version", "id", "group", "element", "priority"])
+def test_integer_beyond_the_double_range_is_pf400_not_json(raw_data, field):
+    """orjson refuses a number it would read as infinity; msgspec reads it as an int:
+    the answer must not depend on the path."""
+    rejected = decode(submit_with_raw_field(field, b"1" + b"0" * 400, seq=3), raw_data=raw_data)
+    assert_error_reply(rejected, "PF400", 0)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("depth", [300, 600, 1000])
+@pytest.mark.parametrize("field", ["version", "id", "group", "element", "priority"])
+def test_deep_array_in_a_packet_field_is_pf002(raw_data, depth, field):
+    """It raised TypeError (orjson writes at most 254 levels) in _show."""
+    rejected = decode(submit_with_raw_field(field, nested_json(depth), seq=4), raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF002", 4)
+    assert field in payload["message"]
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("depth", [300, 600])
+def test_deep_array_as_seq_is_pf400_seq_0(raw_data, depth):
+    raw = b'{"type":"submit","seq":' + nested_json(depth) + b',"payload":{}}'
+    payload = assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 0)
+    assert "seq" in payload["message"]
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("field", ["data", "id", "seq", "metadata"])
+def test_10000_deep_nesting_is_pf400(raw_data, field):
+    """msgspec raised RecursionError (not a MsgspecError) on the raw_data path."""
+    deep = nested_json(10_000)
+    if field == "seq":
+        raw = b'{"type":"submit","seq":' + deep + b',"payload":{}}'
+    else:
+        raw = submit_with_raw_field(field, deep, seq=6)
+    rejected = decode(raw, raw_data=raw_data)
+    assert isinstance(rejected, Rejected) and rejected.code == "PF400"
+    assert orjson.loads(rejected.reply)["type"] == "error"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_result_packet_id_beyond_64_bits_is_pf400(raw_data):
+    raw = b'{"type":"result","seq":2,"payload":{"packet_id":100000000000000000000000000000,"status":"success"}}'
+    assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 2)
+
+
+@pytest.mark.parametrize("value", [10**29, -10**29, 2**64, 10**4000, nested(300), nested(1000),
+                                   [10**29], {"k": nested(400)}, "x" * 10_000, 1.5, True, None])
+def test_show_never_raises_and_stays_short(value):
+    from pfnode.protocol import _show
+
+    text = _show(value)
+    assert isinstance(text, str) and 0 < len(text) <= 63
+
+
+# ============================================================================ invalid UTF-8: one rule
+
+INVALID_UTF8 = {
+    "invalid start byte": b"\xff",
+    "lone continuation byte": b"\x80",
+    "overlong NUL": b"\xc0\x80",
+    "encoded surrogate": b"\xed\xa0\x80",
+    "truncated sequence": b"\xe2\x82",
+    "beyond U+10FFFF": b"\xf4\x90\x80\x80",
+}
+
+
+def _with_bad_bytes(bad: bytes, where: str) -> bytes:
+    pkt = {"version": "1.0", "id": "utf-1", "group": "df", "element": "noop", "data": "@DATA@",
+           "priority": 5, "metadata": {"k": "@META@"}}
+    raw = orjson.dumps({"type": "submit", "seq": 77, "extra": "@EXTRA@", "payload": pkt})
+    raw = raw.replace(b'"@EXTRA@"', b'{"@KEY@":"@EXTRA@"}')
+    marker = {"data": b"@DATA@", "metadata": b"@META@", "unknown field": b"@EXTRA@",
+              "key": b"@KEY@", "id": b"utf-1"}[where]
+    return raw.replace(marker, b"a" + bad + b"z")
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("where", ["data", "metadata", "unknown field", "key", "id"])
+@pytest.mark.parametrize("bad", list(INVALID_UTF8.values()), ids=list(INVALID_UTF8))
+def test_invalid_utf8_anywhere_is_pf400_with_the_frames_seq(raw_data, where, bad):
+    raw = _with_bad_bytes(bad, where)
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode()
+    rejected = decode(raw, raw_data=raw_data, max_frame_bytes=1 << 20)
+    payload = assert_error_reply(rejected, "PF400", 77)
+    assert payload["message"].startswith("frame is not valid UTF-8")
+    assert rejected.type == "submit"
+    if where == "id":  # the id itself is unreadable: none is claimed
+        assert rejected.packet_id is None and "packet_id" not in payload
+    else:
+        assert rejected.packet_id == payload["packet_id"] == "utf-1"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_str_frame_with_a_lone_surrogate_is_pf400_not_utf8(raw_data):
+    raw = orjson.dumps({"type": "submit", "seq": 8, "payload": packet(id="s-1", data="@")}).decode()
+    raw = raw.replace('"@"', '"\udc80"')
+    rejected = decode(raw, raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF400", 8)
+    where = raw.index("\udc80")
+    assert payload["message"] == f"frame is not valid UTF-8: lone surrogate U+DC80 at character {where}"
+    assert (rejected.type, rejected.packet_id) == ("submit", "s-1")
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_result_with_invalid_utf8_in_its_raw_data_names_its_packet(raw_data):
+    """The lazy path kept data as msgspec.Raw without checking its UTF-8, so the hub would have
+    relayed invalid UTF-8 to the submitter: now the frame is refused, and the Rejected says
+    which forwarded packet the unreadable result was for (the node may answer it PF502)."""
+    raw = (b'{"type":"result","seq":0,"payload":{"packet_id":"fwd-9","status":"success",'
+           b'"data":"caf\xe9","duration_ms":1.5}}')
+    rejected = decode(raw, raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF400", 0)
+    assert payload["message"].startswith("frame is not valid UTF-8: invalid continuation byte, byte 0xe9")
+    assert (rejected.type, rejected.packet_id) == ("result", "fwd-9")
+    assert "packet_id" not in payload  # the reply names a packet only for a refused submit
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_invalid_utf8_outside_strings_is_pf400_seq_0(raw_data):
+    raw = b'{"type":"submit","seq":3,\xff"payload":{}}'
+    rejected = decode(raw, raw_data=raw_data)
+    assert_error_reply(rejected, "PF400", 0)
+    assert rejected.type is None and rejected.packet_id is None
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("as_str", [False, True], ids=["bytes", "str"])
+def test_valid_non_ascii_is_accepted(raw_data, as_str):
+    raw = orjson.dumps({"type": "submit", "seq": 4, "payload": packet(
+        id="ü-✓-😀", data={"é": "日本語 😀", "n": [1, "\u0000"]}, metadata={"ключ": "значение"})})
+    msg = decode(raw.decode() if as_str else raw, raw_data=raw_data)
+    assert isinstance(msg, Message), msg
+    assert msg.payload.id == "ü-✓-😀" and msg.payload.metadata == {"ключ": "значение"}
+    data = orjson.loads(memoryview(msg.payload.data)) if raw_data else msg.payload.data
+    assert data == {"é": "日本語 😀", "n": [1, "\u0000"]}
+
+
+def test_rejected_names_the_type_and_packet_of_the_frame():
+    bad_submit = decode(submit(seq=3, id="p-3", priority=0))
+    assert (bad_submit.type, bad_submit.packet_id) == ("submit", "p-3")
+    bad_seq = decode(frame("submit", -1, packet(id="p-4")))
+    assert (bad_seq.seq, bad_seq.type, bad_seq.packet_id) == (0, "submit", "p-4")
+    assert orjson.loads(bad_seq.reply)["payload"]["packet_id"] == "p-4"
+    bad_result = decode(frame("result", 5, {"packet_id": "r-5", "status": "maybe"}), raw_data=True)
+    assert (bad_result.type, bad_result.packet_id) == ("result", "r-5")
+    assert "packet_id" not in orjson.loads(bad_result.reply)["payload"]
+    bad_error = decode(frame("error", 6, ["PF500"]))
+    assert (bad_error.type, bad_error.packet_id) == ("error", None)
+    unknown = decode(frame("ping", 7, {"id": "x"}))
+    assert (unknown.type, unknown.packet_id) == (None, None)
+    not_json = decode(b"{")
+    assert (not_json.type, not_json.packet_id) == (None, None)
+
+
+# ============================================================================ nesting depth
+
+def _deep_submit(depth: int, seq: int = 21, sort_keys: bool = False) -> bytes:
+    """A df:noop submit whose data is an array nested `depth` levels deep."""
+    raw = orjson.dumps({"type": "submit", "seq": seq, "payload": packet(id="deep-1", data="@")},
+                       option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    return raw.replace(b'"@"', nested_json(depth))
+
+
+def test_orjson_depth_limit_is_the_documented_one():
+    """MAX_NESTING and the message protocol.py recognises are orjson's: pinned here."""
+    from pfnode.protocol import MAX_NESTING
+
+    orjson.loads(nested_json(MAX_NESTING - 1))  # nested_json(n) nests n + 0 arrays around 1
+    with pytest.raises(orjson.JSONDecodeError, match="depth limit exceeded"):
+        orjson.loads(nested_json(MAX_NESTING + 1))
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("sort_keys", [False, True], ids=["typescript order", "elixir order"])
+@pytest.mark.parametrize("depth", [1100, 10_000, 100_000])
+def test_frame_nested_too_deep_is_pf400_with_its_seq_and_type(raw_data, sort_keys, depth):
+    raw = _deep_submit(depth, seq=4321, sort_keys=sort_keys)
+    rejected = decode(raw, raw_data=raw_data, max_frame_bytes=1 << 20)
+    payload = assert_error_reply(rejected, "PF400", 4321)
+    assert payload["message"] == "frame nests deeper than 1024 levels"
+    assert rejected.type == "submit"
+
+
+def test_frame_nesting_limit_boundary():
+    """The frame is level 1, its payload 2, the data array 3: data may nest 1022 levels."""
+    assert isinstance(decode(_deep_submit(1022)), Message)
+    assert_error_reply(decode(_deep_submit(1023)), "PF400", 21)
+
+
+@pytest.mark.parametrize("depth", [254, 500, 1000, 1022])
+def test_raw_data_never_returns_data_that_is_not_raw_json(depth):
+    """Past msgspec's recursion the general path reads the frame: its data must still be
+    RawJSON (the front relays and forwards it as such); one deeper than orjson writes is
+    refused instead (PF002), never returned as Python objects."""
+    from pfnode.protocol import RawJSON
+
+    result = decode(_deep_submit(depth), raw_data=True)
+    if isinstance(result, Message):
+        assert type(result.payload.data) is RawJSON
+        assert orjson.loads(memoryview(result.payload.data)) == nested(depth)
+    else:
+        payload = assert_error_reply(result, "PF002", 21)
+        assert "data nests too deep" in payload["message"] and depth > 254
+
+
+def test_raw_data_with_a_repeated_type_key_still_returns_raw_json():
+    """msgspec refuses a repeated tag, orjson keeps the last: the general path accepts it."""
+    from pfnode.protocol import RawJSON
+
+    raw = (b'{"type":"heartbeat","seq":3,"payload":{"version":"1.0","id":"t","group":"df",'
+           b'"element":"noop","data":{"a":[1,2]}},"type":"submit"}')
+    msg = decode(raw, raw_data=True)
+    assert isinstance(msg, Message) and msg.type == "submit"
+    assert type(msg.payload.data) is RawJSON and orjson.loads(memoryview(msg.payload.data)) == {"a": [1, 2]}
+    result = (b'{"type":"error","seq":3,"payload":{"packet_id":"r","status":"success",'
+              b'"data":[1],"duration_ms":1},"type":"result"}')
+    msg = decode(result, raw_data=True)
+    assert type(msg.payload.data) is RawJSON and bytes(msg.payload.data) == b"[1]"
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_metadata_nests_at_most_128_levels(raw_data):
+    from pfnode.protocol import MAX_OBJECT_NESTING
+
+    ok = decode(submit(metadata={"a": nested(MAX_OBJECT_NESTING - 2, {})}), raw_data=raw_data)
+    assert isinstance(ok, Message), ok
+    deep = decode(submit(seq=9, id="m-1", metadata={"a": nested(MAX_OBJECT_NESTING - 1, {})}), raw_data=raw_data)
+    payload = assert_error_reply(deep, "PF002", 9)
+    assert payload["message"] == "metadata nests deeper than 128 levels"
+    assert payload["packet_id"] == "m-1"
+
+
+@pytest.mark.parametrize("mtype", ["heartbeat", "error"])
+def test_heartbeat_and_error_payloads_nest_at_most_128_levels(mtype):
+    ok = decode(frame(mtype, 12, {"x": nested(126, {})}))
+    assert isinstance(ok, Message)
+    deep = decode(frame(mtype, 12, {"x": nested(127, {}), "packet_id": "e-1"}))
+    payload = assert_error_reply(deep, "PF400", 12)
+    assert payload["message"] == f"{mtype} payload nests deeper than 128 levels"
+    assert deep.type == mtype and deep.packet_id == ("e-1" if mtype == "error" else None)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("message, shown", [
+    (None, ""), (5, "5"), (True, "true"), ({"a": 1}, '{"a":1}'), ([1e300], "[1e+300]"),
+])
+def test_error_result_message_that_is_not_a_string_is_shown_as_json(raw_data, message, shown):
+    res = decode(frame("result", 1, {"packet_id": "p", "status": "error",
+                                     "error": {"code": "PF500", "message": message}}), raw_data=raw_data)
+    assert res.payload.error == {"code": "PF500", "message": shown}
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_error_result_message_nested_1000_levels_does_not_raise(raw_data):
+    """str() of it raised RecursionError (repr recurses) in parse_result."""
+    raw = (b'{"type":"result","seq":1,"payload":{"packet_id":"a","status":"error","error":'
+           b'{"code":"PF500","message":' + nested_json(1015) + b'}}}')
+    res = decode(raw, raw_data=raw_data)
+    assert isinstance(res, Message)
+    assert res.payload.error["code"] == "PF500" and len(res.payload.error["message"]) <= 203
+
+
+# ============================================================================ seq of an unparsed frame
+
+def test_oversized_seq_of_a_nested_object_in_the_head_is_not_taken():
+    """The head scan took the first "seq" before "payload", even one nested in another key."""
+    raw = b'{"type":"submit","meta":{"seq":5},"seq":7,"payload":"' + b"x" * 2000 + b'"}'
+    assert_error_reply(decode(raw, max_frame_bytes=100), "PF413", 7)
+
+
+@pytest.mark.parametrize("seq_text", [b"12345678901234567", b"5.5", b"5e3", b"-5", b"05"])
+@pytest.mark.parametrize("where", ["head", "tail"])
+def test_oversized_seq_that_is_not_a_valid_integer_is_not_cut_to_one(seq_text, where):
+    """The scan matched the first 16 digits of a longer number, or the 5 of 5.5."""
+    filler = b'"' + b"x" * 2000 + b'"'
+    if where == "head":
+        raw = b'{"type":"submit","seq":' + seq_text + b',"payload":' + filler + b"}"
+    else:
+        raw = b'{"payload":' + filler + b',"seq":' + seq_text + b',"type":"submit"}'
+    rejected = decode(raw, max_frame_bytes=100)
+    assert_error_reply(rejected, "PF413", 0)
+    assert rejected.type == "submit"
+
+
+def test_oversized_repeated_seq_takes_the_last_as_parsing_does():
+    raw = b'{"type":"submit","seq":1,"payload":"' + b"x" * 2000 + b'","seq":2}'
+    assert orjson.loads(raw)["seq"] == 2
+    assert_error_reply(decode(raw, max_frame_bytes=100), "PF413", 2)
+
+
+# ============================================================================ integers beyond 64 bits
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("max_timeout_ms", [None, 86_400_000])
+@pytest.mark.parametrize("timeout", [b"100000000000000000000000000000", b"9007199254740992", b"1e300", b"1e16"])
+def test_timeout_ms_beyond_a_safe_integer_is_pf002(raw_data, max_timeout_ms, timeout):
+    """Without a node maximum it was accepted, and the node could not write it on (forwarded
+    packets carry their time left): orjson raises on integers beyond 64 bits."""
+    rejected = decode(submit_with_raw_field("timeout_ms", timeout, seq=5), raw_data=raw_data,
+                      max_timeout_ms=max_timeout_ms)
+    payload = assert_error_reply(rejected, "PF002", 5)
+    assert "timeout_ms" in payload["message"] and "maximum" in payload["message"]
+
+
+def test_timeout_ms_of_the_largest_safe_integer_is_accepted_without_a_node_maximum():
+    from pfnode.protocol import MAX_TIMEOUT_MS, encode_submit
+
+    msg = decode(submit(timeout_ms=MAX_TIMEOUT_MS))
+    assert msg.payload.timeout_ms == MAX_TIMEOUT_MS
+    encode_submit(1, msg.payload)  # the node can write it on
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("number", [b"100000000000000000000000000000", b"-100000000000000000000000000000",
+                                    b"18446744073709551616"])
+def test_integer_beyond_64_bits_in_metadata_is_read_as_without_raw_data(raw_data, number):
+    """msgspec read it exactly on the raw_data path, and the hub could not forward the packet."""
+    from pfnode.protocol import encode_submit_raw
+
+    raw = submit_with_raw_field("priority", b'5,"metadata":{"n":' + number + b',"k":[' + number + b"]}")
+    msg = decode(raw, raw_data=raw_data)
+    assert isinstance(msg, Message), msg
+    assert msg.payload.metadata == {"n": float(number), "k": [float(number)]}
+    assert msg.payload.metadata == decode(raw, raw_data=not raw_data).payload.metadata
+    encode_submit_raw(1, msg.payload, 1000)  # what the hub sends a reactor
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_number_beyond_the_double_range_in_metadata_is_pf400_not_json(raw_data):
+    raw = submit_with_raw_field("priority", b'5,"metadata":{"n":1' + b"0" * 400 + b"}")
+    assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 0)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+@pytest.mark.parametrize("number", [b"100000000000000000000000000000", b"-18446744073709551617"])
+def test_result_duration_beyond_64_bits_is_read_as_a_float(raw_data, number):
+    """msgspec read it exactly; the hub's relayed result (orjson) then raised TypeError."""
+    raw = (b'{"type":"result","seq":0,"payload":{"packet_id":"p","status":"success","data":1,'
+           b'"duration_ms":' + number + b"}}")
+    msg = decode(raw, raw_data=raw_data)
+    assert msg.payload.duration_ms == float(number) and type(msg.payload.duration_ms) is float
+    relayed = encode_success_raw(3, "p", b"1", msg.payload.duration_ms)
+    assert orjson.loads(relayed)["payload"]["duration_ms"] == float(number)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_result_duration_beyond_the_double_range_is_pf400_not_json(raw_data):
+    raw = (b'{"type":"result","seq":4,"payload":{"packet_id":"p","status":"success",'
+           b'"duration_ms":1' + b"0" * 400 + b"}}")
+    assert_error_reply(decode(raw, raw_data=raw_data), "PF400", 0)
+
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_error_result_read_by_orjson_on_both_paths(raw_data):
+    raw = (b'{"type":"result","seq":1,"payload":{"packet_id":"p","status":"error","error":'
+           b'{"code":"PF500","message":100000000000000000000000000000},"duration_ms":1}}')
+    msg = decode(raw, raw_data=raw_data)
+    assert msg.payload.error == {"code": "PF500", "message": "1e+29"}
+
+
+# ============================================================================ the last line of defence
+
+@pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
+def test_a_check_that_raises_is_answered_pf500_and_logged(raw_data, monkeypatch, caplog):
+    """Should a bug make a check raise, decode still returns: the front must not close the
+    connection (1011) and lose its in-flight packets over one frame."""
+    import pfnode.protocol as protocol
+
+    def broken(obj, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(protocol, "parse_packet", broken)
+    rejected = decode(submit(seq=8), raw_data=raw_data)
+    payload = assert_error_reply(rejected, "PF500", 0)
+    assert payload["message"] == protocol.DECODER_FAILED
+    assert "decoding a frame raised" in caplog.text and "KeyError: 'a bug'" in caplog.text
+
+
+def test_oversized_seq_cut_by_the_end_of_the_head_is_not_read():
+    """The head scan read the digits before the cut: 123 of 12345."""
+    head = b'{"type":"submit","pad":"' + b"x" * 221 + b'","seq":'
+    raw = head + b"123" + b"45" + b',"payload":"' + b"y" * 2000 + b'"}'
+    assert len(head) + 3 == 256
+    assert_error_reply(decode(raw, max_frame_bytes=100), "PF413", 0)
+    truncated = b'{"type":"submit","seq":12345'
+    assert_error_reply(decode(truncated, max_frame_bytes=10), "PF413", 0)
