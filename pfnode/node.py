@@ -350,9 +350,8 @@ class Node:
         if isinstance(msg, protocol.Rejected):
             self.counters[f"rejected_{msg.code}"] += 1
             log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
-            if getattr(msg, "type", None) == "result" and self._may(link, "reactor"):
+            if msg.type == "result" and self._may(link, "reactor"):
                 self.hub.on_invalid_result(link, msg.packet_id, msg.message)  # cannot be relayed
-                return
             link.send(msg.reply)
         elif msg.type == "submit":
             self._submit(link, msg.seq, msg.payload)

@@ -210,8 +210,6 @@ class FrameGen:
         if isinstance(result, Rejected):
             if result.seq not in (0, seq):
                 return None
-            if result.type == "result":  # see test_refused_result_frame_is_answered_with_an_error_frame
-                return None
             return Sent(raw, binary, kind, "error", result.seq, code=result.code)
         if result.seq != seq:
             return None
@@ -500,11 +498,6 @@ def test_forwarded_packet_whose_result_frame_is_unreadable_is_answered_pf502(fuz
     run(main(), timeout_s=30)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pfnode/node.py Node.on_message returns without sending the error frame when the refused frame "
-    "is a result (it hands it to hub.on_invalid_result only): docs/PROTOCOL.md answers a bad result "
-    "payload with an error frame PF400 ('never silence'), and the census (which leaves these frames "
-    "out until then: FrameGen.judge) expects one"))
 @pytest.mark.parametrize("frame", [
     _unreadable_result(3, "nobody-waits"),
     b'{"type":"result","seq":3,"payload":{"packet_id":"nobody-waits","status":"maybe"}}',
