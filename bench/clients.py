@@ -39,19 +39,27 @@ def _submit_frame(seq: int, tag: str, group: str = "df", element: str = "noop", 
         "data": data, "priority": 5}})
 
 
+def _result_of(raw: bytes) -> tuple[object, dict] | None:
+    """(seq, payload) of a `result` frame, None for a heartbeat; BenchError for anything else."""
+    import orjson
+
+    obj = orjson.loads(raw)
+    mtype = obj.get("type")
+    if mtype == "heartbeat":
+        return None
+    if mtype != "result":
+        raise BenchError(f"node sent a {mtype!r} frame, expected a result: {raw[:300]!r}")
+    return obj.get("seq"), obj["payload"]
+
+
 def _result_checker(tag: str, data):
     """check(raw) -> the seq of a successful result for packet `<tag>-<seq>` that returned
     `data`, or None for a heartbeat. Raises BenchError for anything else."""
-    import orjson
-
     def check(raw: bytes) -> int | None:
-        obj = orjson.loads(raw)
-        mtype = obj.get("type")
-        if mtype == "heartbeat":
+        result = _result_of(raw)
+        if result is None:
             return None
-        if mtype != "result":
-            raise BenchError(f"node sent a {mtype!r} frame, expected a result: {raw[:300]!r}")
-        seq, p = obj.get("seq"), obj["payload"]
+        seq, p = result
         if p.get("status") != "success":
             raise BenchError(f"packet {tag}-{seq} did not succeed: {p.get('error')}")
         if p.get("packet_id") != f"{tag}-{seq}":
@@ -390,35 +398,42 @@ def payload_client(endpoint: str, mode: str, variants: list[dict], tag: str,
     return run_loop(main)
 
 
-# ---------------------------------------------------------------------------- ed latency under load
+# ---------------------------------------------------------------------------- one client under another's load
+# The pieces of the ed latency measurement (ed:noop while the df lane is kept busy or flooded),
+# for any lane: round trips one at a time, a filler that keeps packets in flight on another
+# connection, and the node's view of a lane.
 
-async def _ed_for(ws, seconds: float, tag: str, first_seq: int) -> tuple[list[float], int]:
-    """Send ed:noop packets one at a time (each after the previous answer) for `seconds`;
-    return (sorted round-trip times in µs, the next seq)."""
-    check = _result_checker(tag, DATA)
+async def _one_by_one(ws, group: str, element: str, data, tag: str, first_seq: int, *,
+                      seconds: float | None = None, count: int | None = None) -> tuple[list[float], int]:
+    """Send group:element packets carrying `data` one at a time (each after the previous
+    answer), for `seconds` or `count` packets; return (sorted round-trip times in µs, the
+    next seq)."""
+    check = _result_checker(tag, data)
     rtts = []
     clock = time.perf_counter_ns
     seq = first_seq
-    end = clock() + int(seconds * 1e9)
-    while clock() < end:
-        got, rtt = await _round_trip(ws, _submit_frame(seq, tag, "ed", "noop"), check)
+    end = clock() + int(seconds * 1e9) if seconds is not None else None
+    while clock() < end if end is not None else len(rtts) < count:
+        got, rtt = await _round_trip(ws, _submit_frame(seq, tag, group, element, data), check)
         if got != seq:
-            raise BenchError(f"answer for ed seq {got} while waiting for {seq}")
+            raise BenchError(f"answer for {group}:{element} seq {got} while waiting for {seq}")
         rtts.append(rtt)
         seq += 1
     if not rtts:
-        raise BenchError("no ed round trip completed")
+        raise BenchError(f"no {group}:{element} round trip completed")
     rtts.sort()
     return rtts, seq
 
 
-class _DfFiller:
-    """Keeps `inflight` df:`element` packets (data `data`) unanswered on one connection, sending
-    a new one as each answer arrives, until `refill` is cleared; then waits for the rest. Every
-    answer is checked (success, its own packet_id, the data it was given, answered once)."""
+class _Filler:
+    """Keeps `inflight` group:`element` packets (data `data`) unanswered on one connection,
+    sending a new one as each answer arrives, until `refill` is cleared; then waits for the
+    rest. Every answer is checked (success, its own packet_id, the data it was given, answered
+    once)."""
 
-    def __init__(self, ws, inflight: int, element: str, data, tag: str) -> None:
-        self.ws, self.inflight, self.element, self.data, self.tag = ws, inflight, element, data, tag
+    def __init__(self, ws, inflight: int, group: str, element: str, data, tag: str) -> None:
+        self.ws, self.inflight, self.group, self.element, self.data = ws, inflight, group, element, data
+        self.tag = tag
         self.check = _result_checker(tag, data)
         self.next_seq = 1
         self.outstanding: set[int] = set()
@@ -428,7 +443,7 @@ class _DfFiller:
     async def _send_one(self) -> None:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
         self.outstanding.add(seq)
-        await self.ws.send(_submit_frame(seq, self.tag, "df", self.element, self.data), text=True)
+        await self.ws.send(_submit_frame(seq, self.tag, self.group, self.element, self.data), text=True)
 
     async def run(self) -> None:
         for _ in range(self.inflight):
@@ -438,7 +453,7 @@ class _DfFiller:
             if seq is None:
                 continue
             if seq not in self.outstanding:
-                raise BenchError(f"df:{self.element} seq {seq} answered twice, or never sent")
+                raise BenchError(f"{self.group}:{self.element} seq {seq} answered twice, or never sent")
             self.outstanding.remove(seq)
             self.answered += 1
             if self.refill:
@@ -450,6 +465,20 @@ def _lane_state(health: dict, lane: str) -> dict | None:
     if not isinstance(state, dict):
         return None
     return {key: state.get(key) for key in ("workers", "busy", "running", "queued")}
+
+
+async def _lane_now(endpoint: str, lane: str) -> dict | None:
+    """The lane's state in the node's /healthz (read off the event loop's thread)."""
+    import asyncio
+
+    health = await asyncio.get_running_loop().run_in_executor(None, node_health, endpoint)
+    return _lane_state(health, lane)
+
+
+async def _lane_idle(endpoint: str, lane: str, what: str) -> None:
+    state = await _lane_now(endpoint, lane)
+    if state is not None and (state["running"] or state["queued"]):
+        raise BenchError(f"{lane} lane not idle before {what}: {state}")
 
 
 def _saturated(state: dict | None, what: str = "lane") -> bool | None:
@@ -470,6 +499,64 @@ def _latency_stats(rtts: list[float], seconds: float) -> dict:
             "mean_ms": statistics.fmean(rtts) / 1000}
 
 
+def _still_running(task) -> None:
+    if task.done():
+        task.result()
+        raise BenchError("the filler stopped early")
+
+
+async def _until_saturated(endpoint: str, task, phase: dict) -> dict | None:
+    """Wait until the phase's lane is saturated as the phase means it; that lane state."""
+    import asyncio
+
+    deadline = time.monotonic() + phase["saturate_s"]
+    while True:
+        await asyncio.sleep(0.05)
+        _still_running(task)
+        state = await _lane_now(endpoint, phase["lane"])
+        if _saturated(state, phase["saturates"]) is not False:
+            return state
+        if time.monotonic() > deadline:
+            raise BenchError(f"the {phase['lane']} lane did not saturate: {state}")
+
+
+async def _under_load(endpoint: str, ws, phase: dict, tag: str, timeout_s: float, measure,
+                      prefix: str) -> tuple[dict, int]:
+    """`await measure()` (a dict with "elapsed_s") while a filler on `ws` keeps phase["inflight"]
+    packets phase["group"]:phase["element"] (data phase["data"]) in flight, from the moment
+    phase["lane"] is saturated as phase["saturates"] says; the filler drained and checked at
+    the end. Returns measure's dict with, under `prefix`: the filler's packets answered during
+    the measurement and their rate (`packets`, `throughput`), the lane's state at its start and
+    end (`lane_at_start`, `lane_at_end`) and whether it was saturated both times
+    (`saturated`); and the filler's answers in all."""
+    import asyncio
+
+    filler = _Filler(ws, phase["inflight"], phase["group"], phase["element"], phase["data"], tag)
+    task = asyncio.ensure_future(filler.run())
+    try:
+        at_start = await _until_saturated(endpoint, task, phase)
+        answered0 = filler.answered
+        stats = await measure()
+        answered = filler.answered - answered0
+        _still_running(task)
+        at_end = await _lane_now(endpoint, phase["lane"])
+        filler.refill = False
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            raise BenchError(f"{len(filler.outstanding)} {phase['group']}:{phase['element']} packets still "
+                             f"unanswered {timeout_s:.0f} s after the {phase['name']} phase") from None
+    finally:
+        task.cancel()
+    stats.update({f"{prefix}packets": answered, f"{prefix}throughput": answered / stats["elapsed_s"],
+                  f"{prefix}lane_at_start": at_start, f"{prefix}lane_at_end": at_end,
+                  f"{prefix}saturated": (_saturated(at_start, phase["saturates"])
+                                         and _saturated(at_end, phase["saturates"]))})
+    return stats, filler.answered
+
+
+# ---------------------------------------------------------------------------- ed latency under load
+
 class _EdRun:
     """ed_load_client's state: the two connections, the next ed seq, what was answered."""
 
@@ -479,16 +566,11 @@ class _EdRun:
         self.timeout_s, self.front_pids = timeout_s, front_pids
         self.seq, self.answered = 1, 0
 
-    async def df_lane(self) -> dict | None:
-        import asyncio
-
-        health = await asyncio.get_running_loop().run_in_executor(None, node_health, self.endpoint)
-        return _lane_state(health, "df")
-
     async def ed_round_trips(self, seconds: float) -> dict:
         """ed:noop one at a time for `seconds`: latency stats, with the front's CPU share."""
         start, front0 = time.perf_counter(), cpu_s(self.front_pids)
-        rtts, next_seq = await _ed_for(self.ed_ws, seconds, f"{self.tag}ed", self.seq)
+        rtts, next_seq = await _one_by_one(self.ed_ws, "ed", "noop", DATA, f"{self.tag}ed", self.seq,
+                                           seconds=seconds)
         elapsed = time.perf_counter() - start
         self.answered, self.seq = self.answered + next_seq - self.seq, next_seq
         stats = _latency_stats(rtts, elapsed)
@@ -496,60 +578,16 @@ class _EdRun:
         return stats
 
     async def idle(self, phase: dict) -> dict:
-        before = await self.df_lane()
-        if before is not None and (before["running"] or before["queued"]):
-            raise BenchError(f"df lane not idle before the idle phase: {before}")
+        await _lane_idle(self.endpoint, "df", "the idle phase")
         return await self.ed_round_trips(self.seconds)
 
     async def loaded(self, phase: dict) -> dict:
-        """ed round trips while a filler keeps phase["inflight"] df packets in flight, from the
-        moment the df lane is saturated; the filler drained and checked at the end."""
-        import asyncio
-
-        filler = _DfFiller(self.df_ws, phase["inflight"], phase["element"], phase["data"],
-                           f"{self.tag}{phase['name']}")
-        task = asyncio.ensure_future(filler.run())
-        try:
-            at_start = await self._until_saturated(task, phase)
-            answered0 = filler.answered
-            stats = await self.ed_round_trips(self.seconds)
-            df_answered = filler.answered - answered0
-            self._still_running(task)
-            at_end = await self.df_lane()
-            filler.refill = False
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
-            except TimeoutError:
-                raise BenchError(f"{len(filler.outstanding)} df:{phase['element']} packets still unanswered "
-                                 f"{self.timeout_s:.0f} s after the {phase['name']} phase") from None
-        finally:
-            task.cancel()
-        self.answered += filler.answered
-        stats.update({"df_packets": df_answered, "df_throughput": df_answered / stats["elapsed_s"],
-                      "df_lane_at_start": at_start, "df_lane_at_end": at_end,
-                      "df_saturated": (_saturated(at_start, phase["saturates"])
-                                       and _saturated(at_end, phase["saturates"]))})
+        """ed round trips while the df lane is kept busy (df_* keys: the df filler's)."""
+        phase = {"group": "df", "lane": "df", **phase}
+        stats, answered = await _under_load(self.endpoint, self.df_ws, phase, f"{self.tag}{phase['name']}",
+                                            self.timeout_s, lambda: self.ed_round_trips(self.seconds), "df_")
+        self.answered += answered
         return stats
-
-    @staticmethod
-    def _still_running(task) -> None:
-        if task.done():
-            task.result()
-            raise BenchError("the df filler stopped early")
-
-    async def _until_saturated(self, task, phase: dict) -> dict | None:
-        """Wait until the df lane is saturated as the phase means it; that df lane state."""
-        import asyncio
-
-        deadline = time.monotonic() + phase["saturate_s"]
-        while True:
-            await asyncio.sleep(0.05)
-            self._still_running(task)
-            state = await self.df_lane()
-            if _saturated(state, phase["saturates"]) is not False:
-                return state
-            if time.monotonic() > deadline:
-                raise BenchError(f"the df lane did not saturate: {state}")
 
 
 def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, timeout_s: float,
