@@ -9,6 +9,8 @@ fresh child process (`Processes.call`) and returns a dict of measurements.
                      the data into floats
   ed_load_client     ed:noop one at a time while a second connection keeps the df lane busy
                      (df:sleep_ms) or floods the front (df:noop)
+  fairness_client    client B's sleep_ms packets one at a time, alone and while client A, on a
+                     second connection, keeps a window of the same packets in flight (df, cf)
   executor_client    the stdlib ProcessPoolExecutor, driven in-process
 
 CPU time of the server processes during a throughput phase is read here, from the client, for
@@ -399,21 +401,29 @@ def payload_client(endpoint: str, mode: str, variants: list[dict], tag: str,
 
 
 # ---------------------------------------------------------------------------- one client under another's load
-# The pieces of the ed latency measurement (ed:noop while the df lane is kept busy or flooded),
-# for any lane: round trips one at a time, a filler that keeps packets in flight on another
-# connection, and the node's view of a lane.
+# The ed latency (ed:noop while the df lane is kept busy or flooded) and the fairness between
+# clients (client B's packets while client A floods the same lane) share these pieces: round
+# trips one at a time, a filler that keeps packets in flight on another connection, and the
+# node's view of a lane.
 
 async def _one_by_one(ws, group: str, element: str, data, tag: str, first_seq: int, *,
-                      seconds: float | None = None, count: int | None = None) -> tuple[list[float], int]:
+                      seconds: float | None = None, count: int | None = None,
+                      pause_s: float = 0.0) -> tuple[list[float], int]:
     """Send group:element packets carrying `data` one at a time (each after the previous
-    answer), for `seconds` or `count` packets; return (sorted round-trip times in µs, the
-    next seq)."""
+    answer, and after a random pause of 0 to `pause_s`, seeded), for `seconds` or `count`
+    packets; return (sorted round-trip times in µs, the next seq)."""
+    import asyncio
+    import random
+
     check = _result_checker(tag, data)
+    pauses = random.Random(first_seq)
     rtts = []
     clock = time.perf_counter_ns
     seq = first_seq
     end = clock() + int(seconds * 1e9) if seconds is not None else None
     while clock() < end if end is not None else len(rtts) < count:
+        if pause_s:
+            await asyncio.sleep(pauses.uniform(0, pause_s))
         got, rtt = await _round_trip(ws, _submit_frame(seq, tag, group, element, data), check)
         if got != seq:
             raise BenchError(f"answer for {group}:{element} seq {got} while waiting for {seq}")
@@ -609,6 +619,60 @@ def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, 
                 measure = run.idle if phase["name"] == "idle" else run.loaded
                 out[phase["name"]] = await measure(phase)
         out["packets_answered"] = run.answered
+        return out
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- fairness between clients
+
+async def _fair_lane(endpoint: str, a_ws, b_ws, spec: dict, tag: str, timeout_s: float,
+                     alone_first: bool) -> tuple[dict, int]:
+    """One lane of fairness_client: B alone and B under A's flood, in the order asked."""
+    group, lane, sleep_ms = spec["group"], spec["lane"], spec["sleep_ms"]
+    b_tag, answered, seq = f"{tag}{lane}b", 0, 1
+
+    async def b_round_trips() -> dict:
+        nonlocal seq, answered
+        start = time.perf_counter()
+        rtts, next_seq = await _one_by_one(b_ws, group, "sleep_ms", sleep_ms, b_tag, seq, count=spec["samples"],
+                                           pause_s=spec["pause_s"])
+        answered, seq = answered + next_seq - seq, next_seq
+        return _latency_stats(rtts, time.perf_counter() - start)
+
+    _, seq = await _one_by_one(b_ws, group, "sleep_ms", sleep_ms, b_tag, seq, count=spec["warmup"])
+    answered += seq - 1
+    out: dict = {}
+    for phase in (("alone", "flood") if alone_first else ("flood", "alone")):
+        if phase == "alone":
+            await _lane_idle(endpoint, lane, f"client B's {lane} round trips alone")
+            out["alone"] = await b_round_trips()
+        else:
+            flood = {"name": "flood", "group": group, "lane": lane, "element": "sleep_ms", "data": sleep_ms,
+                     "inflight": spec["window"], "saturates": "lane", "saturate_s": spec["saturate_s"]}
+            out["flood"], a_answered = await _under_load(endpoint, a_ws, flood, f"{tag}{lane}a", timeout_s,
+                                                         b_round_trips, "a_")
+            answered += a_answered
+    return out, answered
+
+
+def fairness_client(endpoint: str, lanes: list[dict], tag: str, timeout_s: float, alone_first: bool) -> dict:
+    """Fairness between two clients on their own connections, for each lane in `lanes`
+    ({"lane", "group", "sleep_ms", "window", "samples", "warmup", "saturate_s", "pause_s"}): client B
+    sends group:sleep_ms one at a time, each after a random pause of 0 to pause_s (so that B does
+    not arrive in step with the packets A runs: right after B's answer its worker starts one of
+    A's), `samples` round trips with the lane idle ("alone") and as many
+    while client A keeps `window` of the same packets in flight ("flood", measured once the lane
+    is saturated, which must still hold at the end), in the order `alone_first` says. Every
+    answer of both clients is checked. Returns {lane: {"alone": stats, "flood": stats with A's
+    a_throughput, a_saturated, ...}, "packets_answered": n}."""
+    async def main() -> dict:
+        out: dict = {"alone_first": alone_first, "packets_answered": 0}
+        async with _connect(endpoint) as a_ws, _connect(endpoint) as b_ws:
+            for spec in lanes:
+                out[spec["lane"]], answered = await _fair_lane(endpoint, a_ws, b_ws, spec, tag, timeout_s,
+                                                               alone_first)
+                out["packets_answered"] += answered
         return out
 
     return run_loop(main)

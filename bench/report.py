@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from bench.common import DATA, ROOT, elapsed_s, loadavg, progress
-from bench.systems import (ENCODINGS, GROUPS, HUB_SYSTEMS, LARGE_PAYLOAD_BYTES, PAYLOAD_SIZES,
+from bench.systems import (ENCODINGS, FAIR_LANES, GROUPS, HUB_SYSTEMS, LARGE_PAYLOAD_BYTES, PAYLOAD_SIZES,
                            PIPES_ONLY_ARGS, SYSTEMS, Plan, Results)
 
 SUMMARY_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client_cpu_us_per_packet",
@@ -27,6 +27,7 @@ ED_KEYS = ("p50_ms", "p99_ms", "p999_ms", "mean_ms", "df_throughput", "front_cpu
 LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "window 4-32", "ed": "reserved, 1 at a time",
               "rm": "memory-capped, 1 at a time"}
 SHM_COMPARE_KEYS = ("throughput", "rtt_p50_us", "front_cpu_us_per_packet")
+FAIR_KEYS = ("p50_ms", "p99_ms", "mean_ms")
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -210,6 +211,47 @@ def compare_shm(payloads: list[dict], pipes_variants: list[dict], pipes_runs: li
                          "shm_node_large_packets": large_packets}}
 
 
+def summarise_fairness(runs: list[dict], args: argparse.Namespace, lanes_at_start: dict) -> dict:
+    """Per fairness lane: medians over the repeats of client B's round trips alone and under
+    client A's flood, the lane's rate during the flood (A's answers + B's), the time one packet
+    takes a worker then, and the goal: B waits behind at most one of A's packets per worker plus
+    the one whose turn came before B's, not behind A's whole window."""
+    out: dict = {"window": args.fair_window, "sleep_ms": args.fair_sleep_ms, "samples": args.fair_samples,
+                 "bound": "B's p50 under the flood <= B's p50 alone + (W + 1) / W x one packet's time, where "
+                          "one packet's time = W / (A's + B's packets per second during the flood). Taking turns, "
+                          "B waits at most for the W packets of A running (one per worker) and one more, whose "
+                          "turn came first: W + 1 packets, which the lane runs in (W + 1) / W packet times (the "
+                          "worst case; B pauses at random between its packets, so it arrives at random points of "
+                          "A's packets and its median wait is below that). A FIFO lane would make B wait behind "
+                          "A's whole window: about window / W packet times",
+                 "lanes": {}, "goals": []}
+    for lane in FAIR_LANES:
+        workers = lanes_at_start.get(lane, {}).get("workers") or (1 if lane == "cf" else args.workers)
+        alone: dict = {}
+        flood: dict = {}
+        for key in FAIR_KEYS:
+            _stats([r[lane]["alone"][key] for r in runs], key, alone)
+            _stats([r[lane]["flood"][key] for r in runs], key, flood)
+        b_rates = [r[lane]["flood"]["packets"] / r[lane]["flood"]["elapsed_s"] for r in runs]
+        _stats([r[lane]["flood"]["a_throughput"] for r in runs], "a_throughput", flood)
+        _stats(b_rates, "b_throughput", flood)
+        _stats([r[lane]["flood"]["a_throughput"] + b for r, b in zip(runs, b_rates)], "lane_throughput", flood)
+        packet_ms = workers / flood["lane_throughput"] * 1000
+        bound_ms = alone["p50_ms"] + (workers + 1) / workers * packet_ms
+        fifo_ms = alone["p50_ms"] + args.fair_window / workers * packet_ms
+        saturated = sum(1 for r in runs if r[lane]["flood"]["a_saturated"])
+        out["lanes"][lane] = {"workers": workers, "alone": alone, "flood": flood, "packet_ms": packet_ms,
+                              "bound_ms": bound_ms, "fifo_estimate_ms": fifo_ms, "saturated_runs": saturated,
+                              "ratio_flood_over_alone_p50": flood["p50_ms"] / alone["p50_ms"]}
+        out["goals"].append(_goal(
+            f"fair_{lane}_b_p50_ms", f"{lane}: client B's RTT p50 under client A's flood <= B alone + "
+            f"(W+1)/W x one packet's time (W = {workers})", flood["p50_ms"], bound_ms,
+            f"{alone['p50_ms']:.2f} + {(workers + 1) / workers:.2f} x {packet_ms:.2f} = {bound_ms:.2f} ms; "
+            f"A's window {args.fair_window} would cost ~{fifo_ms:,.0f} ms in FIFO order; lane saturated in "
+            f"{saturated} of {len(runs)} runs", unit=" ms", also=saturated == len(runs)))
+    return out
+
+
 def _goal(key: str, name: str, measured: float | None, limit: float, value: str, unit: str = "x",
           at_least: bool = False, also: bool = True) -> dict:
     """One goal: `measured` (a ratio, unit "x", or a figure in `unit`) against `limit` (at most,
@@ -299,7 +341,8 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
         "benchmark": "df:noop throughput and RTT (picows and websockets transports, picows and websockets "
                      "echo servers); server CPU per packet; per-lane no-op; ed latency while df is saturated "
                      "and while a df:noop flood saturates the front; payload sizes 100 B to 1 MiB; large "
-                     "payloads with worker shared memory vs pipes only",
+                     "payloads with worker shared memory vs pipes only; fairness between two clients on one "
+                     "lane",
         "machine": machine,
         "config": run_config(args, plan, results, node_status, machine),
         "medians": medians,
@@ -316,6 +359,8 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
         "payload_shm_vs_pipes": compare_shm(payloads, plan.pipes_variants, results.payload_runs["pfnode_pipes"],
                                             counters, results.large_packets),
         "payload_runs": results.payload_runs,
+        "fairness": summarise_fairness(results.fair_runs, args, results.lanes_at_start),
+        "fairness_runs": results.fair_runs,
         "node": node_status["picows"],
         "websockets_node": node_status["websockets"],
         "pipes_node": node_status["pipes"],
@@ -327,7 +372,8 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
 def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_status: dict, machine: dict) -> dict:
     names = ("packets", "rtt_packets", "repeats", "workers", "window", "quick", "group_packets",
              "group_rtt_packets", "ed_seconds", "ed_df_inflight", "ed_df_sleep_ms", "ed_flood_inflight",
-             "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window")
+             "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window", "fair_window",
+             "fair_sleep_ms", "fair_samples")
     config = {name: getattr(args, name) for name in names}
     config.update({"warmup": plan.warmup, "group_warmup": plan.group_warmup,
                    "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
@@ -405,6 +451,7 @@ def print_bench(report: dict) -> None:
     print_groups(report)
     print_ed_load(report)
     print_payloads(report)
+    print_fairness(report)
     print("targets (DESIGN.md and the payload issue, 2-core machine)")
     for target in report["targets"]:
         print(f"  {_met(target['met'])} {target['name']}: {target['value']}")
@@ -506,6 +553,30 @@ def print_ed_load(report: dict) -> None:
         f"; df packets/s is the lane's rate during the loaded phase / its ceiling ({report['config']['workers']} "
         f"workers x 1000 / {ed['df_sleep_ms']} ms)" if ceiling else "")
         + "; front busy: the front's CPU time / the phase's time")
+    print()
+
+
+def _print_goals(goals: list[dict], spec: str = ".2f") -> None:
+    for goal in goals:
+        print(f"  {_met(goal['met'])} {goal['name']}: {fmt(goal['measured'], spec)}{goal['unit']} "
+              f"(limit {fmt(goal['limit'], spec)}{goal['unit']}; {goal['value']})")
+
+
+def print_fairness(report: dict) -> None:
+    fair, runs = report["fairness"], len(report["fairness_runs"])
+    print(f"fairness between clients: client A keeps {fair['window']} <lane>:sleep_ms {fair['sleep_ms']:g} in flight "
+          f"on its own connection; client B, on another, sends the same packet 1 at a time ({fair['samples']} round "
+          f"trips alone, as many under A's flood); {runs} repeats; medians")
+    _rule(f"{'lane':<5} {'workers':>7} | {'B alone p50 ms':>14} {'p99':>7} | {'B flood p50 ms':>14} {'p99':>7} "
+          f"{'ratio':>6} | {'A pkt/s':>8} {'lane pkt/s':>10} {'1 packet ms':>11} {'bound ms':>8} {'FIFO ~ms':>8}")
+    for lane, m in fair["lanes"].items():
+        a, f = m["alone"], m["flood"]
+        print(f"{lane:<5} {m['workers']:>7} | {a['p50_ms']:>14.2f} {a['p99_ms']:>7.2f} | {f['p50_ms']:>14.2f} "
+              f"{f['p99_ms']:>7.2f} {m['ratio_flood_over_alone_p50']:>5.2f}x | {fmt(f['a_throughput']):>8} "
+              f"{fmt(f['lane_throughput']):>10} {m['packet_ms']:>11.2f} {m['bound_ms']:>8.2f} "
+              f"{fmt(m['fifo_estimate_ms']):>8}")
+    print(f"  bound: {fair['bound']}")
+    _print_goals(fair["goals"])
     print()
 
 

@@ -17,6 +17,8 @@ Each repeat measures, a fresh client process each (bench/systems.py says what ea
   payloads  df:noop with 100 B, 64 KiB and 1 MiB of float64 data, as a JSON list and as an
             $ndarray, against the node and the websockets echo server; the large ones also
             against a node with pipes only between front and workers (--worker-shm-bytes 0)
+  fairness  client B's df:sleep_ms (cf:sleep_ms) one at a time, alone and while client A keeps
+            a window of the same packets in flight on its own connection
 
 Every answer is checked and the nodes' counters must agree with the clients. Prints tables on
 stdout (with the targets met or not), progress on stderr, and writes bench/results/bench-<time>.json,
@@ -55,6 +57,11 @@ def parse_args(argv: list[str] | None):
                "64 KiB gets a quarter, 1 MiB a 20th, at least 5")
     opts.count("--payload-window", 16, 16, "packets in flight for the payload throughput")
     opts.count("--payload-large-window", 4, 4, "packets in flight for the 1 MiB payload throughput")
+    opts.count("--fair-window", 256, 256, "sleep_ms packets client A keeps in flight on the lane B shares "
+               "(the fairness family)")
+    opts.count("--fair-sleep-ms", 3, 3, "milliseconds each fairness packet (A's and B's) sleeps", kind=float,
+               minimum=0.1)
+    opts.count("--fair-samples", 80, 40, "client B's round trips per fairness phase (alone, under A's flood)")
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")
     args = opts.parse(argv)
     if args.ed_df_inflight is None:
@@ -72,7 +79,8 @@ def run(args, procs: Processes) -> dict:
              f"{args.rtt_packets} RTT samples, {args.workers} workers; lanes {args.group_packets} packets, "
              f"{args.group_rtt_packets} RTT samples; ed load {args.ed_seconds:g} s per phase; payloads "
              f"{args.payload_packets} packets (100 B; fewer for larger), window {args.payload_window} "
-             f"({args.payload_large_window} for 1 MiB)")
+             f"({args.payload_large_window} for 1 MiB); fairness window {args.fair_window} x sleep_ms "
+             f"{args.fair_sleep_ms:g}, {args.fair_samples} round trips")
     plan = systems.Plan.of_run(args)
     servers = systems.start_servers(procs, args.workers)
     results = systems.Results(lanes_at_start=servers.lanes_at_start)

@@ -1,9 +1,10 @@
 """What each measured system is, and one function per family of measurements.
 
 The declarations first (the nodes and servers started, the df:noop rows, the lanes, the ed load
-phases, the payloads), then `start_servers`, then the families, each called once per repeat:
-`measure_systems`, `measure_lanes`, `measure_ed_load`, `measure_payloads`; then the checks of the
-nodes' own counters against what the clients sent, and `stop_servers`. bench/run.py calls them in
+phases, the payloads, the fairness lanes), then `start_servers`, then the families, each called
+once per repeat: `measure_systems`, `measure_lanes`, `measure_ed_load`, `measure_payloads`,
+`measure_fairness`; then the checks of the nodes' own counters against what the clients sent,
+and `stop_servers`. bench/run.py calls them in
 that order; the hub relay's systems (bench/hub.py) are at the end.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from bench.common import DATA, BenchError, progress
 from bench.processes import ChildServer, NodeProcess, Processes, node_health
 
 # The node loads the spec's examples (df:noop) and the bench-only handlers (cf/ed/rm:noop,
-# df:sleep_ms); its workers run with the repository root as cwd, so `bench.handlers_bench` imports.
+# df/cf:sleep_ms); its workers run with the repository root as cwd, so
+# `bench.handlers_bench` imports.
 NODE_HANDLERS = "handlers.examples,bench.handlers_bench"
 # The pipes-only node: the main node's command with no shared memory between front and workers.
 PIPES_ONLY_ARGS = ("--worker-shm-bytes", "0")
@@ -66,6 +68,10 @@ ENCODINGS = ("json", "ndarray")
 # The payload rows over the node's shared-memory threshold (32 KiB), also sent to the pipes-only node.
 SHM_COMPARE_SIZES = ("64 KiB", "1 MiB")
 
+# Fairness between clients: the lanes client A floods while client B sends one packet at a time,
+# each with its own sleep_ms handler (bench/handlers_bench.py), so the lane is full, the CPUs not.
+FAIR_LANES = ("df", "cf")
+
 
 def ed_phases(args: argparse.Namespace, rep: int) -> list[dict]:
     """The ed load phases, rotated each repeat: df lane idle; kept busy by df:sleep_ms packets
@@ -95,6 +101,15 @@ def payload_variants(args: argparse.Namespace) -> list[dict]:
     return variants
 
 
+def fair_lanes(args: argparse.Namespace, rep: int) -> list[dict]:
+    """fairness_client's lanes, rotated each repeat."""
+    lanes = [{"lane": lane, "group": lane, "sleep_ms": args.fair_sleep_ms, "window": args.fair_window,
+              "samples": args.fair_samples, "warmup": 5, "pause_s": args.fair_sleep_ms / 1000,
+              "saturate_s": 10 + args.fair_window * args.fair_sleep_ms / 1000} for lane in FAIR_LANES]
+    k = rep % len(lanes)
+    return lanes[k:] + lanes[:k]
+
+
 @dataclass
 class Plan:
     """The counts and time limits of one run, derived from its arguments."""
@@ -107,6 +122,7 @@ class Plan:
     variants: list[dict] = field(default_factory=list)
     pipes_variants: list[dict] = field(default_factory=list)
     payload_timeout_s: float = 0.0
+    fair_timeout_s: float = 0.0
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "Plan":
@@ -129,6 +145,8 @@ class Plan:
         plan.pipes_variants = [v for v in plan.variants if v["size"] in SHM_COMPARE_SIZES]
         # A 1 MiB JSON list goes at about 30 packets/s on 2 cores: allow 1 packet/s and then some.
         plan.payload_timeout_s = 30 + max(v["warmup"] + v["packets"] + v["rtt_packets"] for v in plan.variants)
+        # The drain of client A's window on one worker, and B's round trips at 10x their sleep.
+        plan.fair_timeout_s = 30 + (args.fair_window + 10 * args.fair_samples) * args.fair_sleep_ms / 1000
         return plan
 
     def common(self) -> dict:
@@ -150,6 +168,7 @@ class Results:
     ed_runs: list[dict] = field(default_factory=list)
     payload_runs: dict[str, list[list[dict]]] = field(
         default_factory=lambda: {"pfnode": [], "echo": [], "pfnode_pipes": []})
+    fair_runs: list[dict] = field(default_factory=list)
     lanes_at_start: dict = field(default_factory=dict)  # the main node's /healthz lanes
     large_packets: int = 0  # the payload packets over the shm threshold sent to the main node
 
@@ -289,7 +308,24 @@ def measure_payloads(procs: Processes, servers: Servers, plan: Plan, rep: int, r
             + (f" front {r['front_cpu_us_per_packet']:,.0f} µs/pkt" if system != "echo" else "") for r in rs))
 
 
-FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads)
+def measure_fairness(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """Client B's round trips alone and while client A floods the same lane, for each fairness
+    lane, against the main node; one client process with both connections. The lane order and
+    whether B alone goes first rotate each repeat."""
+    a = plan.args
+    node = servers.nodes["picows"]
+    lanes = fair_lanes(a, rep)
+    label = _label(plan, rep, "fairness")
+    r = procs.call(label, clients.fairness_client, len(lanes) * 2 * plan.fair_timeout_s + 30, endpoint=node.endpoint,
+                   lanes=lanes, tag=f"f{rep}", timeout_s=plan.fair_timeout_s, alone_first=rep % 2 == 0)
+    results.fair_runs.append(r)
+    progress(f"{label}: " + "; ".join(
+        f"{lane} B p50 alone {r[lane]['alone']['p50_ms']:.2f} ms, under A's flood {r[lane]['flood']['p50_ms']:.2f} ms "
+        f"(A {r[lane]['flood']['a_throughput']:,.0f} packets/s, saturated: {r[lane]['flood']['a_saturated']})"
+        for lane in FAIR_LANES))
+
+
+FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads, measure_fairness)
 
 
 # ---------------------------------------------------------------------------- after the repeats
@@ -306,7 +342,7 @@ def check_counters(servers: Servers, results: Results) -> dict[str, dict]:
     counters = {name: node_health(node.endpoint).get("counters", {}) for name, node in servers.nodes.items()}
     main_payloads = [r for rs in results.payload_runs["pfnode"] for r in rs]
     expected = {"picows": _answered(results.runs["pfnode"]) + _answered(results.ed_runs) + _answered(main_payloads)
-                + sum(_answered(rs) for rs in results.group_runs.values()),
+                + sum(_answered(rs) for rs in results.group_runs.values()) + _answered(results.fair_runs),
                 "websockets": _answered(results.runs["pfnode_websockets"]),
                 "pipes": _answered(r for rs in results.payload_runs["pfnode_pipes"] for r in rs)}
     for name, got in counters.items():
