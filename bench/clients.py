@@ -11,6 +11,8 @@ fresh child process (`Processes.call`) and returns a dict of measurements.
                      (df:sleep_ms) or floods the front (df:noop)
   fairness_client    client B's sleep_ms packets one at a time, alone and while client A, on a
                      second connection, keeps a window of the same packets in flight (df, cf)
+  fault_client       healthy df:spin_us packets, windowed then one at a time, with and without
+                     a df:crash (its worker exits) every Nth packet
   executor_client    the stdlib ProcessPoolExecutor, driven in-process
 
 CPU time of the server processes during a throughput phase is read here, from the client, for
@@ -673,6 +675,135 @@ def fairness_client(endpoint: str, lanes: list[dict], tag: str, timeout_s: float
                 out[spec["lane"]], answered = await _fair_lane(endpoint, a_ws, b_ws, spec, tag, timeout_s,
                                                                alone_first)
                 out["packets_answered"] += answered
+        return out
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- fault recovery
+
+def _fault_checker(tag: str, data, crash_every: int):
+    """check(raw) -> (seq, healthy) for the answer to packet `<tag>-<seq>`, None for a heartbeat:
+    a crashing packet (every crash_every-th seq) must be answered PF502, any other with success
+    and the data it was given. BenchError for anything else."""
+    def check(raw: bytes) -> tuple[int, bool] | None:
+        result = _result_of(raw)
+        if result is None:
+            return None
+        seq, p = result
+        if type(seq) is not int or p.get("packet_id") != f"{tag}-{seq}":
+            raise BenchError(f"seq {seq} answered with packet_id {p.get('packet_id')!r}, expected {tag}-{seq}")
+        if crash_every and seq % crash_every == 0:
+            error = p.get("error") or {}
+            if p.get("status") != "error" or error.get("code") != "PF502":
+                raise BenchError(f"packet {tag}-{seq} (df:crash) answered {p.get('status')} {error}, expected PF502")
+            return seq, False
+        if p.get("status") != "success" or p.get("data") != data:
+            raise BenchError(f"packet {tag}-{seq} (df:spin_us) answered {p.get('status')} "
+                             f"{p.get('error') or p.get('data')!r}, expected its data {data!r}")
+        return seq, True
+    return check
+
+
+async def _mixed_stream(ws, window: int, crash_every: int, spin_us: int, tag: str, timeout_s: float, *,
+                        seconds: float = float("inf"), count: int | None = None) -> dict:
+    """Keep `window` packets in flight for `seconds` or until `count` are sent, then wait for
+    the rest: df:spin_us, except every crash_every-th (0: none) a df:crash. Every answer checked,
+    each seq answered once. Healthy packets' round trips (send to answer) in µs, their rate, the
+    crashes and theirs."""
+    import asyncio
+
+    check = _fault_checker(tag, spin_us, crash_every)
+    sent_at: dict[int, int] = {}
+    rtts: list[float] = []
+    clock = time.perf_counter_ns
+    seq, crashes = 0, 0
+    start = clock()
+    end = start + seconds * 1e9
+    count = count or -1
+
+    async def send() -> None:
+        nonlocal seq
+        seq += 1
+        crash = crash_every and seq % crash_every == 0
+        sent_at[seq] = clock()
+        await ws.send(_submit_frame(seq, tag, "df", "crash" if crash else "spin_us", spin_us), text=True)
+
+    async def run() -> None:
+        nonlocal crashes
+        for _ in range(window if count < 0 else min(window, count)):
+            await send()
+        while sent_at:
+            raw = await ws.recv(decode=False)
+            now = clock()
+            answer = check(raw)
+            if answer is None:
+                continue
+            got, healthy = answer
+            t0 = sent_at.pop(got, None)
+            if t0 is None:
+                raise BenchError(f"packet {tag}-{got} answered twice, or never sent")
+            if healthy:
+                rtts.append((now - t0) / 1000)
+            else:
+                crashes += 1
+            if now < end and seq != count:
+                await send()
+
+    try:
+        await asyncio.wait_for(run(), timeout_s + (seconds if count < 0 else 0))
+    except TimeoutError:
+        raise BenchError(f"{len(sent_at)} of {seq} packets ({tag}) unanswered {timeout_s:.0f} s after the "
+                         f"phase") from None
+    elapsed = (clock() - start) / 1e9
+    if not rtts:
+        raise BenchError(f"no healthy packet answered ({tag})")
+    rtts.sort()
+    return {"window": window, "elapsed_s": elapsed, "healthy": len(rtts), "crashes": crashes,
+            "throughput": len(rtts) / elapsed, "crashes_per_s": crashes / elapsed,
+            "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
+            "rtt_mean_us": statistics.fmean(rtts), "rtt_max_us": rtts[-1]}
+
+
+async def _lane_full(endpoint: str, lane: str, workers: int, timeout_s: float) -> float:
+    """Wait until the lane has its `workers` again (after crashes); seconds waited."""
+    import asyncio
+
+    start = time.perf_counter()
+    while True:
+        state = await _lane_now(endpoint, lane)
+        if state is not None and state["workers"] == workers and not state["running"]:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > timeout_s:
+            raise BenchError(f"the {lane} lane did not get back to {workers} workers within {timeout_s:.0f} s: "
+                             f"{state}")
+        await asyncio.sleep(0.01)
+
+
+def fault_client(endpoint: str, conditions: list[dict], workers: int, seconds: float, rtt_seconds: float,
+                 window: int, spin_us: int, warmup: int, tag: str, timeout_s: float) -> dict:
+    """Healthy df:spin_us packets with and without crashing ones mixed in, on one connection.
+    Warm-up (`warmup` healthy packets, window `window`), then for each condition
+    ({"name", "crash_every"}, in order), once the df lane has its `workers` again: `window`
+    packets in flight for `seconds` ("loaded"), then one in flight for `rtt_seconds` ("one");
+    every crash_every-th packet a df:crash (0: none). Each crash must be answered PF502, each
+    healthy packet with its data. Returns {name: {"loaded": ..., "one": ..., "lane_wait_s"},
+    "packets_answered": healthy answers in all, "crashes": crashes in all}."""
+    async def main() -> dict:
+        out: dict = {"order": [c["name"] for c in conditions]}
+        async with _connect(endpoint) as ws:
+            warm = await _mixed_stream(ws, window, 0, spin_us, f"{tag}w", timeout_s, count=warmup)
+            answered, crashes = warm["healthy"], 0
+            for c in conditions:
+                r: dict = {"crash_every": c["crash_every"]}
+                r["lane_wait_s"] = await _lane_full(endpoint, "df", workers, timeout_s)
+                for phase, n, s in (("loaded", window, seconds), ("one", 1, rtt_seconds)):
+                    r[phase] = await _mixed_stream(ws, n, c["crash_every"], spin_us,
+                                                   f"{tag}{c['name'][0]}{phase[0]}", timeout_s, seconds=s)
+                    answered += r[phase]["healthy"]
+                    crashes += r[phase]["crashes"]
+                out[c["name"]] = r
+        out["packets_answered"], out["crashes"] = answered, crashes
         return out
 
     return run_loop(main)

@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 from bench.common import DATA, ROOT, elapsed_s, loadavg, progress
-from bench.systems import (ENCODINGS, FAIR_LANES, GROUPS, HUB_SYSTEMS, LARGE_PAYLOAD_BYTES, PAYLOAD_SIZES,
-                           PIPES_ONLY_ARGS, SYSTEMS, Plan, Results)
+from bench.systems import (ENCODINGS, FAIR_LANES, FAULT_CONDITIONS, FAULT_NODES, GROUPS, HUB_SYSTEMS,
+                           LARGE_PAYLOAD_BYTES, PAYLOAD_SIZES, PIPES_ONLY_ARGS, SYSTEMS, Plan, Results)
 
 SUMMARY_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client_cpu_us_per_packet",
                 "server_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet",
@@ -28,6 +28,10 @@ LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "window 4-32", "ed": "reserved,
               "rm": "memory-capped, 1 at a time"}
 SHM_COMPARE_KEYS = ("throughput", "rtt_p50_us", "front_cpu_us_per_packet")
 FAIR_KEYS = ("p50_ms", "p99_ms", "mean_ms")
+FAULT_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "crashes_per_s")
+FAULT_PHASES = ("loaded", "one")  # the windowed phase, then 1 in flight
+FAULT_RTT_LIMIT = 3.0  # healthy packets' RTT p50 with crashes mixed in, at most this times fault-free
+WORKER_STARTS = {"fork": "fork server (default)", "spawn": "new interpreters"}
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -252,6 +256,48 @@ def summarise_fairness(runs: list[dict], args: argparse.Namespace, lanes_at_star
     return out
 
 
+def summarise_faults(fault_runs: dict[str, list[dict]], args: argparse.Namespace, checks: dict[str, dict],
+                     spawn_skipped: str | None) -> dict:
+    """Per fault-recovery node (by worker start), per condition and phase: medians over the
+    repeats; the ratios faulty / fault-free; the workers replaced per second under the faults;
+    fork / spawn where both ran; and the goals, on the default (fork server) node."""
+    crash_pct = f"{100 / args.fault_crash_every:g} %"
+    out: dict = {"crash_every": args.fault_crash_every, "crash_share": 1 / args.fault_crash_every,
+                 "window": args.fault_window, "seconds": args.fault_seconds, "rtt_seconds": args.fault_rtt_seconds,
+                 "spin_us": args.fault_spin_us, "rtt_limit": FAULT_RTT_LIMIT, "spawn_skipped": spawn_skipped,
+                 "nodes": {}, "counters": checks, "goals": []}
+    for start, runs in fault_runs.items():
+        node: dict = {"worker_start": WORKER_STARTS[start]}
+        for cond in FAULT_CONDITIONS:
+            node[cond] = {phase: summarise([r[cond][phase] for r in runs], FAULT_KEYS) for phase in FAULT_PHASES}
+            node[cond]["crashes"] = sum(r[cond][phase]["crashes"] for r in runs for phase in FAULT_PHASES)
+            node[cond]["lane_wait_s_max"] = max(r[cond]["lane_wait_s"] for r in runs)
+        clean, faulty = node["clean"], node["faulty"]
+        node["ratios"] = {"throughput": faulty["loaded"]["throughput"] / clean["loaded"]["throughput"]}
+        for phase, prefix in (("loaded", "loaded_"), ("one", "")):
+            for q in ("p50", "p99"):
+                node["ratios"][f"{prefix}rtt_{q}"] = faulty[phase][f"rtt_{q}_us"] / clean[phase][f"rtt_{q}_us"]
+        node["replacements_per_s"] = faulty["loaded"]["crashes_per_s"]
+        out["nodes"][start] = node
+    fork = out["nodes"]["fork"]
+    for phase, key in (("one", "rtt_p50"), ("loaded", "loaded_rtt_p50")):
+        clean, faulty = fork["clean"][phase]["rtt_p50_us"], fork["faulty"][phase]["rtt_p50_us"]
+        how = "1 in flight" if phase == "one" else f"{args.fault_window} in flight"
+        out["goals"].append(_goal(
+            f"fault_{key}_ratio", f"healthy packets' RTT p50 ({how}) with {crash_pct} crashing <= "
+            f"{FAULT_RTT_LIMIT:g}x fault-free (fork server)", fork["ratios"][key], FAULT_RTT_LIMIT,
+            f"{fmt(faulty)} vs {fmt(clean)} µs; {fmt(fork['replacements_per_s'], ',.1f')} workers replaced/s"))
+    if "spawn" in out["nodes"]:
+        spawn = out["nodes"]["spawn"]
+        out["fork_over_spawn"] = {
+            "replacements_per_s": fork["replacements_per_s"] / spawn["replacements_per_s"]
+            if spawn["replacements_per_s"] else None,
+            "faulty_throughput": fork["faulty"]["loaded"]["throughput"] / spawn["faulty"]["loaded"]["throughput"],
+            "faulty_loaded_rtt_p50": fork["faulty"]["loaded"]["rtt_p50_us"] / spawn["faulty"]["loaded"]["rtt_p50_us"],
+            "faulty_rtt_p50": fork["faulty"]["one"]["rtt_p50_us"] / spawn["faulty"]["one"]["rtt_p50_us"]}
+    return out
+
+
 def _goal(key: str, name: str, measured: float | None, limit: float, value: str, unit: str = "x",
           at_least: bool = False, also: bool = True) -> dict:
     """One goal: `measured` (a ratio, unit "x", or a figure in `unit`) against `limit` (at most,
@@ -342,7 +388,7 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
                      "echo servers); server CPU per packet; per-lane no-op; ed latency while df is saturated "
                      "and while a df:noop flood saturates the front; payload sizes 100 B to 1 MiB; large "
                      "payloads with worker shared memory vs pipes only; fairness between two clients on one "
-                     "lane",
+                     "lane; fault recovery with crashing packets (fork server vs new interpreters)",
         "machine": machine,
         "config": run_config(args, plan, results, node_status, machine),
         "medians": medians,
@@ -361,9 +407,12 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
         "payload_runs": results.payload_runs,
         "fairness": summarise_fairness(results.fair_runs, args, results.lanes_at_start),
         "fairness_runs": results.fair_runs,
+        "fault_recovery": summarise_faults(results.fault_runs, args, results.fault_checks, results.spawn_skipped),
+        "fault_recovery_runs": results.fault_runs,
         "node": node_status["picows"],
         "websockets_node": node_status["websockets"],
         "pipes_node": node_status["pipes"],
+        "fault_nodes": {start: node_status[name] for start, name in FAULT_NODES.items() if name in node_status},
         "loadavg_at_end": loadavg(),
         "elapsed_s": round(elapsed_s(), 1),
     }
@@ -373,7 +422,8 @@ def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_stat
     names = ("packets", "rtt_packets", "repeats", "workers", "window", "quick", "group_packets",
              "group_rtt_packets", "ed_seconds", "ed_df_inflight", "ed_df_sleep_ms", "ed_flood_inflight",
              "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window", "fair_window",
-             "fair_sleep_ms", "fair_samples")
+             "fair_sleep_ms", "fair_samples", "fault_seconds", "fault_rtt_seconds", "fault_window",
+             "fault_crash_every", "fault_spin_us")
     config = {name: getattr(args, name) for name in names}
     config.update({"warmup": plan.warmup, "group_warmup": plan.group_warmup,
                    "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
@@ -381,6 +431,9 @@ def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_stat
                    "node_args": node_status["picows"]["argv"],
                    "websockets_node_args": node_status["websockets"]["argv"],
                    "pipes_node_args": node_status["pipes"]["argv"],
+                   "fault_node_args": {start: node_status[name]["argv"] for start, name in FAULT_NODES.items()
+                                       if name in node_status},
+                   "fault_warmup": plan.fault_warmup,
                    "client_loop": "uvloop" if machine["uvloop"] else "asyncio",
                    "payload_variants": plan.variants})
     return config
@@ -452,6 +505,7 @@ def print_bench(report: dict) -> None:
     print_ed_load(report)
     print_payloads(report)
     print_fairness(report)
+    print_faults(report)
     print("targets (DESIGN.md and the payload issue, 2-core machine)")
     for target in report["targets"]:
         print(f"  {_met(target['met'])} {target['name']}: {target['value']}")
@@ -577,6 +631,39 @@ def print_fairness(report: dict) -> None:
               f"{fmt(m['fifo_estimate_ms']):>8}")
     print(f"  bound: {fair['bound']}")
     _print_goals(fair["goals"])
+    print()
+
+
+def print_faults(report: dict) -> None:
+    fr = report["fault_recovery"]
+    runs = max((len(rs) for rs in report["fault_recovery_runs"].values()), default=0)
+    print(f"fault recovery: healthy df:spin_us {fr['spin_us']} packets, fault-free and with every "
+          f"{fr['crash_every']}th packet a df:crash (os._exit in its worker: {100 * fr['crash_share']:g} %), "
+          f"each crash answered PF502 and each healthy packet its data; {fr['window']} in flight for "
+          f"{fr['seconds']:g} s, then 1 in flight for {fr['rtt_seconds']:g} s; a node of their own per worker "
+          f"start; {runs} repeats; medians")
+    _rule(f"{'workers started by':<22} {'condition':<12} | {'healthy/s':>9} {'RTT p50 µs':>10} {'p99':>8} | "
+          f"{'1 in flight p50 µs':>18} {'p99':>7} | {'replaced/s':>10}")
+    for start, node in fr["nodes"].items():
+        for cond in FAULT_CONDITIONS:
+            loaded, one = node[cond]["loaded"], node[cond]["one"]
+            print(f"{node['worker_start']:<22} {cond:<12} | {fmt(loaded['throughput']):>9} "
+                  f"{fmt(loaded['rtt_p50_us']):>10} {fmt(loaded['rtt_p99_us']):>8} | {fmt(one['rtt_p50_us']):>18} "
+                  f"{fmt(one['rtt_p99_us']):>7} | {fmt(loaded['crashes_per_s'], ',.1f'):>10}")
+        r = node["ratios"]
+        print(f"{'':<22} {'faulty/clean':<12} | {r['throughput']:>8.2f}x {r['loaded_rtt_p50']:>9.2f}x "
+              f"{r['loaded_rtt_p99']:>7.2f}x | {r['rtt_p50']:>17.2f}x {r['rtt_p99']:>6.2f}x |")
+    if fr.get("fork_over_spawn"):
+        fs = fr["fork_over_spawn"]
+        print(f"  fork server / new interpreters, with crashes: workers replaced per second "
+              f"{fmt(fs['replacements_per_s'], '.2f')}x, healthy packets/s {fs['faulty_throughput']:.2f}x, RTT p50 "
+              f"{fs['faulty_loaded_rtt_p50']:.2f}x ({fr['window']} in flight), {fs['faulty_rtt_p50']:.2f}x "
+              f"(1 in flight)")
+    if fr.get("spawn_skipped"):
+        print(f"  no comparison with new interpreters: {fr['spawn_skipped']}")
+    print("  replaced/s: workers killed by a crashing packet (and replaced, per the node's counters) per second of "
+          "the windowed phase")
+    _print_goals(fr["goals"])
     print()
 
 

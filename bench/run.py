@@ -19,6 +19,9 @@ Each repeat measures, a fresh client process each (bench/systems.py says what ea
             against a node with pipes only between front and workers (--worker-shm-bytes 0)
   fairness  client B's df:sleep_ms (cf:sleep_ms) one at a time, alone and while client A keeps
             a window of the same packets in flight on its own connection
+  faults    healthy df:spin_us packets, fault-free and with every 20th a df:crash that kills its
+            worker, against nodes of their own: workers forked by the fork server (the default),
+            and, where `pfnode serve` takes --worker-start, started as new interpreters
 
 Every answer is checked and the nodes' counters must agree with the clients. Prints tables on
 stdout (with the targets met or not), progress on stderr, and writes bench/results/bench-<time>.json,
@@ -62,6 +65,15 @@ def parse_args(argv: list[str] | None):
     opts.count("--fair-sleep-ms", 3, 3, "milliseconds each fairness packet (A's and B's) sleeps", kind=float,
                minimum=0.1)
     opts.count("--fair-samples", 80, 40, "client B's round trips per fairness phase (alone, under A's flood)")
+    opts.count("--fault-seconds", 0.6, 0.3, "seconds of each fault-recovery condition with --fault-window packets "
+               "in flight", kind=float, minimum=0.05)
+    opts.count("--fault-rtt-seconds", 0.3, 0.2, "seconds of each fault-recovery condition with 1 packet in flight",
+               kind=float, minimum=0.05)
+    opts.count("--fault-window", 64, 64, "packets in flight in the fault-recovery family's loaded phase")
+    opts.count("--fault-crash-every", 20, 20, "every Nth packet of the faulty condition crashes its worker "
+               "(20: 5 %%)", minimum=2)
+    opts.count("--fault-spin-us", 200, 200, "microseconds of CPU work per healthy fault-recovery packet",
+               minimum=0)
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")
     args = opts.parse(argv)
     if args.ed_df_inflight is None:
@@ -80,7 +92,9 @@ def run(args, procs: Processes) -> dict:
              f"{args.group_rtt_packets} RTT samples; ed load {args.ed_seconds:g} s per phase; payloads "
              f"{args.payload_packets} packets (100 B; fewer for larger), window {args.payload_window} "
              f"({args.payload_large_window} for 1 MiB); fairness window {args.fair_window} x sleep_ms "
-             f"{args.fair_sleep_ms:g}, {args.fair_samples} round trips")
+             f"{args.fair_sleep_ms:g}, {args.fair_samples} round trips; faults {args.fault_seconds:g} s at window "
+             f"{args.fault_window} + {args.fault_rtt_seconds:g} s 1 in flight, every {args.fault_crash_every}th "
+             f"packet crashing")
     plan = systems.Plan.of_run(args)
     servers = systems.start_servers(procs, args.workers)
     results = systems.Results(lanes_at_start=servers.lanes_at_start)
@@ -89,6 +103,7 @@ def run(args, procs: Processes) -> dict:
             measure(procs, servers, plan, rep, results)
         servers.check_alive()
     counters = systems.check_counters(servers, results)
+    counters.update(systems.check_fault_counters(servers, results))
     node_status = systems.stop_servers(procs, servers, counters)
     procs.remove_logs()
     return report.bench_report(args, machine, plan, results, node_status)

@@ -1,10 +1,10 @@
 """What each measured system is, and one function per family of measurements.
 
 The declarations first (the nodes and servers started, the df:noop rows, the lanes, the ed load
-phases, the payloads, the fairness lanes), then `start_servers`, then the families, each called
-once per repeat: `measure_systems`, `measure_lanes`, `measure_ed_load`, `measure_payloads`,
-`measure_fairness`; then the checks of the nodes' own counters against what the clients sent,
-and `stop_servers`. bench/run.py calls them in
+phases, the payloads, the fairness lanes, the fault-recovery nodes), then `start_servers`, then the
+families, each called once per repeat: `measure_systems`, `measure_lanes`, `measure_ed_load`,
+`measure_payloads`, `measure_fairness`, `measure_faults`; then the checks of the nodes' own
+counters against what the clients sent, and `stop_servers`. bench/run.py calls them in
 that order; the hub relay's systems (bench/hub.py) are at the end.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from bench import clients, servers
 from bench.common import DATA, BenchError, progress
-from bench.processes import ChildServer, NodeProcess, Processes, node_health
+from bench.processes import ChildServer, NodeProcess, Processes, node_health, serve_takes, worker_start_of
 
 # The node loads the spec's examples (df:noop) and the bench-only handlers (cf/ed/rm:noop,
-# df/cf:sleep_ms); its workers run with the repository root as cwd, so
+# df/cf:sleep_ms, df:spin_us, df:crash); its workers run with the repository root as cwd, so
 # `bench.handlers_bench` imports.
 NODE_HANDLERS = "handlers.examples,bench.handlers_bench"
 # The pipes-only node: the main node's command with no shared memory between front and workers.
@@ -71,6 +71,14 @@ SHM_COMPARE_SIZES = ("64 KiB", "1 MiB")
 # Fairness between clients: the lanes client A floods while client B sends one packet at a time,
 # each with its own sleep_ms handler (bench/handlers_bench.py), so the lane is full, the CPUs not.
 FAIR_LANES = ("df", "cf")
+# Fault recovery: nodes of their own (crashes would show in the main node's counters and replace
+# the workers whose CPU the other families read), by how their workers start. The fork server is
+# the default; `spawn` (a new interpreter per worker) only where `pfnode serve` takes the flag.
+WORKER_START_FLAG = "--worker-start"
+FAULT_NODES = {"fork": "fault-fork", "spawn": "fault-spawn"}  # worker start -> node name
+FAULT_NODE_ARGS = ("--ed-workers", "0", "--rm-workers", "0")  # only df (and the one cf) workers
+# Each client's conditions: no crashes, then every crash_every-th packet a df:crash (rotated).
+FAULT_CONDITIONS = ("clean", "faulty")
 
 
 def ed_phases(args: argparse.Namespace, rep: int) -> list[dict]:
@@ -110,6 +118,14 @@ def fair_lanes(args: argparse.Namespace, rep: int) -> list[dict]:
     return lanes[k:] + lanes[:k]
 
 
+def fault_conditions(args: argparse.Namespace, rep: int) -> list[dict]:
+    """fault_client's conditions, rotated each repeat."""
+    conditions = [{"name": name, "crash_every": args.fault_crash_every if name == "faulty" else 0}
+                  for name in FAULT_CONDITIONS]
+    k = rep % len(conditions)
+    return conditions[k:] + conditions[:k]
+
+
 @dataclass
 class Plan:
     """The counts and time limits of one run, derived from its arguments."""
@@ -123,6 +139,8 @@ class Plan:
     pipes_variants: list[dict] = field(default_factory=list)
     payload_timeout_s: float = 0.0
     fair_timeout_s: float = 0.0
+    fault_timeout_s: float = 0.0
+    fault_warmup: int = 0
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "Plan":
@@ -147,6 +165,9 @@ class Plan:
         plan.payload_timeout_s = 30 + max(v["warmup"] + v["packets"] + v["rtt_packets"] for v in plan.variants)
         # The drain of client A's window on one worker, and B's round trips at 10x their sleep.
         plan.fair_timeout_s = 30 + (args.fair_window + 10 * args.fair_samples) * args.fair_sleep_ms / 1000
+        # A replacement as a new interpreter can take seconds on a loaded machine: one per crash in a window.
+        plan.fault_timeout_s = 30 + 5 * (args.fault_window // max(1, args.fault_crash_every) + 1)
+        plan.fault_warmup = max(2 * args.fault_window, 200)
         return plan
 
     def common(self) -> dict:
@@ -169,8 +190,11 @@ class Results:
     payload_runs: dict[str, list[list[dict]]] = field(
         default_factory=lambda: {"pfnode": [], "echo": [], "pfnode_pipes": []})
     fair_runs: list[dict] = field(default_factory=list)
+    fault_runs: dict[str, list[dict]] = field(default_factory=dict)  # worker start -> runs
     lanes_at_start: dict = field(default_factory=dict)  # the main node's /healthz lanes
     large_packets: int = 0  # the payload packets over the shm threshold sent to the main node
+    fault_checks: dict[str, dict] = field(default_factory=dict)  # worker start -> counters, expected
+    spawn_skipped: str | None = None  # why the fault-recovery family has no spawn node
 
 
 # ---------------------------------------------------------------------------- the servers
@@ -183,6 +207,8 @@ class Servers:
     lanes_at_start: dict  # the main node's /healthz lanes
     lane_pids: dict[str, list[int]]  # the main node's workers of each lane
     pipes_df_pids: list[int]
+    fault_nodes: dict[str, NodeProcess]  # the fault-recovery nodes, by how their workers start
+    spawn_skipped: str | None  # why there is no spawn node (None: there is one)
 
     def endpoint(self, row: Row) -> str:
         return self.nodes[row.node].endpoint if row.node else f"ws://127.0.0.1:{self.echoes[row.echo].ready}/"
@@ -197,17 +223,38 @@ class Servers:
         for name, echo in self.echoes.items():
             if not echo.alive():
                 raise BenchError(f"the {name} echo server exited with {echo.proc.exitcode}")
-        for node in self.nodes.values():
+        for node in (*self.nodes.values(), *self.fault_nodes.values()):
             if not node.alive():
                 raise BenchError(f"the {node.name} node exited during the run:\n{node.log_text()}")
 
 
+def fault_node_argvs(workers: int) -> tuple[dict[str, list[str]], str | None]:
+    """The fault-recovery nodes' argv by worker start, and why the spawn node is left out (None:
+    it is not): it needs `pfnode serve --worker-start`, which this checkout may not have yet."""
+    if serve_takes(WORKER_START_FLAG):
+        return {start: serve_argv(workers, extra=(*FAULT_NODE_ARGS, WORKER_START_FLAG, start))
+                for start in FAULT_NODES}, None
+    return {"fork": serve_argv(workers, extra=FAULT_NODE_ARGS)}, (
+        f"this checkout's `pfnode serve` has no {WORKER_START_FLAG} flag (Settings.worker_start): "
+        f"no spawn node to compare with")
+
+
 def start_servers(procs: Processes, workers: int) -> Servers:
-    progress("starting the nodes (picows, the default transport; websockets; picows with pipes only) "
-             "and the echo servers ...")
-    nodes = procs.start_nodes({name: serve_argv(workers, transport, extra)
-                               for name, (transport, extra) in NODES.items()})
-    for node in nodes.values():
+    progress("starting the nodes (picows, the default transport; websockets; picows with pipes only; "
+             "the fault-recovery nodes) and the echo servers ...")
+    fault_argvs, spawn_skipped = fault_node_argvs(workers)
+    started = procs.start_nodes({**{name: serve_argv(workers, transport, extra)
+                                    for name, (transport, extra) in NODES.items()},
+                                 **{FAULT_NODES[start]: argv for start, argv in fault_argvs.items()}})
+    nodes = {name: started[name] for name in NODES}
+    fault_nodes = {start: started[FAULT_NODES[start]] for start in fault_argvs}
+    for start, node in fault_nodes.items():
+        if worker_start_of(node.front_pid) != start:
+            raise BenchError(f"the {node.name} node's workers were not started by {start} "
+                             f"(pfnode {' '.join(node.argv)})")
+    if spawn_skipped:
+        progress(f"fault recovery: {spawn_skipped}")
+    for node in started.values():
         progress(f"{node.name} node at {node.endpoint} (front pid {node.front_pid}, workers {node.worker_pids}; "
                  f"pfnode {' '.join(node.argv)})")
     echoes = {name: procs.start_server(f"{name}-echo-server", func) for name, func in ECHO_SERVERS.items()}
@@ -219,7 +266,7 @@ def start_servers(procs: Processes, workers: int) -> Servers:
     progress("lane workers: " + ", ".join(f"{lane} {lane_pids[lane]}" for lane in GROUPS))
     pipes = nodes["pipes"]
     pipes_df = node_health(pipes.endpoint).get("lanes", {}).get("df", {}).get("pids") or pipes.worker_pids
-    return Servers(nodes, echoes, lanes, lane_pids, pipes_df)
+    return Servers(nodes, echoes, lanes, lane_pids, pipes_df, fault_nodes, spawn_skipped)
 
 
 # ---------------------------------------------------------------------------- the families
@@ -325,7 +372,29 @@ def measure_fairness(procs: Processes, servers: Servers, plan: Plan, rep: int, r
         for lane in FAIR_LANES))
 
 
-FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads, measure_fairness)
+def measure_faults(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """Healthy packets without and with crashing ones against each fault-recovery node, a fresh
+    client each; the node order and the condition order rotate each repeat."""
+    a = plan.args
+    starts = list(servers.fault_nodes)
+    k = rep % len(starts)
+    conditions = fault_conditions(a, rep)
+    limit_s = len(conditions) * (a.fault_seconds + a.fault_rtt_seconds + 3 * plan.fault_timeout_s) + 30
+    for start in starts[k:] + starts[:k]:
+        node = servers.fault_nodes[start]
+        label = _label(plan, rep, f"faults ({start})")
+        r = procs.call(label, clients.fault_client, limit_s, endpoint=node.endpoint, conditions=conditions,
+                       workers=a.workers, seconds=a.fault_seconds, rtt_seconds=a.fault_rtt_seconds,
+                       window=a.fault_window, spin_us=a.fault_spin_us, warmup=plan.fault_warmup, tag=f"x{rep}",
+                       timeout_s=plan.fault_timeout_s)
+        results.fault_runs.setdefault(start, []).append(r)
+        progress(f"{label}: " + "; ".join(
+            f"{name} {r[name]['loaded']['throughput']:,.0f} healthy/s, RTT p50 {r[name]['loaded']['rtt_p50_us']:,.0f} "
+            f"µs (window {a.fault_window}) / {r[name]['one']['rtt_p50_us']:,.0f} µs (1 in flight), "
+            f"{r[name]['loaded']['crashes_per_s']:,.1f} crashes/s" for name in FAULT_CONDITIONS))
+
+
+FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads, measure_fairness, measure_faults)
 
 
 # ---------------------------------------------------------------------------- after the repeats
@@ -362,6 +431,36 @@ def check_counters(servers: Servers, results: Results) -> dict[str, dict]:
     return counters
 
 
+def check_fault_counters(servers: Servers, results: Results, timeout_s: float = 30.0) -> dict[str, dict]:
+    """Each fault-recovery node's /healthz counters against its clients: every healthy packet
+    completed, every crash failed PF502, and each crash one worker died running a packet and one
+    replaced it (waited for: the last replacement may still be starting). Notes them, with the
+    figures they were checked against, in `results.fault_checks`; returns them by node name."""
+    import time
+
+    checks = {}
+    for start, node in servers.fault_nodes.items():
+        runs = results.fault_runs.get(start, [])
+        healthy, crashes = _answered(runs), sum(r["crashes"] for r in runs)
+        expected = {"completed": healthy, "failed": crashes, "failed_PF502": crashes,
+                    "worker_deaths_crash": crashes, "workers_replaced": crashes}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = node_health(node.endpoint).get("counters", {})
+            wrong = {key: got.get(key, 0) for key, value in expected.items() if got.get(key, 0) != value}
+            if not wrong or set(wrong) != {"workers_replaced"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        progress(f"{node.name} node counters: {got}")
+        if wrong:
+            raise BenchError(f"{node.name} node counters disagree with its clients: {wrong}, expected "
+                             f"{ {key: expected[key] for key in wrong} }")
+        results.fault_checks[start] = {"counters": got, "expected": expected}
+        checks[node.name] = got
+    results.spawn_skipped = servers.spawn_skipped
+    return checks
+
+
 def stop_node_and_say(procs: Processes, node: NodeProcess) -> dict:
     """Stop the node; its exit status, argv and the warnings/errors it logged."""
     rc = node.returncode if node.popen is None else procs.stop_node(node.name)
@@ -374,7 +473,7 @@ def stop_node_and_say(procs: Processes, node: NodeProcess) -> dict:
 
 
 def stop_servers(procs: Processes, servers: Servers, counters: dict[str, dict]) -> dict[str, dict]:
-    """Stop the echo servers and the nodes; each node's status, with its counters."""
+    """Stop the echo servers and the nodes; each node's status (by node name), with its counters."""
     progress("stopping the nodes and the echo servers ...")
     for echo in servers.echoes.values():
         echo.stop()
@@ -382,6 +481,9 @@ def stop_servers(procs: Processes, servers: Servers, counters: dict[str, dict]) 
     for name, node in servers.nodes.items():
         status[name] = stop_node_and_say(procs, node)
         status[name]["counters"] = counters[name]
+    for start, node in servers.fault_nodes.items():
+        status[node.name] = stop_node_and_say(procs, node)
+        status[node.name]["counters"] = counters[node.name]
     return status
 
 
