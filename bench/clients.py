@@ -496,11 +496,15 @@ async def _lane_idle(endpoint: str, lane: str, what: str) -> None:
 def _saturated(state: dict | None, what: str = "lane") -> bool | None:
     """lane: every worker of the lane holds a packet and more wait in its queue. front: packets
     wait in the lane's queue (the front holds a backlog; its workers may be faster than it and
-    empty now and then). None: unknown."""
+    empty now and then). backlog: at least as many packets wait as the lane has workers, so each
+    worker takes the next at once when it frees (for short packets, where a reading of `busy`
+    often catches a worker between two). None: unknown."""
     if state is None or None in (state["workers"], state["busy"], state["queued"]):
         return None
     if what == "front":
         return state["queued"] > 0
+    if what == "backlog":
+        return state["queued"] >= state["workers"] > 0
     return state["workers"] > 0 and state["busy"] == state["workers"] and state["queued"] > 0
 
 
@@ -651,7 +655,7 @@ async def _fair_lane(endpoint: str, a_ws, b_ws, spec: dict, tag: str, timeout_s:
             out["alone"] = await b_round_trips()
         else:
             flood = {"name": "flood", "group": group, "lane": lane, "element": "sleep_ms", "data": sleep_ms,
-                     "inflight": spec["window"], "saturates": "lane", "saturate_s": spec["saturate_s"]}
+                     "inflight": spec["window"], "saturates": "backlog", "saturate_s": spec["saturate_s"]}
             out["flood"], a_answered = await _under_load(endpoint, a_ws, flood, f"{tag}{lane}a", timeout_s,
                                                          b_round_trips, "a_")
             answered += a_answered
@@ -664,8 +668,9 @@ def fairness_client(endpoint: str, lanes: list[dict], tag: str, timeout_s: float
     sends group:sleep_ms one at a time, each after a random pause of 0 to pause_s (so that B does
     not arrive in step with the packets A runs: right after B's answer its worker starts one of
     A's), `samples` round trips with the lane idle ("alone") and as many
-    while client A keeps `window` of the same packets in flight ("flood", measured once the lane
-    is saturated, which must still hold at the end), in the order `alone_first` says. Every
+    while client A keeps `window` of the same packets in flight ("flood", measured once A's
+    packets wait in the lane, at least one per worker, which must still hold at the end), in the
+    order `alone_first` says. Every
     answer of both clients is checked. Returns {lane: {"alone": stats, "flood": stats with A's
     a_throughput, a_saturated, ...}, "packets_answered": n}."""
     async def main() -> dict:
