@@ -2,8 +2,8 @@
 """pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane no-op
 rows, ed latency under df load, payload sizes, and the two transports.
 
-    .venv/bin/python bench/run.py             # full run (make bench), about 80-90 s on 2 cores
-    .venv/bin/python bench/run.py --quick     # smoke run, about 15 s
+    .venv/bin/python bench/run.py             # full run (make bench), about 110 s on 2 cores
+    .venv/bin/python bench/run.py --quick     # smoke run, about 25 s
 
 Each repeat measures, a fresh client process each (bench/systems.py says what each is):
 
@@ -43,7 +43,8 @@ from bench.processes import Processes, run_with_cleanup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
-    # The full sizes keep `make bench` (run.py, hub.py, the micro-benchmarks) near 90 s on 2 cores.
+    # The full sizes keep `make bench` (run.py, hub.py, the micro-benchmarks) near 2 min 20 s on 2 cores
+    # (at most 3 min); the fairness and fault-recovery families take about 9 s of each repeat.
     opts = Options(__doc__, "worker processes for pfnode and the executor", (10_000, 3_000), (1_000, 300))
     opts.count("--group-packets", 2000, 1000, "packets per throughput measurement of each lane's no-op")
     opts.count("--group-rtt-packets", 300, 150, "round trips per RTT measurement of each lane's no-op")
