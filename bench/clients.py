@@ -9,6 +9,10 @@ fresh child process (`Processes.call`) and returns a dict of measurements.
                      the data into floats
   ed_load_client     ed:noop one at a time while a second connection keeps the df lane busy
                      (df:sleep_ms) or floods the front (df:noop)
+  fairness_client    client B's sleep_ms packets one at a time, alone and while client A, on a
+                     second connection, keeps a window of the same packets in flight (df, cf)
+  fault_client       healthy df:spin_us packets, windowed then one at a time, with and without
+                     a df:crash (its worker exits) every Nth packet
   executor_client    the stdlib ProcessPoolExecutor, driven in-process
 
 CPU time of the server processes during a throughput phase is read here, from the client, for
@@ -39,19 +43,27 @@ def _submit_frame(seq: int, tag: str, group: str = "df", element: str = "noop", 
         "data": data, "priority": 5}})
 
 
+def _result_of(raw: bytes) -> tuple[object, dict] | None:
+    """(seq, payload) of a `result` frame, None for a heartbeat; BenchError for anything else."""
+    import orjson
+
+    obj = orjson.loads(raw)
+    mtype = obj.get("type")
+    if mtype == "heartbeat":
+        return None
+    if mtype != "result":
+        raise BenchError(f"node sent a {mtype!r} frame, expected a result: {raw[:300]!r}")
+    return obj.get("seq"), obj["payload"]
+
+
 def _result_checker(tag: str, data):
     """check(raw) -> the seq of a successful result for packet `<tag>-<seq>` that returned
     `data`, or None for a heartbeat. Raises BenchError for anything else."""
-    import orjson
-
     def check(raw: bytes) -> int | None:
-        obj = orjson.loads(raw)
-        mtype = obj.get("type")
-        if mtype == "heartbeat":
+        result = _result_of(raw)
+        if result is None:
             return None
-        if mtype != "result":
-            raise BenchError(f"node sent a {mtype!r} frame, expected a result: {raw[:300]!r}")
-        seq, p = obj.get("seq"), obj["payload"]
+        seq, p = result
         if p.get("status") != "success":
             raise BenchError(f"packet {tag}-{seq} did not succeed: {p.get('error')}")
         if p.get("packet_id") != f"{tag}-{seq}":
@@ -390,35 +402,50 @@ def payload_client(endpoint: str, mode: str, variants: list[dict], tag: str,
     return run_loop(main)
 
 
-# ---------------------------------------------------------------------------- ed latency under load
+# ---------------------------------------------------------------------------- one client under another's load
+# The ed latency (ed:noop while the df lane is kept busy or flooded) and the fairness between
+# clients (client B's packets while client A floods the same lane) share these pieces: round
+# trips one at a time, a filler that keeps packets in flight on another connection, and the
+# node's view of a lane.
 
-async def _ed_for(ws, seconds: float, tag: str, first_seq: int) -> tuple[list[float], int]:
-    """Send ed:noop packets one at a time (each after the previous answer) for `seconds`;
-    return (sorted round-trip times in µs, the next seq)."""
-    check = _result_checker(tag, DATA)
+async def _one_by_one(ws, group: str, element: str, data, tag: str, first_seq: int, *,
+                      seconds: float | None = None, count: int | None = None,
+                      pause_s: float = 0.0) -> tuple[list[float], int]:
+    """Send group:element packets carrying `data` one at a time (each after the previous
+    answer, and after a random pause of 0 to `pause_s`, seeded), for `seconds` or `count`
+    packets; return (sorted round-trip times in µs, the next seq)."""
+    import asyncio
+    import random
+
+    check = _result_checker(tag, data)
+    pauses = random.Random(first_seq)
     rtts = []
     clock = time.perf_counter_ns
     seq = first_seq
-    end = clock() + int(seconds * 1e9)
-    while clock() < end:
-        got, rtt = await _round_trip(ws, _submit_frame(seq, tag, "ed", "noop"), check)
+    end = clock() + int(seconds * 1e9) if seconds is not None else None
+    while clock() < end if end is not None else len(rtts) < count:
+        if pause_s:
+            await asyncio.sleep(pauses.uniform(0, pause_s))
+        got, rtt = await _round_trip(ws, _submit_frame(seq, tag, group, element, data), check)
         if got != seq:
-            raise BenchError(f"answer for ed seq {got} while waiting for {seq}")
+            raise BenchError(f"answer for {group}:{element} seq {got} while waiting for {seq}")
         rtts.append(rtt)
         seq += 1
     if not rtts:
-        raise BenchError("no ed round trip completed")
+        raise BenchError(f"no {group}:{element} round trip completed")
     rtts.sort()
     return rtts, seq
 
 
-class _DfFiller:
-    """Keeps `inflight` df:`element` packets (data `data`) unanswered on one connection, sending
-    a new one as each answer arrives, until `refill` is cleared; then waits for the rest. Every
-    answer is checked (success, its own packet_id, the data it was given, answered once)."""
+class _Filler:
+    """Keeps `inflight` group:`element` packets (data `data`) unanswered on one connection,
+    sending a new one as each answer arrives, until `refill` is cleared; then waits for the
+    rest. Every answer is checked (success, its own packet_id, the data it was given, answered
+    once)."""
 
-    def __init__(self, ws, inflight: int, element: str, data, tag: str) -> None:
-        self.ws, self.inflight, self.element, self.data, self.tag = ws, inflight, element, data, tag
+    def __init__(self, ws, inflight: int, group: str, element: str, data, tag: str) -> None:
+        self.ws, self.inflight, self.group, self.element, self.data = ws, inflight, group, element, data
+        self.tag = tag
         self.check = _result_checker(tag, data)
         self.next_seq = 1
         self.outstanding: set[int] = set()
@@ -428,7 +455,7 @@ class _DfFiller:
     async def _send_one(self) -> None:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
         self.outstanding.add(seq)
-        await self.ws.send(_submit_frame(seq, self.tag, "df", self.element, self.data), text=True)
+        await self.ws.send(_submit_frame(seq, self.tag, self.group, self.element, self.data), text=True)
 
     async def run(self) -> None:
         for _ in range(self.inflight):
@@ -438,7 +465,7 @@ class _DfFiller:
             if seq is None:
                 continue
             if seq not in self.outstanding:
-                raise BenchError(f"df:{self.element} seq {seq} answered twice, or never sent")
+                raise BenchError(f"{self.group}:{self.element} seq {seq} answered twice, or never sent")
             self.outstanding.remove(seq)
             self.answered += 1
             if self.refill:
@@ -452,14 +479,32 @@ def _lane_state(health: dict, lane: str) -> dict | None:
     return {key: state.get(key) for key in ("workers", "busy", "running", "queued")}
 
 
+async def _lane_now(endpoint: str, lane: str) -> dict | None:
+    """The lane's state in the node's /healthz (read off the event loop's thread)."""
+    import asyncio
+
+    health = await asyncio.get_running_loop().run_in_executor(None, node_health, endpoint)
+    return _lane_state(health, lane)
+
+
+async def _lane_idle(endpoint: str, lane: str, what: str) -> None:
+    state = await _lane_now(endpoint, lane)
+    if state is not None and (state["running"] or state["queued"]):
+        raise BenchError(f"{lane} lane not idle before {what}: {state}")
+
+
 def _saturated(state: dict | None, what: str = "lane") -> bool | None:
     """lane: every worker of the lane holds a packet and more wait in its queue. front: packets
     wait in the lane's queue (the front holds a backlog; its workers may be faster than it and
-    empty now and then). None: unknown."""
+    empty now and then). backlog: at least as many packets wait as the lane has workers, so each
+    worker takes the next at once when it frees (for short packets, where a reading of `busy`
+    often catches a worker between two). None: unknown."""
     if state is None or None in (state["workers"], state["busy"], state["queued"]):
         return None
     if what == "front":
         return state["queued"] > 0
+    if what == "backlog":
+        return state["queued"] >= state["workers"] > 0
     return state["workers"] > 0 and state["busy"] == state["workers"] and state["queued"] > 0
 
 
@@ -470,6 +515,64 @@ def _latency_stats(rtts: list[float], seconds: float) -> dict:
             "mean_ms": statistics.fmean(rtts) / 1000}
 
 
+def _still_running(task) -> None:
+    if task.done():
+        task.result()
+        raise BenchError("the filler stopped early")
+
+
+async def _until_saturated(endpoint: str, task, phase: dict) -> dict | None:
+    """Wait until the phase's lane is saturated as the phase means it; that lane state."""
+    import asyncio
+
+    deadline = time.monotonic() + phase["saturate_s"]
+    while True:
+        await asyncio.sleep(0.05)
+        _still_running(task)
+        state = await _lane_now(endpoint, phase["lane"])
+        if _saturated(state, phase["saturates"]) is not False:
+            return state
+        if time.monotonic() > deadline:
+            raise BenchError(f"the {phase['lane']} lane did not saturate: {state}")
+
+
+async def _under_load(endpoint: str, ws, phase: dict, tag: str, timeout_s: float, measure,
+                      prefix: str) -> tuple[dict, int]:
+    """`await measure()` (a dict with "elapsed_s") while a filler on `ws` keeps phase["inflight"]
+    packets phase["group"]:phase["element"] (data phase["data"]) in flight, from the moment
+    phase["lane"] is saturated as phase["saturates"] says; the filler drained and checked at
+    the end. Returns measure's dict with, under `prefix`: the filler's packets answered during
+    the measurement and their rate (`packets`, `throughput`), the lane's state at its start and
+    end (`lane_at_start`, `lane_at_end`) and whether it was saturated both times
+    (`saturated`); and the filler's answers in all."""
+    import asyncio
+
+    filler = _Filler(ws, phase["inflight"], phase["group"], phase["element"], phase["data"], tag)
+    task = asyncio.ensure_future(filler.run())
+    try:
+        at_start = await _until_saturated(endpoint, task, phase)
+        answered0 = filler.answered
+        stats = await measure()
+        answered = filler.answered - answered0
+        _still_running(task)
+        at_end = await _lane_now(endpoint, phase["lane"])
+        filler.refill = False
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            raise BenchError(f"{len(filler.outstanding)} {phase['group']}:{phase['element']} packets still "
+                             f"unanswered {timeout_s:.0f} s after the {phase['name']} phase") from None
+    finally:
+        task.cancel()
+    stats.update({f"{prefix}packets": answered, f"{prefix}throughput": answered / stats["elapsed_s"],
+                  f"{prefix}lane_at_start": at_start, f"{prefix}lane_at_end": at_end,
+                  f"{prefix}saturated": (_saturated(at_start, phase["saturates"])
+                                         and _saturated(at_end, phase["saturates"]))})
+    return stats, filler.answered
+
+
+# ---------------------------------------------------------------------------- ed latency under load
+
 class _EdRun:
     """ed_load_client's state: the two connections, the next ed seq, what was answered."""
 
@@ -479,16 +582,11 @@ class _EdRun:
         self.timeout_s, self.front_pids = timeout_s, front_pids
         self.seq, self.answered = 1, 0
 
-    async def df_lane(self) -> dict | None:
-        import asyncio
-
-        health = await asyncio.get_running_loop().run_in_executor(None, node_health, self.endpoint)
-        return _lane_state(health, "df")
-
     async def ed_round_trips(self, seconds: float) -> dict:
         """ed:noop one at a time for `seconds`: latency stats, with the front's CPU share."""
         start, front0 = time.perf_counter(), cpu_s(self.front_pids)
-        rtts, next_seq = await _ed_for(self.ed_ws, seconds, f"{self.tag}ed", self.seq)
+        rtts, next_seq = await _one_by_one(self.ed_ws, "ed", "noop", DATA, f"{self.tag}ed", self.seq,
+                                           seconds=seconds)
         elapsed = time.perf_counter() - start
         self.answered, self.seq = self.answered + next_seq - self.seq, next_seq
         stats = _latency_stats(rtts, elapsed)
@@ -496,60 +594,16 @@ class _EdRun:
         return stats
 
     async def idle(self, phase: dict) -> dict:
-        before = await self.df_lane()
-        if before is not None and (before["running"] or before["queued"]):
-            raise BenchError(f"df lane not idle before the idle phase: {before}")
+        await _lane_idle(self.endpoint, "df", "the idle phase")
         return await self.ed_round_trips(self.seconds)
 
     async def loaded(self, phase: dict) -> dict:
-        """ed round trips while a filler keeps phase["inflight"] df packets in flight, from the
-        moment the df lane is saturated; the filler drained and checked at the end."""
-        import asyncio
-
-        filler = _DfFiller(self.df_ws, phase["inflight"], phase["element"], phase["data"],
-                           f"{self.tag}{phase['name']}")
-        task = asyncio.ensure_future(filler.run())
-        try:
-            at_start = await self._until_saturated(task, phase)
-            answered0 = filler.answered
-            stats = await self.ed_round_trips(self.seconds)
-            df_answered = filler.answered - answered0
-            self._still_running(task)
-            at_end = await self.df_lane()
-            filler.refill = False
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
-            except TimeoutError:
-                raise BenchError(f"{len(filler.outstanding)} df:{phase['element']} packets still unanswered "
-                                 f"{self.timeout_s:.0f} s after the {phase['name']} phase") from None
-        finally:
-            task.cancel()
-        self.answered += filler.answered
-        stats.update({"df_packets": df_answered, "df_throughput": df_answered / stats["elapsed_s"],
-                      "df_lane_at_start": at_start, "df_lane_at_end": at_end,
-                      "df_saturated": (_saturated(at_start, phase["saturates"])
-                                       and _saturated(at_end, phase["saturates"]))})
+        """ed round trips while the df lane is kept busy (df_* keys: the df filler's)."""
+        phase = {"group": "df", "lane": "df", **phase}
+        stats, answered = await _under_load(self.endpoint, self.df_ws, phase, f"{self.tag}{phase['name']}",
+                                            self.timeout_s, lambda: self.ed_round_trips(self.seconds), "df_")
+        self.answered += answered
         return stats
-
-    @staticmethod
-    def _still_running(task) -> None:
-        if task.done():
-            task.result()
-            raise BenchError("the df filler stopped early")
-
-    async def _until_saturated(self, task, phase: dict) -> dict | None:
-        """Wait until the df lane is saturated as the phase means it; that df lane state."""
-        import asyncio
-
-        deadline = time.monotonic() + phase["saturate_s"]
-        while True:
-            await asyncio.sleep(0.05)
-            self._still_running(task)
-            state = await self.df_lane()
-            if _saturated(state, phase["saturates"]) is not False:
-                return state
-            if time.monotonic() > deadline:
-                raise BenchError(f"the df lane did not saturate: {state}")
 
 
 def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, timeout_s: float,
@@ -571,6 +625,190 @@ def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, 
                 measure = run.idle if phase["name"] == "idle" else run.loaded
                 out[phase["name"]] = await measure(phase)
         out["packets_answered"] = run.answered
+        return out
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- fairness between clients
+
+async def _fair_lane(endpoint: str, a_ws, b_ws, spec: dict, tag: str, timeout_s: float,
+                     alone_first: bool) -> tuple[dict, int]:
+    """One lane of fairness_client: B alone and B under A's flood, in the order asked."""
+    group, lane, sleep_ms = spec["group"], spec["lane"], spec["sleep_ms"]
+    b_tag, answered, seq = f"{tag}{lane}b", 0, 1
+
+    async def b_round_trips() -> dict:
+        nonlocal seq, answered
+        start = time.perf_counter()
+        rtts, next_seq = await _one_by_one(b_ws, group, "sleep_ms", sleep_ms, b_tag, seq, count=spec["samples"],
+                                           pause_s=spec["pause_s"])
+        answered, seq = answered + next_seq - seq, next_seq
+        return _latency_stats(rtts, time.perf_counter() - start)
+
+    _, seq = await _one_by_one(b_ws, group, "sleep_ms", sleep_ms, b_tag, seq, count=spec["warmup"])
+    answered += seq - 1
+    out: dict = {}
+    for phase in (("alone", "flood") if alone_first else ("flood", "alone")):
+        if phase == "alone":
+            await _lane_idle(endpoint, lane, f"client B's {lane} round trips alone")
+            out["alone"] = await b_round_trips()
+        else:
+            flood = {"name": "flood", "group": group, "lane": lane, "element": "sleep_ms", "data": sleep_ms,
+                     "inflight": spec["window"], "saturates": "backlog", "saturate_s": spec["saturate_s"]}
+            out["flood"], a_answered = await _under_load(endpoint, a_ws, flood, f"{tag}{lane}a", timeout_s,
+                                                         b_round_trips, "a_")
+            answered += a_answered
+    return out, answered
+
+
+def fairness_client(endpoint: str, lanes: list[dict], tag: str, timeout_s: float, alone_first: bool) -> dict:
+    """Fairness between two clients on their own connections, for each lane in `lanes`
+    ({"lane", "group", "sleep_ms", "window", "samples", "warmup", "saturate_s", "pause_s"}): client B
+    sends group:sleep_ms one at a time, each after a random pause of 0 to pause_s (so that B does
+    not arrive in step with the packets A runs: right after B's answer its worker starts one of
+    A's), `samples` round trips with the lane idle ("alone") and as many
+    while client A keeps `window` of the same packets in flight ("flood", measured once A's
+    packets wait in the lane, at least one per worker, which must still hold at the end), in the
+    order `alone_first` says. Every
+    answer of both clients is checked. Returns {lane: {"alone": stats, "flood": stats with A's
+    a_throughput, a_saturated, ...}, "packets_answered": n}."""
+    async def main() -> dict:
+        out: dict = {"alone_first": alone_first, "packets_answered": 0}
+        async with _connect(endpoint) as a_ws, _connect(endpoint) as b_ws:
+            for spec in lanes:
+                out[spec["lane"]], answered = await _fair_lane(endpoint, a_ws, b_ws, spec, tag, timeout_s,
+                                                               alone_first)
+                out["packets_answered"] += answered
+        return out
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- fault recovery
+
+def _fault_checker(tag: str, data, crash_every: int):
+    """check(raw) -> (seq, healthy) for the answer to packet `<tag>-<seq>`, None for a heartbeat:
+    a crashing packet (every crash_every-th seq) must be answered PF502, any other with success
+    and the data it was given. BenchError for anything else."""
+    def check(raw: bytes) -> tuple[int, bool] | None:
+        result = _result_of(raw)
+        if result is None:
+            return None
+        seq, p = result
+        if type(seq) is not int or p.get("packet_id") != f"{tag}-{seq}":
+            raise BenchError(f"seq {seq} answered with packet_id {p.get('packet_id')!r}, expected {tag}-{seq}")
+        if crash_every and seq % crash_every == 0:
+            error = p.get("error") or {}
+            if p.get("status") != "error" or error.get("code") != "PF502":
+                raise BenchError(f"packet {tag}-{seq} (df:crash) answered {p.get('status')} {error}, expected PF502")
+            return seq, False
+        if p.get("status") != "success" or p.get("data") != data:
+            raise BenchError(f"packet {tag}-{seq} (df:spin_us) answered {p.get('status')} "
+                             f"{p.get('error') or p.get('data')!r}, expected its data {data!r}")
+        return seq, True
+    return check
+
+
+async def _mixed_stream(ws, window: int, crash_every: int, spin_us: int, tag: str, timeout_s: float, *,
+                        seconds: float = float("inf"), count: int | None = None) -> dict:
+    """Keep `window` packets in flight for `seconds` or until `count` are sent, then wait for
+    the rest: df:spin_us, except every crash_every-th (0: none) a df:crash. Every answer checked,
+    each seq answered once. Healthy packets' round trips (send to answer) in µs, their rate, the
+    crashes and theirs."""
+    import asyncio
+
+    check = _fault_checker(tag, spin_us, crash_every)
+    sent_at: dict[int, int] = {}
+    rtts: list[float] = []
+    clock = time.perf_counter_ns
+    seq, crashes = 0, 0
+    start = clock()
+    end = start + seconds * 1e9
+    count = count or -1
+
+    async def send() -> None:
+        nonlocal seq
+        seq += 1
+        crash = crash_every and seq % crash_every == 0
+        sent_at[seq] = clock()
+        await ws.send(_submit_frame(seq, tag, "df", "crash" if crash else "spin_us", spin_us), text=True)
+
+    async def run() -> None:
+        nonlocal crashes
+        for _ in range(window if count < 0 else min(window, count)):
+            await send()
+        while sent_at:
+            raw = await ws.recv(decode=False)
+            now = clock()
+            answer = check(raw)
+            if answer is None:
+                continue
+            got, healthy = answer
+            t0 = sent_at.pop(got, None)
+            if t0 is None:
+                raise BenchError(f"packet {tag}-{got} answered twice, or never sent")
+            if healthy:
+                rtts.append((now - t0) / 1000)
+            else:
+                crashes += 1
+            if now < end and seq != count:
+                await send()
+
+    try:
+        await asyncio.wait_for(run(), timeout_s + (seconds if count < 0 else 0))
+    except TimeoutError:
+        raise BenchError(f"{len(sent_at)} of {seq} packets ({tag}) unanswered {timeout_s:.0f} s after the "
+                         f"phase") from None
+    elapsed = (clock() - start) / 1e9
+    if not rtts:
+        raise BenchError(f"no healthy packet answered ({tag})")
+    rtts.sort()
+    return {"window": window, "elapsed_s": elapsed, "healthy": len(rtts), "crashes": crashes,
+            "throughput": len(rtts) / elapsed, "crashes_per_s": crashes / elapsed,
+            "rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99),
+            "rtt_mean_us": statistics.fmean(rtts), "rtt_max_us": rtts[-1]}
+
+
+async def _lane_full(endpoint: str, lane: str, workers: int, timeout_s: float) -> float:
+    """Wait until the lane has its `workers` again (after crashes); seconds waited."""
+    import asyncio
+
+    start = time.perf_counter()
+    while True:
+        state = await _lane_now(endpoint, lane)
+        if state is not None and state["workers"] == workers and not state["running"]:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > timeout_s:
+            raise BenchError(f"the {lane} lane did not get back to {workers} workers within {timeout_s:.0f} s: "
+                             f"{state}")
+        await asyncio.sleep(0.01)
+
+
+def fault_client(endpoint: str, conditions: list[dict], workers: int, seconds: float, rtt_seconds: float,
+                 window: int, spin_us: int, warmup: int, tag: str, timeout_s: float) -> dict:
+    """Healthy df:spin_us packets with and without crashing ones mixed in, on one connection.
+    Warm-up (`warmup` healthy packets, window `window`), then for each condition
+    ({"name", "crash_every"}, in order), once the df lane has its `workers` again: `window`
+    packets in flight for `seconds` ("loaded"), then one in flight for `rtt_seconds` ("one");
+    every crash_every-th packet a df:crash (0: none). Each crash must be answered PF502, each
+    healthy packet with its data. Returns {name: {"loaded": ..., "one": ..., "lane_wait_s"},
+    "packets_answered": healthy answers in all, "crashes": crashes in all}."""
+    async def main() -> dict:
+        out: dict = {"order": [c["name"] for c in conditions]}
+        async with _connect(endpoint) as ws:
+            warm = await _mixed_stream(ws, window, 0, spin_us, f"{tag}w", timeout_s, count=warmup)
+            answered, crashes = warm["healthy"], 0
+            for c in conditions:
+                r: dict = {"crash_every": c["crash_every"]}
+                r["lane_wait_s"] = await _lane_full(endpoint, "df", workers, timeout_s)
+                for phase, n, s in (("loaded", window, seconds), ("one", 1, rtt_seconds)):
+                    r[phase] = await _mixed_stream(ws, n, c["crash_every"], spin_us,
+                                                   f"{tag}{c['name'][0]}{phase[0]}", timeout_s, seconds=s)
+                    answered += r[phase]["healthy"]
+                    crashes += r[phase]["crashes"]
+                out[c["name"]] = r
+        out["packets_answered"], out["crashes"] = answered, crashes
         return out
 
     return run_loop(main)

@@ -1,14 +1,17 @@
 """Bench-only handlers, loaded by bench/run.py with `--handlers handlers.examples,bench.handlers_bench`.
 
 A no-op for each lane's own group (df:noop is in handlers/examples.py), so that every lane's
-overhead can be measured with the same packet, and df:sleep_ms, which keeps a df worker busy
-without using the CPU (for the "ed latency while df is saturated" measurement).
+overhead can be measured with the same packet; df:sleep_ms and cf:sleep_ms, which keep a worker
+busy without using the CPU (the "ed latency while df is saturated" and the fairness
+measurements); df:spin_us, a little real work (the fault-recovery measurement's healthy packet),
+and df:crash, which kills its worker (the fault-recovery measurement's faulty packet).
 
 The node's workers run with the repository root as their working directory, so this module
 imports as `bench.handlers_bench` (bench/ has an __init__.py).
 """
 from __future__ import annotations
 
+import os
 import time
 
 from pfnode import handler
@@ -32,10 +35,38 @@ def rm_noop(data):
     return data
 
 
+def _amount(data, key: str) -> float:
+    if isinstance(data, bool) or not isinstance(data, (int, float)) or data < 0:
+        raise TypeError(f"{key} expects a number >= 0, got {data!r}")
+    return data
+
+
 @handler("df", "sleep_ms")
 def df_sleep_ms(data):
     """Sleeps `data` milliseconds (a number >= 0) and returns `data`."""
-    if isinstance(data, bool) or not isinstance(data, (int, float)) or data < 0:
-        raise TypeError(f"df:sleep_ms expects a number of milliseconds >= 0, got {data!r}")
-    time.sleep(data / 1000)
+    time.sleep(_amount(data, "df:sleep_ms") / 1000)
     return data
+
+
+@handler("cf", "sleep_ms")
+def cf_sleep_ms(data):
+    """df:sleep_ms on the cf lane (its one pinned worker, strictly one packet at a time)."""
+    time.sleep(_amount(data, "cf:sleep_ms") / 1000)
+    return data
+
+
+@handler("df", "spin_us")
+def df_spin_us(data):
+    """Keeps the CPU busy for `data` microseconds (a number >= 0) and returns `data`: a
+    packet whose round trip is not only the network and the pipes."""
+    end = time.perf_counter() + _amount(data, "df:spin_us") / 1e6
+    while time.perf_counter() < end:
+        pass
+    return data
+
+
+@handler("df", "crash")
+def df_crash(data):
+    """Ends its worker process at once, with no answer (os._exit): the node must answer the
+    packet PF502 and replace the worker."""
+    os._exit(3)

@@ -95,6 +95,30 @@ def node_health(endpoint: str) -> dict:
         return orjson.loads(response.read())
 
 
+def serve_takes(flag: str) -> bool:
+    """Whether this checkout's `pfnode serve` takes `flag` (its --help lists it)."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pfnode", "serve", "--help"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out.stdout) is not None
+
+
+def worker_start_of(front_pid: int) -> str:
+    """How a node's workers were started, from its process tree: "fork" when the front has a
+    fork server child (pfnode/forkserver.py; the workers are its children), else "spawn"."""
+    import psutil
+
+    for child in psutil.Process(front_pid).children():
+        try:
+            if "pfnode.forkserver" in child.cmdline():
+                return "fork"
+        except psutil.Error:
+            pass
+    return "spawn"
+
+
 # ---------------------------------------------------------------------------- in the child
 
 def _child_setup() -> None:

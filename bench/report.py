@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 from bench.common import DATA, ROOT, elapsed_s, loadavg, progress
-from bench.systems import (ENCODINGS, GROUPS, HUB_SYSTEMS, LARGE_PAYLOAD_BYTES, PAYLOAD_SIZES,
-                           PIPES_ONLY_ARGS, SYSTEMS, Plan, Results)
+from bench.systems import (ENCODINGS, FAIR_LANES, FAULT_CONDITIONS, FAULT_NODES, GROUPS, HUB_SYSTEMS,
+                           LARGE_PAYLOAD_BYTES, PAYLOAD_SIZES, PIPES_ONLY_ARGS, SYSTEMS, Plan, Results)
 
 SUMMARY_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client_cpu_us_per_packet",
                 "server_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet",
@@ -27,6 +27,11 @@ ED_KEYS = ("p50_ms", "p99_ms", "p999_ms", "mean_ms", "df_throughput", "front_cpu
 LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "window 4-32", "ed": "reserved, 1 at a time",
               "rm": "memory-capped, 1 at a time"}
 SHM_COMPARE_KEYS = ("throughput", "rtt_p50_us", "front_cpu_us_per_packet")
+FAIR_KEYS = ("p50_ms", "p99_ms", "mean_ms")
+FAULT_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "crashes_per_s")
+FAULT_PHASES = ("loaded", "one")  # the windowed phase, then 1 in flight
+FAULT_RTT_LIMIT = 3.0  # healthy packets' RTT p50 with crashes mixed in, at most this times fault-free
+WORKER_STARTS = {"fork": "fork server (default)", "spawn": "new interpreters"}
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -210,6 +215,89 @@ def compare_shm(payloads: list[dict], pipes_variants: list[dict], pipes_runs: li
                          "shm_node_large_packets": large_packets}}
 
 
+def summarise_fairness(runs: list[dict], args: argparse.Namespace, lanes_at_start: dict) -> dict:
+    """Per fairness lane: medians over the repeats of client B's round trips alone and under
+    client A's flood, the lane's rate during the flood (A's answers + B's), the time one packet
+    takes a worker then, and the goal: B waits behind at most one of A's packets per worker plus
+    the one whose turn came before B's, not behind A's whole window."""
+    out: dict = {"window": args.fair_window, "sleep_ms": args.fair_sleep_ms, "samples": args.fair_samples,
+                 "bound": "B's p50 under the flood <= B's p50 alone + (W + 1) / W x one packet's time, where "
+                          "one packet's time = W / (A's + B's packets per second during the flood). Taking turns, "
+                          "B waits at most for the W packets of A running (one per worker) and one more, whose "
+                          "turn came first: W + 1 packets, which the lane runs in (W + 1) / W packet times (the "
+                          "worst case; B pauses at random between its packets, so it arrives at random points of "
+                          "A's packets and its median wait is below that). A FIFO lane would make B wait behind "
+                          "A's whole window: about window / W packet times",
+                 "lanes": {}, "goals": []}
+    for lane in FAIR_LANES:
+        workers = lanes_at_start.get(lane, {}).get("workers") or (1 if lane == "cf" else args.workers)
+        alone: dict = {}
+        flood: dict = {}
+        for key in FAIR_KEYS:
+            _stats([r[lane]["alone"][key] for r in runs], key, alone)
+            _stats([r[lane]["flood"][key] for r in runs], key, flood)
+        b_rates = [r[lane]["flood"]["packets"] / r[lane]["flood"]["elapsed_s"] for r in runs]
+        _stats([r[lane]["flood"]["a_throughput"] for r in runs], "a_throughput", flood)
+        _stats(b_rates, "b_throughput", flood)
+        _stats([r[lane]["flood"]["a_throughput"] + b for r, b in zip(runs, b_rates)], "lane_throughput", flood)
+        packet_ms = workers / flood["lane_throughput"] * 1000
+        bound_ms = alone["p50_ms"] + (workers + 1) / workers * packet_ms
+        fifo_ms = alone["p50_ms"] + args.fair_window / workers * packet_ms
+        saturated = sum(1 for r in runs if r[lane]["flood"]["a_saturated"])
+        out["lanes"][lane] = {"workers": workers, "alone": alone, "flood": flood, "packet_ms": packet_ms,
+                              "bound_ms": bound_ms, "fifo_estimate_ms": fifo_ms, "saturated_runs": saturated,
+                              "ratio_flood_over_alone_p50": flood["p50_ms"] / alone["p50_ms"]}
+        out["goals"].append(_goal(
+            f"fair_{lane}_b_p50_ms", f"{lane}: client B's RTT p50 under client A's flood <= B alone + "
+            f"(W+1)/W x one packet's time (W = {workers})", flood["p50_ms"], bound_ms,
+            f"{alone['p50_ms']:.2f} + {(workers + 1) / workers:.2f} x {packet_ms:.2f} = {bound_ms:.2f} ms; "
+            f"A's window {args.fair_window} would cost ~{fifo_ms:,.0f} ms in FIFO order; lane saturated in "
+            f"{saturated} of {len(runs)} runs", unit=" ms", also=saturated == len(runs)))
+    return out
+
+
+def summarise_faults(fault_runs: dict[str, list[dict]], args: argparse.Namespace, checks: dict[str, dict],
+                     spawn_skipped: str | None) -> dict:
+    """Per fault-recovery node (by worker start), per condition and phase: medians over the
+    repeats; the ratios faulty / fault-free; the workers replaced per second under the faults;
+    fork / spawn where both ran; and the goals, on the default (fork server) node."""
+    crash_pct = f"{100 / args.fault_crash_every:g} %"
+    out: dict = {"crash_every": args.fault_crash_every, "crash_share": 1 / args.fault_crash_every,
+                 "window": args.fault_window, "seconds": args.fault_seconds, "rtt_seconds": args.fault_rtt_seconds,
+                 "spin_us": args.fault_spin_us, "rtt_limit": FAULT_RTT_LIMIT, "spawn_skipped": spawn_skipped,
+                 "nodes": {}, "counters": checks, "goals": []}
+    for start, runs in fault_runs.items():
+        node: dict = {"worker_start": WORKER_STARTS[start]}
+        for cond in FAULT_CONDITIONS:
+            node[cond] = {phase: summarise([r[cond][phase] for r in runs], FAULT_KEYS) for phase in FAULT_PHASES}
+            node[cond]["crashes"] = sum(r[cond][phase]["crashes"] for r in runs for phase in FAULT_PHASES)
+            node[cond]["lane_wait_s_max"] = max(r[cond]["lane_wait_s"] for r in runs)
+        clean, faulty = node["clean"], node["faulty"]
+        node["ratios"] = {"throughput": faulty["loaded"]["throughput"] / clean["loaded"]["throughput"]}
+        for phase, prefix in (("loaded", "loaded_"), ("one", "")):
+            for q in ("p50", "p99"):
+                node["ratios"][f"{prefix}rtt_{q}"] = faulty[phase][f"rtt_{q}_us"] / clean[phase][f"rtt_{q}_us"]
+        node["replacements_per_s"] = faulty["loaded"]["crashes_per_s"]
+        out["nodes"][start] = node
+    fork = out["nodes"]["fork"]
+    for phase, key in (("one", "rtt_p50"), ("loaded", "loaded_rtt_p50")):
+        clean, faulty = fork["clean"][phase]["rtt_p50_us"], fork["faulty"][phase]["rtt_p50_us"]
+        how = "1 in flight" if phase == "one" else f"{args.fault_window} in flight"
+        out["goals"].append(_goal(
+            f"fault_{key}_ratio", f"healthy packets' RTT p50 ({how}) with {crash_pct} crashing <= "
+            f"{FAULT_RTT_LIMIT:g}x fault-free (fork server)", fork["ratios"][key], FAULT_RTT_LIMIT,
+            f"{fmt(faulty)} vs {fmt(clean)} µs; {fmt(fork['replacements_per_s'], ',.1f')} workers replaced/s"))
+    if "spawn" in out["nodes"]:
+        spawn = out["nodes"]["spawn"]
+        out["fork_over_spawn"] = {
+            "replacements_per_s": fork["replacements_per_s"] / spawn["replacements_per_s"]
+            if spawn["replacements_per_s"] else None,
+            "faulty_throughput": fork["faulty"]["loaded"]["throughput"] / spawn["faulty"]["loaded"]["throughput"],
+            "faulty_loaded_rtt_p50": fork["faulty"]["loaded"]["rtt_p50_us"] / spawn["faulty"]["loaded"]["rtt_p50_us"],
+            "faulty_rtt_p50": fork["faulty"]["one"]["rtt_p50_us"] / spawn["faulty"]["one"]["rtt_p50_us"]}
+    return out
+
+
 def _goal(key: str, name: str, measured: float | None, limit: float, value: str, unit: str = "x",
           at_least: bool = False, also: bool = True) -> dict:
     """One goal: `measured` (a ratio, unit "x", or a figure in `unit`) against `limit` (at most,
@@ -299,7 +387,8 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
         "benchmark": "df:noop throughput and RTT (picows and websockets transports, picows and websockets "
                      "echo servers); server CPU per packet; per-lane no-op; ed latency while df is saturated "
                      "and while a df:noop flood saturates the front; payload sizes 100 B to 1 MiB; large "
-                     "payloads with worker shared memory vs pipes only",
+                     "payloads with worker shared memory vs pipes only; fairness between two clients on one "
+                     "lane; fault recovery with crashing packets (fork server vs new interpreters)",
         "machine": machine,
         "config": run_config(args, plan, results, node_status, machine),
         "medians": medians,
@@ -316,9 +405,14 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
         "payload_shm_vs_pipes": compare_shm(payloads, plan.pipes_variants, results.payload_runs["pfnode_pipes"],
                                             counters, results.large_packets),
         "payload_runs": results.payload_runs,
+        "fairness": summarise_fairness(results.fair_runs, args, results.lanes_at_start),
+        "fairness_runs": results.fair_runs,
+        "fault_recovery": summarise_faults(results.fault_runs, args, results.fault_checks, results.spawn_skipped),
+        "fault_recovery_runs": results.fault_runs,
         "node": node_status["picows"],
         "websockets_node": node_status["websockets"],
         "pipes_node": node_status["pipes"],
+        "fault_nodes": {start: node_status[name] for start, name in FAULT_NODES.items() if name in node_status},
         "loadavg_at_end": loadavg(),
         "elapsed_s": round(elapsed_s(), 1),
     }
@@ -327,7 +421,9 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
 def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_status: dict, machine: dict) -> dict:
     names = ("packets", "rtt_packets", "repeats", "workers", "window", "quick", "group_packets",
              "group_rtt_packets", "ed_seconds", "ed_df_inflight", "ed_df_sleep_ms", "ed_flood_inflight",
-             "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window")
+             "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window", "fair_window",
+             "fair_sleep_ms", "fair_samples", "fault_seconds", "fault_rtt_seconds", "fault_window",
+             "fault_crash_every", "fault_spin_us")
     config = {name: getattr(args, name) for name in names}
     config.update({"warmup": plan.warmup, "group_warmup": plan.group_warmup,
                    "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
@@ -335,6 +431,9 @@ def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_stat
                    "node_args": node_status["picows"]["argv"],
                    "websockets_node_args": node_status["websockets"]["argv"],
                    "pipes_node_args": node_status["pipes"]["argv"],
+                   "fault_node_args": {start: node_status[name]["argv"] for start, name in FAULT_NODES.items()
+                                       if name in node_status},
+                   "fault_warmup": plan.fault_warmup,
                    "client_loop": "uvloop" if machine["uvloop"] else "asyncio",
                    "payload_variants": plan.variants})
     return config
@@ -405,6 +504,8 @@ def print_bench(report: dict) -> None:
     print_groups(report)
     print_ed_load(report)
     print_payloads(report)
+    print_fairness(report)
+    print_faults(report)
     print("targets (DESIGN.md and the payload issue, 2-core machine)")
     for target in report["targets"]:
         print(f"  {_met(target['met'])} {target['name']}: {target['value']}")
@@ -506,6 +607,63 @@ def print_ed_load(report: dict) -> None:
         f"; df packets/s is the lane's rate during the loaded phase / its ceiling ({report['config']['workers']} "
         f"workers x 1000 / {ed['df_sleep_ms']} ms)" if ceiling else "")
         + "; front busy: the front's CPU time / the phase's time")
+    print()
+
+
+def _print_goals(goals: list[dict], spec: str = ".2f") -> None:
+    for goal in goals:
+        print(f"  {_met(goal['met'])} {goal['name']}: {fmt(goal['measured'], spec)}{goal['unit']} "
+              f"(limit {fmt(goal['limit'], spec)}{goal['unit']}; {goal['value']})")
+
+
+def print_fairness(report: dict) -> None:
+    fair, runs = report["fairness"], len(report["fairness_runs"])
+    print(f"fairness between clients: client A keeps {fair['window']} <lane>:sleep_ms {fair['sleep_ms']:g} in flight "
+          f"on its own connection; client B, on another, sends the same packet 1 at a time ({fair['samples']} round "
+          f"trips alone, as many under A's flood); {runs} repeats; medians")
+    _rule(f"{'lane':<5} {'workers':>7} | {'B alone p50 ms':>14} {'p99':>7} | {'B flood p50 ms':>14} {'p99':>7} "
+          f"{'ratio':>6} | {'A pkt/s':>8} {'lane pkt/s':>10} {'1 packet ms':>11} {'bound ms':>8} {'FIFO ~ms':>8}")
+    for lane, m in fair["lanes"].items():
+        a, f = m["alone"], m["flood"]
+        print(f"{lane:<5} {m['workers']:>7} | {a['p50_ms']:>14.2f} {a['p99_ms']:>7.2f} | {f['p50_ms']:>14.2f} "
+              f"{f['p99_ms']:>7.2f} {m['ratio_flood_over_alone_p50']:>5.2f}x | {fmt(f['a_throughput']):>8} "
+              f"{fmt(f['lane_throughput']):>10} {m['packet_ms']:>11.2f} {m['bound_ms']:>8.2f} "
+              f"{fmt(m['fifo_estimate_ms']):>8}")
+    print(f"  bound: {fair['bound']}")
+    _print_goals(fair["goals"])
+    print()
+
+
+def print_faults(report: dict) -> None:
+    fr = report["fault_recovery"]
+    runs = max((len(rs) for rs in report["fault_recovery_runs"].values()), default=0)
+    print(f"fault recovery: healthy df:spin_us {fr['spin_us']} packets, fault-free and with every "
+          f"{fr['crash_every']}th packet a df:crash (os._exit in its worker: {100 * fr['crash_share']:g} %), "
+          f"each crash answered PF502 and each healthy packet its data; {fr['window']} in flight for "
+          f"{fr['seconds']:g} s, then 1 in flight for {fr['rtt_seconds']:g} s; a node of their own per worker "
+          f"start; {runs} repeats; medians")
+    _rule(f"{'workers started by':<22} {'condition':<12} | {'healthy/s':>9} {'RTT p50 µs':>10} {'p99':>8} | "
+          f"{'1 in flight p50 µs':>18} {'p99':>7} | {'replaced/s':>10}")
+    for start, node in fr["nodes"].items():
+        for cond in FAULT_CONDITIONS:
+            loaded, one = node[cond]["loaded"], node[cond]["one"]
+            print(f"{node['worker_start']:<22} {cond:<12} | {fmt(loaded['throughput']):>9} "
+                  f"{fmt(loaded['rtt_p50_us']):>10} {fmt(loaded['rtt_p99_us']):>8} | {fmt(one['rtt_p50_us']):>18} "
+                  f"{fmt(one['rtt_p99_us']):>7} | {fmt(loaded['crashes_per_s'], ',.1f'):>10}")
+        r = node["ratios"]
+        print(f"{'':<22} {'faulty/clean':<12} | {r['throughput']:>8.2f}x {r['loaded_rtt_p50']:>9.2f}x "
+              f"{r['loaded_rtt_p99']:>7.2f}x | {r['rtt_p50']:>17.2f}x {r['rtt_p99']:>6.2f}x |")
+    if fr.get("fork_over_spawn"):
+        fs = fr["fork_over_spawn"]
+        print(f"  fork server / new interpreters, with crashes: workers replaced per second "
+              f"{fmt(fs['replacements_per_s'], '.2f')}x, healthy packets/s {fs['faulty_throughput']:.2f}x, RTT p50 "
+              f"{fs['faulty_loaded_rtt_p50']:.2f}x ({fr['window']} in flight), {fs['faulty_rtt_p50']:.2f}x "
+              f"(1 in flight)")
+    if fr.get("spawn_skipped"):
+        print(f"  no comparison with new interpreters: {fr['spawn_skipped']}")
+    print("  replaced/s: workers killed by a crashing packet (and replaced, per the node's counters) per second of "
+          "the windowed phase")
+    _print_goals(fr["goals"])
     print()
 
 

@@ -2,8 +2,8 @@
 """pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane no-op
 rows, ed latency under df load, payload sizes, and the two transports.
 
-    .venv/bin/python bench/run.py             # full run (make bench), about 80-90 s on 2 cores
-    .venv/bin/python bench/run.py --quick     # smoke run, about 15 s
+    .venv/bin/python bench/run.py             # full run (make bench), about 110 s on 2 cores
+    .venv/bin/python bench/run.py --quick     # smoke run, about 25 s
 
 Each repeat measures, a fresh client process each (bench/systems.py says what each is):
 
@@ -17,6 +17,11 @@ Each repeat measures, a fresh client process each (bench/systems.py says what ea
   payloads  df:noop with 100 B, 64 KiB and 1 MiB of float64 data, as a JSON list and as an
             $ndarray, against the node and the websockets echo server; the large ones also
             against a node with pipes only between front and workers (--worker-shm-bytes 0)
+  fairness  client B's df:sleep_ms (cf:sleep_ms) one at a time, alone and while client A keeps
+            a window of the same packets in flight on its own connection
+  faults    healthy df:spin_us packets, fault-free and with every 20th a df:crash that kills its
+            worker, against nodes of their own: workers forked by the fork server (the default),
+            and, where `pfnode serve` takes --worker-start, started as new interpreters
 
 Every answer is checked and the nodes' counters must agree with the clients. Prints tables on
 stdout (with the targets met or not), progress on stderr, and writes bench/results/bench-<time>.json,
@@ -38,7 +43,8 @@ from bench.processes import Processes, run_with_cleanup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
-    # The full sizes keep `make bench` (run.py, hub.py, the micro-benchmarks) near 90 s on 2 cores.
+    # The full sizes keep `make bench` (run.py, hub.py, the micro-benchmarks) near 2 min 20 s on 2 cores
+    # (at most 3 min); the fairness and fault-recovery families take about 9 s of each repeat.
     opts = Options(__doc__, "worker processes for pfnode and the executor", (10_000, 3_000), (1_000, 300))
     opts.count("--group-packets", 2000, 1000, "packets per throughput measurement of each lane's no-op")
     opts.count("--group-rtt-packets", 300, 150, "round trips per RTT measurement of each lane's no-op")
@@ -55,6 +61,20 @@ def parse_args(argv: list[str] | None):
                "64 KiB gets a quarter, 1 MiB a 20th, at least 5")
     opts.count("--payload-window", 16, 16, "packets in flight for the payload throughput")
     opts.count("--payload-large-window", 4, 4, "packets in flight for the 1 MiB payload throughput")
+    opts.count("--fair-window", 256, 256, "sleep_ms packets client A keeps in flight on the lane B shares "
+               "(the fairness family)")
+    opts.count("--fair-sleep-ms", 3, 3, "milliseconds each fairness packet (A's and B's) sleeps", kind=float,
+               minimum=0.1)
+    opts.count("--fair-samples", 80, 40, "client B's round trips per fairness phase (alone, under A's flood)")
+    opts.count("--fault-seconds", 0.6, 0.3, "seconds of each fault-recovery condition with --fault-window packets "
+               "in flight", kind=float, minimum=0.05)
+    opts.count("--fault-rtt-seconds", 0.3, 0.2, "seconds of each fault-recovery condition with 1 packet in flight",
+               kind=float, minimum=0.05)
+    opts.count("--fault-window", 64, 64, "packets in flight in the fault-recovery family's loaded phase")
+    opts.count("--fault-crash-every", 20, 20, "every Nth packet of the faulty condition crashes its worker "
+               "(20: 5 %%)", minimum=2)
+    opts.count("--fault-spin-us", 200, 200, "microseconds of CPU work per healthy fault-recovery packet",
+               minimum=0)
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")
     args = opts.parse(argv)
     if args.ed_df_inflight is None:
@@ -72,7 +92,10 @@ def run(args, procs: Processes) -> dict:
              f"{args.rtt_packets} RTT samples, {args.workers} workers; lanes {args.group_packets} packets, "
              f"{args.group_rtt_packets} RTT samples; ed load {args.ed_seconds:g} s per phase; payloads "
              f"{args.payload_packets} packets (100 B; fewer for larger), window {args.payload_window} "
-             f"({args.payload_large_window} for 1 MiB)")
+             f"({args.payload_large_window} for 1 MiB); fairness window {args.fair_window} x sleep_ms "
+             f"{args.fair_sleep_ms:g}, {args.fair_samples} round trips; faults {args.fault_seconds:g} s at window "
+             f"{args.fault_window} + {args.fault_rtt_seconds:g} s 1 in flight, every {args.fault_crash_every}th "
+             f"packet crashing")
     plan = systems.Plan.of_run(args)
     servers = systems.start_servers(procs, args.workers)
     results = systems.Results(lanes_at_start=servers.lanes_at_start)
@@ -81,6 +104,7 @@ def run(args, procs: Processes) -> dict:
             measure(procs, servers, plan, rep, results)
         servers.check_alive()
     counters = systems.check_counters(servers, results)
+    counters.update(systems.check_fault_counters(servers, results))
     node_status = systems.stop_servers(procs, servers, counters)
     procs.remove_logs()
     return report.bench_report(args, machine, plan, results, node_status)
