@@ -119,7 +119,7 @@ class Node:
             await asyncio.sleep(0.01)
         for link in list(self.links):  # peers that do not answer a close (not reading at all)
             link.abort()
-        log.info("front: stopped (%s)", dict(self.pool.counters))
+        log.info("front: stopped (%s)", {**self.pool.counters, **self.counters})
 
     def _builtin_jobs(self) -> bool:
         return any(getattr(job, "builtin", False) for job in self._jobs)
