@@ -5,6 +5,7 @@ checked against what was fed in. No node, no sockets.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from pfnode.metrics import BUCKETS_S, CAUSES, MAX_SERIES, Metrics, exit_cause
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "OBSERVABILITY.md"
+
 
 def scrape(metrics: Metrics) -> dict[str, dict[tuple, float]]:
     """sample name -> {sorted label items: value}, from the text exposition."""
@@ -305,3 +309,14 @@ def test_process_metrics_of_the_front_are_included_unless_turned_off():
         assert "process_cpu_seconds_total" in with_process
     assert not {"process_cpu_seconds_total", "python_info"} & set(scrape(Metrics(process=False)))
 
+
+def test_every_metric_is_documented_and_every_documented_metric_exists():
+    """docs/OBSERVABILITY.md's metric table names exactly the pfnode_* families."""
+    m = Metrics(lambda: {k: 1 for k in ("ready", "draining", "connections", "inflight", "blocked",
+                                         "forwarded", "parked", "results_stored", "reactors")}
+                | {"lanes": LANES}, info={"version": "0.1.0"}, process=False)
+    exposed = set()
+    for family in m.collect():
+        exposed.add(family.name + ("_total" if family.type == "counter" else ""))
+    documented = set(re.findall(r"^\| `(pfnode_\w+)`", DOCS.read_text(), flags=re.M))
+    assert exposed == documented
