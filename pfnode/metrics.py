@@ -245,7 +245,9 @@ class Metrics:
 
     def _first_of(self, group: str, lane: Any, code: str | None) -> _Lane:
         """Count the first packet of a (group, lane, outcome), its labels checked: a group
-        or code outside the known ones counts as "other" (a reactor may relay any code)."""
+        or code outside the known ones counts as "other" (a reactor may relay any code).
+        (An ErrorCode is counted by its value, but it comes here every time: pass `.value`.)"""
+        code = getattr(code, "value", code)
         counts = self._lanes.get(lane)
         if counts is None:
             counts = self._lanes[lane] = _Lane()
@@ -270,6 +272,7 @@ class Metrics:
 
     # ------------------------------------------------------------------ events
     def frame_rejected(self, code: str) -> None:
+        code = getattr(code, "value", code)
         self._rejected.inc(code if code in OUTCOMES else OTHER)
 
     def connection_opened(self) -> None:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from pfnode.errors import ErrorCode
 from pfnode.metrics import BUCKETS_S, CAUSES, MAX_SERIES, Metrics, exit_cause
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "OBSERVABILITY.md"
@@ -84,6 +85,18 @@ def test_labels_a_peer_chooses_are_folded_into_other():
         (("group", "other"), ("outcome", "other")): 1,
     }
     assert s["pfnode_hub_relays_total"] == {(("outcome", "other"),): 200}
+
+
+def test_an_error_code_member_is_counted_by_its_value():
+    m = Metrics(process=False)
+    m.packet_done("df", "df", ErrorCode.DEADLINE_EXCEEDED, 0.1, None)
+    m.packet_done("df", "df", "PF408", 0.1, None)
+    m.packet_ended("df", ErrorCode.OVERLOADED)
+    m.frame_rejected(ErrorCode.TOO_LARGE)
+    s = scrape(m)
+    assert s["pfnode_packets_total"] == {(("group", "df"), ("outcome", "PF004")): 1,
+                                         (("group", "df"), ("outcome", "PF408")): 2}
+    assert s["pfnode_rejected_frames_total"] == {(("code", "PF413"),): 1}
 
 
 # ---------------------------------------------------------------- histograms
