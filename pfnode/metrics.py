@@ -351,8 +351,9 @@ class Metrics:
         for labels, count in sorted(by_outcome.items()):
             family.add_metric(labels, count)
         yield family
-        family = CounterMetricFamily("pfnode_hub_relays_total", "packets the hub forwarded to a connected "
-                                     "reactor, by how they ended", labels=("outcome",))
+        family = CounterMetricFamily("pfnode_hub_relays_total", "packets with no local handler, given to "
+                                     "the hub to relay to a connected reactor, by how they ended",
+                                     labels=("outcome",))
         for outcome, count in sorted(relays.items()):
             family.add_metric((outcome,), count)
         yield family
