@@ -2,9 +2,9 @@
 
 The front's CPU per packet is the node's throughput limit, so nothing here calls a
 prometheus_client instrument per packet (`Counter.labels().inc()` and `Histogram.observe()`
-cost microseconds each). `Metrics` keeps plain Python state instead -- a dict of counts per
-(group, lane, outcome), per-lane histogram buckets found with `bisect`, integer attributes
-for frames and bytes -- and a collector registered in its own `CollectorRegistry` turns that
+cost microseconds each). `Metrics` keeps plain Python state instead -- per lane, counts by
+group and outcome and histogram buckets found with `bisect`; integer attributes for
+frames and bytes -- and a collector registered in its own `CollectorRegistry` turns that
 state into metric families when `/metrics` is scraped. Gauges that are node state (lane
 sizes, queue depths, packets in flight, connections) are read at scrape time from the
 `state` callable the node supplies (a `NodeState` dict; a key it leaves out is not exported).
