@@ -39,14 +39,14 @@ test: venv interop-deps
 
 # Longer fuzzing than make test's: the protocol's property tests under Hypothesis's fuzz
 # profile (random, 5 000 examples each), then the wire fuzz test with FUZZ_FRAMES frames
-# (PFNODE_FUZZ_SEED picks another run) on each transport.
+# (PFTEST_FUZZ_SEED picks another run) on each transport.
 FUZZ_FRAMES ?= 200000
 .PHONY: fuzz
 
 fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_protocol_properties.py $(ARGS)
-	PFNODE_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
-	PFNODE_TRANSPORT=websockets PFNODE_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
+	PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
+	PFNODE_TRANSPORT=websockets PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 
 # bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), then the pytest-benchmark micro-benchmarks
 # (MICRO_ARGS go to pytest). --quick in ARGS shortens all three: hub.py gets it too, and each micro-benchmark

@@ -108,13 +108,14 @@ def parse_tokens(doc: Mapping[str, Any], path: str = "the token file") -> dict[s
             problems.append(f"{where}: not a table")
             continue
         name, roles, digest = entry.get("name"), entry.get("roles"), entry.get("sha256")
+        if isinstance(name, str) and name:
+            where = f"token {name!r}"
         extra = sorted(set(entry) - {"name", "roles", "sha256"})
         if extra:
             problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
         if not isinstance(name, str) or not name:
             problems.append(f"{where}: name must be a non-empty string")
             continue
-        where = f"token {name!r}"
         if name in names:
             problems.append(f"{where}: the name is used twice")
         names.add(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import logging
 import sys
 
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=5, help="1-10, higher first (default 5)")
     submit.add_argument("--timeout-ms", type=int, default=None, help="deadline for the packet")
     submit.add_argument("--metadata", default=None, help="metadata as a JSON object")
+    submit.add_argument("--token", default=os.environ.get("PFNODE_TOKEN"),
+                        help="the token to present (default: $PFNODE_TOKEN; or ?token= in the endpoint)")
+    submit.add_argument("--ca-file", default=None,
+                        help="CA bundle to verify a wss:// endpoint (default: the system's trust store)")
     return parser
 
 
@@ -99,13 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         connect_url = check_url(args.url)
     settings = _load(args).settings
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    # one line per connection is ours to log, at DEBUG; picows also warns each time a
-    # slow reader's write buffer crosses its high mark, which the node handles (it stops
-    # reading that peer until the buffer drains): not worth a warning per event
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    logging.getLogger("picows").setLevel(logging.ERROR)
+    from . import logs
+
+    logs.configure(settings.log_level, settings.log_format)
     run(settings, connect_url)
     return 0
 
@@ -141,7 +142,7 @@ def _submit(args: argparse.Namespace) -> int:
     metadata = _json_arg(args.metadata, "--metadata") if args.metadata is not None else None
 
     async def go():
-        async with Reactor(args.endpoint) as reactor:
+        async with Reactor(args.endpoint, token=args.token, ca_file=args.ca_file) as reactor:
             return await reactor.submit(args.group, args.element, data, priority=args.priority,
                                         timeout_ms=args.timeout_ms, metadata=metadata)
 

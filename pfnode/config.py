@@ -27,6 +27,7 @@ from .settings import Settings, SettingsError, field_types
 
 ENV_PREFIX = "PFNODE_"
 CONFIG_ENV = "PFNODE_CONFIG"  # names the TOML file when --config does not
+CLIENT_ENV = frozenset({"PFNODE_TOKEN"})  # the clients' (pfnode submit): not a node setting
 NONE_WORDS = ("auto", "none")  # how an `X | None` field is set to None in text and TOML
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -199,7 +200,7 @@ def load(flags: Mapping[str, tuple[str, object]] | None = None, *, path: str | N
     for var in sorted(environ):
         if var in by_env:
             take(by_env[var], environ[var], f"env:{var}")
-        elif var.startswith(ENV_PREFIX) and var != CONFIG_ENV:
+        elif var.startswith(ENV_PREFIX) and var != CONFIG_ENV and var not in CLIENT_ENV:
             hint = _did_you_mean(var.removeprefix(ENV_PREFIX), {n: o.env for n, o in known.items()})
             problems.append(f"env:{var}: unknown variable{hint}")
     for name, (flag, value) in (flags or {}).items():

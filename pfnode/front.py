@@ -59,6 +59,7 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
     raise_open_files_limit(node.settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stopping.set)  # handlers only enqueue
+    loop.add_signal_handler(signal.SIGHUP, node.request_reload)
     transport = transport_module(node.settings.transport)
     server = dialer = None
     try:

@@ -17,8 +17,11 @@ import socket
 import time
 from typing import Any, Protocol
 
+from .metrics import Metrics
+
 OPEN_TIMEOUT_S = 10.0  # a dial-out connection's handshake
 HEARTBEAT_TIMEOUT_CLOSE_CODE = 4408  # a private-use close code: "peer silent too long"
+_UNCOUNTED = Metrics(process=False)  # the frames of a link whose node keeps no metrics (tests' fakes)
 
 
 def hard_frame_limit(max_frame_bytes: int) -> int:
@@ -70,6 +73,7 @@ class PeerLink:
         self._pause_reasons: set[str] = set()  # "inflight" (its limit), "writing" (slow reader)
         self._backlog: collections.deque[bytes | str] = collections.deque()
         self._draining = False
+        self.metrics = getattr(node, "metrics", None) or _UNCOUNTED
 
     @property
     def connected(self) -> bool:
@@ -80,6 +84,7 @@ class PeerLink:
     def send(self, frame: bytes) -> None:
         if not self.closed:
             self._write(frame)
+            self.metrics.frame_out(len(frame))
 
     @property
     def reading_paused(self) -> bool:

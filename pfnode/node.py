@@ -23,14 +23,15 @@ from typing import Any, Callable
 
 import orjson
 
-from . import admin, pipe, protocol
-from .auth import Identity, TokenTable, token_hash, token_of
+from . import __version__, admin, logs, pipe, protocol
+from .auth import TokenTable, token_hash, token_of
 from .capacity import autoscale_step, read_capacity, recommend
 from .errors import ErrorCode, HandlerError
 from .flight import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, Outcome, failure,
                      resolve_timeout_ms)
 from .hub import Hub
 from .link import HEARTBEAT_TIMEOUT_CLOSE_CODE, HttpReply, PeerLink
+from .metrics import Metrics, NodeState
 from .pool import Pool
 from .scheduler import Scheduler
 from .settings import Settings
@@ -44,6 +45,7 @@ class Node:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
+        self.metrics = Metrics(self.metrics_state, info={"version": __version__, "transport": settings.transport})
         self.scheduler = Scheduler(aging_ms=settings.aging_ms, max_queued=settings.max_queued,
                                    max_blocked=settings.max_blocked,
                                    max_blocked_per_client=settings.max_blocked_per_client,
@@ -52,7 +54,7 @@ class Node:
                                    result_store_entries=settings.result_store_entries,
                                    result_store_age_ms=settings.result_store_age_ms,
                                    result_store_bytes=settings.result_store_bytes)
-        self.pool = Pool(settings, self.scheduler, self.settle, clock=clock)
+        self.pool = Pool(settings, self.scheduler, self.settle, clock=clock, metrics=self.metrics)
         self.hub = Hub(self, probe_ms=settings.probe_ms, reroute_grace_ms=settings.reroute_grace_ms,
                        clock=clock, may_run=self._may_run)
         self.tokens: TokenTable | None = None  # None: no authentication (loopback only)
@@ -143,6 +145,19 @@ class Node:
                 "results_stored": len(s.results), "hub": self.hub.stats(s.forwarded),
                 "counters": {**pool["counters"], **self.counters}}
 
+    def metrics_state(self) -> NodeState:
+        """The gauges of /metrics, read at each scrape."""
+        s = self.scheduler
+        lanes = {}
+        for lane in self.pool.lanes:
+            stats = self.pool.dispatcher.lane_stats(lane)
+            lanes[lane] = {"workers": stats["workers"], "busy": stats["busy"], "held": stats["running"],
+                           "target": self.pool.targets[lane], "queued": s.depth(lane)}
+        return {"ready": self.ready, "draining": self.draining, "connections": len(self.links),
+                "inflight": len(s.inflight), "blocked": s.blocked, "forwarded": s.forwarded,
+                "parked": len(self.hub.parked), "results_stored": len(s.results),
+                "reactors": self.hub.stats(s.forwarded)["reactors"], "lanes": lanes}
+
     def heartbeat_payload(self) -> dict[str, Any]:
         s = self.scheduler
         return {"timestamp": int(time.time() * 1000),
@@ -161,6 +176,12 @@ class Node:
         """What a transport answers an HTTP request for `path` with, or None to go on
         with the WebSocket upgrade (`upgrade`: the request asked for one)."""
         full_path, path = path, path.partition("?")[0]
+        if path == "/metrics":  # Prometheus: admins only when there are tokens
+            refusal = self._http_refusal(full_path, headers, "admin")
+            if refusal is not None:
+                return refusal
+            body, content_type = self.metrics.render(headers.get("Accept") if headers is not None else None)
+            return HttpReply(200, "OK", content_type, body)
         if path == "/healthz":  # readiness, for load balancers and systemd: nothing more
             state = "draining" if self.draining else ("ready" if self.ready else "starting")
             body = orjson.dumps({"status": state}) + b"\n"
@@ -177,11 +198,15 @@ class Node:
             return HttpReply(404, "Not Found", "text/plain; charset=utf-8",
                              f"Not found. The PacketFlow endpoint is {self.settings.path}\n".encode())
         if self.draining:
+            if upgrade:
+                self.metrics.connection_refused("draining")
+                logs.connection_refused(log, peer=peer, reason="draining", detail="node shutting down")
             return HttpReply(503, "Service Unavailable", "text/plain; charset=utf-8", b"Node shutting down\n")
         if upgrade and len(self.links) >= self.settings.max_connections:
             self.counters["connections_refused"] += 1
-            log.warning("front: refused a connection from %s: %d connections already (--max-connections)",
-                        peer or "?", len(self.links))
+            self.metrics.connection_refused("max_connections")
+            logs.connection_refused(log, peer=peer, reason="max_connections",
+                                    detail=f"{len(self.links)} connections already (--max-connections)")
             return HttpReply(503, "Service Unavailable", "text/plain; charset=utf-8",
                              b"Too many connections; retry later\n", (("Retry-After", "1"),))
         if not upgrade:
@@ -196,11 +221,13 @@ class Node:
         identity = self.tokens.lookup(token_of(path, headers))
         if identity is None:
             self.counters["auth_failures"] += 1
+            self.metrics.auth_failure("bad_token" if token_of(path, headers) else "missing_token")
             return HttpReply(401, "Unauthorized", "text/plain; charset=utf-8",
                              b"A token is needed: 'Authorization: Bearer <token>'\n",
                              (("WWW-Authenticate", 'Bearer realm="pfnode"'),))
         if not identity.may(role):
             self.counters["forbidden"] += 1
+            self.metrics.auth_failure("forbidden")
             return HttpReply(403, "Forbidden", "text/plain; charset=utf-8",
                              f"{identity.name} does not have the {role} role\n".encode())
         return None
@@ -212,12 +239,17 @@ class Node:
     def on_open(self, link: PeerLink) -> None:
         self.links.add(link)
         self.counters["connections"] += 1
+        self.metrics.connection_opened()
         if self.tokens is not None and not self.is_uplink(link):
             token = token_of(link.request_path, link.request_headers)
             identity = self.tokens.lookup(token)
             if identity is None:
                 self.counters["auth_failures"] += 1
-                log.warning("front: refused %s: %s token", link.peer, "an unknown" if token else "no")
+                reason = "bad_token" if token else "missing_token"
+                self.metrics.auth_failure(reason)
+                self.metrics.connection_refused("unauthenticated")
+                logs.connection_refused(log, peer=link.peer, reason="unauthenticated",
+                                        detail="an unknown token" if token else "no token")
                 link.send(protocol.encode_error(0, ErrorCode.UNAUTHENTICATED,
                                                 "unknown token" if token else
                                                 "authentication required: present a token as "
@@ -229,6 +261,19 @@ class Node:
         log.debug("front: %s connected%s", link.peer, f" as {link.identity}" if link.identity else "")
         if self.settings.hub_routing and not self.is_uplink(link):
             self.hub.add_link(link)
+
+    def request_reload(self) -> None:
+        """SIGHUP: read the token file again and roll the workers onto fresh handler code
+        (one at a time, in the background: a signal handler only enqueues)."""
+        self._background(self._reload())
+
+    async def _reload(self) -> None:
+        log.info("front: SIGHUP: reloading the token file and rolling the workers")
+        self.reload_tokens()
+        try:
+            await self.pool.roll()
+        except Exception as exc:
+            log.error("front: rolling the workers failed: %s", exc)
 
     def reload_tokens(self) -> None:
         """Read the token file again (SIGHUP). Links whose token is gone are closed (PF401);
@@ -271,6 +316,7 @@ class Node:
     def _forbid(self, link: PeerLink, seq: int, what: str, packet_id: str | None = None,
                 submit: bool = False) -> None:
         self.counters["forbidden"] += 1
+        self.metrics.auth_failure("forbidden")
         log.info("front: %s (%s) may not %s", link.peer, link.identity, what)
         message = f"{link.identity} may not {what}"
         if submit:
@@ -283,6 +329,7 @@ class Node:
             return
         link.closed = True
         self.links.discard(link)
+        self.metrics.connection_closed(code)
         dropped = self.scheduler.of_origin(link)
         for flight in dropped:
             self._abandon(flight)
@@ -296,6 +343,8 @@ class Node:
         handler is still killed when nobody waits for its answer)."""
         self.counters["cancelled"] += 1
         state = flight.state
+        if state is not DISPATCHED:  # a dispatched one is still settled (and counted) when it ends
+            self.metrics.packet_ended(flight.packet.group, "cancelled")
         if state is FORWARDED:
             self.hub.abandon(flight)
             self.scheduler.forget(flight)
@@ -312,6 +361,7 @@ class Node:
         exception becomes a PF500 naming an incident id that is also in the log."""
         s = self.settings
         link.last_seen = time.monotonic()
+        self.metrics.frame_in(len(frame))
         msg = None
         try:
             msg = protocol.decode(frame, max_frame_bytes=s.max_frame_bytes, max_timeout_ms=s.max_timeout_ms,
@@ -323,7 +373,9 @@ class Node:
     def _internal_error(self, link: PeerLink, msg: Any) -> None:
         incident = f"E{next(self._incidents):06d}-{os.urandom(3).hex()}"
         log.exception("front: internal error %s handling a frame from %s (%s)", incident, link.peer,
-                      getattr(msg, "type", "undecoded"))
+                      getattr(msg, "type", "undecoded"),
+                      extra={"event": "internal_error", "incident": incident, "peer": link.peer})
+        self.metrics.internal_error()
         self.counters["internal_errors"] += 1
         text = f"internal error {incident}; the node's log has the details"
         try:
@@ -349,6 +401,7 @@ class Node:
     def _handle(self, link: PeerLink, msg: Any) -> None:
         if isinstance(msg, protocol.Rejected):
             self.counters[f"rejected_{msg.code}"] += 1
+            self.metrics.frame_rejected(msg.code)
             log.debug("front: %s rejected %s: %s", link.peer, msg.code, msg.message)
             if msg.type == "result" and self._may(link, "reactor"):
                 self.hub.on_invalid_result(link, msg.packet_id, msg.message)  # cannot be relayed
@@ -390,6 +443,7 @@ class Node:
         if uplink is not None and uplink.replay(pid, seq):
             return  # the hub sent it again after a reconnect: it runs (or ran) once
         if not self.ready:
+            self.metrics.packet_ended(packet.group, ErrorCode.UNAVAILABLE.value)
             link.send(protocol.encode_failure(seq, pid, ErrorCode.UNAVAILABLE, "node is shutting down"
                                               if self.draining else "node is starting; retry shortly"))
             return
@@ -407,6 +461,7 @@ class Node:
         options = self.pool.handlers.get(key)
         if options is not None:
             if packet.metadata is not None and not pipe.passable(packet.metadata):
+                self.metrics.packet_ended(packet.group, ErrorCode.INVALID_PACKET.value)
                 link.send(protocol.encode_failure(seq, pid, ErrorCode.INVALID_PACKET,
                                                   "metadata holds a value a worker cannot be given "
                                                   "(an integer beyond 64 bits?)"))
@@ -428,10 +483,12 @@ class Node:
             if refusal is None:
                 self.hub.route(flight)
         else:
+            self.metrics.packet_ended(packet.group, ErrorCode.NO_HANDLER.value)
             link.send(protocol.encode_failure(seq, pid, ErrorCode.NO_HANDLER, f"No handler for {key}"))
             return
         if refusal is not None:
             self.counters[f"refused_{refusal.code.value}"] += 1
+            self.metrics.packet_ended(packet.group, refusal.code.value)
             link.send(protocol.encode_failure(seq, pid, refusal.code, refusal.message))
             return
         self._arm(flight.alarm)
@@ -448,18 +505,30 @@ class Node:
 
     async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:
         started = time.perf_counter()
+        code = message = None
         try:
             value = await builtin(self, orjson.loads(memoryview(packet.data)))
             frame = protocol.encode_success_raw(seq, packet.id, protocol.encode_json(value),
                                                 (time.perf_counter() - started) * 1000)
         except HandlerError as exc:
+            code, message = exc.code, exc.message
             frame = protocol.encode_failure(seq, packet.id, exc.code, exc.message,
                                             (time.perf_counter() - started) * 1000)
         except Exception as exc:  # a bug must still answer the packet, and say where to look
+            code, message = ErrorCode.HANDLER_FAILED.value, str(exc)
             log.exception("front: %s failed for packet %s", packet.key, packet.id)
             frame = protocol.encode_failure(seq, packet.id, ErrorCode.HANDLER_FAILED,
                                             f"{packet.key} failed: {type(exc).__name__}: {exc}")
         link.send(frame)
+        elapsed_s = time.perf_counter() - started
+        self.metrics.packet_done(packet.group, "front", code, elapsed_s, elapsed_s * 1000)
+        if packet.key == "mc:scale":
+            who = str(link.identity or link.peer)
+            self.metrics.admin_action(packet.key, "ok" if code is None else "invalid" if code == "PF002" else "failed")
+            if code is None:
+                logs.admin_action(log, who=who, action=packet.key, before=value["before"], after=value["after"])
+            else:
+                logs.admin_action(log, who=who, action=packet.key, outcome="failed", detail=message)
 
     # ------------------------------------------------------------------ the answer path
     def settle(self, flight: Flight, outcome: Outcome) -> None:
@@ -467,9 +536,12 @@ class Node:
         releases or fails its dependents) and send its one reply to its origin."""
         if flight.state is DONE:
             return  # answered already (its deadline passed, say); a late outcome is dropped
-        failures = self.scheduler.complete(flight, self.clock(), ok=outcome.ok,
+        now = self.clock()
+        failures = self.scheduler.complete(flight, now, ok=outcome.ok,
                                            data_json=outcome.data_json, code=outcome.code)
+        packet_done = self.metrics.packet_done
         for ended, how in ((flight, outcome), *((f.flight, failure(f.code, f.message)) for f in failures)):
+            packet_done(ended.packet.group, ended.lane, how.code, now - ended.arrived, how.duration_ms)
             try:
                 self._deliver(ended, how)
             except Exception:  # the reply must still go: a plain PF500 with an incident id
@@ -590,6 +662,7 @@ class Node:
         reading to resume to be dropped."""
         while True:
             await asyncio.sleep(1.0)
+            logs.log_suppressed(log, self.pool.handler_errors, "handler errors")
             for link in [link for link in self.links if link.reading_paused and not link.closed]:
                 if not self.is_uplink(link) and link.peer_gone():
                     log.debug("front: %s hung up while its reading was paused", link.peer)

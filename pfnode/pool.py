@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from . import pipe
+from . import logs, pipe
 from .dispatch import Dispatcher
 from .errors import ErrorCode
 from .flight import DISPATCHED, DONE, Flight, Outcome, failure, success
@@ -32,6 +32,7 @@ from .registry import DEFAULT_LANE
 from .scheduler import Scheduler
 from .settings import Settings
 from .supervisor import LaneSpec, Supervisor, lane_specs
+from .metrics import Metrics, exit_cause
 from .workerproc import WorkerProcess, describe_exit
 
 log = logging.getLogger("pfnode.pool")
@@ -41,7 +42,9 @@ __all__ = ["LaneSpec", "Pool", "lane_specs"]
 
 class Pool:
     def __init__(self, settings: Settings, scheduler: Scheduler, on_answer: Callable[[Flight, Outcome], None],
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else Metrics(process=False)
+        self.handler_errors = logs.RateLimiter(5, 60.0, clock=clock)
         self.settings = settings
         self.scheduler = scheduler
         self.on_answer = on_answer  # the node's answer path
@@ -175,6 +178,9 @@ class Pool:
         if kind is pipe.Done:
             self.on_answer(flight, success(message.body, message.duration_ms))
         elif kind is pipe.Failed:
+            if message.code in ("PF500", "PF501"):
+                logs.handler_error(log, self.handler_errors, key=flight.packet.key, packet_id=flight.id,
+                                   code=message.code, message=message.message, lane=proc.lane, pid=proc.pid)
             self.on_answer(flight, failure(message.code, message.message, message.duration_ms))
         elif flight.state is not DONE:  # Skipped: never ran, no result to record
             self.scheduler.forget(flight)
@@ -196,18 +202,21 @@ class Pool:
         if running is not None:
             cause = "packet"
             if running.state is not DONE:
-                log.warning("pool: worker pid %s died (%s) while running %s packet %s",
-                            proc.pid, how, running.packet.key, running.id)
                 self.on_answer(running, failure(ErrorCode.WORKER_DIED,
                                                 f"worker pid {proc.pid} died ({how}) while running the packet"))
         elif view.retired or proc.kill_reason is not None:
             cause = "packet"  # it retired after a packet (its memory cap), or we killed it
-        elif not view.retiring:
-            log.warning("pool: %s worker pid %s exited (%s)", proc.lane, proc.pid, how)
         for flight in never_started:
             if flight.state is DISPATCHED:  # back in its original place
                 self.scheduler.requeue(flight)
                 self.counters["requeued"] += 1
+        if not view.retiring:  # a retirement (resize) is planned: no restart
+            restart_cause = exit_cause(running=running is not None, kill_reason=proc.kill_reason,
+                                       retired=view.retired)
+            self.metrics.worker_restart(proc.lane, restart_cause)
+            logs.worker_exit(log, lane=proc.lane, pid=proc.pid, cause=restart_cause, how=how,
+                             key=running.packet.key if running is not None else None,
+                             packet_id=running.id if running is not None else None)
         if view.retiring:
             self.counters["workers_retired"] += 1
         elif view.retired:
@@ -229,6 +238,13 @@ class Pool:
         async with self._resizing:
             await self.supervisor.resize(lane, size)
         self.pump()
+
+    async def roll(self) -> int:
+        """Replace every worker with one running the handler code as it is now (SIGHUP)."""
+        async with self._resizing:
+            replaced = await self.supervisor.roll()
+        self.pump()
+        return replaced
 
     def worker_pids(self, lane: str | None = None) -> list[int]:
         return self.supervisor.pids(lane)

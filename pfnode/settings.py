@@ -182,6 +182,7 @@ class Settings:
                                      "SIGTERM before they get PF503")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
+    log_format: Literal["text", "json"] = setting("text", "log line format: text, or json (one object per line)")
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"

@@ -269,7 +269,9 @@ class Supervisor:
             proc = await self.spawn(lane, counted=True)
         except Exception as exc:
             if not self.closing:
-                log.error("pool: cannot start a %s worker: %s; retrying", lane, exc)
+                log.error("pool: cannot start a %s worker: %s; retrying", lane, exc,
+                          extra={"event": "worker_exit", "lane": lane, "cause": "start", "how": str(exc)})
+                self.listener.metrics.worker_restart(lane, "start")
                 self.replace(lane, "start")
             return
         self.counters["workers_replaced"] += 1
@@ -295,8 +297,58 @@ class Supervisor:
                 raise ConfigError(f"could not start {len(errors)} of {size - current} {lane} workers: {errors[0]}")
         elif size < self.lane_size(lane):
             for view in self.dispatcher.retire(lane, self.lane_size(lane) - size):
-                if not view.held:
-                    view.handle.close_channel()
+                self._retire(view.handle)
+
+    async def roll(self) -> int:
+        """Replace every worker with one running the handler modules as they are on disk
+        now (SIGHUP), one lane slot at a time, losing no packet: a new worker is started
+        first and the old one retired (it finishes what it holds); the cf lane, being
+        sequential, retires its worker first. A new fork server imports the modules afresh;
+        the old one goes once its last worker has. New code must register the same handler
+        keys (adding or removing handlers needs a restart). Returns the workers replaced."""
+        old_server = self.forkserver
+        if self.settings.worker_start == "fork":
+            self.forkserver = None
+            if not await self._start_forkserver():
+                self.forkserver = old_server
+                old_server = None
+        replaced = 0
+        try:
+            for lane in self.lanes:
+                for proc in [p for p in self.procs.values() if p.lane == lane and p.view and not p.view.retiring]:
+                    if proc.exited.done() or self.closing:
+                        continue
+                    if lane == "cf":
+                        self._spawning[lane] += 1  # its successor is on its way: no other refills
+                        try:
+                            self._retire(proc)
+                            await proc.exited
+                        except BaseException:
+                            self._spawning[lane] -= 1
+                            raise
+                        self.listener.on_worker_ready(await self.spawn(lane, counted=True))
+                    else:
+                        self.listener.on_worker_ready(await self.spawn(lane))
+                        self._retire(proc)
+                        await proc.exited
+                    replaced += 1
+        finally:
+            if old_server is not None:
+                self._in_background(self._close_when_empty(old_server))
+        log.info("pool: rolled %d workers onto the handler modules as they are now", replaced)
+        return replaced
+
+    def _retire(self, proc: WorkerProcess) -> None:
+        view = proc.view
+        view.retiring = True
+        view.ready = False
+        if not view.held:
+            proc.close_channel()
+
+    async def _close_when_empty(self, server: ForkServer) -> None:
+        while server.children and not self.closing:
+            await asyncio.sleep(0.1)
+        await server.close()
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Stop every worker: idle ones by closing their input, busy ones (whose packets

@@ -130,6 +130,8 @@ class PicowsLink(PeerLink, WSListener):
 
     def close(self, code: int, reason: str) -> None:
         if self.transport is not None and not self.transport.is_disconnected:
+            if self._pending:
+                self._flush_pending()  # what was sent before the close goes before it
             self.transport.send_close(WSCloseCode(code), reason.encode())
             self.transport.disconnect(graceful=True)
 

@@ -50,7 +50,11 @@ class WebsocketsLink(PeerLink):
 
     def close(self, code: int, reason: str) -> None:
         if self.ws is not None:
-            asyncio.ensure_future(self.ws.close(code, reason))
+            asyncio.ensure_future(self._close(self.ws, code, reason))
+
+    async def _close(self, ws, code: int, reason: str) -> None:
+        await self.flush(1.0)  # what was sent before the close goes before it
+        await ws.close(code, reason)
 
     def abort(self) -> None:
         if self.ws is not None and self.ws.transport is not None:

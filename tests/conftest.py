@@ -77,7 +77,7 @@ def write_token_file(directory: Path, roles: dict[str, list[str]] = TOKEN_ROLES,
 
 
 def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST_HANDLERS,
-               timeout_s: float = 60.0, tokens: bool = False) -> RunningNode:
+               timeout_s: float = 60.0, tokens: bool = False, env: dict | None = None) -> RunningNode:
     """Run `pfnode serve` on a free port and wait until it says where it listens. With
     `tokens`, it runs with a token file of TOKEN_ROLES (the node's `tokens` say them)."""
     known: dict[str, str] = {}
@@ -89,7 +89,7 @@ def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST
     proc = subprocess.Popen(
         [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
          "--handlers", handlers, *args],
-        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     log_file.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

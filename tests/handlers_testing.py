@@ -89,3 +89,9 @@ def chatty_fd(data):
     os.write(1, b"raw bytes on fd 1 \x00\x01\x02 that look like nothing\n")
     print("x" * 100_000)
     return data
+
+
+@handler("df", "ctx_deps")
+def ctx_deps(data, ctx):
+    """The results of the packet's dependencies, as its handler sees them."""
+    return ctx.dependencies

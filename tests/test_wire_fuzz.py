@@ -15,7 +15,7 @@ The connections stay open throughout, and a well-behaved connection alongside ge
 answer. The fuzz connections also act as reactors, as the node's hub routing asks them to
 run keys it has no handler for: they answer PF001 (this link cannot run it).
 
-PFNODE_FUZZ_FRAMES (default 20 000) and PFNODE_FUZZ_SEED set the run; `make fuzz` runs
+PFTEST_FUZZ_FRAMES (default 20 000) and PFTEST_FUZZ_SEED set the run; `make fuzz` runs
 200 000 frames on each transport.
 
 Cases that fail because of node code outside pfnode/protocol.py are separate tests marked
@@ -53,8 +53,8 @@ from tests.pf_frames import (
     nested,
 )
 
-FRAMES = int(os.environ.get("PFNODE_FUZZ_FRAMES", "20000"))
-SEED = int(os.environ.get("PFNODE_FUZZ_SEED", "20260601"))
+FRAMES = int(os.environ.get("PFTEST_FUZZ_FRAMES", "20000"))
+SEED = int(os.environ.get("PFTEST_FUZZ_SEED", "20260601"))
 FUZZ_CONNECTIONS = 3
 MAX_FRAME_BYTES = 1 << 16
 MAX_TIMEOUT_MS = 86_400_000  # the node's default maximum
