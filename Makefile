@@ -31,7 +31,7 @@ run: venv
 
 # The whole suite on the default transport (picows), then every suite that talks to a
 # node over a socket once more on the websockets transport: behaviour must be identical.
-WIRE_TESTS := tests/test_abuse.py tests/test_e2e.py tests/test_faults.py tests/test_cli.py tests/test_lanes.py tests/test_ndarray.py tests/test_interop_ts.py tests/test_interop_elixir.py tests/test_hub.py tests/test_dialout.py
+WIRE_TESTS := tests/test_abuse.py tests/test_auth.py tests/test_e2e.py tests/test_faults.py tests/test_cli.py tests/test_lanes.py tests/test_ndarray.py tests/test_interop_ts.py tests/test_interop_elixir.py tests/test_hub.py tests/test_dialout.py
 
 test: venv interop-deps
 	$(PY) -m pytest $(ARGS)

@@ -177,24 +177,29 @@ def main(argv: list[str]) -> int:
 class ForkServer:
     """The front's side: starts the server, asks it for workers, hears of their ends.
 
-    `on_exit(pid, returncode)` is called for each child's end (returncode None when the
-    server itself went away, taking its children with it)."""
+    Each `spawn` names the callback told of that child's end, `on_exit(returncode)`
+    (None when the server itself went away, taking its children with it). It is known
+    from the moment the server says the child exists, so not even a child that dies at
+    once can end unheard."""
 
-    def __init__(self, handler_modules: list[str], env: dict[str, str], on_exit) -> None:
+    def __init__(self, handler_modules: list[str], env: dict[str, str]) -> None:
         self.handler_modules = handler_modules
         self.env = env
-        self.on_exit = on_exit
         self.pid: int | None = None
-        self.children: set[int] = set()
+        self._exits: dict[int, object] = {}  # child pid -> its on_exit
         self._sock: socket.socket | None = None
         self._proc = None
         self._ready = None
-        self._pending: dict[int, object] = {}
+        self._pending: dict[int, tuple] = {}  # token -> (future of the pid, on_exit)
         self._tokens = 0
 
     @property
     def alive(self) -> bool:
         return self._sock is not None
+
+    @property
+    def children(self) -> set[int]:
+        return set(self._exits)
 
     async def start(self, timeout_s: float) -> None:
         import asyncio
@@ -221,7 +226,7 @@ class ForkServer:
             await self.close()
             raise
 
-    async def spawn(self, config: bytes, fds: list[int], timeout_s: float) -> int:
+    async def spawn(self, config: bytes, fds: list[int], on_exit, timeout_s: float) -> int:
         """Fork a worker on the given pipe ends (the child's stdin read end and stdout
         write end; the caller closes its copies); returns its pid."""
         import asyncio
@@ -230,14 +235,13 @@ class ForkServer:
             raise OSError("the fork server is not running")
         self._tokens += 1
         token = self._tokens
-        future = self._pending[token] = asyncio.get_running_loop().create_future()
+        future = asyncio.get_running_loop().create_future()
+        self._pending[token] = (future, on_exit)
         try:
             socket.send_fds(self._sock, [encode(Spawn(token, config))], fds)
-            pid = await asyncio.wait_for(future, timeout_s)
+            return await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending.pop(token, None)
-        self.children.add(pid)
-        return pid
 
     def _readable(self) -> None:
         while self._sock is not None:
@@ -253,15 +257,20 @@ class ForkServer:
             message = decode_reply(data)
             kind = type(message)
             if kind is Exited:
-                self.children.discard(message.pid)
-                self.on_exit(message.pid, os.waitstatus_to_exitcode(message.status))
+                on_exit = self._exits.pop(message.pid, None)
+                if on_exit is not None:
+                    on_exit(os.waitstatus_to_exitcode(message.status))
             elif kind is Spawned or kind is SpawnFailed:
-                future = self._pending.get(message.token)
+                future, on_exit = self._pending.get(message.token, (None, None))
+                if kind is Spawned:
+                    self._exits[message.pid] = on_exit
                 if future is not None and not future.done():
                     if kind is Spawned:
                         future.set_result(message.pid)
                     else:
                         future.set_exception(OSError(message.message))
+                elif kind is Spawned:  # its asker gave up waiting: the child is nobody's
+                    os.kill(message.pid, 9)
             elif kind is Ready and not self._ready.done():
                 self._ready.set_result(message.pid)
             elif kind is Fatal and not self._ready.done():
@@ -280,12 +289,12 @@ class ForkServer:
         error = OSError(f"the fork server went away ({why})")
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(error)
-        for future in self._pending.values():
+        for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(error)
-        children, self.children = self.children, set()
-        for pid in children:  # they die with it (PR_SET_PDEATHSIG); their status is lost
-            self.on_exit(pid, None)
+        exits, self._exits = self._exits, {}
+        for on_exit in exits.values():  # they die with it (PR_SET_PDEATHSIG); their status is lost
+            on_exit(None)
 
     async def close(self, timeout_s: float = 2.0) -> None:
         import asyncio

@@ -107,7 +107,6 @@ class Supervisor:
         self._background: set[asyncio.Task] = set()
         self.forkserver: ForkServer | None = None
         self._forkserver_lock = asyncio.Lock()
-        self._forked: dict[int, WorkerProcess] = {}  # pid -> a forked worker until its end is known
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -139,7 +138,7 @@ class Supervisor:
                 return True
             if self.forkserver is not None:
                 log.warning("pool: the fork server (pid %s) went away; starting another", self.forkserver.pid)
-            server = ForkServer(list(self.settings.handler_modules), self._worker_env(), self._forked_exit)
+            server = ForkServer(list(self.settings.handler_modules), self._worker_env())
             try:
                 await server.start(self.settings.worker_start_timeout_ms / 1000)
             except OSError as exc:
@@ -149,11 +148,6 @@ class Supervisor:
             log.debug("pool: fork server pid %s ready", server.pid)
             return True
 
-    def _forked_exit(self, pid: int, returncode: int | None) -> None:
-        proc = self._forked.pop(pid, None)
-        if proc is not None:
-            proc.forked_exited(returncode)
-
     async def _launch(self, lane: str, slot: int, config: dict, arenas) -> WorkerProcess:
         """A new worker process: forked if the fork server is (or can be made) alive."""
         s = self.settings
@@ -161,10 +155,8 @@ class Supervisor:
             if self.forkserver is None or not self.forkserver.alive:
                 await self._start_forkserver()
             if self.forkserver is not None and self.forkserver.alive:
-                proc = await WorkerProcess.fork(self.forkserver, self.listener, lane, slot, config, arenas,
+                return await WorkerProcess.fork(self.forkserver, self.listener, lane, slot, config, arenas,
                                                 s.worker_start_timeout_ms / 1000)
-                self._forked[proc.pid] = proc
-                return proc
         return await WorkerProcess.start(self.listener, lane, slot, config, self._worker_env(), arenas)
 
     def _worker_env(self) -> dict[str, str]:

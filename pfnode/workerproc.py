@@ -108,7 +108,8 @@ class WorkerProcess(asyncio.SubprocessProtocol):
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         try:
-            proc.pid = await server.spawn(cls.config_json(config), [stdin_r, stdout_w], timeout_s)
+            proc.pid = await server.spawn(cls.config_json(config), [stdin_r, stdout_w], proc.forked_exited,
+                                          timeout_s)
         except BaseException:
             for fd in (stdin_w, stdout_r):
                 os.close(fd)
