@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         "flags. Exit status 0, or 2 with the list of problems.")
     show.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
+    token = commands.add_parser("token", help="make a token for the token file",
+                                description="Print a new random token, and the [[token]] entry (its "
+                                "SHA-256, not the token) to add to the node's token file. Give the "
+                                "token to the client; it is shown only this once.")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new = token_commands.add_parser("new", help="a new token")
+    new.add_argument("name", help="who it is for (logs, the scope of its packet ids)")
+    new.add_argument("--roles", default="submit", help="comma-separated: submit, reactor, admin "
+                     "(default %(default)s)")
+
     submit = commands.add_parser("submit", help="send one packet and print its result",
                                  description="Submit one packet; print the result as JSON. "
                                  "Exit status 0 on success, 1 on an error result, 2 on a usage "
@@ -151,10 +161,23 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _token(args: argparse.Namespace) -> int:
+    from .auth import ROLES, new_token, token_entry
+
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ROLES]
+    if not roles or unknown:
+        raise PFNodeError(f"--roles must be some of {', '.join(ROLES)}, got {args.roles!r}")
+    token = new_token()
+    sys.stdout.write(f"token: {token}\n\n# add to the token file, then SIGHUP the node (systemctl reload pfnode):\n"
+                     f"{token_entry(args.name, roles, token)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"serve": _serve, "connect": _serve, "config": _config,
+        return {"serve": _serve, "connect": _serve, "config": _config, "token": _token,
                 "submit": _submit}[args.command](args)
     except PFNodeError as exc:
         print(f"pfnode: {exc}", file=sys.stderr)

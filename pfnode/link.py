@@ -161,6 +161,15 @@ class PeerLink:
         return None
 
 
+def uplink_ssl(settings: Any, url: str):
+    """The TLS context a dial-out link uses for a wss:// hub (None for ws://)."""
+    if not url.startswith("wss:"):
+        return None
+    from .tls import client_context
+
+    return client_context(settings.ca_file, settings.client_cert, settings.client_key)
+
+
 _TCP_CLOSED_STATES = {7, 8, 9}  # Linux tcp_states.h: TCP_CLOSE, TCP_CLOSE_WAIT, TCP_LAST_ACK
 
 

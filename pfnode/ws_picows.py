@@ -18,7 +18,7 @@ from picows import (WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTran
                     ws_create_server)
 from websockets.frames import apply_mask  # C speedup where built, as in websockets' own frames
 
-from .link import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit
+from .link import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit, uplink_ssl
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 
@@ -271,7 +271,8 @@ class PicowsUplinkLink(PicowsLink):
         try:
             transport, _ = await ws_connect(lambda: self, self.url, websocket_handshake_timeout=OPEN_TIMEOUT_S,
                                             max_frame_size=hard_frame_limit(self.node.settings.max_frame_bytes),
-                                            enable_auto_ping=False, enable_auto_pong=True)
+                                            enable_auto_ping=False, enable_auto_pong=True,
+                                            ssl_context=uplink_ssl(self.node.settings, self.url))
         except WSError as exc:  # a refused or broken handshake
             raise ConnectionError(str(exc)) from exc
         self._next = transport

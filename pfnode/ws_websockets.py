@@ -12,7 +12,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
-from .link import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit
+from .link import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit, uplink_ssl
 
 
 class WebsocketsLink(PeerLink):
@@ -182,8 +182,9 @@ class WebsocketsUplinkLink(WebsocketsLink):
 
     async def connect(self) -> None:
         try:
+            tls = uplink_ssl(self.node.settings, self.url)
             self._next = await connect(self.url, open_timeout=OPEN_TIMEOUT_S,
-                                       **connection_options(self.node.settings))
+                                       **({"ssl": tls} if tls else {}), **connection_options(self.node.settings))
         except InvalidHandshake as exc:
             raise ConnectionError(str(exc)) from exc
 

@@ -318,3 +318,39 @@ def test_metrics_count_what_was_sent(fresh_node):
     assert sum(s.value for s in rtt) == 13
     workers = {s.labels["lane"]: s.value for s in families["pfnode_lane_workers"].samples}
     assert workers["df"] == 1 and workers["cf"] == 1
+
+
+def test_pfnode_token_new_prints_a_token_and_the_entry_that_admits_it(fresh_node, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pfnode", "token", "new", "ci-client", "--roles",
+                           "submit"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.split("token: ", 1)[1].split()[0]
+    entry = done.stdout.split("[[token]]", 1)[1]
+    assert token not in entry  # only its hash is written down
+    path = tmp_path / "tokens.toml"
+    path.write_text("[[token]]" + entry)
+    n = fresh_node("--token-file", str(path), workers=1)
+
+    async def go():
+        async with Raw(n.endpoint, token) as raw:
+            return await raw.roundtrip("transform", "issued")
+    assert run(go())["payload"]["data"] == "ISSUED"
+
+
+def test_a_dial_out_node_reaches_a_wss_hub_with_a_token_in_its_url(fresh_node, pki, tmp_path):
+    from tests.test_dialout import start_connector
+
+    path, tokens = write_token_file(tmp_path)
+    hub = fresh_node("--tls-cert", pki["good"], "--tls-key", pki["good"], "--token-file", str(path),
+                     workers=1, handlers="tests.handlers_testing")
+    url = f"{hub.endpoint}?token={tokens['serve-only']}"  # runs packets, may not submit
+    connector = start_connector(tmp_path, url, "--ca-file", pki["ca"], workers=1)
+    try:
+        wait_until(lambda: "runs df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
+
+        async def go():
+            async with Reactor(hub.endpoint, token=tokens["client"], ca_file=pki["ca"]) as client:
+                return await client.submit("df", "remote_upper", "over tls")
+        assert run(go()).data == "OVER TLS"
+    finally:
+        connector.stop()
