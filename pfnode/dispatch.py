@@ -145,6 +145,10 @@ class Dispatcher:
         # idle workers first, then the least estimated work held, then the fewest packets
         return (1 if view.held else 0, view.queued_ms, len(view.held), view.slot, view)
 
+    def give(self, view: WorkerView, flight: Flight) -> None:
+        """Hand `flight` to `view` now, whatever its window (a packet for that worker only)."""
+        self._give(view, flight, self.estimate(flight.packet.key))
+
     def _give(self, view: WorkerView, flight: Flight, cost_ms: float) -> None:
         flight.no = next(self._numbers)
         flight.worker = view

@@ -25,6 +25,8 @@ DISPATCHED = "dispatched"  # handed to a worker
 FORWARDED = "forwarded"  # with the hub: a connected reactor runs it, or will
 DONE = "done"
 
+HOSTED = "hosted"  # the lane of the packets the node runs itself: its node elements (pfnode/elements)
+
 
 def resolve_timeout_ms(packet_ms: int | None, handler_ms: int | None, default_ms: int) -> int:
     """A packet's time limit: its own `timeout_ms`, else its handler's declared default,
@@ -56,7 +58,7 @@ class Flight:
 
     __slots__ = (
         # the packet, and the answer path: who gets the one reply (None once they left)
-        "packet", "id", "scope", "key", "origin", "seq", "tenant", "size",
+        "packet", "id", "scope", "key", "origin", "seq", "tenant", "size", "identity",
         # the scheduler's (pfnode/scheduler.py)
         "lane", "priority", "deadline", "timeout_ms", "dependencies", "arrived", "order",
         "state", "waiting_on", "alarm",
@@ -80,6 +82,7 @@ class Flight:
         # who it counts against for fair shares: its submitter's scope, else its link
         self.tenant = scope if scope is not None else origin
         self.size = size  # bytes of its data the node holds until it is answered
+        self.identity: Any = None  # who submitted it (pfnode.auth.Identity), for its steps' roles
         self.lane = lane
         self.priority = priority
         self.deadline = deadline

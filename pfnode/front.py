@@ -14,7 +14,7 @@ import resource
 import signal
 from typing import Any
 
-from . import admin, tls
+from . import tls
 from .errors import ConfigError
 from .node import Node
 from .settings import Settings
@@ -80,7 +80,7 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             where = "started without a listening endpoint"
         log.info("front: %s with lanes %s; handlers: %s", where,
                  ", ".join(f"{k}={v}" for k, v in node.pool.lane_sizes().items()),
-                 ", ".join(sorted(node.pool.handler_keys | admin.BUILTIN_KEYS)))
+                 ", ".join(node.keys()))
         await node.stopping.wait()
     finally:
         await node.shutdown()

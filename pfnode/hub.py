@@ -141,7 +141,7 @@ class Route:
     """A forwarded packet's routing state (`flight.route`)."""
 
     __slots__ = ("tried", "target", "holders", "refusals", "lost", "busy_code", "refused",
-                 "probing", "parked")
+                 "probing", "parked", "pinned")
 
     def __init__(self) -> None:
         self.tried: set[LinkRoutes] = set()
@@ -153,6 +153,7 @@ class Route:
         self.refused = False  # a link refused our submit frame with an error frame
         self.probing = False  # its target is on probation (see the module's rules)
         self.parked = False  # waiting for a reactor after its own went away
+        self.pinned = False  # for this one link only (a co:broadcast step): never passed on
 
 
 class HubEffects(Protocol):
@@ -272,6 +273,20 @@ class Hub:
         """Find a reactor for a packet the node has no handler for (admitted FORWARDED)."""
         flight.route = Route()
         self._dispatch(flight)
+
+    def route_to(self, flight: Flight, link: Any) -> None:
+        """Send a packet to one chosen link (a co:broadcast step): whatever it answers is
+        its answer; a refusal or a disconnect is not passed on to another link."""
+        flight.route = Route()
+        flight.route.pinned = True
+        r = self.routes.get(link)
+        if r is None or link.closed:
+            self._settle(flight, failure(ErrorCode.NO_REACTOR, f"reactor {getattr(link, 'peer', link)} is gone"))
+            return
+        now = self.clock()
+        self._send_to(flight, r, now, max(1, int((flight.deadline - now) * 1000)))
+        flight.route.probing = False
+        self.effects.set_alarm(flight, flight.deadline)
 
     def on_result(self, link: Any, result: Result) -> None:
         r = self.routes.get(link)
@@ -393,6 +408,11 @@ class Hub:
         now = self.clock()
         remaining_ms = int((flight.deadline - now) * 1000)
         route = flight.route
+        if route.pinned:  # its one link refused it, went away or did not answer: that is its answer
+            code = route.busy_code or (ErrorCode.NO_REACTOR.value if (route.lost or route.refused)
+                                       else ErrorCode.NO_HANDLER.value)
+            self._settle(flight, failure(code, self._no_reactor_message(flight)))
+            return
         if remaining_ms <= 0:
             self.deadline_passed(flight)
             return

@@ -19,26 +19,40 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import orjson
 
-from . import __version__, admin, logs, pipe, protocol
+from . import __version__, elements, logs, pipe, protocol
 from .auth import TokenTable, token_hash, token_of
 from .capacity import autoscale_step, read_capacity, recommend
 from .errors import ErrorCode, HandlerError
-from .flight import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, Outcome, failure,
-                     resolve_timeout_ms)
+from .elements import NODE_ELEMENTS
+from .elements.base import ElementError, ElementFailed
+from .elements.engine import ElementContext
+from .elements.state import ElementState
+from .flight import (BLOCKED, DISPATCHED, DONE, FORWARDED, HOSTED, QUEUED, Flight, Outcome, failure,
+                     resolve_timeout_ms, success)
 from .hub import Hub
 from .link import HEARTBEAT_TIMEOUT_CLOSE_CODE, HttpReply, PeerLink
 from .metrics import Metrics, NodeState
 from .pool import Pool
-from .scheduler import Scheduler
+from .scheduler import LANES, Refusal, Scheduler
 from .settings import Settings
 
 log = logging.getLogger("pfnode.front")
 
+
+class Target(NamedTuple):
+    """Where a co:broadcast step runs: a worker (its dispatcher view) or a reactor (its link)."""
+
+    name: str
+    kind: str  # "worker" or "reactor"
+    handle: Any
+    lane: str | None
+
 AUTH_CLOSE_CODE = 4401  # a private-use close code: "unauthenticated"
+MAX_HOSTED_RUNNING = 10_000  # node elements running at once; more wait in the hosted queue
 
 
 class Node:
@@ -53,7 +67,8 @@ class Node:
                                    max_queued_bytes_per_client=settings.max_queued_bytes_per_client,
                                    result_store_entries=settings.result_store_entries,
                                    result_store_age_ms=settings.result_store_age_ms,
-                                   result_store_bytes=settings.result_store_bytes)
+                                   result_store_bytes=settings.result_store_bytes,
+                                   lanes=(*LANES, HOSTED))
         self.pool = Pool(settings, self.scheduler, self.settle, clock=clock, metrics=self.metrics)
         self.hub = Hub(self, probe_ms=settings.probe_ms, reroute_grace_ms=settings.reroute_grace_ms,
                        clock=clock, may_run=self._may_run)
@@ -70,6 +85,10 @@ class Node:
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._incidents = itertools.count(1)
+        self._hosted: dict[Flight, asyncio.Task] = {}  # node elements running now
+        self._hosted_scheduled = False
+        self._completions: dict[Any, list[asyncio.Future]] = {}  # (scope, id) -> cf:gate waiters
+        self.elements = ElementState()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -84,9 +103,10 @@ class Node:
                         self.settings.host)
         await self.pool.start()
         self.ready = True
-        shadowed = sorted(admin.BUILTIN_KEYS & self.pool.handler_keys)
-        if shadowed:
-            log.warning("front: handlers %s are shadowed by the node's built-ins", ", ".join(shadowed))
+        replaced = sorted(key for key in NODE_ELEMENTS.keys() & self.pool.handler_keys
+                          if not self.pool.handlers[key].get("standard"))
+        if replaced:
+            log.info("front: handlers %s replace the standard elements of the same keys", ", ".join(replaced))
         self._background(self._heartbeat_loop())
         self._background(self._paused_links_loop())
         if self.settings.autoscale:
@@ -104,9 +124,9 @@ class Node:
         if self.uplink is not None:  # our hub: send us nothing more
             self.uplink.link.send(self.announcement())
         deadline = time.monotonic() + grace
-        while (self.scheduler.inflight or self._builtin_jobs()) and time.monotonic() < deadline:
+        while self.scheduler.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for job in list(self._jobs):
+        for job in [*self._jobs, *self._hosted.values()]:
             job.cancel()
         for flight in sorted(self.scheduler.inflight.values(), key=lambda f: f.order):
             self.settle(flight, failure(ErrorCode.UNAVAILABLE, "node is shutting down"))
@@ -123,12 +143,8 @@ class Node:
             link.abort()
         log.info("front: stopped (%s)", {**self.pool.counters, **self.counters})
 
-    def _builtin_jobs(self) -> bool:
-        return any(getattr(job, "builtin", False) for job in self._jobs)
-
-    def _background(self, coro, builtin: bool = False) -> asyncio.Task:
+    def _background(self, coro) -> asyncio.Task:
         job = asyncio.ensure_future(coro)
-        job.builtin = builtin  # type: ignore[attr-defined]
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return job
@@ -140,7 +156,7 @@ class Node:
         pool = self.pool.stats()
         return {"status": state, "endpoint": self.settings.path, "connections": len(self.links),
                 "uptime_s": round(time.time() - self.started_at, 3),
-                "handlers": sorted(self.pool.handler_keys | admin.BUILTIN_KEYS), **pool,
+                "handlers": self.keys(), **pool,
                 "queued": s.queued, "blocked": s.blocked, "inflight": len(s.inflight),
                 "results_stored": len(s.results), "hub": self.hub.stats(s.forwarded),
                 "counters": {**pool["counters"], **self.counters}}
@@ -157,6 +173,10 @@ class Node:
                 "inflight": len(s.inflight), "blocked": s.blocked, "forwarded": s.forwarded,
                 "parked": len(self.hub.parked), "results_stored": len(s.results),
                 "reactors": self.hub.stats(s.forwarded)["reactors"], "lanes": lanes}
+
+    def keys(self) -> list[str]:
+        """Every key this node answers itself: its handlers and its node elements."""
+        return sorted(self.pool.handler_keys | NODE_ELEMENTS.keys())
 
     def heartbeat_payload(self) -> dict[str, Any]:
         s = self.scheduler
@@ -348,12 +368,17 @@ class Node:
         if state is FORWARDED:
             self.hub.abandon(flight)
             self.scheduler.forget(flight)
+        elif state is DISPATCHED and flight.lane == HOSTED:
+            self.scheduler.forget(flight)  # nobody waits: its element stops, and its steps with it
+            task = self._hosted.pop(flight, None)
+            if task is not None:
+                task.cancel()
         elif state is DISPATCHED:
             self.scheduler.orphan(flight)
             self.pool.cancel(flight)
         elif state is QUEUED or state is BLOCKED:
             self.scheduler.forget(flight)
-            self.pool.pump()
+            self._pump()
 
     # ------------------------------------------------------------------ frames
     def on_message(self, link: PeerLink, frame: bytes | str) -> None:
@@ -447,88 +472,198 @@ class Node:
             link.send(protocol.encode_failure(seq, pid, ErrorCode.UNAVAILABLE, "node is shutting down"
                                               if self.draining else "node is starting; retry shortly"))
             return
+        admitted = self._admit(packet, origin=link, seq=seq, scope=self._scope(link),
+                               identity=link.identity, from_uplink=uplink is not None)
+        if not isinstance(admitted, Flight):
+            if admitted.code is ErrorCode.FORBIDDEN:
+                self._forbid(link, seq, admitted.message, pid, submit=True)
+                return
+            self.counters[f"refused_{admitted.code.value}"] += 1
+            self.metrics.packet_ended(packet.group, admitted.code.value)
+            link.send(protocol.encode_failure(seq, pid, admitted.code, admitted.message))
+            return
+        if admitted.state is not DONE and self._awaiting(link) >= self.settings.max_inflight_per_connection:
+            # Backpressure: stop reading this peer until an answer frees a slot;
+            # TCP flow control then slows the sender.
+            link.pause_reading("inflight")
+
+    def _admit(self, packet: protocol.Packet, *, origin: Any, seq: int, scope: Any, identity: Any,
+               from_uplink: bool = False) -> Flight | Refusal:
+        """Admit a packet from a link or from a node element (a step): to a worker lane
+        (a handler here; a user's replaces a standard element), to the node's own elements
+        (run here, "hosted"), or to the hub (a connected reactor). Returns its Flight, or
+        why it was refused."""
         key = packet.key
-        role = "admin" if packet.group == "mc" else "submit"
-        if uplink is None and not self._may(link, role):
-            self._forbid(link, seq, f"submit {key} (the {role} role)", pid, submit=True)
-            return
-        builtin = admin.BUILTINS.get(key)
-        if builtin is not None:
-            self._background(self._run_builtin(link, seq, packet, builtin), builtin=True)
-            return
-        now = self.clock()
-        scope = self._scope(link)
+        element = NODE_ELEMENTS.get(key)
         options = self.pool.handlers.get(key)
+        if options is not None and element is not None and options.get("standard"):
+            options = None  # a standard worker element never shadows a node element
+        role = "admin" if packet.group == "mc" else (element.role if element is not None and options is None
+                                                      else "submit")
+        if not from_uplink and not self._identity_may(identity, role):
+            return Refusal(ErrorCode.FORBIDDEN, f"submit {key} (the {role} role)")
+        now = self.clock()
         if options is not None:
             if packet.metadata is not None and not pipe.passable(packet.metadata):
-                self.metrics.packet_ended(packet.group, ErrorCode.INVALID_PACKET.value)
-                link.send(protocol.encode_failure(seq, pid, ErrorCode.INVALID_PACKET,
-                                                  "metadata holds a value a worker cannot be given "
-                                                  "(an integer beyond 64 bits?)"))
-                return
+                return Refusal(ErrorCode.INVALID_PACKET, "metadata holds a value a worker cannot be given "
+                                                         "(an integer beyond 64 bits?)")
             timeout_ms = resolve_timeout_ms(packet.timeout_ms, options.get("timeout_ms"),
                                             self.settings.default_timeout_ms)
-            flight = Flight(packet, scope=scope, origin=link, seq=seq, lane=self.pool.lane_of(key, packet.group),
+            flight = Flight(packet, scope=scope, origin=origin, seq=seq, lane=self.pool.lane_of(key, packet.group),
                             priority=packet.priority, deadline=now + timeout_ms / 1000,
                             timeout_ms=timeout_ms, dependencies=packet.dependencies or (),
                             memory_limit_mb=options.get("memory_limit_mb"), size=len(packet.data))
             refusal = self.scheduler.admit(flight, now)
-            if refusal is None:
-                self.pool.pump()
-        elif self.settings.hub_routing and uplink is None:
+        elif element is not None:
             timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
-            flight = Flight(packet, scope=scope, origin=link, seq=seq, lane=None, priority=packet.priority,
+            flight = Flight(packet, scope=scope, origin=origin, seq=seq, lane=HOSTED, priority=packet.priority,
+                            deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms,
+                            dependencies=packet.dependencies or (), size=len(packet.data))
+            refusal = self.scheduler.admit(flight, now)
+        elif self.settings.hub_routing and not from_uplink:
+            timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
+            flight = Flight(packet, scope=scope, origin=origin, seq=seq, lane=None, priority=packet.priority,
                             deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms, size=len(packet.data))
             refusal = self.scheduler.admit_forwarded(flight, now)
-            if refusal is None:
-                self.hub.route(flight)
         else:
-            self.metrics.packet_ended(packet.group, ErrorCode.NO_HANDLER.value)
-            link.send(protocol.encode_failure(seq, pid, ErrorCode.NO_HANDLER, f"No handler for {key}"))
-            return
+            return Refusal(ErrorCode.NO_HANDLER, f"No handler for {key}")
         if refusal is not None:
-            self.counters[f"refused_{refusal.code.value}"] += 1
-            self.metrics.packet_ended(packet.group, refusal.code.value)
-            link.send(protocol.encode_failure(seq, pid, refusal.code, refusal.message))
-            return
+            return refusal
+        flight.identity = identity
+        if flight.state is FORWARDED:
+            self.hub.route(flight)
+        else:
+            self._pump()
         self._arm(flight.alarm)
         self.counters["submitted"] += 1
-        if flight.state is not DONE and self._awaiting(link) >= self.settings.max_inflight_per_connection:
-            # Backpressure: stop reading this peer until an answer frees a slot;
-            # TCP flow control then slows the sender.
-            link.pause_reading("inflight")
+        return flight
+
+    def _identity_may(self, identity: Any, role: str) -> bool:
+        return self.tokens is None or (identity is not None and identity.may(role))
+
+    # ------------------------------------------------------------------ node elements (hosted)
+    def submit_internal(self, packet: protocol.Packet, parent: Flight, origin: Any, identity: Any,
+                        target: Any = None) -> Flight | Refusal:
+        """A step of a node element: admitted like any packet, in its parent's scope and
+        with its parent's submitter's roles; on `target` (a broadcast) when given."""
+        if self.draining:
+            return Refusal(ErrorCode.UNAVAILABLE, "node is shutting down")
+        if target is None:
+            return self._admit(packet, origin=origin, seq=0, scope=parent.scope, identity=identity)
+        if not self._identity_may(identity, "admin" if packet.group == "mc" else "submit"):
+            return Refusal(ErrorCode.FORBIDDEN, f"submit {packet.key}")
+        now = self.clock()
+        timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
+        flight = Flight(packet, scope=parent.scope, origin=origin, seq=0, priority=packet.priority,
+                        deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms, size=len(packet.data),
+                        lane=target.lane)
+        flight.identity = identity
+        if target.kind == "worker":
+            refusal = self.scheduler.admit_pinned(flight, now)
+            if refusal is None:
+                self.pool.run_on(target.handle, flight)
+        else:
+            refusal = self.scheduler.admit_forwarded(flight, now)
+            if refusal is None:
+                self.hub.route_to(flight, target.handle)
+        if refusal is not None:
+            return refusal
+        self._arm(flight.alarm)
+        return flight
+
+    def broadcast_targets(self, key: str, kind: str) -> list:
+        """Where a co:broadcast of `key` runs: every ready worker of the key's lane
+        ("workers"), every connected reactor known to run it ("reactors"), or both."""
+        targets = []
+        if kind in ("workers", "all") and key in self.pool.handlers:
+            lane = self.pool.lane_of(key, key.partition(":")[0])
+            for view in self.pool.dispatcher.workers.values():
+                if view.lane == lane and view.ready:
+                    targets.append(Target(f"worker:{view.handle.pid}", "worker", view, lane))
+        if kind in ("reactors", "all"):
+            for r in self.hub.routes.values():
+                if not r.link.closed and r.profile.verdict(key) is True and self._may_run_reactor(r.link):
+                    targets.append(Target(f"reactor:{r.link.peer}", "reactor", r.link, None))
+        return targets
+
+    def _may_run_reactor(self, link: PeerLink) -> bool:
+        return self.tokens is None or (link.identity is not None and link.identity.may("reactor"))
+
+    def parallelism(self, key: str) -> int:
+        """How many steps of `key` a df:consume keeps in flight: enough to keep its lane busy."""
+        if key in self.pool.handlers:
+            workers = self.pool.lane_size(self.pool.lane_of(key, key.partition(":")[0]))
+            return max(8, min(4096, workers * self.settings.worker_window * 2))
+        return 64
+
+    def completion(self, scope: Any, packet_id: str) -> asyncio.Future:
+        """A future of how packet `packet_id` of `scope` ended (a StoredResult): at once if
+        it is in the result store, else when it completes (cf:gate)."""
+        future = (self._loop or asyncio.get_running_loop()).create_future()
+        stored = self.scheduler.results.get((scope, packet_id), self.clock())
+        if stored is not None:
+            future.set_result(stored)
+        else:
+            self._completions.setdefault((scope, packet_id), []).append(future)
+        return future
+
+    def _completed(self, key: Any) -> None:
+        waiters = self._completions.pop(key, None)
+        if waiters:
+            stored = self.scheduler.results.get(key, self.clock())
+            for future in waiters:
+                if not future.done() and stored is not None:
+                    future.set_result(stored)
+
+    def drop_internal(self, flight: Flight) -> None:
+        """A step whose parent has ended: cancelled like the packet of a client that left."""
+        self._abandon(flight)
+
+    def _pump(self) -> None:
+        """Hand queued packets out at the end of this loop turn: to workers, and the
+        hosted ones to their node elements."""
+        self.pool.pump()
+        if not self._hosted_scheduled and self._loop is not None:
+            self._hosted_scheduled = True
+            self._loop.call_soon(self._start_hosted)
+
+    def _start_hosted(self) -> None:
+        self._hosted_scheduled = False
+        now = self.clock()
+        while len(self._hosted) < MAX_HOSTED_RUNNING:
+            flight = self.scheduler.dispatch(HOSTED, now)
+            if flight is None:
+                break
+            self._hosted[flight] = asyncio.ensure_future(self._run_hosted(flight))
+
+    async def _run_hosted(self, flight: Flight) -> None:
+        element = NODE_ELEMENTS[flight.packet.key]
+        ctx = ElementContext(self, flight, flight.identity)
+        started = time.perf_counter()
+        try:
+            value = await element.run(ctx, orjson.loads(memoryview(flight.packet.data)))
+            outcome = success(protocol.encode_json(value), (time.perf_counter() - started) * 1000)
+        except asyncio.CancelledError:
+            return  # answered already (its deadline) or nobody waits (its submitter left)
+        except ElementError as exc:
+            outcome = failure(ErrorCode.INVALID_PACKET, exc.message, (time.perf_counter() - started) * 1000)
+        except (ElementFailed, HandlerError) as exc:
+            outcome = failure(exc.code, exc.message, (time.perf_counter() - started) * 1000)
+        except Exception as exc:
+            incident = f"E{next(self._incidents):06d}-{os.urandom(3).hex()}"
+            log.exception("front: internal error %s running %s for packet %s", incident, flight.packet.key, flight.id)
+            outcome = failure(ErrorCode.HANDLER_FAILED, f"{flight.packet.key} failed ({type(exc).__name__}); "
+                                                        f"internal error {incident}, in the node's log")
+        finally:
+            ctx.cancel_children()
+            self._hosted.pop(flight, None)
+            self._pump()
+        self.settle(flight, outcome)
 
     def _awaiting(self, link: PeerLink) -> int:
         """A link's packets that count against its in-flight limit: not those it runs
         itself (the hub sent them back to it), whose answers can only come if we read on."""
         return self.scheduler.count_of(link) - self.hub.own_held(link)
-
-    async def _run_builtin(self, link: PeerLink, seq: int, packet: protocol.Packet, builtin) -> None:
-        started = time.perf_counter()
-        code = message = None
-        try:
-            value = await builtin(self, orjson.loads(memoryview(packet.data)))
-            frame = protocol.encode_success_raw(seq, packet.id, protocol.encode_json(value),
-                                                (time.perf_counter() - started) * 1000)
-        except HandlerError as exc:
-            code, message = exc.code, exc.message
-            frame = protocol.encode_failure(seq, packet.id, exc.code, exc.message,
-                                            (time.perf_counter() - started) * 1000)
-        except Exception as exc:  # a bug must still answer the packet, and say where to look
-            code, message = ErrorCode.HANDLER_FAILED.value, str(exc)
-            log.exception("front: %s failed for packet %s", packet.key, packet.id)
-            frame = protocol.encode_failure(seq, packet.id, ErrorCode.HANDLER_FAILED,
-                                            f"{packet.key} failed: {type(exc).__name__}: {exc}")
-        link.send(frame)
-        elapsed_s = time.perf_counter() - started
-        self.metrics.packet_done(packet.group, "front", code, elapsed_s, elapsed_s * 1000)
-        if packet.key == "mc:scale":
-            who = str(link.identity or link.peer)
-            self.metrics.admin_action(packet.key, "ok" if code is None else "invalid" if code == "PF002" else "failed")
-            if code is None:
-                logs.admin_action(log, who=who, action=packet.key, before=value["before"], after=value["after"])
-            else:
-                logs.admin_action(log, who=who, action=packet.key, outcome="failed", detail=message)
 
     # ------------------------------------------------------------------ the answer path
     def settle(self, flight: Flight, outcome: Outcome) -> None:
@@ -539,6 +674,10 @@ class Node:
         now = self.clock()
         failures = self.scheduler.complete(flight, now, ok=outcome.ok,
                                            data_json=outcome.data_json, code=outcome.code)
+        if self._completions:
+            self._completed(flight.key)
+            for failed in failures:
+                self._completed(failed.flight.key)
         packet_done = self.metrics.packet_done
         for ended, how in ((flight, outcome), *((f.flight, failure(f.code, f.message)) for f in failures)):
             packet_done(ended.packet.group, ended.lane, how.code, now - ended.arrived, how.duration_ms)
@@ -552,7 +691,7 @@ class Node:
                         ended.seq, ended.id, ErrorCode.HANDLER_FAILED,
                         f"internal error {incident}; the node's log has the details"))
         if outcome.ok or failures:
-            self.pool.pump()  # dependents may have become ready
+            self._pump()  # dependents may have become ready
 
     def _deliver(self, flight: Flight, outcome: Outcome) -> None:
         origin = flight.origin
@@ -560,10 +699,15 @@ class Node:
             return  # its submitter left
         if outcome.ok:
             self.counters["completed"] += 1
-            frame = protocol.encode_success_raw(flight.seq, flight.id, outcome.data_json, outcome.duration_ms)
         else:
             self.counters["failed"] += 1
             self.counters[f"failed_{outcome.code}"] += 1
+        if not isinstance(origin, PeerLink):  # a node element's step: its element waits for it
+            origin.resolve(flight, outcome)
+            return
+        if outcome.ok:
+            frame = protocol.encode_success_raw(flight.seq, flight.id, outcome.data_json, outcome.duration_ms)
+        else:
             frame = protocol.encode_failure(flight.seq, flight.id, outcome.code, outcome.message,
                                             outcome.duration_ms)
         origin.send(frame)
@@ -617,6 +761,12 @@ class Node:
             waiting = ", ".join(sorted(flight.waiting_on))
             self.settle(flight, failure(ErrorCode.DEADLINE_EXCEEDED,
                                         f"deadline of {limit} ms passed while waiting for dependencies: {waiting}"))
+        elif state is DISPATCHED and flight.lane == HOSTED:
+            self.settle(flight, failure(ErrorCode.DEADLINE_EXCEEDED, f"deadline of {limit} ms passed while "
+                                                                     f"{flight.packet.key} ran"))
+            task = self._hosted.pop(flight, None)
+            if task is not None:
+                task.cancel()  # its steps still in flight are cancelled with it
         elif state is DISPATCHED:
             running = self.pool.dispatcher.is_running(flight)
             self.settle(flight, failure(

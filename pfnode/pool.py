@@ -105,24 +105,33 @@ class Pool:
         if self.supervisor.closing:
             return
         now = self.clock()
-        scheduler = self.scheduler
+        for view, flights in self.dispatcher.assign(self.scheduler, now):
+            self._send(view, flights, now)
+
+    def run_on(self, view, flight: Flight) -> None:
+        """Hand a packet to one chosen worker now (a co:broadcast step), past its lane's
+        queue and window; it runs after what the worker holds."""
+        self.dispatcher.give(view, flight)
+        self._send(view, [flight], self.clock())
+
+    def _send(self, view, flights: list[Flight], now: float) -> None:
+        """One pipe message to a worker with these packets, in the order it runs them."""
+        proc: WorkerProcess = view.handle
         threshold = self.settings.shm_threshold_bytes
-        for view, flights in self.dispatcher.assign(scheduler, now):
-            proc: WorkerProcess = view.handle
-            tasks = []
-            for flight in flights:
-                packet = flight.packet
-                # a view of the JSON text (msgspec.Raw would be taken for ready msgpack)
-                data = memoryview(packet.data)
-                if proc.inbound is not None and len(data) > threshold:
-                    ref = proc.inbound.put(data)  # None when the arena is full: the pipe carries it
-                    if ref is not None:
-                        data = ref
-                        self.counters["shm_payloads_in"] += 1
-                deps = scheduler.dependency_results(flight, now) if flight.dependencies else None
-                tasks.append(pipe.Task(flight.no, packet.key, data, flight.id, flight.priority,
-                                       packet.metadata, flight.deadline, deps, flight.memory_limit_mb))
-            proc.send(pipe.pack(pipe.Tasks(tasks)))
+        tasks = []
+        for flight in flights:
+            packet = flight.packet
+            # a view of the JSON text (msgspec.Raw would be taken for ready msgpack)
+            data = memoryview(packet.data)
+            if proc.inbound is not None and len(data) > threshold:
+                ref = proc.inbound.put(data)  # None when the arena is full: the pipe carries it
+                if ref is not None:
+                    data = ref
+                    self.counters["shm_payloads_in"] += 1
+            deps = self.scheduler.dependency_results(flight, now) if flight.dependencies else None
+            tasks.append(pipe.Task(flight.no, packet.key, data, flight.id, flight.priority,
+                                   packet.metadata, flight.deadline, deps, flight.memory_limit_mb))
+        proc.send(pipe.pack(pipe.Tasks(tasks)))
 
     def cancel(self, flight: Flight) -> None:
         """Its submitter left while a worker holds it: the worker skips it if it has not

@@ -280,6 +280,19 @@ class Scheduler:
         self.forwarded += 1
         return None
 
+    def admit_pinned(self, flight: Flight, now: float) -> Refusal | None:
+        """Admit a packet that goes to one chosen worker at once (a co:broadcast step): it
+        is DISPATCHED from the start, past the lane queue and its priorities."""
+        if flight.key in self.inflight:
+            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
+        refusal = self._over_bytes(flight)
+        if refusal is not None:
+            return refusal
+        self._enter(flight, now)
+        flight.state = DISPATCHED
+        self.dispatched += 1
+        return None
+
     def _over_a_bound(self, flight: Flight) -> Refusal | None:
         queued = self.queued
         if queued >= self.max_queued:

@@ -95,3 +95,19 @@ def chatty_fd(data):
 def ctx_deps(data, ctx):
     """The results of the packet's dependencies, as its handler sees them."""
     return ctx.dependencies
+
+
+@handler("df", "inc")
+def inc(data):
+    return data + 1
+
+
+@handler("df", "double")
+def double(data):
+    return data * 2
+
+
+@handler("df", "inc_all")
+def inc_all(data):
+    """A vectorised step for df:consume with chunk: a list in, a list out."""
+    return [x + 1 for x in data]

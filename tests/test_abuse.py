@@ -241,10 +241,10 @@ def test_the_segments_of_a_sigkilled_node_are_removed_at_the_next_start(fresh_no
         child.kill()
     os.kill(pid, signal.SIGKILL)
     victim.proc.wait(10)
-    assert _segments_of(pid)  # SIGKILL runs no cleanup
-    later = fresh_node(workers=1)
+    # SIGKILL runs no cleanup: the segments stay until a node starts (this one, or any other
+    # node starting on this machine meanwhile: each removes those of the dead)
+    fresh_node(workers=1)
     assert _segments_of(pid) == []
-    assert "removed" in later.log() and "shared-memory segments of nodes that are gone" in later.log()
 
 
 # ---------------------------------------------------------------- 6: a client that never reads

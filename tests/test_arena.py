@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import subprocess
 
 import pytest
 
@@ -111,3 +112,15 @@ def test_a_pool_without_room_for_arenas_falls_back_to_pipes(monkeypatch):
     reply, counters = asyncio.run(go())
     assert reply["payload"]["status"] == "success" and reply["payload"]["data"] == big, reply
     assert "shm_payloads_in" not in counters and "shm_payloads_out" not in counters
+
+
+def test_remove_orphans_takes_the_segments_of_dead_pids_only(tmp_path):
+    from pfnode.arena import remove_orphans
+
+    proc = subprocess.Popen(["sleep", "0"])  # a process that is gone once waited for
+    proc.wait()
+    names = [f"pfnode-{proc.pid}-1-in-ab", f"pfnode-{os.getpid()}-1-in-cd", "other-file", "pfnode-x-y"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_orphans(str(tmp_path)) == [f"pfnode-{proc.pid}-1-in-ab"]
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])

@@ -1,4 +1,4 @@
-"""The node's own mc (meta-compute) handlers, run in the front process.
+"""The mc (meta-compute) elements: the node's own lanes and scheduling, admins only.
 
 - `mc:scale`  {"lane": "df", "workers": N} sets one lane's size;
               {"workers": "auto"} (optionally with "lane") applies the capacity recommendation.
@@ -9,25 +9,27 @@
               8 workers leave 8, not 80.
 - `mc:status` replies the lanes, workers, queue depths, counters and capacity.
 
-Bad input is PF002 naming the field; a resize that fails is PF500. A user handler
-registered under mc:scale or mc:status is shadowed by these (the node logs a warning at
-start); other mc and co handlers run on the df lane.
+Bad input is PF002 naming the field; a resize that fails is PF500. Each is logged with
+who asked, before and after.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import logging
 from typing import TYPE_CHECKING
 
-from .capacity import read_capacity, recommend
-from .errors import ErrorCode, HandlerError
+from .. import logs
+from ..capacity import read_capacity, recommend
+from ..errors import ErrorCode, HandlerError
+from .base import node_element
 
 if TYPE_CHECKING:
-    from .node import Node
-    from .pool import Pool
+    from ..pool import Pool
 
-BUILTIN_KEYS = frozenset({"mc:scale", "mc:status"})
+log = logging.getLogger("pfnode.front")
+
 MAX_WORKERS_PER_CORE = 4  # a lane larger than this is a typo, not a plan
 SCALE_USAGE = 'mc:scale expects {"lane": "df", "workers": N} or {"workers": "auto"} (optionally with "lane")'
 
@@ -72,25 +74,40 @@ def scale_plan(data: Any, lanes: dict, advice: dict[str, int], usable_cores: int
     return plan
 
 
-async def scale(node: "Node", data: Any) -> dict[str, Any]:
-    pool = node.pool
-    capacity, advice = capacity_report(pool)
-    plan = scale_plan(data, pool.lanes, advice, capacity["usable_cores"])
+async def resize_lanes(ctx, plan: dict[str, int], action: str) -> dict[str, Any]:
+    """Carry out a plan of lane sizes, logging who asked, before and after."""
+    pool = ctx.host.pool
     before = pool.lane_sizes()
     started = time.perf_counter()
+    who = str(ctx.identity or "local")
     for name, size in plan.items():
         try:
             await pool.resize(name, size)
         except Exception as exc:
+            ctx.host.metrics.admin_action(action, "failed")
+            logs.admin_action(log, who=who, action=action, outcome="failed", detail=str(exc))
             raise HandlerError(ErrorCode.HANDLER_FAILED, f"resizing the {name} lane failed: {exc}") from exc
-    return {"before": before, "after": pool.lane_sizes(), "targets": dict(pool.targets),
-            "took_ms": round((time.perf_counter() - started) * 1000, 1),
-            "capacity": capacity, "recommended": advice}
+    after = pool.lane_sizes()
+    ctx.host.metrics.admin_action(action, "ok")
+    logs.admin_action(log, who=who, action=action, before=before, after=after)
+    return {"before": before, "after": after, "targets": dict(pool.targets),
+            "took_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
-async def status(node: "Node", data: Any) -> dict[str, Any]:
-    capacity, advice = capacity_report(node.pool)
-    return {**node.health(), "capacity": capacity, "recommended": advice}
+@node_element("mc:scale", role="admin")
+async def scale(ctx, data: Any) -> dict[str, Any]:
+    """Set lane sizes, or apply the capacity recommendation."""
+    capacity, advice = capacity_report(ctx.host.pool)
+    try:
+        plan = scale_plan(data, ctx.host.pool.lanes, advice, capacity["usable_cores"])
+    except HandlerError:
+        ctx.host.metrics.admin_action("mc:scale", "invalid")
+        raise
+    return {**await resize_lanes(ctx, plan, "mc:scale"), "capacity": capacity, "recommended": advice}
 
 
-BUILTINS = {"mc:scale": scale, "mc:status": status}
+@node_element("mc:status", role="admin")
+async def status(ctx, data: Any) -> dict[str, Any]:
+    """The node's lanes, workers, queues, counters, capacity and recommendation."""
+    capacity, advice = capacity_report(ctx.host.pool)
+    return {**ctx.host.health(), "capacity": capacity, "recommended": advice}

@@ -1,0 +1,126 @@
+"""What every standard element shares: its registration, its errors, and the context it
+runs in.
+
+Two kinds of element:
+- *worker elements* (`df:produce`, `df:transform`, `df:reduce`: pfnode/elements/data.py)
+  are ordinary handlers that run in worker processes; they are registered as "standard",
+  so a user handler for the same key replaces them;
+- *node elements* (the composites and the stateful ones: `cf:*`, `co:*`, `df:consume`,
+  `ed:*`, `mc:*`, `rm:*`) run in the node's front process as coroutines, because they
+  orchestrate other packets or hold node state. A node element is a *hosted* packet: it
+  has a Flight like any other (its deadline, its submitter's scope, its one answer), and
+  the steps it runs are real sub-packets through the node (the same lanes, placement,
+  priorities, deadlines never beyond the parent's, and hub routing, so a step may run on
+  a connected TypeScript or Elixir reactor). A user handler registered for the same key
+  (in a worker module) runs instead.
+
+An element reads its input with `ElementContext` helpers that raise `ElementError(field,
+message)` for bad input (answered PF002 naming the field); a step that fails fails its
+parent with the step's code and a message saying which step (`steps[2]: PF500 ...`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Awaitable, Callable
+
+from ..errors import ErrorCode
+
+
+class ElementError(ValueError):
+    """Bad input to an element: PF002, naming the field (`steps[2].group`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = f"{field}: {message}" if field else message
+        super().__init__(self.message)
+
+
+class ElementFailed(Exception):
+    """An element ends in an error of its own (a step's failure, no quorum, a timeout)."""
+
+    def __init__(self, code: str | ErrorCode, message: str) -> None:
+        self.code = code.value if isinstance(code, ErrorCode) else code
+        self.message = message
+        super().__init__(f"{self.code}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeElement:
+    key: str
+    run: Callable[["Any", Any], Awaitable[Any]]  # (ElementContext, data) -> result
+    role: str = "submit"  # the role its submitter needs (admin for mc:* and rm:alloc)
+    summary: str = ""
+
+
+NODE_ELEMENTS: dict[str, NodeElement] = {}
+
+
+def node_element(key: str, role: str = "submit", summary: str = ""):
+    """Register a node element: `@node_element("cf:seq")` on `async def run(ctx, data)`."""
+    def register(fn):
+        NODE_ELEMENTS[key] = NodeElement(key, fn, role, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------- input checks
+
+def need_dict(value: Any, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise ElementError(field, f"must be an object, got {_kind(value)}")
+    return value
+
+
+def need_list(value: Any, field: str, *, max_items: int | None = None, min_items: int = 0) -> list:
+    if not isinstance(value, list):
+        raise ElementError(field, f"must be an array, got {_kind(value)}")
+    if len(value) < min_items:
+        raise ElementError(field, f"must have at least {min_items} item(s)")
+    if max_items is not None and len(value) > max_items:
+        raise ElementError(field, f"may have at most {max_items} items, got {len(value)}")
+    return value
+
+
+def need_int(value: Any, field: str, *, low: int | None = None, high: int | None = None) -> int:
+    if type(value) is not int:
+        raise ElementError(field, f"must be an integer, got {_kind(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+        raise ElementError(field, f"must be in {span}, got {value}")
+    return value
+
+
+def need_str(value: Any, field: str, *, max_chars: int = 256) -> str:
+    if not isinstance(value, str) or not value:
+        raise ElementError(field, f"must be a non-empty string, got {_kind(value)}")
+    if len(value) > max_chars:
+        raise ElementError(field, f"may have at most {max_chars} characters")
+    return value
+
+
+def optional_int(data: dict, key: str, field: str, **bounds) -> int | None:
+    value = data.get(key)
+    return None if value is None else need_int(value, field, **bounds)
+
+
+def check_keys(data: dict, field: str, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        where = f"{field}." if field else ""
+        raise ElementError(f"{where}{unknown[0]}", f"unknown field; expected {', '.join(sorted(allowed))}")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
