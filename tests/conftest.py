@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_HANDLERS = "handlers.examples,handlers.numeric,tests.handlers_testing"
+TEST_HANDLERS = "pfnode.handlers.examples,pfnode.handlers.numeric,tests.handlers_testing"
 _SERVING = re.compile(r"front: serving (ws://\S+)")
 
 
@@ -48,14 +48,15 @@ class RunningNode:
 
 
 def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST_HANDLERS,
-               timeout_s: float = 60.0) -> RunningNode:
-    """Run `pfnode serve` on a free port and wait until it says where it listens."""
+               timeout_s: float = 60.0, cwd: Path = ROOT) -> RunningNode:
+    """Run `pfnode serve` on a free port (in `cwd`: the repository root unless told) and
+    wait until it says where it listens."""
     log_path = log_dir / f"node-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
          "--handlers", handlers, *args],
-        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
