@@ -48,15 +48,18 @@ class RunningNode:
 
 
 def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST_HANDLERS,
-               timeout_s: float = 60.0, cwd: Path = ROOT) -> RunningNode:
+               timeout_s: float = 60.0, cwd: Path = ROOT, command: list[str] | None = None,
+               env: dict[str, str] | None = None) -> RunningNode:
     """Run `pfnode serve` on a free port (in `cwd`: the repository root unless told) and
-    wait until it says where it listens."""
+    wait until it says where it listens. `command` runs instead, as given (it must log the
+    same `front: serving` line; `args` follow it); `env` replaces the environment."""
     log_path = log_dir / f"node-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
-         "--handlers", handlers, *args],
-        cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
+    if command is None:
+        command = [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
+                   "--handlers", handlers]
+    proc = subprocess.Popen([*command, *args], cwd=cwd, env=env, stdout=log_file,
+                            stderr=subprocess.STDOUT)
     log_file.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
