@@ -1,4 +1,5 @@
-"""The README's examples, run as written against real nodes.
+"""The README's examples, run as written against real nodes, and its deployment steps checked
+against the files they install.
 
 Runnable blocks carry a mark, an HTML comment just before the fence (GitHub and package
 indexes show nothing of it):
@@ -22,17 +23,20 @@ string ending in "…" stands for any string, and a `duration_ms` for any number
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import orjson
 import pytest
 
+from pfnode import config
 from tests.conftest import ROOT, RunningNode, start_node
 
 pytestmark = pytest.mark.timeout(120)
@@ -195,3 +199,71 @@ def test_the_files_the_readme_names_exist():
     named = named_in_readme()
     assert named, "the README names no file"
     assert not [path for path in named if not (ROOT / path).exists()]
+
+
+def deploying() -> str:
+    return TEXT[TEXT.index("## Deploying"):TEXT.index("\n## ", TEXT.index("## Deploying") + 1)]
+
+
+def deploy_block(needle: str) -> str:
+    [block] = [b for b in re.findall(r"```sh\n(.*?)```", deploying(), re.S) if needle in b]
+    return block
+
+
+def test_deploying_installs_to_the_paths_the_units_use():
+    from tests.test_systemd import UNITS, directives
+
+    text = deploying()
+    for name in UNITS:
+        unit = directives(name)
+        command = shlex.split(unit["ExecStart"][0])
+        assert f"python3 -m venv {Path(command[0]).parent.parent}" in text
+        assert f"{command[0]} " in text
+        assert f"install -m 0640 -g pfnode systemd/pfnode.toml {command[command.index('--config') + 1]}" in text
+        assert f"install -d {unit['Environment'][-1].removeprefix('PYTHONPATH=')}" in text
+        assert f"install -m 0644 systemd/{name} /etc/systemd/system/" in text
+        assert f"systemctl enable --now {name.removesuffix('.service')}" in text
+    assert "/etc/pfnode/connect.env" in directives("pfnode-connect.service")["EnvironmentFile"][0]
+    assert "install -m 0644 systemd/pfnode.sysusers /etc/sysusers.d/pfnode.conf" in text
+
+
+def test_deploying_turns_the_example_config_into_a_tls_and_token_one(tmp_path):
+    """Step 5's sed, on the example config: the network, the token file and TLS."""
+    copy = tmp_path / "pfnode.toml"
+    shutil.copy(ROOT / "systemd" / "pfnode.toml", copy)
+    [edit] = [c for c in deploy_block("sed -i").split("\n/opt/") if c.startswith("sed")]
+    done = subprocess.run(["bash", "-c", edit.replace("/etc/pfnode/pfnode.toml", str(copy))],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    settings = tomllib.loads(copy.read_text())
+    assert settings["host"] == "0.0.0.0"
+    assert settings["token_file"] == "/etc/pfnode/tokens.toml"
+    assert (settings["tls_cert"], settings["tls_key"]) == ("/etc/pfnode/tls/cert.pem", "/etc/pfnode/tls/key.pem")
+    assert "tls_client_ca" not in settings
+    if "token_file" in config.options():  # once the node has them, they are its settings
+        assert set(settings) <= config.options().keys()
+
+
+def test_deploying_by_hand_writes_the_token_entry_the_node_reads(tmp_path):
+    tokens = tmp_path / "tokens.toml"
+    block = deploy_block("printf '[[token]]").replace("/etc/pfnode/tokens.toml", str(tokens))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", block], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert tomllib.loads(tokens.read_text()) == {"token": [{
+        "name": "alice", "roles": ["submit", "reactor"],
+        "sha256": hashlib.sha256(token.encode()).hexdigest()}]}
+
+
+def test_deploying_makes_a_self_signed_certificate_for_the_name(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    block = deploy_block("openssl req").replace("/etc/pfnode/tls", str(tmp_path))
+    make = block.split("\nchgrp")[0]  # the group pfnode is not on a test machine
+    done = subprocess.run(["bash", "-c", make], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shown = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "cert.pem"), "-noout", "-text"],
+                           capture_output=True, text=True, timeout=30).stdout
+    assert "DNS:node.example.com" in shown
+    assert (tmp_path / "key.pem").read_text().startswith("-----BEGIN PRIVATE KEY-----")
