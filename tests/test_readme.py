@@ -224,7 +224,7 @@ def test_deploying_installs_to_the_paths_the_units_use():
         assert f"install -m 0644 systemd/{name} /etc/systemd/system/" in text
         assert f"systemctl enable --now {name.removesuffix('.service')}" in text
     assert "/etc/pfnode/connect.env" in directives("pfnode-connect.service")["EnvironmentFile"][0]
-    assert "install -m 0644 systemd/pfnode.sysusers /etc/sysusers.d/pfnode.conf" in text
+    assert "install -D -m 0644 systemd/pfnode.sysusers /etc/sysusers.d/pfnode.conf" in text  # -D: /etc/sysusers.d may not exist
 
 
 def test_deploying_turns_the_example_config_into_a_tls_and_token_one(tmp_path):
