@@ -1,4 +1,4 @@
-"""Bench-only handlers, loaded by bench/run.py with `--handlers handlers.examples,bench.handlers_bench`.
+"""Bench-only handlers, loaded by bench/run.py with `--handlers pfnode.handlers.examples,bench.handlers_bench`.
 
 A no-op for each lane's own group (df:noop is in handlers/examples.py), so that every lane's
 overhead can be measured with the same packet; df:sleep_ms and cf:sleep_ms, which keep a worker

@@ -10,11 +10,11 @@ rotated every repeat, reported as medians. The client is bench/run.py's (`client
 raw WebSocket, pre-encoded df:noop submit frames, window 256 for throughput, 1 in flight for RTT,
 every answer checked):
 
-  direct    `pfnode serve --workers W --handlers handlers.examples,bench.handlers_bench`, the
+  direct    `pfnode serve --workers W --handlers pfnode.handlers.examples,bench.handlers_bench`, the
             same node as bench/run.py's pfnode row: df:noop runs on its own workers.
   dialout   a hub, `pfnode serve --workers 1 --ed-workers 0 --rm-workers 0 --handlers
             bench.handlers_bench` (no df:noop), and `pfnode connect HUB --workers W --handlers
-            handlers.examples,bench.handlers_bench` dialled in to it: the client sends df:noop to
+            pfnode.handlers.examples,bench.handlers_bench` dialled in to it: the client sends df:noop to
             the hub, the hub forwards each packet to the dial-out node and relays its answer.
   reactor   a second hub, the same command, and a `pfnode.client.Reactor` in its own process
             connected to it, with df:noop registered (an async function returning its data) and

@@ -21,7 +21,7 @@ from bench.processes import ChildServer, NodeProcess, Processes, node_health, se
 # The node loads the spec's examples (df:noop) and the bench-only handlers (cf/ed/rm:noop,
 # df/cf:sleep_ms, df:spin_us, df:crash); its workers run with the repository root as cwd, so
 # `bench.handlers_bench` imports.
-NODE_HANDLERS = "handlers.examples,bench.handlers_bench"
+NODE_HANDLERS = "pfnode.handlers.examples,bench.handlers_bench"
 # The pipes-only node: the main node's command with no shared memory between front and workers.
 PIPES_ONLY_ARGS = ("--worker-shm-bytes", "0")
 # The nodes run.py starts: name -> (transport, extra arguments).

@@ -138,7 +138,7 @@ def node_loop():
         loop = uvloop.new_event_loop()
 
     async def start() -> tuple[Node, _AnswerLink]:
-        node = Node(Settings(workers=1, ed_workers=0, rm_workers=0, handler_modules=("handlers.examples",)))
+        node = Node(Settings(workers=1, ed_workers=0, rm_workers=0, handler_modules=("pfnode.handlers.examples",)))
         await node.start()
         link = _AnswerLink(node)
         node.on_open(link)

@@ -1,1 +1,1 @@
-"""Bundled handler modules: `handlers.examples` (the spec's examples) and `handlers.numeric` (numpy)."""
+"""Bundled handler modules: `pfnode.handlers.examples` (the spec's examples) and `pfnode.handlers.numeric` (numpy)."""

@@ -14,7 +14,7 @@ import resource
 import signal
 from typing import Any
 
-from . import tls
+from . import sdnotify, tls
 from .errors import ConfigError
 from .node import Node
 from .settings import Settings
@@ -81,7 +81,7 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
         log.info("front: %s with lanes %s; handlers: %s", where,
                  ", ".join(f"{k}={v}" for k, v in node.pool.lane_sizes().items()),
                  ", ".join(node.keys()))
-        await node.stopping.wait()
+        await sdnotify.ready_until(node.stopping, where)  # systemd: READY=1, then STOPPING=1
     finally:
         await node.shutdown()
         if server is not None:

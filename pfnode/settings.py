@@ -19,7 +19,7 @@ from typing import Literal
 
 from .errors import ConfigError
 
-DEFAULT_HANDLER_MODULES = ("handlers.examples", "handlers.numeric")
+DEFAULT_HANDLER_MODULES = ("pfnode.handlers.examples", "pfnode.handlers.numeric")
 
 
 def setting(default=dataclasses.MISSING, help: str = "", *, factory=None, default_text: str = "",

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_HANDLERS = "handlers.examples,handlers.numeric,tests.handlers_testing"
+TEST_HANDLERS = "pfnode.handlers.examples,pfnode.handlers.numeric,tests.handlers_testing"
 _SERVING = re.compile(r"front: serving (wss?://\S+)")
 
 
@@ -77,19 +77,23 @@ def write_token_file(directory: Path, roles: dict[str, list[str]] = TOKEN_ROLES,
 
 
 def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST_HANDLERS,
-               timeout_s: float = 60.0, tokens: bool = False, env: dict | None = None) -> RunningNode:
-    """Run `pfnode serve` on a free port and wait until it says where it listens. With
-    `tokens`, it runs with a token file of TOKEN_ROLES (the node's `tokens` say them)."""
+               timeout_s: float = 60.0, tokens: bool = False, cwd: Path = ROOT,
+               command: list[str] | None = None, env: dict[str, str] | None = None) -> RunningNode:
+    """Run `pfnode serve` on a free port (in `cwd`: the repository root unless told) and
+    wait until it says where it listens. With `tokens`, it runs with a token file of
+    TOKEN_ROLES (the node's `tokens` say them). `command` runs instead, as given (it must
+    log the same `front: serving` line; `args` follow it); `env` adds to the environment."""
     known: dict[str, str] = {}
     if tokens:
         token_path, known = write_token_file(log_dir)
         args = (*args, "--token-file", str(token_path))
     log_path = log_dir / f"node-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
-         "--handlers", handlers, *args],
-        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    if command is None:
+        command = [sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", str(workers),
+                   "--handlers", handlers]
+    proc = subprocess.Popen([*command, *args], cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

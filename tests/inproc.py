@@ -58,7 +58,7 @@ class RecordingLink(PeerLink):
 @contextlib.asynccontextmanager
 async def started_node(**settings: Any):
     node = Node(Settings(**{"workers": 1, "ed_workers": 0, "rm_workers": 0,
-                            "handler_modules": ("handlers.examples",), **settings}))
+                            "handler_modules": ("pfnode.handlers.examples",), **settings}))
     await node.start()
     try:
         yield node

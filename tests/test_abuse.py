@@ -45,7 +45,7 @@ def test_an_exception_inside_the_node_answers_the_frame_and_later_frames_are_sti
 
     async def go():
         async with started_node(max_inflight_per_connection=1, handler_modules=(
-                "handlers.examples", "tests.handlers_testing")) as node:
+                "pfnode.handlers.examples", "tests.handlers_testing")) as node:
             link = RecordingLink(node)
             node.on_open(link)
             link.submit(1, {"id": "slow", "group": "df", "element": "sleep", "data": 0.2})
@@ -221,7 +221,7 @@ def _segments_of(pid: int) -> list[str]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
-@pytest.mark.parametrize("handlers", ["handlers.examples,no_such_module_xyz", "tests.handlers_broken_worker"])
+@pytest.mark.parametrize("handlers", ["pfnode.handlers.examples,no_such_module_xyz", "tests.handlers_broken_worker"])
 def test_a_node_that_fails_to_start_leaves_no_shared_memory(handlers):
     proc = subprocess.Popen([sys.executable, "-m", "pfnode", "serve", "--port", "0", "--workers", "1",
                              "--handlers", handlers], cwd=ROOT, stdout=subprocess.PIPE,

@@ -66,7 +66,7 @@ def test_unlink_removes_the_file():
 
 @pytest.mark.parametrize("shm_bytes", ["8388608", "0"])
 def test_large_payloads_round_trip_through_a_node_with_and_without_shared_memory(fresh_node, shm_bytes):
-    node = fresh_node("--worker-shm-bytes", shm_bytes, handlers="handlers.examples", workers=1)
+    node = fresh_node("--worker-shm-bytes", shm_bytes, handlers="pfnode.handlers.examples", workers=1)
     big = [i * 0.5 for i in range(100_000)]  # ~0.9 MB of JSON, over the 32 KiB threshold
     text = "x" * 3_000_000  # 3 MB: does not fit an 8 MiB ring twice, so some go by pipe
 

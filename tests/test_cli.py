@@ -104,7 +104,7 @@ def test_serve_with_zero_workers_exits_2_with_a_settings_error():
 
 
 def test_serve_with_a_handler_module_that_cannot_be_imported_exits_2():
-    done = pfnode("serve", "--workers", "1", "--port", "0", "--handlers", "handlers.examples,no_such_module_xyz")
+    done = pfnode("serve", "--workers", "1", "--port", "0", "--handlers", "pfnode.handlers.examples,no_such_module_xyz")
     assert done.returncode == 2
     assert "no_such_module_xyz" in done.stderr
     assert "Traceback" not in done.stderr

@@ -341,7 +341,7 @@ def test_the_configuration_doc_example_means_what_it_says(tmp_path):
     settings = load(toml=example, tmp_path=tmp_path).settings
     assert settings.host == "0.0.0.0" and settings.port == 8443
     assert settings.token_file == "/etc/pfnode/tokens.toml"
-    assert settings.handler_modules == ("handlers.examples", "handlers.numeric", "myhandlers")
+    assert settings.handler_modules == ("pfnode.handlers.examples", "pfnode.handlers.numeric", "myhandlers")
     assert settings.workers is None and settings.autoscale is True
     assert (settings.max_queued, settings.df_max_workers, settings.log_level) == (50_000, 16, "WARNING")
 

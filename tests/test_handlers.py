@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-import handlers.examples as examples
-import handlers.numeric as numeric
+import pfnode.handlers.examples as examples
+import pfnode.handlers.numeric as numeric
 from pfnode.registry import Registry, default_registry
 from pfnode import pipe, worker
 

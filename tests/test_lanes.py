@@ -12,7 +12,7 @@ import pytest
 
 from pfnode.client import Reactor
 
-LANE_HANDLERS = "handlers.examples,tests.handlers_lanes"
+LANE_HANDLERS = "pfnode.handlers.examples,tests.handlers_lanes"
 
 
 def run(coro):

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-import handlers.numeric as numeric
+import pfnode.handlers.numeric as numeric
 from pfnode import ndarray as nd
 from pfnode.client import Reactor
 from pfnode.errors import PayloadError, PFNodeError
