@@ -72,6 +72,7 @@ CLIENT_CHECKS = [
     "handler_error",        # df:boom raises in the node's worker: result status error, PF500
     "unknown_element",      # df:no_such_element: no reactor runs it: result status error, PF001
     "forwarded_to_self",    # ... after the node asked this reactor (submit in, PF001 result out, seq 0)
+    "co_gather",            # a standard element: co:gather's steps run as the node's packets, outputs in order
     "concurrent_50",        # 50 in flight, each answer matched to its own submit by seq
     "invalid_priority",     # priority 11 -> error frame PF002: {:error, payload}
     "open_after_error",     # the link survives the bad message

@@ -283,6 +283,22 @@ def test_concurrent_forwarded_and_local_submits_each_get_their_own_answer(auth_n
     assert not wrong, f"{len(wrong)} wrong answers, first: {wrong[:3]}\n{ts_peer.describe()}"
 
 
+def test_a_cf_seq_whose_middle_step_the_ts_reactor_runs_through_the_hub(auth_node, ts_peer):
+    """A standard element's step is a real packet: with no handler for df:ts_double here, the
+    hub forwards that step to the TypeScript reactor, and the sequence goes on with its output."""
+    steps = [{"group": "df", "element": "noop", "data": {"items": [1, 2, 3]}},
+             {"group": "df", "element": "ts_double"},
+             {"group": "df", "element": "noop"}]
+
+    async def go():
+        async with Reactor(auth_node.endpoint, token=CLIENT) as client:
+            return await client.submit("cf", "seq", {"input": None, "steps": steps, "collect": True})
+    result = run(go())
+    assert result.ok, (result, ts_peer.describe())
+    assert result.data == [{"items": [1, 2, 3]}, [2, 4, 6], [2, 4, 6]], result
+    ts_peer.wait_ran("df:ts_double", {"items": [1, 2, 3]})
+
+
 def test_forwarded_packet_past_its_deadline_is_pf504(auth_node, ts_peer):
     async def go():
         async with Reactor(auth_node.endpoint, token=CLIENT) as client:

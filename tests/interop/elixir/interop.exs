@@ -286,6 +286,17 @@ defmodule Interop.Client do
       {ok, %{submit_received: inbound, result_sent: outbound}}
     end)
 
+    # A standard element from the Elixir reactor: co:gather runs its steps as packets of the
+    # node's own (fan-out, fan-in) and answers every output in step order.
+    check("co_gather", fn ->
+      id = uuid()
+      steps = [%{group: "df", element: "transform", data: "fan"},
+               %{group: "df", element: "process_data", data: %{items: [1, 2, 3]}},
+               %{group: "cf", element: "validate", data: nil}]
+      result = Reactor.submit(%{id: id, group: "co", element: "gather", data: %{steps: steps}, priority: 5})
+      expect_success(result, id, ["FAN", 12, %{"valid" => false}])
+    end)
+
     # 50 submits in flight at once: each caller gets its own packet's answer (seq matching).
     check("concurrent_50", fn ->
       sent = for i <- 1..50, do: {uuid(), "packet #{i} #{uuid()}", rem(i, 10) + 1}
