@@ -12,6 +12,8 @@ class ErrorCode(str, enum.Enum):
     NO_REACTOR = "PF003"  # no reactor can run a packet the node would forward
     OVERLOADED = "PF004"  # admission refused; retry later
     DEPENDENCY_FAILED = "PF006"  # a dependency failed or never arrived
+    NO_QUORUM = "PF007"  # co:vote: too few replicas agreed
+    LOOP_EXHAUSTED = "PF008"  # cf:loop: `until` did not hold within max_iterations
     MALFORMED_FRAME = "PF400"  # not JSON, not an object, unknown type, bad seq
     UNAUTHENTICATED = "PF401"
     FORBIDDEN = "PF403"

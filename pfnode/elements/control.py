@@ -32,7 +32,7 @@ from .predicates import evaluate, validate
 MAX_STEPS = 1000
 MAX_ITERATIONS = 100_000
 MAX_GATE_IDS = 1024
-LOOP_EXHAUSTED = "PF008"
+LOOP_EXHAUSTED = ErrorCode.LOOP_EXHAUSTED
 
 
 def truthy(value: Any) -> bool:
