@@ -13,6 +13,8 @@ fresh child process (`Processes.call`) and returns a dict of measurements.
                      second connection, keeps a window of the same packets in flight (df, cf)
   fault_client       healthy df:spin_us packets, windowed then one at a time, with and without
                      a df:crash (its worker exits) every Nth packet
+  consume_client     n df:noop runs as n packets from the client, as one df:consume packet, and
+                     as one df:consume packet with `chunk` items per sub-packet
   executor_client    the stdlib ProcessPoolExecutor, driven in-process
 
 CPU time of the server processes during a throughput phase is read here, from the client, for
@@ -480,7 +482,7 @@ def _lane_state(health: dict, lane: str) -> dict | None:
 
 
 async def _lane_now(endpoint: str, lane: str) -> dict | None:
-    """The lane's state in the node's /healthz (read off the event loop's thread)."""
+    """The lane's state in the node's /status (read off the event loop's thread)."""
     import asyncio
 
     health = await asyncio.get_running_loop().run_in_executor(None, node_health, endpoint)
@@ -809,6 +811,75 @@ def fault_client(endpoint: str, conditions: list[dict], workers: int, seconds: f
                     crashes += r[phase]["crashes"]
                 out[c["name"]] = r
         out["packets_answered"], out["crashes"] = answered, crashes
+        return out
+
+    return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- df:consume
+# One df:consume packet mapping df:noop over n items (the node runs n sub-packets on the df
+# lane), with and without `chunk`, against the same n items sent by the client as n df:noop
+# packets with a window in flight.
+
+def _consume_frame(seq: int, tag: str, items: list, chunk: int | None, timeout_ms: int) -> bytes:
+    import orjson
+
+    data: dict = {"items": items, "step": {"group": "df", "element": "noop"}}
+    if chunk:
+        data["chunk"] = chunk
+    return orjson.dumps({"type": "submit", "seq": seq, "payload": {
+        "version": "1.0", "id": f"{tag}-{seq}", "group": "df", "element": "consume", "data": data,
+        "priority": 5, "timeout_ms": timeout_ms}})
+
+
+async def _consume_once(ws, seq: int, tag: str, items: list, chunk: int | None, timeout_s: float) -> float:
+    """One df:consume packet over `items`; its answer must be the items, in order. Seconds."""
+    import asyncio
+
+    check = _result_checker(tag, items)
+    frame = _consume_frame(seq, tag, items, chunk, int(timeout_s * 1000))
+    t0 = time.perf_counter()
+    got, _ = await asyncio.wait_for(_round_trip(ws, frame, check), timeout_s + 5)
+    if got != seq:
+        raise BenchError(f"df:consume answered seq {got}, expected {seq}")
+    return time.perf_counter() - t0
+
+
+def consume_client(endpoint: str, items: int, chunk: int, window: int, tag: str, timeout_s: float,
+                   cpu_pids: dict[str, list[int]], order: list[str]) -> dict:
+    """The same `items` df:noop runs three ways, in `order`: "separate" (the client sends one
+    packet per item, `window` in flight), "consume" (one df:consume packet), "chunked" (one
+    df:consume packet with `chunk` items per sub-packet). Each after a warm-up of a tenth of
+    the items. Returns {way: {"items_per_s", "elapsed_s", "<group>_cpu_us_per_item"}} and
+    "packets_answered" (client packets) and "subpackets" (the node's df:noop sub-packets)."""
+    values = list(range(items))
+    warm = max(1, items // 10)
+
+    async def separate(ws, first_seq: int, n: int) -> float:
+        frames = [_submit_frame(seq, tag, "df", "noop") for seq in range(first_seq, first_seq + n)]
+        return await _pipelined(ws, frames, _checker("pfnode", first_seq, frames, tag), window, timeout_s)
+
+    async def main() -> dict:
+        out: dict = {"order": order, "items": items, "chunk": chunk}
+        seq, answered, subpackets = 1, 0, 0
+        async with _connect(endpoint) as ws:
+            for way in order:
+                for phase in ("warmup", "measure"):
+                    n = warm if phase == "warmup" else items
+                    if phase == "measure":
+                        cpu0 = {group: cpu_s(pids) for group, pids in cpu_pids.items()}
+                    if way == "separate":
+                        elapsed = await separate(ws, seq, n)
+                        seq, answered = seq + n, answered + n
+                    else:
+                        part = chunk if way == "chunked" else None
+                        elapsed = await _consume_once(ws, seq, tag, values[:n], part, timeout_s)
+                        seq, answered = seq + 1, answered + 1
+                        subpackets += -(-n // part) if part else n
+                cpu = {group: (cpu_s(pids) - cpu0[group]) / items * 1e6 for group, pids in cpu_pids.items()}
+                out[way] = {"items_per_s": items / elapsed, "elapsed_s": elapsed,
+                            **{f"{group}_cpu_us_per_item": us for group, us in cpu.items()}}
+        out["packets_answered"], out["subpackets"] = answered, subpackets
         return out
 
     return run_loop(main)

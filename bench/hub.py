@@ -21,7 +21,7 @@ every answer checked):
             announced: the hub forwards each packet to the reactor and relays its answer.
 
 Each hub has exactly one reactor, so every packet takes the one route. After the run the direct
-node's /healthz must count every packet sent to it, the hubs' every answer a relayed one (a hub
+node's /status must count every packet sent to it, the hubs' every answer a relayed one (a hub
 counts the answers it relays as completed) and none held, the dial-out node's final counters
 (its last log line, where it has the count) every packet forwarded to it, and the Python
 reactor every packet, once. Prints a table on stdout, progress on stderr, writes

@@ -5,7 +5,7 @@ long-lived servers run by multiprocessing (the echo servers, the Python reactor:
 they answer ("ok", value) when ready), and one-shot calls (a client function run in a fresh
 process, its return value sent back). All are set to die with the benchmark (Linux
 PR_SET_PDEATHSIG), and `run_with_cleanup` stops them however the run ends: done, Ctrl-C,
-SIGTERM or a failure. Also here: a node's /healthz and the CPU time of a set of pids.
+SIGTERM or a failure. Also here: a node's /status and the CPU time of a set of pids.
 """
 from __future__ import annotations
 
@@ -85,12 +85,13 @@ def cpu_s(pids: list[int]) -> float:
 
 
 def node_health(endpoint: str) -> dict:
-    """The node's `GET /healthz` (same host and port as its WebSocket endpoint), decoded."""
+    """The node's `GET /status` (same host and port as its WebSocket endpoint; the bench nodes listen on
+    loopback without tokens, so it is open to them), decoded."""
     import urllib.request
 
     import orjson
 
-    url = endpoint.split("/packetflow")[0].replace("ws://", "http://", 1) + "/healthz"
+    url = endpoint.split("/packetflow")[0].replace("ws://", "http://", 1) + "/status"
     with urllib.request.urlopen(url, timeout=5) as response:
         return orjson.loads(response.read())
 

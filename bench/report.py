@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from bench.common import DATA, ROOT, elapsed_s, loadavg, progress
-from bench.systems import (ENCODINGS, FAIR_LANES, FAULT_CONDITIONS, FAULT_NODES, GROUPS, HUB_SYSTEMS,
+from bench.systems import (CONSUME_WAYS, ENCODINGS, FAIR_LANES, FAULT_CONDITIONS, FAULT_NODES, GROUPS, HUB_SYSTEMS,
                            LARGE_PAYLOAD_BYTES, PAYLOAD_SIZES, PIPES_ONLY_ARGS, SYSTEMS, Plan, Results)
 
 SUMMARY_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "client_cpu_us_per_packet",
@@ -28,6 +28,10 @@ LANE_NOTES = {"cf": "pinned, 1 at a time", "df": "window 4-32", "ed": "reserved,
               "rm": "memory-capped, 1 at a time"}
 SHM_COMPARE_KEYS = ("throughput", "rtt_p50_us", "front_cpu_us_per_packet")
 FAIR_KEYS = ("p50_ms", "p99_ms", "mean_ms")
+CONSUME_KEYS = ("items_per_s", "elapsed_s", "front_cpu_us_per_item", "workers_cpu_us_per_item")
+CONSUME_NAMES = {"separate": "{n} df:noop packets from the client (window {window})",
+                 "consume": "one df:consume over {n} items",
+                 "chunked": "one df:consume, chunk {chunk} ({subs} sub-packets)"}
 FAULT_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "crashes_per_s")
 FAULT_PHASES = ("loaded", "one")  # the windowed phase, then 1 in flight
 FAULT_RTT_LIMIT = 3.0  # healthy packets' RTT p50 with crashes mixed in, at most this times fault-free
@@ -298,6 +302,20 @@ def summarise_faults(fault_runs: dict[str, list[dict]], args: argparse.Namespace
     return out
 
 
+def summarise_consume(runs: list[dict], args: argparse.Namespace) -> dict:
+    """Per way: medians over the repeats; each way's throughput and front CPU over the separate
+    packets'."""
+    out: dict = {"items": args.consume_items, "chunk": args.consume_chunk, "window": args.window}
+    for way in CONSUME_WAYS:
+        out[way] = summarise([r[way] for r in runs], CONSUME_KEYS)
+    sep = out["separate"]
+    out["ratios"] = {way: {"items_per_s": out[way]["items_per_s"] / sep["items_per_s"],
+                           "front_cpu": out[way]["front_cpu_us_per_item"] / sep["front_cpu_us_per_item"]
+                           if sep["front_cpu_us_per_item"] else None}
+                     for way in CONSUME_WAYS if way != "separate"}
+    return out
+
+
 def _goal(key: str, name: str, measured: float | None, limit: float, value: str, unit: str = "x",
           at_least: bool = False, also: bool = True) -> dict:
     """One goal: `measured` (a ratio, unit "x", or a figure in `unit`) against `limit` (at most,
@@ -409,6 +427,8 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
         "fairness_runs": results.fair_runs,
         "fault_recovery": summarise_faults(results.fault_runs, args, results.fault_checks, results.spawn_skipped),
         "fault_recovery_runs": results.fault_runs,
+        "consume": summarise_consume(results.consume_runs, args),
+        "consume_runs": results.consume_runs,
         "node": node_status["picows"],
         "websockets_node": node_status["websockets"],
         "pipes_node": node_status["pipes"],
@@ -423,7 +443,7 @@ def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_stat
              "group_rtt_packets", "ed_seconds", "ed_df_inflight", "ed_df_sleep_ms", "ed_flood_inflight",
              "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window", "fair_window",
              "fair_sleep_ms", "fair_samples", "fault_seconds", "fault_rtt_seconds", "fault_window",
-             "fault_crash_every", "fault_spin_us")
+             "fault_crash_every", "fault_spin_us", "consume_items", "consume_chunk")
     config = {name: getattr(args, name) for name in names}
     config.update({"warmup": plan.warmup, "group_warmup": plan.group_warmup,
                    "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
@@ -506,6 +526,7 @@ def print_bench(report: dict) -> None:
     print_payloads(report)
     print_fairness(report)
     print_faults(report)
+    print_consume(report)
     print("targets (DESIGN.md and the payload issue, 2-core machine)")
     for target in report["targets"]:
         print(f"  {_met(target['met'])} {target['name']}: {target['value']}")
@@ -667,6 +688,23 @@ def print_faults(report: dict) -> None:
     print()
 
 
+def print_consume(report: dict) -> None:
+    c = report["consume"]
+    n, chunk = c["items"], c["chunk"]
+    names = {way: text.format(n=f"{n:,}", window=c["window"], chunk=chunk, subs=f"{-(-n // chunk):,}")
+             for way, text in CONSUME_NAMES.items()}
+    print(f"df:consume: {n:,} df:noop runs (data: an int) three ways against the main node, one client, "
+          f"{len(report['consume_runs'])} repeats; medians; CPU per item")
+    _rule(f"{'way':<52} {'items/s':>9} {'(min-max)':>17} {'vs packets':>10} | {'front µs':>8} {'workers µs':>10}")
+    for way in CONSUME_WAYS:
+        m = c[way]
+        spread = f"({fmt(m['items_per_s_min'])}-{fmt(m['items_per_s_max'])})"
+        ratio = f"{c['ratios'][way]['items_per_s']:.2f}x" if way in c["ratios"] else "1"
+        print(f"{names[way]:<52} {fmt(m['items_per_s']):>9} {spread:>17} {ratio:>10} | "
+              f"{fmt(m['front_cpu_us_per_item'], '.1f'):>8} {fmt(m['workers_cpu_us_per_item'], '.1f'):>10}")
+    print()
+
+
 def print_payloads(report: dict) -> None:
     cfg, payloads, summary = report["config"], report["payloads"], report["payload_summary"]
     large = sorted({p["size"] for p in payloads if p["nbytes"] >= LARGE_PAYLOAD_BYTES})
@@ -718,7 +756,7 @@ def print_shm_comparison(report: dict) -> None:
             cells.append(f"{fmt(shm.get(key)):>{width}} {fmt(pipes.get(key)):>7} "
                          f"{fmt(ratio[key], '.2f') + 'x' if ratio[key] is not None else '-':>6}")
         print(f"  {r['size']:<8} {r['encoding']:<8} | " + " | ".join(cells))
-    print(f"  /healthz counters: shm node shm_payloads_in {c['shm_node']['shm_payloads_in']:,}, out "
+    print(f"  /status counters: shm node shm_payloads_in {c['shm_node']['shm_payloads_in']:,}, out "
           f"{c['shm_node']['shm_payloads_out']:,} (of {c['shm_node_large_packets']:,} large packets sent to it); "
           f"pipes-only node in {c['pipes_node']['shm_payloads_in']}, out {c['pipes_node']['shm_payloads_out']}")
 

@@ -22,6 +22,8 @@ Each repeat measures, a fresh client process each (bench/systems.py says what ea
   faults    healthy df:spin_us packets, fault-free and with every 20th a df:crash that kills its
             worker, against nodes of their own: workers forked by the fork server (the default),
             and, where `pfnode serve` takes --worker-start, started as new interpreters
+  consume   10 000 df:noop runs sent by the client as 10 000 packets (window 256), as one
+            df:consume packet, and as one df:consume with 100 items per sub-packet
 
 Every answer is checked and the nodes' counters must agree with the clients. Prints tables on
 stdout (with the targets met or not), progress on stderr, and writes bench/results/bench-<time>.json,
@@ -75,6 +77,9 @@ def parse_args(argv: list[str] | None):
                "(20: 5 %%)", minimum=2)
     opts.count("--fault-spin-us", 200, 200, "microseconds of CPU work per healthy fault-recovery packet",
                minimum=0)
+    opts.count("--consume-items", 10_000, 2_000, "df:noop runs per df:consume measurement (as packets from the "
+               "client, as one df:consume packet, chunked)")
+    opts.count("--consume-chunk", 100, 100, "items per sub-packet of the chunked df:consume")
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")
     args = opts.parse(argv)
     if args.ed_df_inflight is None:

@@ -3,7 +3,7 @@
 The declarations first (the nodes and servers started, the df:noop rows, the lanes, the ed load
 phases, the payloads, the fairness lanes, the fault-recovery nodes), then `start_servers`, then the
 families, each called once per repeat: `measure_systems`, `measure_lanes`, `measure_ed_load`,
-`measure_payloads`, `measure_fairness`, `measure_faults`; then the checks of the nodes' own
+`measure_payloads`, `measure_fairness`, `measure_faults`, `measure_consume`; then the checks of the nodes' own
 counters against what the clients sent, and `stop_servers`. bench/run.py calls them in
 that order; the hub relay's systems (bench/hub.py) are at the end.
 """
@@ -79,6 +79,9 @@ FAULT_NODES = {"fork": "fault-fork", "spawn": "fault-spawn"}  # worker start -> 
 FAULT_NODE_ARGS = ("--ed-workers", "0", "--rm-workers", "0")  # only df (and the one cf) workers
 # Each client's conditions: no crashes, then every crash_every-th packet a df:crash (rotated).
 FAULT_CONDITIONS = ("clean", "faulty")
+# df:consume: the same df:noop runs sent by the client one packet each, as one df:consume packet,
+# and as one with `chunk` items per sub-packet; against the main node.
+CONSUME_WAYS = ("separate", "consume", "chunked")
 
 
 def ed_phases(args: argparse.Namespace, rep: int) -> list[dict]:
@@ -141,6 +144,7 @@ class Plan:
     fair_timeout_s: float = 0.0
     fault_timeout_s: float = 0.0
     fault_warmup: int = 0
+    consume_timeout_s: float = 0.0
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "Plan":
@@ -168,6 +172,8 @@ class Plan:
         # A replacement as a new interpreter can take seconds on a loaded machine: one per crash in a window.
         plan.fault_timeout_s = 30 + 5 * (args.fault_window // max(1, args.fault_crash_every) + 1)
         plan.fault_warmup = max(2 * args.fault_window, 200)
+        # Generous: a run fails only under 100 items/s.
+        plan.consume_timeout_s = 30 + args.consume_items / 100
         return plan
 
     def common(self) -> dict:
@@ -191,7 +197,8 @@ class Results:
         default_factory=lambda: {"pfnode": [], "echo": [], "pfnode_pipes": []})
     fair_runs: list[dict] = field(default_factory=list)
     fault_runs: dict[str, list[dict]] = field(default_factory=dict)  # worker start -> runs
-    lanes_at_start: dict = field(default_factory=dict)  # the main node's /healthz lanes
+    consume_runs: list[dict] = field(default_factory=list)
+    lanes_at_start: dict = field(default_factory=dict)  # the main node's /status lanes
     large_packets: int = 0  # the payload packets over the shm threshold sent to the main node
     fault_checks: dict[str, dict] = field(default_factory=dict)  # worker start -> counters, expected
     spawn_skipped: str | None = None  # why the fault-recovery family has no spawn node
@@ -204,7 +211,7 @@ class Servers:
     """The nodes and echo servers run.py measures, started once for the whole run."""
     nodes: dict[str, NodeProcess]
     echoes: dict[str, ChildServer]
-    lanes_at_start: dict  # the main node's /healthz lanes
+    lanes_at_start: dict  # the main node's /status lanes
     lane_pids: dict[str, list[int]]  # the main node's workers of each lane
     pipes_df_pids: list[int]
     fault_nodes: dict[str, NodeProcess]  # the fault-recovery nodes, by how their workers start
@@ -394,7 +401,26 @@ def measure_faults(procs: Processes, servers: Servers, plan: Plan, rep: int, res
             f"{r[name]['loaded']['crashes_per_s']:,.1f} crashes/s" for name in FAULT_CONDITIONS))
 
 
-FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads, measure_fairness, measure_faults)
+def measure_consume(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """--consume-items df:noop runs three ways (CONSUME_WAYS) against the main node, one client;
+    the order rotates each repeat."""
+    a = plan.args
+    node = servers.nodes["picows"]
+    k = rep % len(CONSUME_WAYS)
+    order = list(CONSUME_WAYS[k:] + CONSUME_WAYS[:k])
+    label = _label(plan, rep, "df:consume")
+    r = procs.call(label, clients.consume_client, 3 * 2 * plan.consume_timeout_s + 30, endpoint=node.endpoint,
+                   items=a.consume_items, chunk=a.consume_chunk, window=a.window, tag=f"c{rep}",
+                   timeout_s=plan.consume_timeout_s, order=order,
+                   cpu_pids={"front": [node.front_pid], "workers": servers.lane_pids["df"]})
+    results.consume_runs.append(r)
+    progress(f"{label}: {a.consume_items:,} items: " + "; ".join(
+        f"{way} {r[way]['items_per_s']:,.0f} items/s (front {r[way]['front_cpu_us_per_item']:.1f} µs/item)"
+        for way in CONSUME_WAYS))
+
+
+FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads, measure_fairness, measure_faults,
+            measure_consume)
 
 
 # ---------------------------------------------------------------------------- after the repeats
@@ -404,14 +430,15 @@ def _answered(runs) -> int:
 
 
 def check_counters(servers: Servers, results: Results) -> dict[str, dict]:
-    """Each node's /healthz counters must show exactly the packets its clients had answered and
+    """Each node's /status counters must show exactly the packets its clients had answered and
     none failed; the large payloads must have used the main node's shared-memory rings (at most
     one each way per packet: a full ring sends a payload through the pipe) and never the
     pipes-only node's. Returns the counters by node name (and notes the large packets sent)."""
     counters = {name: node_health(node.endpoint).get("counters", {}) for name, node in servers.nodes.items()}
     main_payloads = [r for rs in results.payload_runs["pfnode"] for r in rs]
     expected = {"picows": _answered(results.runs["pfnode"]) + _answered(results.ed_runs) + _answered(main_payloads)
-                + sum(_answered(rs) for rs in results.group_runs.values()) + _answered(results.fair_runs),
+                + sum(_answered(rs) for rs in results.group_runs.values()) + _answered(results.fair_runs)
+                + _answered(results.consume_runs) + sum(r["subpackets"] for r in results.consume_runs),
                 "websockets": _answered(results.runs["pfnode_websockets"]),
                 "pipes": _answered(r for rs in results.payload_runs["pfnode_pipes"] for r in rs)}
     for name, got in counters.items():
@@ -432,7 +459,7 @@ def check_counters(servers: Servers, results: Results) -> dict[str, dict]:
 
 
 def check_fault_counters(servers: Servers, results: Results, timeout_s: float = 30.0) -> dict[str, dict]:
-    """Each fault-recovery node's /healthz counters against its clients: every healthy packet
+    """Each fault-recovery node's /status counters against its clients: every healthy packet
     completed, every crash failed PF502, and each crash one worker died running a packet and one
     replaced it (waited for: the last replacement may still be starting). Notes them, with the
     figures they were checked against, in `results.fault_checks`; returns them by node name."""
@@ -579,7 +606,7 @@ def measure_relay(procs: Processes, relay: Relay, plan: Plan, rep: int, runs: di
 
 
 def check_relay(procs: Processes, relay: Relay, expected: int) -> dict[str, dict]:
-    """Every packet answered once, by the system meant to run it: the direct node's /healthz,
+    """Every packet answered once, by the system meant to run it: the direct node's /status,
     the hubs' (every answer a relayed one, none held), the dial-out node's final counters (its
     last log line, so it is stopped here), the Python reactor's own count (stopped here too)."""
     checks: dict[str, dict] = {}
