@@ -38,7 +38,7 @@ def element_error(fn, data) -> ElementError:
 
 # ============================================================================ df:produce
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.integers(-50, 50), st.integers(-50, 50), st.integers(-7, 7).filter(bool))
 def test_integer_range_is_numpy_arange(start, stop, step):
     got = produce({"range": [start, stop, step]})
@@ -47,7 +47,7 @@ def test_integer_range_is_numpy_arange(start, stop, step):
     np.testing.assert_array_equal(got, expected)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.floats(-100, 100), st.floats(-100, 100), st.floats(0.01, 10) | st.floats(-10, -0.01))
 def test_float_range_is_numpy_arange(start, stop, step):
     got = produce({"range": [start, stop, step]})
@@ -229,7 +229,7 @@ def reference(x: np.ndarray, op) -> np.ndarray:
     return np.where(std == 0, x - mean, (x - mean) / np.where(std == 0, 1, std))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(ARRAYS, st.lists(OPS, max_size=4), st.booleans())
 def test_transform_ops_match_numpy(x, ops, as_list):
     expected = x
@@ -237,8 +237,8 @@ def test_transform_ops_match_numpy(x, ops, as_list):
         with np.errstate(all="ignore"):
             for op in ops:
                 expected = reference(expected, op)
-        if not np.all(np.isfinite(expected)):
-            raise Refused
+                if not np.all(np.isfinite(expected)):  # refused at the op that overflows
+                    raise Refused
     except Refused:
         with pytest.raises(ElementError) as info:
             transform({"input": x.tolist() if as_list else x, "ops": ops})
@@ -418,7 +418,7 @@ REFERENCE = {"sum": np.sum, "mean": np.mean, "min": np.min, "max": np.max, "std"
              "median": np.median, "var": np.var, "any": np.any, "all": np.all}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4),
                   elements=st.floats(-100, 100)),
        st.lists(st.sampled_from(sorted(REFERENCE)), min_size=1, max_size=4, unique=True), AXES)
@@ -483,7 +483,7 @@ def test_nan_in_an_ndarray_is_a_value():
     ({"values": [1], "op": ["sum", "mean", "sum"]}, "op[2]", "'sum' is given twice"),
     ({"values": [1, None]}, "values", "must be numbers, not null"),
     ({"values": None}, "values", "must be numbers, not null"),
-    ({"values": ["1", "2"]}, "values", "must be numbers, found a string '2'"),
+    ({"values": ["1", "2"]}, "values", "must be numbers, found a string '1'"),
     ({"values": [[1, 2], [3]]}, "values", "rectangular"),
     ({"values": "abc"}, "values", "must be numbers, got a string 'abc'"),
     ({"values": np.array(["a"])}, "values", "real numbers, got an ndarray of dtype <U1"),

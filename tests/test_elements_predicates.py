@@ -371,7 +371,7 @@ PREDICATES = st.recursive(leaves(), lambda inner: st.one_of(
     st.builds(lambda p: {"not": p}, inner)), max_leaves=6)
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(PREDICATES, VALUES)
 def test_evaluate_agrees_with_a_naive_evaluator(predicate, value):
     assert evaluate(predicate, value) is naive(predicate, value)

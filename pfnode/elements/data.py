@@ -123,7 +123,7 @@ def _why_not_numbers(value: Any) -> str:
         if type(item) is list:
             if depth >= MAX_NDIM:
                 return f"nests deeper than {MAX_NDIM} levels"
-            stack.extend((x, depth + 1) for x in item)
+            stack.extend((x, depth + 1) for x in reversed(item))  # the first culprit first
         elif item is None:
             return "must be numbers, not null"
         elif isinstance(item, str):
