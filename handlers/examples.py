@@ -1,15 +1,11 @@
-"""Every handler the PacketFlow v1.0 spec shows, as the spec's examples expect them to behave."""
+"""Every handler the PacketFlow v1.0 spec shows, as the spec's examples expect them to behave.
+
+The spec's usage example, df:transform ("hello world" -> "HELLO WORLD"), is the standard
+element (pfnode/elements/data.py), which upper-cases a string given as its whole data.
+"""
 from __future__ import annotations
 
 from pfnode import handler
-
-
-@handler("df", "transform")
-def transform(data):
-    """The spec's usage example: "hello world" -> "HELLO WORLD"."""
-    if not isinstance(data, str):
-        raise TypeError(f"df:transform expects a string, got {type(data).__name__}")
-    return data.upper()
 
 
 @handler("df", "uppercase")

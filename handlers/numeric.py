@@ -1,4 +1,5 @@
-"""numpy handlers: reductions, matrix multiply, FFT magnitude.
+"""numpy handlers: matrix multiply, FFT magnitude (df:reduce is a standard element now:
+pfnode/elements/data.py).
 
 Inputs are JSON lists (nested for matrices) or, for packets that opt in to numpy payloads
 (metadata `"ndarray": true`, docs/PROTOCOL.md), numpy arrays; a float64 array is used as it
@@ -10,10 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from pfnode import handler
-
-_REDUCERS = {"sum": np.sum, "mean": np.mean, "min": np.min, "max": np.max,
-             "std": np.std, "prod": np.prod}
-
 
 def _as_array(values, name: str, ndim: int | None = None) -> np.ndarray:
     given_array = isinstance(values, np.ndarray)
@@ -29,20 +26,6 @@ def _as_array(values, name: str, ndim: int | None = None) -> np.ndarray:
     if not given_array and np.isnan(array).any():
         raise ValueError(f"{name} must be numbers, not null")
     return array
-
-
-@handler("df", "reduce")
-def reduce(data):
-    """{"values": [...] or an ndarray, "op": "sum"|"mean"|"min"|"max"|"std"|"prod"} -> number."""
-    if not isinstance(data, dict):
-        raise TypeError('df:reduce expects {"values": [...], "op": "sum"}')
-    op = data.get("op", "sum")
-    if op not in _REDUCERS:
-        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(sorted(_REDUCERS))}")
-    values = _as_array(data.get("values"), "values")
-    if values.size == 0 and op not in ("sum", "prod"):
-        raise ValueError(f"cannot take {op} of no values")
-    return _REDUCERS[op](values)
 
 
 @handler("df", "matmul")

@@ -214,6 +214,11 @@ class Hub:
                 "relayed": self.counters["relayed"], "no_reactor": self.counters["no_reactor"],
                 "timed_out": self.counters["timed_out"], "probes_expired": self.counters["probes_expired"]}
 
+    def runs_elsewhere(self, key: str) -> bool:
+        """Whether a connected link has said it runs `key` (announced it, or answered a
+        forwarded packet of it): its handler then replaces the node's standard element."""
+        return any(not r.link.closed and r.profile.verdict(key) is True for r in self.routes.values())
+
     def own_held(self, link: Any) -> int:
         r = self.routes.get(link)
         return r.own_held if r is not None else 0

@@ -23,11 +23,11 @@ from typing import Any, Callable, NamedTuple
 
 import orjson
 
-from . import __version__, elements, logs, pipe, protocol
+from . import __version__, logs, pipe, protocol
 from .auth import TokenTable, token_hash, token_of
 from .capacity import autoscale_step, read_capacity, recommend
 from .errors import ErrorCode, HandlerError
-from .elements import NODE_ELEMENTS
+from .elements.hosted import NODE_ELEMENTS
 from .elements.base import ElementError, ElementFailed
 from .elements.engine import ElementContext
 from .elements.state import ElementState
@@ -37,6 +37,7 @@ from .hub import Hub
 from .link import HEARTBEAT_TIMEOUT_CLOSE_CODE, HttpReply, PeerLink
 from .metrics import Metrics, NodeState
 from .pool import Pool
+from .registry import STANDARD_HANDLERS
 from .scheduler import LANES, Refusal, Scheduler
 from .settings import Settings
 
@@ -103,7 +104,8 @@ class Node:
                         self.settings.host)
         await self.pool.start()
         self.ready = True
-        replaced = sorted(key for key in NODE_ELEMENTS.keys() & self.pool.handler_keys
+        standard = NODE_ELEMENTS.keys() | (STANDARD_HANDLERS.keys() if self.settings.data_elements else set())
+        replaced = sorted(key for key in standard & self.pool.handler_keys
                           if not self.pool.handlers[key].get("standard"))
         if replaced:
             log.info("front: handlers %s replace the standard elements of the same keys", ", ".join(replaced))
@@ -188,7 +190,9 @@ class Node:
     def announcement(self, seq: int = 0) -> bytes:
         """A heartbeat that tells a hub what this node runs (the capabilities extension):
         nothing once draining. The built-ins answer for the node itself: never offered."""
-        keys = [] if self.draining else sorted(self.pool.handler_keys)
+        # its handlers, not the standard elements: the hub has its own, which only a user's replaces
+        keys = [] if self.draining else sorted(key for key in self.pool.handler_keys
+                                               if not self.pool.handlers[key].get("standard"))
         return protocol.encode_heartbeat(seq, {**self.heartbeat_payload(), "capabilities": keys})
 
     def http_route(self, path: str, upgrade: bool = True, headers: Any = None,
@@ -494,10 +498,13 @@ class Node:
         (run here, "hosted"), or to the hub (a connected reactor). Returns its Flight, or
         why it was refused."""
         key = packet.key
-        element = NODE_ELEMENTS.get(key)
         options = self.pool.handlers.get(key)
-        if options is not None and element is not None and options.get("standard"):
+        users = options is not None and not options.get("standard")
+        element = None if users else NODE_ELEMENTS.get(key)
+        if element is not None:
             options = None  # a standard worker element never shadows a node element
+        if not users and (options is not None or element is not None) and self.hub.runs_elsewhere(key):
+            options = element = None  # a connected reactor's own handler replaces the standard element
         role = "admin" if packet.group == "mc" else (element.role if element is not None and options is None
                                                       else "submit")
         if not from_uplink and not self._identity_may(identity, role):
@@ -646,7 +653,7 @@ class Node:
         except asyncio.CancelledError:
             return  # answered already (its deadline) or nobody waits (its submitter left)
         except ElementError as exc:
-            outcome = failure(ErrorCode.INVALID_PACKET, exc.message, (time.perf_counter() - started) * 1000)
+            outcome = failure(ErrorCode.INVALID_PACKET, str(exc), (time.perf_counter() - started) * 1000)
         except (ElementFailed, HandlerError) as exc:
             outcome = failure(exc.code, exc.message, (time.perf_counter() - started) * 1000)
         except Exception as exc:

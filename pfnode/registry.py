@@ -53,13 +53,17 @@ class HandlerSpec:
     lane: str = "df"
     timeout_ms: int | None = None  # default deadline for its packets (a packet's own wins)
     memory_limit_mb: int | None = None  # address space it may add to its worker
+    standard: bool = False  # one of the spec's standard elements: any other handler for its key replaces it
 
     @property
     def key(self) -> str:
         return f"{self.group}:{self.element}"
 
     def options(self) -> dict[str, Any]:
-        return {"lane": self.lane, "timeout_ms": self.timeout_ms, "memory_limit_mb": self.memory_limit_mb}
+        options = {"lane": self.lane, "timeout_ms": self.timeout_ms, "memory_limit_mb": self.memory_limit_mb}
+        if self.standard:
+            options["standard"] = True
+        return options
 
     def __call__(self, data: Any, ctx: Context) -> Any:
         return self.fn(data, ctx) if self.wants_ctx else self.fn(data)
@@ -79,7 +83,12 @@ class Registry:
         self._specs: dict[str, HandlerSpec] = {}
 
     def register(self, group: str, element: str, fn: Callable[..., Any], *, lane: str | None = None,
-                 timeout_ms: int | None = None, memory_limit_mb: int | None = None) -> HandlerSpec:
+                 timeout_ms: int | None = None, memory_limit_mb: int | None = None,
+                 standard: bool = False) -> HandlerSpec:
+        """Register `fn` for group:element. A second registration of the same key is refused,
+        unless one of the two is a standard element (`standard`): a user's handler replaces
+        the standard one whichever comes first, as the spec's own usage example does with
+        df:transform."""
         if group not in GROUPS:
             raise ConfigError(f"cannot register {group}:{element}: unknown group {group!r}; "
                               f"expected one of {', '.join(sorted(GROUPS))}")
@@ -95,9 +104,12 @@ class Registry:
         for name, value in (("timeout_ms", timeout_ms), ("memory_limit_mb", memory_limit_mb)):
             if value is not None and (type(value) is not int or value <= 0):
                 raise ConfigError(f"cannot register {group}:{element}: {name} must be a positive integer")
-        spec = HandlerSpec(group, element, fn, _wants_ctx(fn), lane, timeout_ms, memory_limit_mb)
+        spec = HandlerSpec(group, element, fn, _wants_ctx(fn), lane, timeout_ms, memory_limit_mb, standard)
         existing = self._specs.get(spec.key)
-        if existing is not None and (existing.fn is not fn or existing.options() != spec.options()):
+        if existing is not None and standard:
+            return existing  # a user's handler, or this standard element registered before
+        if existing is not None and not existing.standard and (existing.fn is not fn
+                                                                 or existing.options() != spec.options()):
             raise ConfigError(f"{spec.key} is already registered to {_name(existing.fn)}; "
                               f"refusing to replace it with {_name(fn)}")
         self._specs[spec.key] = spec
@@ -125,9 +137,33 @@ def _name(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+# The spec's standard elements that run in workers (pfnode/elements/data.py), imported on
+# their first packet so that a worker that never runs one never loads numpy for them.
+STANDARD_HANDLERS = {"df:produce": "produce", "df:transform": "transform", "df:reduce": "reduce"}
+
+
+def _standard(name: str) -> Callable[[Any], Any]:
+    def run(data):
+        from .elements import data as elements_data
+
+        return getattr(elements_data, name)(data)
+    run.__qualname__ = run.__name__ = name
+    run.__module__ = "pfnode.elements.data"
+    return run
+
+
+def register_standard(registry: Registry) -> None:
+    """Register the standard worker elements into `registry`, each replaced by any other
+    handler of its key (whether that registers before or after)."""
+    for key, name in STANDARD_HANDLERS.items():
+        group, _, element = key.partition(":")
+        registry.register(group, element, _standard(name), standard=True)
+
+
 def load_handler_modules(modules: tuple[str, ...] | list[str]) -> None:
     """Import handler modules; each registers its handlers (into the default registry)
-    as a side effect of being imported."""
+    as a side effect of being imported. (`pfnode.elements.standard` registers the standard
+    worker elements: the pool puts it first unless --no-data-elements.)"""
     for name in modules:
         try:
             importlib.import_module(name)

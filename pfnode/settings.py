@@ -80,6 +80,9 @@ class Settings:
     rm_memory_limit_mb: int = setting(1024, "address space an rm handler may add to its worker")
     handler_modules: tuple[str, ...] = setting(
         DEFAULT_HANDLER_MODULES, "handler modules to import", flags=("--handlers",))
+    data_elements: bool = setting(True, "register the standard df:produce, df:transform and df:reduce in "
+                                  "every worker, before the handler modules (a handler of the same key "
+                                  "replaces one); off: keys no module registers go to the hub")
     # Prefetch (pfnode/dispatch.py): besides the packet it runs, a df worker holds about
     # prefetch_ms of estimated work (its handlers' moving average run times), and at most
     # worker_window packets in all; cf, ed and rm workers take one at a time.

@@ -35,6 +35,8 @@ from .forkserver import ForkServer
 from .settings import Settings
 from .workerproc import WorkerListener, WorkerProcess
 
+STANDARD_MODULE = "pfnode.elements.standard"  # registers df:produce, df:transform, df:reduce
+
 log = logging.getLogger("pfnode.pool")
 
 CRASH_WINDOW_S = 10.0
@@ -138,7 +140,7 @@ class Supervisor:
                 return True
             if self.forkserver is not None:
                 log.warning("pool: the fork server (pid %s) went away; starting another", self.forkserver.pid)
-            server = ForkServer(list(self.settings.handler_modules), self._worker_env())
+            server = ForkServer(self.handler_modules(), self._worker_env())
             try:
                 await server.start(self.settings.worker_start_timeout_ms / 1000)
             except OSError as exc:
@@ -158,6 +160,12 @@ class Supervisor:
                 return await WorkerProcess.fork(self.forkserver, self.listener, lane, slot, config, arenas,
                                                 s.worker_start_timeout_ms / 1000)
         return await WorkerProcess.start(self.listener, lane, slot, config, self._worker_env(), arenas)
+
+    def handler_modules(self) -> list[str]:
+        """The modules every worker imports, in order: the standard worker elements first
+        (any handler of the same key replaces them), then the node's handler modules."""
+        standard = [STANDARD_MODULE] if self.settings.data_elements else []
+        return standard + list(self.settings.handler_modules)
 
     def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -191,7 +199,7 @@ class Supervisor:
             self._spawning[lane] += 1
         try:
             arenas = self._arenas(lane, slot)
-            config = {"handler_modules": list(s.handler_modules), "slot": slot, "lane": lane,
+            config = {"handler_modules": self.handler_modules(), "slot": slot, "lane": lane,
                       "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
                       "arenas": [a.path for a in arenas] if arenas else None,
                       "shm_threshold_bytes": s.shm_threshold_bytes}

@@ -72,6 +72,7 @@ class MemoryCap:
 
 def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done | Failed:
     """Run one task (its data already out of shared memory) and say how it ended."""
+    from .elements.errors import ElementError
     from .errors import PayloadError
     from .protocol import ndarray_opted_in
     from .registry import Context
@@ -122,6 +123,8 @@ def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done 
     except MemoryError:
         limit = f" of {memory_limit_mb} MiB" if memory_limit_mb is not None else ""
         return Failed(no, "PF501", f"{key} exceeded its memory limit{limit}", _ms_since(start))
+    except ElementError as exc:  # bad input, named by the element (pfnode/elements/errors.py)
+        return Failed(no, "PF002", str(exc), _ms_since(start))
     except Exception as exc:
         return Failed(no, "PF500", f"{type(exc).__name__}: {exc}", _ms_since(start))
     return Done(no, body, _ms_since(start))

@@ -346,7 +346,7 @@ def test_a_dial_out_node_reaches_a_wss_hub_with_a_token_in_its_url(fresh_node, p
     url = f"{hub.endpoint}?token={tokens['serve-only']}"  # runs packets, may not submit
     connector = start_connector(tmp_path, url, "--ca-file", pki["ca"], workers=1)
     try:
-        wait_until(lambda: "runs df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
+        wait_until(lambda: "df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
 
         async def go():
             async with Reactor(hub.endpoint, token=tokens["client"], ca_file=pki["ca"]) as client:

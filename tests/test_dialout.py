@@ -134,7 +134,7 @@ def test_connect_refuses_a_url_that_is_not_a_websocket_url():
 def test_the_hub_routes_packets_to_a_dial_out_node(fresh_node, connectors):
     hub = fresh_node("--workers", "1", handlers=HUB_HANDLERS)
     connector = connectors(hub.endpoint)
-    wait_until(lambda: "runs df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
+    wait_until(lambda: "df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
 
     async def go():
         async with Reactor(hub.endpoint) as client:
@@ -298,7 +298,7 @@ def test_a_packet_here_may_depend_on_one_a_reactor_ran(fresh_node, connectors):
     routed to a reactor: their results reach the dependent's ctx.dependencies."""
     hub = fresh_node("--workers", "1", handlers="tests.handlers_lanes")
     connectors(hub.endpoint, workers=1)
-    wait_until(lambda: "runs df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
+    wait_until(lambda: "df:remote_record, df:remote_upper" in hub.log(), what="the announcement")
 
     async def go():
         async with Reactor(hub.endpoint) as client:

@@ -212,7 +212,7 @@ def test_raising_handler_gives_PF500_with_the_exception_text_and_the_node_keeps_
     async def go():
         async with Reactor(node.endpoint) as reactor:
             results = await asyncio.gather(*(reactor.submit("df", "boom", f"kaboom-{i}") for i in range(10)),
-                                           reactor.submit("df", "transform", 42))
+                                           reactor.submit("df", "uppercase", 42))
             after = await asyncio.gather(*(reactor.submit("df", "transform", f"x{i}") for i in range(10)))
             return results, after
     results, after = run(go())

@@ -174,3 +174,66 @@ def test_a_parents_deadline_cancels_its_steps(node):
     payload, took = run(go())
     assert payload["error"]["code"] in ("PF408", "PF500") and took < 2.0, payload  # not the 5 s the step asked
     assert "deadline" in payload["error"]["message"]
+
+
+# ---------------------------------------------------------------------------- the worker elements
+
+def test_data_elements_run_in_the_workers_and_compose(node):
+    """df:produce, df:transform, df:reduce from a client, alone and as one cf:seq; bad input
+    is PF002 naming the field, from the worker."""
+    async def go():
+        async with Raw(node.endpoint) as raw:
+            assert ok(await call(raw, "df", "produce", {"range": [0, 5]})) == [0, 1, 2, 3, 4]
+            assert ok(await call(raw, "df", "produce", {"linspace": [0, 1, 3]})) == [0.0, 0.5, 1.0]
+            assert ok(await call(raw, "df", "transform", {"input": [1, -4, 9], "ops": [
+                {"op": "abs"}, {"op": "sqrt"}, {"op": "scale", "by": 2}]})) == [2.0, 4.0, 6.0]
+            assert ok(await call(raw, "df", "transform", "hello world")) == "HELLO WORLD"  # the spec's example
+            assert ok(await call(raw, "df", "reduce", {"values": [[1, 2], [3, 4]], "op": ["sum", "max"],
+                                                       "axis": 0})) == {"sum": [4.0, 6.0], "max": [3.0, 4.0]}
+            # the README's pipeline: produce -> a parallel map of a handler -> reduce, one cf:seq
+            pipeline = {"input": None, "steps": [
+                step("produce", {"range": [1, 6]}),
+                {"group": "df", "element": "consume", "data": {"step": step("double")}, "input_as": "items"},
+                {"group": "df", "element": "reduce", "data": {"op": ["sum", "max"]}, "input_as": "values"}],
+                "collect": True}
+            assert ok(await call(raw, "cf", "seq", pipeline)) == [
+                [1, 2, 3, 4, 5], [2, 4, 6, 8, 10], {"sum": 30.0, "max": 10.0}]
+            message = err(await call(raw, "cf", "seq", {"input": 1, "steps": [
+                {"group": "df", "element": "reduce", "data": [1], "input_as": "values"}]}), "PF002")
+            assert message.startswith("steps[0].data:"), message
+            message = err(await call(raw, "df", "transform", {"input": [1], "ops": [{"op": "sqr"}]}), "PF002")
+            assert message.startswith("ops[0].op: unknown op 'sqr'"), message
+            message = err(await call(raw, "df", "produce", {"range": [0, 10**9]}), "PF002")
+            assert message.startswith("range:"), message
+    run(go())
+
+
+def test_a_user_handler_module_replaces_a_standard_element(fresh_node):
+    running = fresh_node(handlers="tests.handlers_testing,tests.handlers_override")
+    assert "df:transform" in running.health()["handlers"]
+
+    async def go():
+        async with Raw(running.endpoint) as raw:
+            assert ok(await call(raw, "df", "transform", "hello")) == "olleh"  # the user's, not upper-case
+            assert ok(await call(raw, "df", "reduce", {"values": [1, 2]})) == 3.0  # the others stay
+    run(go())
+    assert "handlers df:transform replace the standard elements" in running.log()
+
+
+def test_a_reactor_that_announces_a_standard_key_replaces_the_element(node):
+    """A connected reactor that says it runs df:transform (the capabilities extension) gets
+    the node's df:transform packets: its handler is a user's, the node's the standard one."""
+    from pfnode.client import Reactor
+
+    async def go():
+        async with Reactor(node.endpoint) as runner:
+            runner.register("df", "transform", lambda data: f"ran by the reactor: {data}")
+            await runner.announce_capabilities()
+            await asyncio.sleep(0.3)  # the announcement is a heartbeat: let the node read it
+            async with Raw(node.endpoint) as raw:
+                by_reactor = ok(await call(raw, "df", "transform", "x"))
+        async with Raw(node.endpoint) as raw:  # the reactor gone: the standard element again
+            by_node = ok(await call(raw, "df", "transform", "x"))
+        return by_reactor, by_node
+
+    assert run(go()) == ("ran by the reactor: x", "X")

@@ -10,25 +10,23 @@ import pytest
 
 import pfnode.handlers.examples as examples
 import pfnode.handlers.numeric as numeric
-from pfnode.registry import Registry, default_registry
 from pfnode import pipe, worker
+from pfnode.errors import ConfigError
+from pfnode.registry import STANDARD_HANDLERS, Registry, default_registry, load_handler_modules, register_standard
+from pfnode.settings import DEFAULT_HANDLER_MODULES
+from pfnode.supervisor import STANDARD_MODULE
 
 
 # ============================================================================ the spec's examples
-
-def test_spec_usage_example_transform():
-    assert examples.transform("hello world") == "HELLO WORLD"
-
 
 def test_quick_start_uppercase():
     assert examples.uppercase("text") == "TEXT"
 
 
-@pytest.mark.parametrize("fn", [examples.transform, examples.uppercase])
 @pytest.mark.parametrize("bad", [None, 5, ["a"], {"s": "x"}])
-def test_uppercasers_refuse_non_strings(fn, bad):
+def test_uppercase_refuses_non_strings(bad):
     with pytest.raises(TypeError) as info:
-        fn(bad)
+        examples.uppercase(bad)
     assert "string" in str(info.value)
 
 
@@ -64,74 +62,61 @@ def test_noop_returns_its_input(value):
     assert examples.noop(value) == value
 
 
-def test_bundled_handlers_are_in_the_default_registry():
+def test_bundled_handlers_and_standard_elements_are_in_the_default_registry():
+    load_handler_modules([STANDARD_MODULE, *DEFAULT_HANDLER_MODULES])
     keys = set(default_registry.keys())
-    assert {"df:transform", "df:uppercase", "df:process_data", "cf:validate", "df:noop",
-            "df:reduce", "df:matmul", "df:fft"} <= keys
-    assert default_registry.get("df:transform").fn is examples.transform
-    assert default_registry.get("df:reduce").fn is numeric.reduce
+    assert {"df:transform", "df:produce", "df:reduce", "df:uppercase", "df:process_data", "cf:validate",
+            "df:noop", "df:matmul", "df:fft"} <= keys
+    assert default_registry.get("df:uppercase").fn is examples.uppercase
+    for key in STANDARD_HANDLERS:  # the spec's worker elements, replaceable by any handler
+        spec = default_registry.get(key)
+        assert spec.standard and spec.options()["standard"] is True
+        assert spec.fn.__module__ == "pfnode.elements.data"
+    assert "standard" not in default_registry.get("df:noop").options()
 
 
-# ============================================================================ numeric: reduce
+def test_a_user_handler_replaces_a_standard_element_whichever_registers_first():
+    def mine(data):
+        return "mine"
 
-REDUCE_VALUES = [3.0, -1.5, 4.25, 10.0, 0.5, 2.0]
-
-
-@pytest.mark.parametrize("op, expected", [
-    ("sum", np.sum(REDUCE_VALUES)),
-    ("mean", np.mean(REDUCE_VALUES)),
-    ("min", np.min(REDUCE_VALUES)),
-    ("max", np.max(REDUCE_VALUES)),
-    ("std", np.std(REDUCE_VALUES)),
-    ("prod", np.prod(REDUCE_VALUES)),
-])
-def test_reduce_ops(op, expected):
-    got = numeric.reduce({"values": REDUCE_VALUES, "op": op})
-    assert float(got) == pytest.approx(float(expected))
-
-
-def test_reduce_default_op_is_sum():
-    assert float(numeric.reduce({"values": [1, 2, 3.5]})) == pytest.approx(6.5)
+    before = Registry()
+    register_standard(before)
+    before.register("df", "transform", mine)  # the spec's usage example does this
+    after = Registry()
+    after.register("df", "transform", mine)
+    register_standard(after)
+    for reg in (before, after):
+        spec = reg.get("df:transform")
+        assert spec.fn is mine and not spec.standard
+        assert reg.get("df:reduce").standard
+    with pytest.raises(ConfigError, match="already registered"):  # two user handlers still clash
+        after.register("df", "transform", lambda data: data)
 
 
-def test_reduce_of_integers_and_empty_sum_prod():
-    assert float(numeric.reduce({"values": list(range(1, 101)), "op": "sum"})) == 5050
-    assert float(numeric.reduce({"values": [], "op": "sum"})) == 0.0
-    assert float(numeric.reduce({"values": [], "op": "prod"})) == 1.0
+def test_standard_elements_run_from_the_registry():
+    reg = Registry()
+    register_standard(reg)
+    assert reg.get("df:transform")("hello world", None) == "HELLO WORLD"  # the spec's usage example
+    assert float(reg.get("df:reduce")({"values": [1, 2, 3.5]}, None)) == pytest.approx(6.5)
 
 
-def test_reduce_result_serialises_to_a_json_number():
-    value = orjson.loads(orjson.dumps(numeric.reduce({"values": [1, 2], "op": "mean"}),
-                                      option=orjson.OPT_SERIALIZE_NUMPY))
-    assert value == 1.5
-
-
-@pytest.mark.parametrize("data, exc, phrase", [
-    ([1, 2, 3], TypeError, "values"),
-    ("sum", TypeError, "values"),
-    ({"values": [1], "op": "median"}, ValueError, "unknown op"),
-    ({"values": [1], "op": None}, ValueError, "unknown op"),
-    ({"values": [], "op": "mean"}, ValueError, "no values"),
-    ({"values": [], "op": "max"}, ValueError, "no values"),
-    ({"values": ["a", "b"]}, ValueError, "must be numbers"),
-    ({"values": [[1, 2], [3]]}, ValueError, "must be numbers"),
-    ({"values": {"a": 1}}, ValueError, "must be numbers"),
-])
-def test_reduce_errors(data, exc, phrase):
-    with pytest.raises(exc) as info:
-        numeric.reduce(data)
-    assert phrase in str(info.value)
-
+@pytest.mark.parametrize("data, field", [
+    ({"op": "sum"}, "values"),
+    ({"values": None}, "values"),
+    ({"values": [1, None, 3]}, "values"),
+], ids=["reduce-values-missing", "reduce-values-null", "reduce-null-element"])
+def test_standard_reduce_refuses_null_values_as_pf002_naming_the_field(data, field):
+    load_handler_modules([STANDARD_MODULE, *DEFAULT_HANDLER_MODULES])
+    _, status, body, _ = run_task(default_registry, task("df:reduce", data))
+    assert status == FAILED, f"df:reduce({data!r}) succeeded with {body!r}"
+    code, message = body
+    assert code == "PF002" and message.startswith(f"{field}: "), message
 
 
 @pytest.mark.parametrize("key, data", [
-    ("df:reduce", {"op": "sum"}),
-    ("df:reduce", {"values": None}),
-    ("df:reduce", {"values": [1, None, 3]}),
     ("df:matmul", {"a": [[1, None]], "b": [[1], [2]]}),
     ("df:fft", [1.0, None, 2.0]),
-], ids=["reduce-values-missing", "reduce-values-null", "reduce-null-element",
-        "matmul-null-element", "fft-null-element"])
+], ids=["matmul-null-element", "fft-null-element"])
 def test_numeric_handlers_refuse_null_values(key, data):
     _, status, body, _ = run_task(default_registry, task(key, data))
     assert status == FAILED, f"{key}({data!r}) succeeded with {body!r} instead of raising"
@@ -231,8 +216,8 @@ def run_task(registry, t, cap=None) -> tuple:
 
 def test_run_task_success_returns_ok_and_json_bytes():
     reg = Registry()
-    reg.register("df", "transform", examples.transform)
-    task_no, status, body, duration = run_task(reg, task("df:transform", "hello world", task_no=7))
+    reg.register("df", "uppercase", examples.uppercase)
+    task_no, status, body, duration = run_task(reg, task("df:uppercase", "hello world", task_no=7))
     assert (task_no, status) == (7, OK)
     assert isinstance(body, bytes)
     assert orjson.loads(body) == "HELLO WORLD"
@@ -244,6 +229,7 @@ def test_run_task_with_the_default_registry_and_numpy_results():
                                   task("df:matmul", {"a": [[1, 2], [3, 4]], "b": [[5, 6], [7, 8]]}))
     assert status == OK
     assert orjson.loads(body) == [[19.0, 22.0], [43.0, 50.0]]
+    load_handler_modules([STANDARD_MODULE, *DEFAULT_HANDLER_MODULES])
     _, status, body, _ = run_task(default_registry,
                                   task("df:reduce", {"values": [1, 2, 3], "op": "mean"}))
     assert status == OK
@@ -305,12 +291,26 @@ def test_run_task_handler_type_error_is_reported_as_raised():
     """orjson's encode error is a TypeError: a handler's own TypeError must not be
     mistaken for a serialisation failure."""
     reg = Registry()
-    reg.register("df", "transform", examples.transform)
-    _, status, (code, message), _ = run_task(reg, task("df:transform", 123))
+    reg.register("df", "uppercase", examples.uppercase)
+    _, status, (code, message), _ = run_task(reg, task("df:uppercase", 123))
     assert (status, code) == (FAILED, "PF500")
     assert message.startswith("TypeError: ")
     assert "expects a string" in message
     assert "JSON" not in message and "serialis" not in message
+
+
+def test_run_task_element_error_is_pf002_naming_the_field():
+    """Bad input, as an element names it (pfnode/elements/errors.py): PF002, not PF500."""
+    from pfnode.elements.errors import ElementError
+
+    reg = Registry()
+
+    def picky(data):
+        raise ElementError("ops[2].op", "unknown op 'sqr'")
+
+    reg.register("df", "picky", picky)
+    _, status, (code, message), _ = run_task(reg, task("df:picky", None))
+    assert (status, code, message) == (FAILED, "PF002", "ops[2].op: unknown op 'sqr'")
 
 
 @pytest.mark.parametrize("value", [object(), {1, 2}, {"k": object()}, 2**70, {(1, 2): "tuple key"}],

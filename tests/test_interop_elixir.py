@@ -56,6 +56,7 @@ BUILD_MARKER = BUILD / "Elixir.PacketFlow.Reactor.beam"
 DRIVER_TIMEOUT_S = 55  # the driver's own watchdog fires at 50 s
 # handler modules without df:transform, ed:notify_users or any elixir_* handler
 BARE_HANDLERS = "tests.handlers_testing"
+BARE = "--no-data-elements"  # nor the standard df:transform: only the reactor runs it
 ELIXIR_KEYS = ("ed:notify_users", "df:elixir_sum", "df:elixir_boom", "df:elixir_slow")
 TIMEOUT_MS = 10_000  # every Python submit's own deadline: a lost answer fails the test, not the suite
 
@@ -169,7 +170,7 @@ def test_spec_usage_example_is_routed_back_to_the_elixir_reactor(elixir_bin, fre
     """The spec's usage example as written: the Elixir reactor registers df:transform and
     submits df:transform to a node that has none; the node asks its connected reactors, the
     submitter's own link included, and relays the Elixir handler's answer."""
-    bare = fresh_node("--heartbeat-interval-ms", "300", handlers=BARE_HANDLERS)
+    bare = fresh_node("--heartbeat-interval-ms", "300", BARE, handlers=BARE_HANDLERS)
     assert "df:transform" not in bare.health()["handlers"]
     checks, proc, output = _run_driver(elixir_bin, "usage", bare.endpoint)
     assert_checks(USAGE_CHECKS, checks, proc, output)
@@ -417,7 +418,7 @@ def start_peer(elixir: str, endpoint: str) -> ElixirPeer:
 @pytest.fixture(scope="module")
 def hub_node(tmp_path_factory):
     """A node of this module's own, with no handler for what the Elixir peer serves."""
-    running = start_node(tmp_path_factory.mktemp("elixir-hub"), handlers=BARE_HANDLERS, tokens=True)
+    running = start_node(tmp_path_factory.mktemp("elixir-hub"), BARE, handlers=BARE_HANDLERS, tokens=True)
     handlers = running.health()["handlers"]
     assert not set(ELIXIR_KEYS) & set(handlers), handlers
     yield running
@@ -521,7 +522,7 @@ def test_elixir_reactor_killed_mid_packet_gives_pf003_not_a_timeout(elixir_bin, 
     """The only reactor that runs df:elixir_slow is killed (SIGKILL: no close frame) while it
     runs one: once --reroute-grace-ms has passed with no other reactor, the Python client gets
     a PF003 result that says the reactor disconnected, long before the packet's deadline."""
-    bare = fresh_node("--reroute-grace-ms", str(REROUTE_GRACE_MS), handlers=BARE_HANDLERS, tokens=True)
+    bare = fresh_node("--reroute-grace-ms", str(REROUTE_GRACE_MS), BARE, handlers=BARE_HANDLERS, tokens=True)
     peer = start_peer(elixir_bin, peer_url(bare.endpoint))
     try:
         async def go():
@@ -551,7 +552,7 @@ def test_elixir_reactor_killed_mid_packet_gives_pf003_not_a_timeout(elixir_bin, 
 def test_packet_of_a_killed_elixir_reactor_is_retried_on_another(elixir_bin, fresh_node):
     """Two Elixir reactors run df:elixir_slow; the one running the packet is killed: the node
     hands the packet (same id) to the other, and the Python client gets its answer."""
-    bare = fresh_node(handlers=BARE_HANDLERS, tokens=True)
+    bare = fresh_node(BARE, handlers=BARE_HANDLERS, tokens=True)
     peers = [start_peer(elixir_bin, peer_url(bare.endpoint)) for _ in range(2)]
     try:
         async def go():

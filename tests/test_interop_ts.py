@@ -40,6 +40,7 @@ TSC = TS_DIR / "node_modules" / "typescript" / "bin" / "tsc"
 DRIVER_TIMEOUT_S = 55  # the driver's own watchdog fires at 50 s
 # A node's handler modules without df:transform (nor any ts_* or ed:notify_users handler).
 BARE_HANDLERS = "tests.handlers_testing"
+BARE = "--no-data-elements"  # nor the standard df:transform: only the reactor runs it
 TS_KEYS = ("ed:notify_users", "df:ts_double", "df:ts_boom", "df:ts_slow")
 # How long the bare node keeps a packet whose reactor went away, waiting for another, before
 # PF003 (`--reroute-grace-ms`, 10 s by default): short here so the disconnect test is quick.
@@ -161,7 +162,7 @@ def bare_node(tmp_path_factory):
     """A node of this module's own whose handlers lack df:transform, and with no TS peer that
     outlives a test (the disconnect test needs to be sure no other reactor can take over)."""
     running = start_node(tmp_path_factory.mktemp("bare-node"), "--reroute-grace-ms", str(REROUTE_GRACE_MS),
-                         handlers=BARE_HANDLERS, tokens=True)
+                         BARE, handlers=BARE_HANDLERS, tokens=True)
     handlers = running.health()["handlers"]
     assert "df:transform" not in handlers and not set(TS_KEYS) & set(handlers), handlers
     yield running

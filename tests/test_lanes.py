@@ -141,7 +141,7 @@ def test_dependencies_wait_expose_results_and_fail_together(lane_node):
             a = await r.submit("df", "transform", "from a", packet_id="dep-a")
             b = await r.submit("df", "process_data", {"items": [1, 2]}, packet_id="dep-b")
             c = await dependent
-            failing = await r.submit("df", "transform", 42, packet_id="dep-bad")  # PF500
+            failing = await r.submit("df", "uppercase", 42, packet_id="dep-bad")  # PF500
             after_failure = await r.submit("df", "deps", "d", packet_id="dep-d", dependencies=["dep-bad"])
             myself = await r.submit("df", "deps", "e", packet_id="dep-e", dependencies=["dep-e"])
             never = await r.submit("df", "deps", "f", dependencies=["nobody-sends-this"], timeout_ms=300)

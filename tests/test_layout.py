@@ -9,7 +9,19 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pfnode"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+def _name(path: Path) -> str:
+    """A module's name under pfnode: `node`, `elements.base`; a package's own `__init__`:
+    `__init__` for pfnode itself, `elements` for pfnode/elements."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+FILES = {_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+MODULES = sorted(FILES)
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -18,10 +30,32 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _package_of(module: str) -> list[str]:
+    """The package a module's relative imports start from, as name parts under pfnode."""
+    is_package = FILES[module].name == "__init__.py"
+    parts = [] if module == "__init__" else module.split(".")
+    return parts if is_package else parts[:-1]
+
+
+def _resolve(parts: list[str]) -> str:
+    """The module (or package) a dotted name under pfnode names; `__init__` for pfnode."""
+    return ".".join(parts) or "__init__"
+
+
 def imports_of(module: str) -> set[str]:
-    """The pfnode modules `module` imports anywhere in its code (not under TYPE_CHECKING)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """The pfnode modules `module` imports anywhere in its code (not under TYPE_CHECKING):
+    `from .elements import data` counts the package `elements` (its __init__ runs) and the
+    module `elements.data`."""
+    tree = ast.parse(FILES[module].read_text())
     found: set[str] = set()
+
+    def add(parts: list[str], names: list[str]) -> None:
+        found.add(_resolve(parts))
+        for i in range(1, len(parts)):  # importing a.b runs a's __init__ first
+            found.add(_resolve(parts[:i]))
+        for name in names:  # `from package import module`
+            if _resolve(parts + [name]) in FILES:
+                found.add(_resolve(parts + [name]))
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node):
@@ -29,23 +63,25 @@ def imports_of(module: str) -> set[str]:
                 visit(child)
             return
         if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level == 1 or base.startswith("pfnode"):
-                target = base.removeprefix("pfnode").lstrip(".") if node.level == 0 else base
-                if target:
-                    found.add(target.split(".")[0])
-                else:  # from . import a, b
-                    found.update(alias.name.split(".")[0] for alias in node.names)
+            names = [alias.name for alias in node.names]
+            if node.level:
+                base = _package_of(module)
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                add(base + (node.module.split(".") if node.module else []), names)
+            elif (node.module or "").split(".")[0] == "pfnode":
+                add(node.module.split(".")[1:], names)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("pfnode."):
-                    found.add(alias.name.split(".")[1])
+                    add(alias.name.split(".")[1:], [])
         for child in ast.iter_child_nodes(node):
             visit(child)
 
     visit(tree)
     found.discard(module)
-    return {m if m in MODULES else "__init__" for m in found}
+    unknown = {m for m in found if m not in FILES}
+    assert not unknown, f"{module} imports {unknown}, which are not modules of pfnode"
+    return found
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -87,6 +123,14 @@ def test_the_cycle_finder_finds_one():
 def test_the_transports_and_the_hub_depend_on_the_node_interface_only():
     for module in ("ws_picows", "ws_websockets", "hub", "scheduler", "dispatch", "link"):
         assert not imports_of(module) & {"node", "front", "pool", "dialout"}, (module, imports_of(module))
+
+
+def test_the_worker_side_of_the_elements_stays_out_of_the_front():
+    """A worker that runs a standard data element loads the element's module and its
+    errors, not the node elements (which import the front's protocol and flight code)."""
+    for module in ("elements", "elements.errors", "elements.data", "elements.predicates"):
+        assert imports_of(module) <= {"elements", "elements.errors"}, (module, imports_of(module))
+    assert "elements.hosted" in imports_of("node")
 
 
 def test_each_module_imports_alone():

@@ -24,15 +24,9 @@ import dataclasses
 from typing import Any, Awaitable, Callable
 
 from ..errors import ErrorCode
+from .errors import ElementError
 
-
-class ElementError(ValueError):
-    """Bad input to an element: PF002, naming the field (`steps[2].group`)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.message = f"{field}: {message}" if field else message
-        super().__init__(self.message)
+__all__ = ["ElementError", "ElementFailed", "NodeElement", "NODE_ELEMENTS", "node_element"]
 
 
 class ElementFailed(Exception):

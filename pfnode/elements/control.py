@@ -27,7 +27,7 @@ from ..errors import ErrorCode
 from .base import (ElementError, ElementFailed, check_keys, need_dict, need_int, need_list, node_element,
                    optional_int)
 from .engine import parse_step
-from .predicates import evaluate, validate
+from .predicates import compile_predicate
 
 MAX_STEPS = 1000
 MAX_ITERATIONS = 100_000
@@ -48,14 +48,13 @@ def _condition(value: Any, field: str):
     if _is_step(value):
         return "step", parse_step(value, field)
     need_dict(value, field)
-    validate(value, field)
-    return "predicate", value
+    return "predicate", compile_predicate(value, field)
 
 
 async def _holds(ctx, condition, value: Any, field: str) -> bool:
     kind, test = condition
     if kind == "predicate":
-        return evaluate(test, value)
+        return test(value)
     return truthy(await ctx.run(test, value, field))
 
 

@@ -1,8 +1,10 @@
 """How a node element runs: its context, and the sub-packets it sends through the node.
 
 `ElementContext.run(step, input, field)` turns a step (`{"group", "element", "data"?,
-"priority"?, "timeout_ms"?, "metadata"?}`) into a real packet: its data is the step's
-`data`, or else the value flowing in; its priority the step's, else the parent's; its
+"priority"?, "timeout_ms"?, "metadata"?, "input_as"?}`) into a real packet: its data is the
+step's `data`, or else the value flowing in (with `input_as`, the value flowing in becomes
+that field of the step's `data`: `{"element": "consume", "data": {"step": ...}, "input_as":
+"items"}` maps a step over what the previous step produced); its priority the step's, else the parent's; its
 deadline the step's `timeout_ms` from now, never beyond the parent's; its submitter scope
 the parent's (so dependencies and fair shares are the parent's submitter's), and its
 roles too (a composite cannot do what its submitter may not). It is admitted, scheduled,
@@ -27,7 +29,7 @@ from ..flight import DONE, Flight, Outcome
 from ..protocol import _ELEMENT_RE, GROUPS, MAX_ID_CHARS, Packet, RawJSON, encode_json
 from .base import ElementError, ElementFailed, check_keys, need_dict
 
-STEP_FIELDS = {"group", "element", "data", "priority", "timeout_ms", "metadata"}
+STEP_FIELDS = {"group", "element", "data", "priority", "timeout_ms", "metadata", "input_as"}
 _MISSING = object()
 
 
@@ -60,11 +62,19 @@ class Waiter:
 
 
 class Step:
-    __slots__ = ("group", "element", "data", "priority", "timeout_ms", "metadata")
+    __slots__ = ("group", "element", "data", "priority", "timeout_ms", "metadata", "input_as")
 
-    def __init__(self, group, element, data, priority, timeout_ms, metadata) -> None:
+    def __init__(self, group, element, data, priority, timeout_ms, metadata, input_as=None) -> None:
         self.group, self.element, self.data = group, element, data
         self.priority, self.timeout_ms, self.metadata = priority, timeout_ms, metadata
+        self.input_as = input_as  # the field of `data` the value flowing in goes to (None: the whole data)
+
+    def data_for(self, value: Any) -> Any:
+        """The step's data with `value` flowing in: the step's own `data` if it has one;
+        with `input_as`, its data (an object) with `value` as that field; else `value`."""
+        if self.input_as is not None:
+            return {**(self.data if self.data is not _MISSING else {}), self.input_as: value}
+        return self.data if self.data is not _MISSING else value
 
     @property
     def key(self) -> str:
@@ -89,7 +99,15 @@ def parse_step(value: Any, field: str) -> Step:
     metadata = step.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ElementError(f"{field}.metadata", "must be an object")
-    return Step(group, element, step["data"] if "data" in step else _MISSING, priority, timeout_ms, metadata)
+    input_as = step.get("input_as")
+    if input_as is not None:
+        if not isinstance(input_as, str) or not 0 < len(input_as) <= 64:
+            raise ElementError(f"{field}.input_as", "must be a field name (a string of 1-64 characters)")
+        if "data" in step and not isinstance(step["data"], dict):
+            raise ElementError(f"{field}.data", "must be an object with input_as (the value flowing in "
+                                                "becomes its field)")
+    return Step(group, element, step["data"] if "data" in step else _MISSING, priority, timeout_ms, metadata,
+                input_as)
 
 
 class StepFailed(ElementFailed):
@@ -171,7 +189,7 @@ class ElementContext:
         """Admit a step now; (its Waiter, its Flight), or (a failure Outcome, None)."""
         from ..flight import failure
 
-        data = step.data if step.data is not _MISSING else value
+        data = step.data_for(value)
         try:
             data_json = encode_json(data)
         except TypeError as exc:
