@@ -29,6 +29,7 @@ from typing import Callable
 import orjson
 
 from .arena import Arena, remove_orphans
+from .buffers import table_path
 from .dispatch import Dispatcher, WorkerView
 from .errors import ConfigError
 from .forkserver import ForkServer
@@ -194,7 +195,7 @@ class Supervisor:
             config = {"handler_modules": list(s.handler_modules), "slot": slot, "lane": lane,
                       "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
                       "arenas": [a.path for a in arenas] if arenas else None,
-                      "shm_threshold_bytes": s.shm_threshold_bytes}
+                      "shm_threshold_bytes": s.shm_threshold_bytes, "buffer_table": table_path()}
             try:
                 proc = await self._launch(lane, slot, config, arenas)
             except BaseException:
