@@ -65,7 +65,7 @@ from .base import (ElementError, ElementFailed, answer_within_s, check_keys, nee
 
 log = logging.getLogger("pfnode.front")
 
-LOCK_BUSY = "PF009"
+LOCK_BUSY = ErrorCode.LOCK_BUSY
 DEFAULT_TTL_MS = 3_600_000
 MAX_TTL_MS = 86_400_000
 MAX_BUFFERS = 256
