@@ -15,6 +15,53 @@ from tests.e2e_util import Raw, new_id, packet, run, wait_until
 from tests.test_elements import call, err, ok, step
 
 
+# ---------------------------------------------------------------------------- the core's mechanisms, pure
+
+def test_the_scheduler_holds_a_packet_for_a_marker_that_no_packet_id_equals(clock):
+    from pfnode.elements.resources import _Hold
+    from pfnode.scheduler import BLOCKED, QUEUED, Flight, Scheduler
+
+    s = Scheduler(aging_ms=0)
+    ended = []
+    s.on_retire = ended.append
+    marker = _Hold("lock 'db'")
+    held = Flight(None, packet_id="p", lane="df", deadline=10.0, dependencies=("lock 'db'",))
+    assert s.admit(held, clock.now, marker) is None
+    assert held.state is BLOCKED and s.blocked == 1 and held.waiting_on == {"lock 'db'", marker}
+    # a packet whose id reads like the marker releases the dependency, not the hold
+    other = Flight(None, packet_id="lock 'db'", lane="df", deadline=10.0)
+    s.admit(other, clock.now)
+    s.complete(other, clock.now, ok=True, data_json=b"1")
+    assert held.state is BLOCKED and held.waiting_on == {marker}
+    assert s.unhold(held, marker) and held.state is QUEUED and s.blocked == 0
+    assert s.dispatch("df", clock.now) is held
+    assert ended == []  # only packets with `hold` set are reported
+    held.hold = "db"
+    s.complete(held, clock.now, ok=True, data_json=b"2")
+    assert ended == [held]
+
+
+def test_the_hub_asks_the_preferred_reactor_first():
+    from types import SimpleNamespace
+
+    from pfnode.hub import LinkRoutes, rank_targets
+
+    def route(peer, name=None, load=0):
+        r = LinkRoutes(SimpleNamespace(peer=peer, closed=False,
+                                       identity=SimpleNamespace(name=name) if name else None))
+        r.profile.announce(["df:x"])
+        r.held = {str(i): None for i in range(load)}
+        return r
+
+    a, b, c = route("1.1.1.1:1", load=0), route("2.2.2.2:2", name="gpu", load=5), route("3.3.3.3:3", load=1)
+    assert rank_targets([a, b, c], "df:x", None, set()) == [a, c, b]
+    assert rank_targets([a, b, c], "df:x", None, set(), prefer="gpu") == [b, a, c]
+    assert rank_targets([a, b, c], "df:x", None, set(), prefer="3.3.3.3:3") == [c, a, b]
+    assert rank_targets([a, b, c], "df:x", None, {b}, prefer="gpu") == [a, c]  # tried: not again
+
+
+# ---------------------------------------------------------------------------- against real nodes
+
 def elements(node) -> dict:
     return node.health()["elements"]
 
