@@ -5,8 +5,8 @@ The front creates each buffer as a file in /dev/shm, `pfnode-<front pid>-buf-<na
 (the `pfnode-<pid>-` prefix lets a later start remove those of a node that is gone:
 `pfnode.arena.remove_orphans`), with its room reserved (`posix_fallocate`: a full /dev/shm
 fails the allocation, not a worker's write later), and rewrites one small table,
-`pfnode-<front pid>-buffers.json` (`{name: {"path", "shape", "dtype"}}`), atomically (a new
-file renamed over the old) whenever a buffer comes or goes. Workers are told the table's
+`pfnode-<front pid>-buffers-<random>.json` (`{name: {"path", "shape", "dtype"}}`),
+atomically (a new file renamed over the old) whenever a buffer comes or goes. Workers are told the table's
 path in their configuration. A packet that never asks for a buffer costs nothing: a worker
 reads the table only in `ctx.buffer`, and only when the table changed since it last read it
 (one `stat`). A buffer is a numpy array over the mapped file, no copy: what one worker
@@ -28,9 +28,10 @@ from .arena import PREFIX  # pfnode-<front pid>-...: remove_orphans knows whose
 from .arena import _shm_dir as shm_dir
 
 
-def table_path(pid: int | None = None, directory: str | None = None) -> str:
-    """The buffer table of the front with `pid` (this process by default)."""
-    return os.path.join(directory or shm_dir(), f"{PREFIX}{pid or os.getpid()}-buffers.json")
+def table_path(directory: str | None = None) -> str:
+    """A new buffer table's path for this process's node (a process may run more than one
+    node, as tests do: each has its own table)."""
+    return os.path.join(directory or shm_dir(), f"{PREFIX}{os.getpid()}-buffers-{os.urandom(4).hex()}.json")
 
 
 def create_file(name: str, nbytes: int, directory: str | None = None) -> str:

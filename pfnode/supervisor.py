@@ -107,6 +107,7 @@ class Supervisor:
         self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._background: set[asyncio.Task] = set()
         self.forkserver: ForkServer | None = None
+        self.buffer_table = table_path()  # rm:alloc's buffers, by name, for the workers (pfnode/buffers.py)
         self._forkserver_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -195,7 +196,7 @@ class Supervisor:
             config = {"handler_modules": list(s.handler_modules), "slot": slot, "lane": lane,
                       "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
                       "arenas": [a.path for a in arenas] if arenas else None,
-                      "shm_threshold_bytes": s.shm_threshold_bytes, "buffer_table": table_path()}
+                      "shm_threshold_bytes": s.shm_threshold_bytes, "buffer_table": self.buffer_table}
             try:
                 proc = await self._launch(lane, slot, config, arenas)
             except BaseException:

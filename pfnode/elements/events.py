@@ -321,7 +321,8 @@ async def react(ctx, data: Any) -> Any:
         sub_id = need_str(data.get("cancel"), "cancel")
         sub = events.subscriptions.get(sub_id)
         if sub is None or sub.owner != ctx.scope:
-            raise ElementError("cancel", f"no subscription {sub_id!r} of yours (expired, cancelled, or another's)"[:300])
+            raise ElementError("cancel", f"no subscription {sub_id!r} of yours (expired, cancelled, or "
+                                         f"another's)"[:300])
         events.cancel(sub)
         return {"cancelled": sub_id, "runs": sub.runs, "failed": sub.failed, "dropped": sub.dropped}
     check_keys(data, "", {"topic", "step", "emit", "ttl_ms"})

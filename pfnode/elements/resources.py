@@ -58,7 +58,7 @@ import orjson
 
 from .. import buffers
 from ..errors import ErrorCode
-from ..flight import BLOCKED, DONE, Flight
+from ..flight import BLOCKED, Flight
 from ..protocol import _ELEMENT_RE, encode_json
 from .base import (ElementError, ElementFailed, answer_within_s, check_keys, need_dict, need_int, need_list,
                    need_str, node_element, optional_int, optional_ttl_ms, owner_name)
@@ -93,12 +93,12 @@ class Buffer:
 class Buffers:
     """rm:alloc's shared-memory arrays, and the table that names them for the workers."""
 
-    def __init__(self, clock, max_bytes: int) -> None:
+    def __init__(self, clock, max_bytes: int, table: str) -> None:
         self.clock = clock
         self.max_bytes = max_bytes
         self.held: dict[str, Buffer] = {}
         self.bytes = 0
-        self.table = buffers.table_path()
+        self.table = table  # the file the workers read (the pool's supervisor names it)
 
     def alloc(self, name: str, shape: list[int], dtype: str, itemsize: int, owner: Any, ttl_ms: int) -> Buffer:
         if name in self.held:

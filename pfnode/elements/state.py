@@ -27,7 +27,7 @@ class ElementState:
         self.clock = clock
         self.barriers = Barriers()
         self.events = Events(clock)
-        self.buffers = Buffers(clock, host.settings.max_buffer_bytes)
+        self.buffers = Buffers(clock, host.settings.max_buffer_bytes, host.pool.supervisor.buffer_table)
         self.locks = Locks(clock, host.scheduler, host._pump)
         self.cache = Cache(clock, host.settings.cache_bytes)
         self.tuned: dict[str, dict] = {}  # lane -> its parameters after mc:tune
