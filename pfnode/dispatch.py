@@ -69,6 +69,8 @@ class Dispatcher:
     def __init__(self, windows: dict[str, int], prefetch_ms: float = 1.0) -> None:
         self.windows = dict(windows)  # lane -> most packets one worker holds
         self.prefetch_ms = prefetch_ms
+        # lane -> estimated work a worker holds beyond its running packet (mc:tune sets one)
+        self.prefetch = {lane: prefetch_ms for lane in windows}
         self.workers: dict[int, WorkerView] = {}
         self.estimates: dict[str, float] = {}  # handler key -> moving average run time, ms
         self._numbers = itertools.count(1)
@@ -102,13 +104,15 @@ class Dispatcher:
         held = view.held
         if not held:
             return True
-        return len(held) <= self.windows[view.lane] // 2 and view.queued_ms <= self.prefetch_ms / 2
+        lane = view.lane
+        return len(held) <= self.windows[lane] // 2 and view.queued_ms <= self.prefetch[lane] / 2
 
     def _fits(self, view: WorkerView, cost_ms: float) -> bool:
         held = view.held
         if not held:
             return True
-        return len(held) < self.windows[view.lane] and view.queued_ms + cost_ms <= self.prefetch_ms
+        lane = view.lane
+        return len(held) < self.windows[lane] and view.queued_ms + cost_ms <= self.prefetch[lane]
 
     def assign(self, scheduler, now: float) -> list[tuple[WorkerView, list[Flight]]]:
         """Hand queued packets to workers that may take them; returns the batches to send,

@@ -14,6 +14,7 @@ class ErrorCode(str, enum.Enum):
     DEPENDENCY_FAILED = "PF006"  # a dependency failed or never arrived
     NO_QUORUM = "PF007"  # co:vote: too few replicas agreed
     LOOP_EXHAUSTED = "PF008"  # cf:loop: `until` did not hold within max_iterations
+    LOCK_BUSY = "PF009"  # rm:lock: the lock was not had within wait_ms (or the deadline)
     MALFORMED_FRAME = "PF400"  # not JSON, not an object, unknown type, bad seq
     UNAUTHENTICATED = "PF401"
     FORBIDDEN = "PF403"

@@ -67,6 +67,8 @@ class Flight:
         "no", "worker", "memory_limit_mb", "cost_ms",
         # the hub's (pfnode/hub.py): how it is being routed, while FORWARDED
         "route",
+        # the rm:lock it holds or waits for (`metadata.lock`: pfnode/elements/resources.py)
+        "hold",
     )
 
     def __init__(self, packet: Any, *, scope: Hashable = None, origin: Any = None, seq: int = 0,
@@ -98,6 +100,7 @@ class Flight:
         self.cost_ms = 0.0
         self.memory_limit_mb = memory_limit_mb
         self.route: Any = None
+        self.hold: str | None = None
 
     def __repr__(self) -> str:
         return f"<Flight {self.id!r} {self.state} lane={self.lane} prio={self.priority}>"

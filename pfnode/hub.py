@@ -172,11 +172,19 @@ class HubEffects(Protocol):
         """Whether a reactor may still connect (false while the node drains)."""
 
 
+def link_name(link: Any) -> str:
+    """How mc:migrate names a reactor: its token's name, else its peer address."""
+    identity = getattr(link, "identity", None)
+    return identity.name if identity is not None else str(getattr(link, "peer", link))
+
+
 def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set[LinkRoutes],
-                 may: Callable[[LinkRoutes], bool] | None = None) -> list[LinkRoutes]:
-    """The links to ask, best first: those known to run `key` (least loaded first), then
-    those not known either way, the submitter's own link last among them. Links that
-    cannot run it, were tried already, are closed, or `may` not run it are left out."""
+                 may: Callable[[LinkRoutes], bool] | None = None,
+                 prefer: str | None = None) -> list[LinkRoutes]:
+    """The links to ask, best first: the reactor named `prefer` (mc:migrate) if it may run
+    the key, then those known to run `key` (least loaded first), then those not known
+    either way, the submitter's own link last among them. Links that cannot run it, were
+    tried already, are closed, or `may` not run it are left out."""
     known: list[LinkRoutes] = []
     unknown: list[LinkRoutes] = []
     for r in routes:
@@ -189,7 +197,10 @@ def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set
             unknown.append(r)
     known.sort(key=lambda r: r.load)
     unknown.sort(key=lambda r: (r.link is origin, r.load))
-    return known + unknown
+    ranked = known + unknown
+    if prefer is not None:
+        ranked.sort(key=lambda r: link_name(r.link) != prefer)  # stable: the rest keep their order
+    return ranked
 
 
 class Hub:
@@ -205,6 +216,7 @@ class Hub:
         self.clock = clock
         self.routes: dict[Any, LinkRoutes] = {}  # link -> its table
         self.parked: dict[Flight, None] = {}  # waiting for a reactor after theirs went away
+        self.preferences: dict[str, str] = {}  # key -> the reactor (link_name) to ask first: mc:migrate
         self.counters = {"relayed": 0, "no_reactor": 0, "timed_out": 0, "probes_expired": 0,
                          "invalid_results": 0}
 
@@ -218,6 +230,18 @@ class Hub:
         """Whether a connected link has said it runs `key` (announced it, or answered a
         forwarded packet of it): its handler then replaces the node's standard element."""
         return any(not r.link.closed and r.profile.verdict(key) is True for r in self.routes.values())
+
+    def preferred_link(self, key: str, may: Callable[[Any], bool]) -> Any:
+        """The connected link mc:migrate moved `key` to, if it `may` run packets and has not
+        said it does not run the key; else None."""
+        name = self.preferences.get(key)
+        if name is None:
+            return None
+        for r in self.routes.values():
+            if not r.link.closed and link_name(r.link) == name and r.profile.verdict(key) is not False \
+                    and may(r.link):
+                return r.link
+        return None
 
     def own_held(self, link: Any) -> int:
         r = self.routes.get(link)
@@ -425,7 +449,9 @@ class Hub:
             if flight.id in r.held:  # it holds another submitter's packet of this id
                 return False
             return self.may_run is None or self.may_run(r.link, flight, r.profile.unproven)
-        targets = rank_targets(self.routes.values(), flight.packet.key, flight.origin, route.tried, may)
+        key = flight.packet.key
+        prefer = self.preferences.get(key) if self.preferences else None
+        targets = rank_targets(self.routes.values(), key, flight.origin, route.tried, may, prefer)
         if targets:
             self._send_to(flight, targets[0], now, remaining_ms)
         elif route.lost and self.effects.links_may_come():

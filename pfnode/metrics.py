@@ -77,6 +77,7 @@ class NodeState(TypedDict, total=False):
     results_stored: int
     reactors: int
     lanes: dict[str, LaneState]
+    elements: dict[str, tuple[int, int]]  # resource kind -> (count, bytes): the elements' state
 
 
 # state key -> (metric, help), for the node-wide gauges
@@ -380,6 +381,17 @@ class Metrics:
             for key, name, help in _NODE_GAUGES:
                 if key in state:
                     families.append(GaugeMetricFamily(name, help, value=float(state[key])))
+            elements = state.get("elements")
+            if elements:
+                count = GaugeMetricFamily("pfnode_element_resources", "resources the standard elements hold "
+                                          "(barriers, watchers, subscriptions, buffers, locks, cache entries)",
+                                          labels=("kind",))
+                size = GaugeMetricFamily("pfnode_element_resource_bytes", "bytes those resources hold",
+                                         labels=("kind",))
+                for kind, (n, nbytes) in sorted(elements.items()):
+                    count.add_metric((kind,), float(n))
+                    size.add_metric((kind,), float(nbytes))
+                families += [count, size]
             lanes = state.get("lanes") or {}
             for key, name, help in _LANE_GAUGES:
                 family = GaugeMetricFamily(name, help, labels=("lane",))

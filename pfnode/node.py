@@ -89,7 +89,7 @@ class Node:
         self._hosted: dict[Flight, asyncio.Task] = {}  # node elements running now
         self._hosted_scheduled = False
         self._completions: dict[Any, list[asyncio.Future]] = {}  # (scope, id) -> cf:gate waiters
-        self.elements = ElementState()
+        self.elements = ElementState(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -134,6 +134,7 @@ class Node:
             self.settle(flight, failure(ErrorCode.UNAVAILABLE, "node is shutting down"))
         if self._timer is not None:
             self._timer.cancel()
+        self.elements.close()
         await self.pool.close(grace_s=min(2.0, grace))
         for link in list(self.links):
             await link.flush(1.0)
@@ -161,7 +162,7 @@ class Node:
                 "handlers": self.keys(), **pool,
                 "queued": s.queued, "blocked": s.blocked, "inflight": len(s.inflight),
                 "results_stored": len(s.results), "hub": self.hub.stats(s.forwarded),
-                "counters": {**pool["counters"], **self.counters}}
+                "elements": self.elements.stats(), "counters": {**pool["counters"], **self.counters}}
 
     def metrics_state(self) -> NodeState:
         """The gauges of /metrics, read at each scrape."""
@@ -174,7 +175,8 @@ class Node:
         return {"ready": self.ready, "draining": self.draining, "connections": len(self.links),
                 "inflight": len(s.inflight), "blocked": s.blocked, "forwarded": s.forwarded,
                 "parked": len(self.hub.parked), "results_stored": len(s.results),
-                "reactors": self.hub.stats(s.forwarded)["reactors"], "lanes": lanes}
+                "reactors": self.hub.stats(s.forwarded)["reactors"], "lanes": lanes,
+                "elements": self.elements.gauges()}
 
     def keys(self) -> list[str]:
         """Every key this node answers itself: its handlers and its node elements."""
@@ -358,6 +360,10 @@ class Node:
         for flight in dropped:
             self._abandon(flight)
         self.hub.remove_link(link)
+        scope = self._scope(link)
+        if not isinstance(scope, str) or not any(other.identity is not None and other.identity.name == scope
+                                                 for other in self.links):
+            self.elements.release(scope)  # what only it held: its subscriptions, buffers, leases, cache
         log.log(logging.INFO if dropped else logging.DEBUG, "front: %s disconnected (%s)%s",
                 link.peer, code, f"; dropped {len(dropped)} in-flight packets" if dropped else "")
 
@@ -509,7 +515,21 @@ class Node:
                                                       else "submit")
         if not from_uplink and not self._identity_may(identity, role):
             return Refusal(ErrorCode.FORBIDDEN, f"submit {key} (the {role} role)")
+        if options is not None and self.hub.preferences and key in self.hub.preferences \
+                and self.settings.hub_routing and not from_uplink and self.migrated_link(key) is not None:
+            options = element = None  # mc:migrate moved it to a connected reactor: the hub sends it there
         now = self.clock()
+        metadata = packet.metadata
+        plan = None
+        if metadata is not None and ("lock" in metadata or "cache" in metadata):
+            try:  # rm:lock and rm:cache's hooks (pfnode/elements/resources.py)
+                plan = self.elements.admission(packet, scope, options is not None or element is not None)
+            except (ElementError, ElementFailed) as exc:
+                code = ErrorCode.INVALID_PACKET if isinstance(exc, ElementError) else ErrorCode(exc.code)
+                return Refusal(code, str(exc) if isinstance(exc, ElementError) else exc.message)
+            if plan.cached is not None:
+                return self._from_cache(packet, plan.cached, origin=origin, seq=seq, scope=scope, identity=identity)
+        hold = plan.hold if plan is not None else None
         if options is not None:
             if packet.metadata is not None and not pipe.passable(packet.metadata):
                 return Refusal(ErrorCode.INVALID_PACKET, "metadata holds a value a worker cannot be given "
@@ -520,13 +540,13 @@ class Node:
                             priority=packet.priority, deadline=now + timeout_ms / 1000,
                             timeout_ms=timeout_ms, dependencies=packet.dependencies or (),
                             memory_limit_mb=options.get("memory_limit_mb"), size=len(packet.data))
-            refusal = self.scheduler.admit(flight, now)
+            refusal = self.scheduler.admit(flight, now, hold)
         elif element is not None:
             timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
             flight = Flight(packet, scope=scope, origin=origin, seq=seq, lane=HOSTED, priority=packet.priority,
                             deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms,
                             dependencies=packet.dependencies or (), size=len(packet.data))
-            refusal = self.scheduler.admit(flight, now)
+            refusal = self.scheduler.admit(flight, now, hold)
         elif self.settings.hub_routing and not from_uplink:
             timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
             flight = Flight(packet, scope=scope, origin=origin, seq=seq, lane=None, priority=packet.priority,
@@ -535,8 +555,12 @@ class Node:
         else:
             return Refusal(ErrorCode.NO_HANDLER, f"No handler for {key}")
         if refusal is not None:
+            if plan is not None and plan.lock is not None:
+                self.elements.locks.unused(plan.lock)  # it will not take its turn
             return refusal
         flight.identity = identity
+        if plan is not None and plan.lock is not None:
+            self.elements.locks.admitted(flight, plan.lock, waits=hold is not None)
         if flight.state is FORWARDED:
             self.hub.route(flight)
         else:
@@ -547,6 +571,30 @@ class Node:
 
     def _identity_may(self, identity: Any, role: str) -> bool:
         return self.tokens is None or (identity is not None and identity.may(role))
+
+    may = _identity_may  # for the elements: whether a submitter has a role (always, without tokens)
+
+    def _from_cache(self, packet: protocol.Packet, data_json: bytes, *, origin: Any, seq: int, scope: Any,
+                    identity: Any) -> Flight | Refusal:
+        """A memoised packet (`metadata.cache`) whose result is in the cache: admitted (its id
+        taken, as any packet's) and answered at once with it, without running."""
+        now = self.clock()
+        timeout_ms = resolve_timeout_ms(packet.timeout_ms, None, self.settings.default_timeout_ms)
+        flight = Flight(packet, scope=scope, origin=origin, seq=seq, lane=HOSTED, priority=packet.priority,
+                        deadline=now + timeout_ms / 1000, timeout_ms=timeout_ms, size=len(packet.data))
+        refusal = self.scheduler.admit(flight, now)
+        if refusal is not None:
+            return refusal
+        flight.identity = identity
+        self.counters["submitted"] += 1
+        self.counters["answered_from_cache"] += 1
+        self.settle(flight, success(data_json))
+        return flight
+
+    def migrated_link(self, key: str) -> PeerLink | None:
+        """The connected reactor mc:migrate moved `key` to, when it may be sent packets."""
+        return self.hub.preferred_link(key, lambda link: self._may_run_reactor(link) and (
+            self.tokens is not None or not self.hub.profile(link).unproven))
 
     # ------------------------------------------------------------------ node elements (hosted)
     def submit_internal(self, packet: protocol.Packet, parent: Flight, origin: Any, identity: Any,
@@ -679,6 +727,9 @@ class Node:
         if flight.state is DONE:
             return  # answered already (its deadline passed, say); a late outcome is dropped
         now = self.clock()
+        metadata = flight.packet.metadata
+        if metadata is not None and outcome.ok and metadata.get("cache") is True:
+            self.elements.answered(flight, outcome.data_json)  # rm:cache's memoisation
         failures = self.scheduler.complete(flight, now, ok=outcome.ok,
                                            data_json=outcome.data_json, code=outcome.code)
         if self._completions:
@@ -767,7 +818,8 @@ class Node:
         elif state is BLOCKED:
             waiting = ", ".join(sorted(flight.waiting_on))
             self.settle(flight, failure(ErrorCode.DEADLINE_EXCEEDED,
-                                        f"deadline of {limit} ms passed while waiting for dependencies: {waiting}"))
+                                        f"deadline of {limit} ms passed while waiting for "
+                                        f"{'' if flight.hold is not None else 'dependencies: '}{waiting}"))
         elif state is DISPATCHED and flight.lane == HOSTED:
             self.settle(flight, failure(ErrorCode.DEADLINE_EXCEEDED, f"deadline of {limit} ms passed while "
                                                                      f"{flight.packet.key} ran"))
@@ -816,10 +868,15 @@ class Node:
     async def _paused_links_loop(self) -> None:
         """Every second, look at the links whose reading is paused: a paused transport does
         not notice its peer hanging up, and the peer's packets should not wait for its
-        reading to resume to be dropped."""
+        reading to resume to be dropped. And let the elements' resources whose ttl or
+        lease has passed go."""
         while True:
             await asyncio.sleep(1.0)
             logs.log_suppressed(log, self.pool.handler_errors, "handler errors")
+            try:
+                self.elements.sweep(self.clock())
+            except Exception:
+                log.exception("front: sweeping the elements' expired resources failed")
             for link in [link for link in self.links if link.reading_paused and not link.closed]:
                 if not self.is_uplink(link) and link.peer_gone():
                     log.debug("front: %s hung up while its reading was paused", link.peer)

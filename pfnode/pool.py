@@ -57,6 +57,7 @@ class Pool:
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resizing = asyncio.Lock()  # one resize at a time: sizes are absolute, never summed
+        self.lane_overrides: dict[str, str] = {}  # key -> lane, set by mc:migrate
 
     @property
     def lanes(self) -> dict[str, LaneSpec]:
@@ -86,10 +87,12 @@ class Pool:
 
     # ------------------------------------------------------------------ packets
     def lane_of(self, key: str, group: str) -> str:
-        """The lane a packet of `key` runs on: its handler's choice, else its group's;
-        a lane configured with no workers hands its packets to df."""
-        options = self.handlers.get(key)
-        lane = (options.get("lane") if options else None) or DEFAULT_LANE[group]
+        """The lane a packet of `key` runs on: where mc:migrate moved it, else its handler's
+        choice, else its group's; a lane configured with no workers hands its packets to df."""
+        lane = self.lane_overrides.get(key) if self.lane_overrides else None
+        if lane is None:
+            options = self.handlers.get(key)
+            lane = (options.get("lane") if options else None) or DEFAULT_LANE[group]
         if self.supervisor.targets[lane] == 0 and self.lane_size(lane) == 0:
             return "df"
         return lane

@@ -43,6 +43,14 @@ class Context:
     def remaining_ms(self) -> float:
         return max(0.0, (self.deadline - time.monotonic()) * 1000)
 
+    @staticmethod
+    def buffer(name: str):
+        """The node's shared-memory array `name` (made by rm:alloc) as a numpy array over
+        the shared memory, no copy: writes are seen by every worker. KeyError if none."""
+        from .buffers import buffer
+
+        return buffer(name)
+
 
 @dataclasses.dataclass(frozen=True)
 class HandlerSpec:

@@ -32,6 +32,9 @@ Rules
   dependencies at once, `max_blocked_per_client` of one tenant. The packets' data held
   by the node is bounded too: `max_queued_bytes`, `max_queued_bytes_per_client`.
 - Duplicate ids: an id already in flight in the same scope is refused (PF409).
+- Holds: a packet may also wait, BLOCKED, for something other than a packet (an rm:lock:
+  `admit(..., hold=marker)`, released by `unhold`); it counts as blocked for the bounds.
+  Whoever sets `flight.hold` is told when that packet ends, however it ends (`on_retire`).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ import collections
 import dataclasses
 import heapq
 import itertools
-from typing import Any, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 from .errors import ErrorCode
 from .flight import BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight
@@ -220,10 +223,14 @@ class Scheduler:
         self.blocked = 0
         self.dispatched = 0
         self.forwarded = 0
+        # called with every flight that ends (answered, forgotten, failed) whose `hold` is set
+        self.on_retire: Callable[[Flight], None] | None = None
 
     # ------------------------------------------------------------------ admission
-    def admit(self, flight: Flight, now: float) -> Refusal | None:
-        """Admit a local packet (queued, or blocked on dependencies) or say why not."""
+    def admit(self, flight: Flight, now: float, hold: Hashable | None = None) -> Refusal | None:
+        """Admit a local packet (queued, or blocked on dependencies) or say why not. With
+        `hold` (a marker that equals nothing but itself), it is also blocked until
+        `unhold(flight, hold)`."""
         if flight.key in self.inflight:
             return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
         if flight.lane not in self.lanes:
@@ -242,6 +249,8 @@ class Scheduler:
                     return Refusal(ErrorCode.DEPENDENCY_FAILED, f"dependency {dep!r} failed ({stored.code})")
                 continue
             waiting.add(dep)
+        if hold is not None:
+            waiting.add(hold)
         if waiting and self._reaches(scope, waiting, flight.id):
             return Refusal(ErrorCode.DEPENDENCY_FAILED,
                            f"dependency cycle: packet {flight.id!r} would wait for itself")
@@ -260,7 +269,8 @@ class Scheduler:
             self.blocked += 1
             self._loads[flight.tenant][1] += 1
             for dep in waiting:
-                self._waiters[(scope, dep)].append(flight)
+                if dep is not hold:
+                    self._waiters[(scope, dep)].append(flight)
         else:
             flight.state = QUEUED
             self.lanes[flight.lane].push(flight)
@@ -346,6 +356,21 @@ class Scheduler:
             flight.state = DISPATCHED
             self.dispatched += 1
         return flight
+
+    def unhold(self, flight: Flight, hold: Hashable) -> bool:
+        """What `flight` was held for (`admit(..., hold=)`) has come; True when it is now
+        queued (nothing else to wait for)."""
+        waiting = flight.waiting_on
+        if flight.state is not BLOCKED or waiting is None or hold not in waiting:
+            return False
+        waiting.discard(hold)
+        if waiting:
+            return False
+        self.blocked -= 1
+        self._loads[flight.tenant][1] -= 1
+        flight.state = QUEUED
+        self.lanes[flight.lane].push(flight)
+        return True
 
     def undispatch(self, flight: Flight) -> None:
         """Undo `dispatch` (no worker could take it now): first in line again."""
@@ -505,6 +530,8 @@ class Scheduler:
                 if not mine:
                     del self._origins[flight.origin]
         flight.alarm = None
+        if flight.hold is not None and self.on_retire is not None:
+            self.on_retire(flight)
         heap = self._alarms
         if len(heap) > 1024 and len(heap) > 2 * len(self.inflight):
             # Most of the alarm heap is answered packets waiting to fall off its top;

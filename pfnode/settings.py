@@ -120,6 +120,12 @@ class Settings:
     result_store_bytes: int = setting(256 * 1024 * 1024, "memory the kept results may take",
                                       hidden=True)
 
+    # Resources the standard elements hold (pfnode/elements/resources.py): rm:alloc's
+    # shared-memory buffers, and rm:cache's entries with the memoised results
+    max_buffer_bytes: int = setting(256 << 20, "shared memory rm:alloc buffers may take, node-wide")
+    cache_bytes: int = setting(64 << 20, "memory rm:cache entries and memoised results may take, "
+                               "node-wide (a quarter of it for one client)")
+
     # Autoscaling of the df lane (off by default): between min and max workers, by queue depth
     autoscale: bool = setting(False, "grow and shrink the df lane with its queue")
     autoscale_interval_ms: int = setting(1000, "how often autoscaling looks at the queue", hidden=True)
@@ -224,7 +230,8 @@ class Settings:
                      "max_queued_bytes_per_client", "max_connections", "write_buffer_high_bytes",
                      "max_write_buffer_bytes", "result_store_entries", "result_store_age_ms", "result_store_bytes",
                      "autoscale_interval_ms", "worker_blas_threads", "reroute_grace_ms", "probe_ms",
-                     "reconnect_min_ms", "reconnect_max_ms", "replay_entries"):
+                     "reconnect_min_ms", "reconnect_max_ms", "replay_entries", "max_buffer_bytes",
+                     "cache_bytes"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.worker_shm_bytes < 0 or self.shm_threshold_bytes < 0:

@@ -29,6 +29,7 @@ from typing import Callable
 import orjson
 
 from .arena import Arena, remove_orphans
+from .buffers import table_path
 from .dispatch import Dispatcher, WorkerView
 from .errors import ConfigError
 from .forkserver import ForkServer
@@ -108,6 +109,7 @@ class Supervisor:
         self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._background: set[asyncio.Task] = set()
         self.forkserver: ForkServer | None = None
+        self.buffer_table = table_path()  # rm:alloc's buffers, by name, for the workers (pfnode/buffers.py)
         self._forkserver_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -202,7 +204,7 @@ class Supervisor:
             config = {"handler_modules": self.handler_modules(), "slot": slot, "lane": lane,
                       "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
                       "arenas": [a.path for a in arenas] if arenas else None,
-                      "shm_threshold_bytes": s.shm_threshold_bytes}
+                      "shm_threshold_bytes": s.shm_threshold_bytes, "buffer_table": self.buffer_table}
             try:
                 proc = await self._launch(lane, slot, config, arenas)
             except BaseException:

@@ -178,6 +178,10 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         send(pipe.Fatal(str(exc), pid))
         return 2
+    if config.get("buffer_table"):
+        from .buffers import configure
+
+        configure(config["buffer_table"])  # rm:alloc's buffers, for ctx.buffer(name)
     memory_cap = MemoryCap()
     lane_limit_mb = config.get("memory_limit_mb")
     inbound = outbound = None

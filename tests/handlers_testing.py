@@ -111,3 +111,27 @@ def double(data):
 def inc_all(data):
     """A vectorised step for df:consume with chunk: a list in, a list out."""
     return [x + 1 for x in data]
+
+
+# -- added for tests/test_elements_stateful.py --------------------------------------------
+
+@handler("df", "span")
+def span(data):
+    """Sleep `data` seconds; when it ran (monotonic ns) and where: shows packets' overlap."""
+    start = time.monotonic_ns()
+    time.sleep(data)
+    return {"start": start, "end": time.monotonic_ns(), "pid": os.getpid()}
+
+
+@handler("df", "buf_fill")
+def buf_fill(data, ctx):
+    """Fill the node's buffer `data["name"]` with `data["value"]` through ctx.buffer."""
+    array = ctx.buffer(data["name"])
+    array[...] = data["value"]
+    return {"pid": os.getpid(), "shape": list(array.shape), "dtype": array.dtype.str}
+
+
+@handler("df", "buf_sum")
+def buf_sum(data, ctx):
+    """The sum of the node's buffer `data` as this worker sees it, and the worker's pid."""
+    return {"pid": os.getpid(), "sum": float(ctx.buffer(data).sum())}

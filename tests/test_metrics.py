@@ -327,7 +327,7 @@ def test_every_metric_is_documented_and_every_documented_metric_exists():
     """docs/OBSERVABILITY.md's metric table names exactly the pfnode_* families."""
     m = Metrics(lambda: {k: 1 for k in ("ready", "draining", "connections", "inflight", "blocked",
                                          "forwarded", "parked", "results_stored", "reactors")}
-                | {"lanes": LANES}, info={"version": "0.1.0"}, process=False)
+                | {"lanes": LANES, "elements": {"buffers": (1, 8)}}, info={"version": "0.1.0"}, process=False)
     exposed = set()
     for family in m.collect():
         exposed.add(family.name + ("_total" if family.type == "counter" else ""))

@@ -118,3 +118,23 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def answer_within_s(ctx) -> float:
+    """How long an element that answers with what it has by the deadline (ed:watch, an
+    open-ended ed:timer, rm:lock's wait) may wait: its packet's time left, less a margin (a
+    tenth of it, at most 100 ms), so that the submitter gets the element's answer rather
+    than the node's PF408."""
+    remaining = ctx.remaining_s()
+    return max(0.0, remaining - min(0.1, remaining / 10))
+
+
+def optional_ttl_ms(data: dict, key: str, default: int, high: int) -> int:
+    """A ttl or lease in ms: `data[key]` (1..high), or `default` when absent."""
+    value = optional_int(data, key, key, low=1, high=high)
+    return default if value is None else value
+
+
+def owner_name(scope: Any) -> str:
+    """A submitter scope as status shows it: a token's name, or a connection's peer address."""
+    return scope if isinstance(scope, str) else str(getattr(scope, "peer", scope))
