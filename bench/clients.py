@@ -7,10 +7,12 @@ fresh child process (`Processes.call`) and returns a dict of measurements.
   payload_client     the same for df:noop with 100 B to 1 MiB of float64 data, as a JSON list and as
                      an $ndarray, frames built as they are sent and answers checked without parsing
                      the data into floats
-  ed_load_client     ed:noop one at a time while a second connection keeps the df lane busy
-                     (df:sleep_ms) or floods the front (df:noop)
-  fairness_client    client B's sleep_ms packets one at a time, alone and while client A, on a
-                     second connection, keeps a window of the same packets in flight (df, cf)
+  ed_load_client     ed:noop one at a time while a filler process of its own, on its own
+                     connection, keeps the df lane busy (df:sleep_ms) or floods the front
+                     (df:noop)
+  fairness_client    client B's sleep_ms packets one at a time, alone and while client A, a
+                     filler process on its own connection, keeps a window of the same packets in
+                     flight (df, cf)
   fault_client       healthy df:spin_us packets, windowed then one at a time, with and without
                      a df:crash (its worker exits) every Nth packet
   consume_client     n df:noop runs as n packets from the client, as one df:consume packet, and
@@ -517,20 +519,14 @@ def _latency_stats(rtts: list[float], seconds: float) -> dict:
             "mean_ms": statistics.fmean(rtts) / 1000}
 
 
-def _still_running(task) -> None:
-    if task.done():
-        task.result()
-        raise BenchError("the filler stopped early")
-
-
-async def _until_saturated(endpoint: str, task, phase: dict) -> dict | None:
+async def _until_saturated(endpoint: str, filler, phase: dict) -> dict | None:
     """Wait until the phase's lane is saturated as the phase means it; that lane state."""
     import asyncio
 
     deadline = time.monotonic() + phase["saturate_s"]
     while True:
         await asyncio.sleep(0.05)
-        _still_running(task)
+        filler.check()
         state = await _lane_now(endpoint, phase["lane"])
         if _saturated(state, phase["saturates"]) is not False:
             return state
@@ -538,49 +534,134 @@ async def _until_saturated(endpoint: str, task, phase: dict) -> dict | None:
             raise BenchError(f"the {phase['lane']} lane did not saturate: {state}")
 
 
-async def _under_load(endpoint: str, ws, phase: dict, tag: str, timeout_s: float, measure,
+def _filler_main(conn, endpoint: str, inflight: int, group: str, element: str, data, tag: str) -> None:
+    """A filler in a process of its own (`_FillerProcess`): keeps the packets in flight until
+    told "stop", answers "count" with how many were answered so far, and sends its total
+    (or the error that stopped it) at the end."""
+    die_with_parent()
+
+    async def main() -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        async with _connect(endpoint) as ws:
+            filler = _Filler(ws, inflight, group, element, data, tag)
+            task = asyncio.ensure_future(filler.run())
+
+            def command() -> None:
+                what = conn.recv()
+                if what == "count":
+                    conn.send(("count", filler.answered))
+                else:
+                    filler.refill = False
+            loop.add_reader(conn.fileno(), command)
+            try:
+                await task
+            finally:
+                loop.remove_reader(conn.fileno())
+            conn.send(("done", filler.answered))
+
+    try:
+        run_loop(main)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _FillerProcess:
+    """A `_Filler` in a child process: the client measuring latency then shares no event
+    loop with the flood it measures under (in one process, the client's own handling of
+    the flood's answers would be counted as the node's latency)."""
+
+    def __init__(self, endpoint: str, inflight: int, group: str, element: str, data, tag: str) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_filler_main, args=(child, endpoint, inflight, group, element, data, tag),
+                                daemon=True)
+        self.proc.start()
+        child.close()
+        self.inflight, self.group, self.element = inflight, group, element
+        self.result: tuple | None = None
+
+    def check(self) -> None:
+        if self.result is None and self.conn.poll():
+            try:
+                self.result = self.conn.recv()
+            except EOFError:
+                self.result = ("exited", self.proc.exitcode)
+        if self.result is not None:
+            raise BenchError(f"the filler stopped early: {self.result}")
+        if not self.proc.is_alive():
+            raise BenchError(f"the filler process exited with {self.proc.exitcode}")
+
+    async def answered(self) -> int:
+        import asyncio
+
+        self.check()
+        self.conn.send("count")
+        loop = asyncio.get_running_loop()
+        kind, count = await loop.run_in_executor(None, self.conn.recv)
+        if kind != "count":
+            self.result = (kind, count)
+            raise BenchError(f"the filler stopped early: {self.result}")
+        return count
+
+    async def stop(self, timeout_s: float, what: str) -> int:
+        """Stop refilling; wait for the rest to be answered (checked); the answers in all."""
+        import asyncio
+
+        self.conn.send("stop")
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(None, self.conn.poll, timeout_s)
+        if not ready:
+            raise BenchError(f"{self.group}:{self.element} packets still unanswered {timeout_s:.0f} s after {what}")
+        kind, value = self.conn.recv()
+        if kind != "done":
+            raise BenchError(f"the filler failed: {value}")
+        return value
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+async def _under_load(endpoint: str, phase: dict, tag: str, timeout_s: float, measure,
                       prefix: str) -> tuple[dict, int]:
-    """`await measure()` (a dict with "elapsed_s") while a filler on `ws` keeps phase["inflight"]
+    """`await measure()` (a dict with "elapsed_s") while a filler process keeps phase["inflight"]
     packets phase["group"]:phase["element"] (data phase["data"]) in flight, from the moment
     phase["lane"] is saturated as phase["saturates"] says; the filler drained and checked at
     the end. Returns measure's dict with, under `prefix`: the filler's packets answered during
     the measurement and their rate (`packets`, `throughput`), the lane's state at its start and
     end (`lane_at_start`, `lane_at_end`) and whether it was saturated both times
     (`saturated`); and the filler's answers in all."""
-    import asyncio
-
-    filler = _Filler(ws, phase["inflight"], phase["group"], phase["element"], phase["data"], tag)
-    task = asyncio.ensure_future(filler.run())
+    filler = _FillerProcess(endpoint, phase["inflight"], phase["group"], phase["element"], phase["data"], tag)
     try:
-        at_start = await _until_saturated(endpoint, task, phase)
-        answered0 = filler.answered
+        at_start = await _until_saturated(endpoint, filler, phase)
+        answered0 = await filler.answered()
         stats = await measure()
-        answered = filler.answered - answered0
-        _still_running(task)
+        answered = await filler.answered() - answered0
         at_end = await _lane_now(endpoint, phase["lane"])
-        filler.refill = False
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        except TimeoutError:
-            raise BenchError(f"{len(filler.outstanding)} {phase['group']}:{phase['element']} packets still "
-                             f"unanswered {timeout_s:.0f} s after the {phase['name']} phase") from None
+        total = await filler.stop(timeout_s, f"the {phase['name']} phase")
     finally:
-        task.cancel()
+        filler.close()
     stats.update({f"{prefix}packets": answered, f"{prefix}throughput": answered / stats["elapsed_s"],
                   f"{prefix}lane_at_start": at_start, f"{prefix}lane_at_end": at_end,
                   f"{prefix}saturated": (_saturated(at_start, phase["saturates"])
                                          and _saturated(at_end, phase["saturates"]))})
-    return stats, filler.answered
+    return stats, total
 
 
 # ---------------------------------------------------------------------------- ed latency under load
 
 class _EdRun:
-    """ed_load_client's state: the two connections, the next ed seq, what was answered."""
+    """ed_load_client's state: the ed connection, the next ed seq, what was answered."""
 
-    def __init__(self, endpoint: str, ed_ws, df_ws, seconds: float, tag: str, timeout_s: float,
+    def __init__(self, endpoint: str, ed_ws, seconds: float, tag: str, timeout_s: float,
                  front_pids: list[int]) -> None:
-        self.endpoint, self.ed_ws, self.df_ws, self.seconds, self.tag = endpoint, ed_ws, df_ws, seconds, tag
+        self.endpoint, self.ed_ws, self.seconds, self.tag = endpoint, ed_ws, seconds, tag
         self.timeout_s, self.front_pids = timeout_s, front_pids
         self.seq, self.answered = 1, 0
 
@@ -602,7 +683,7 @@ class _EdRun:
     async def loaded(self, phase: dict) -> dict:
         """ed round trips while the df lane is kept busy (df_* keys: the df filler's)."""
         phase = {"group": "df", "lane": "df", **phase}
-        stats, answered = await _under_load(self.endpoint, self.df_ws, phase, f"{self.tag}{phase['name']}",
+        stats, answered = await _under_load(self.endpoint, phase, f"{self.tag}{phase['name']}",
                                             self.timeout_s, lambda: self.ed_round_trips(self.seconds), "df_")
         self.answered += answered
         return stats
@@ -620,8 +701,8 @@ def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, 
         out: dict = {"order": order}
         if "idle" in order and "loaded" in order:
             out["idle_first"] = order.index("idle") < order.index("loaded")
-        async with _connect(endpoint) as ed_ws, _connect(endpoint) as df_ws:
-            run = _EdRun(endpoint, ed_ws, df_ws, seconds, tag, timeout_s, front_pids)
+        async with _connect(endpoint) as ed_ws:  # the df load: a filler process of its own
+            run = _EdRun(endpoint, ed_ws, seconds, tag, timeout_s, front_pids)
             await run.ed_round_trips(min(0.5, seconds / 4))  # warm-up, not counted
             for phase in phases:
                 measure = run.idle if phase["name"] == "idle" else run.loaded
@@ -634,7 +715,7 @@ def ed_load_client(endpoint: str, seconds: float, phases: list[dict], tag: str, 
 
 # ---------------------------------------------------------------------------- fairness between clients
 
-async def _fair_lane(endpoint: str, a_ws, b_ws, spec: dict, tag: str, timeout_s: float,
+async def _fair_lane(endpoint: str, b_ws, spec: dict, tag: str, timeout_s: float,
                      alone_first: bool) -> tuple[dict, int]:
     """One lane of fairness_client: B alone and B under A's flood, in the order asked."""
     group, lane, sleep_ms = spec["group"], spec["lane"], spec["sleep_ms"]
@@ -658,7 +739,7 @@ async def _fair_lane(endpoint: str, a_ws, b_ws, spec: dict, tag: str, timeout_s:
         else:
             flood = {"name": "flood", "group": group, "lane": lane, "element": "sleep_ms", "data": sleep_ms,
                      "inflight": spec["window"], "saturates": "backlog", "saturate_s": spec["saturate_s"]}
-            out["flood"], a_answered = await _under_load(endpoint, a_ws, flood, f"{tag}{lane}a", timeout_s,
+            out["flood"], a_answered = await _under_load(endpoint, flood, f"{tag}{lane}a", timeout_s,
                                                          b_round_trips, "a_")
             answered += a_answered
     return out, answered
@@ -677,10 +758,9 @@ def fairness_client(endpoint: str, lanes: list[dict], tag: str, timeout_s: float
     a_throughput, a_saturated, ...}, "packets_answered": n}."""
     async def main() -> dict:
         out: dict = {"alone_first": alone_first, "packets_answered": 0}
-        async with _connect(endpoint) as a_ws, _connect(endpoint) as b_ws:
+        async with _connect(endpoint) as b_ws:  # client A: a filler process of its own
             for spec in lanes:
-                out[spec["lane"]], answered = await _fair_lane(endpoint, a_ws, b_ws, spec, tag, timeout_s,
-                                                               alone_first)
+                out[spec["lane"]], answered = await _fair_lane(endpoint, b_ws, spec, tag, timeout_s, alone_first)
                 out["packets_answered"] += answered
         return out
 

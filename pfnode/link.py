@@ -55,6 +55,11 @@ class NodeInterface(Protocol):
 
     def on_close(self, link: "PeerLink", code: int | None) -> None: ...
 
+    def take_frame(self) -> bool:
+        """Whether one more frame may be handled in this turn of the event loop (see
+        `PeerLink.deliver`)."""
+        ...
+
 
 class PeerLink:
     """One connected peer, as the node sees it: a way to send frames, to stop and resume
@@ -70,7 +75,8 @@ class PeerLink:
         self.credential: str | None = None  # the hash of the token it presented
         self.request_path = "/"  # the handshake's path and query, and its headers (for the token)
         self.request_headers: Any = None
-        self._pause_reasons: set[str] = set()  # "inflight" (its limit), "writing" (slow reader)
+        # "inflight" (its limit), "writing" (a slow reader), "turn" (this loop turn's frames are spent)
+        self._pause_reasons: set[str] = set()
         self._backlog: collections.deque[bytes | str] = collections.deque()
         self._draining = False
         self.metrics = getattr(node, "metrics", None) or _UNCOUNTED
@@ -114,19 +120,47 @@ class PeerLink:
     def _drain_backlog(self) -> None:
         self._draining = False
         backlog = self._backlog
+        take = getattr(self.node, "take_frame", None)
         while backlog and not self._pause_reasons and not self.closed:
+            if take is not None and not take():
+                self._next_turn()
+                return
             self.node.on_message(self, backlog.popleft())
         if not self._pause_reasons and not self.closed:
+            self._resume()
+
+    def _next_turn(self) -> None:
+        """This loop turn's frames are spent: read on in the next, after the event loop has
+        polled every socket and pipe once (so one busy peer's frames delay another's by at
+        most one turn's worth, and an ed packet never waits behind a whole flood)."""
+        self.pause_reading("turn")
+        asyncio.get_running_loop().call_soon(self._turn_over)
+
+    def _turn_over(self) -> None:
+        self._pause_reasons.discard("turn")
+        if self._pause_reasons or self.closed:
+            return
+        if self._backlog:
+            self._drain_backlog()  # at the start of the turn: before the poll, not after it
+        else:
             self._resume()
 
     # -- called by the transport
     def deliver(self, message: bytes | str) -> None:
         """One complete message from the peer. A transport that reads ahead while paused
-        keeps order through the backlog, so the in-flight limit holds exactly."""
+        keeps order through the backlog, so the in-flight limit holds exactly. Past the
+        node's frames for this loop turn (`take_frame`), it waits for the next turn."""
         if self._pause_reasons or self._backlog:
             self._backlog.append(message)
-        else:
+        elif self._take():
             self.node.on_message(self, message)
+        else:
+            self._backlog.append(message)
+            self._next_turn()
+
+    def _take(self) -> bool:
+        take = getattr(self.node, "take_frame", None)
+        return take is None or take()
 
     @property
     def backlog_bytes(self) -> int:

@@ -88,6 +88,7 @@ class Node:
         self._incidents = itertools.count(1)
         self._hosted: dict[Flight, asyncio.Task] = {}  # node elements running now
         self._hosted_scheduled = False
+        self._turn_frames = 0  # frames handled in this turn of the event loop (take_frame)
         self._completions: dict[Any, list[asyncio.Future]] = {}  # (scope, id) -> cf:gate waiters
         self.elements = ElementState(self)
 
@@ -391,6 +392,22 @@ class Node:
             self._pump()
 
     # ------------------------------------------------------------------ frames
+    def take_frame(self) -> bool:
+        """Whether a link may hand over one more frame in this turn of the event loop: at
+        most `frames_per_turn` frames are handled between two polls of the sockets and the
+        workers' pipes, so that no peer's flood holds up another's frames, or the workers'
+        answers, for longer than that."""
+        count = self._turn_frames
+        if not count:
+            if self._loop is None:
+                return True  # not started: no loop turns to count
+            self._loop.call_soon(self._new_turn)  # runs before the next poll
+        self._turn_frames = count + 1
+        return count < self.settings.frames_per_turn
+
+    def _new_turn(self) -> None:
+        self._turn_frames = 0
+
     def on_message(self, link: PeerLink, frame: bytes | str) -> None:
         """One frame from a link. Whatever goes wrong in here, the frame is answered: an
         exception becomes a PF500 naming an incident id that is also in the log."""
@@ -492,7 +509,8 @@ class Node:
             self.metrics.packet_ended(packet.group, admitted.code.value)
             link.send(protocol.encode_failure(seq, pid, admitted.code, admitted.message))
             return
-        if admitted.state is not DONE and self._awaiting(link) >= self.settings.max_inflight_per_connection:
+        limit = self.settings.max_inflight_per_connection
+        if admitted.state is not DONE and self.scheduler.count_of(link) >= limit and self._awaiting(link) >= limit:
             # Backpressure: stop reading this peer until an answer frees a slot;
             # TCP flow control then slows the sender.
             link.pause_reading("inflight")
@@ -678,7 +696,7 @@ class Node:
         """Hand queued packets out at the end of this loop turn: to workers, and the
         hosted ones to their node elements."""
         self.pool.pump()
-        if not self._hosted_scheduled and self._loop is not None:
+        if not self._hosted_scheduled and self._loop is not None and self.scheduler.lanes[HOSTED].live:
             self._hosted_scheduled = True
             self._loop.call_soon(self._start_hosted)
 
@@ -730,26 +748,31 @@ class Node:
         metadata = flight.packet.metadata
         if metadata is not None and outcome.ok and metadata.get("cache") is True:
             self.elements.answered(flight, outcome.data_json)  # rm:cache's memoisation
-        failures = self.scheduler.complete(flight, now, ok=outcome.ok,
-                                           data_json=outcome.data_json, code=outcome.code)
+        scheduler = self.scheduler
+        released = scheduler.released
+        failures = scheduler.complete(flight, now, ok=outcome.ok, data_json=outcome.data_json, code=outcome.code)
         if self._completions:
             self._completed(flight.key)
             for failed in failures:
                 self._completed(failed.flight.key)
-        packet_done = self.metrics.packet_done
-        for ended, how in ((flight, outcome), *((f.flight, failure(f.code, f.message)) for f in failures)):
-            packet_done(ended.packet.group, ended.lane, how.code, now - ended.arrived, how.duration_ms)
-            try:
-                self._deliver(ended, how)
-            except Exception:  # the reply must still go: a plain PF500 with an incident id
-                incident = f"E{next(self._incidents):06d}-{os.urandom(3).hex()}"
-                log.exception("front: internal error %s answering packet %s", incident, ended.id)
-                if ended.origin is not None:
-                    ended.origin.send(protocol.encode_failure(
-                        ended.seq, ended.id, ErrorCode.HANDLER_FAILED,
-                        f"internal error {incident}; the node's log has the details"))
-        if outcome.ok or failures:
-            self._pump()  # dependents may have become ready
+        self._answer(flight, outcome, now)
+        for failed in failures:  # its dependents, failed with it
+            self._answer(failed.flight, failure(failed.code, failed.message), now)
+        if failures or scheduler.released != released:
+            self._pump()  # dependents became ready (or a lock it held passed on)
+
+    def _answer(self, flight: Flight, outcome: Outcome, now: float) -> None:
+        self.metrics.packet_done(flight.packet.group, flight.lane, outcome.code, now - flight.arrived,
+                                 outcome.duration_ms)
+        try:
+            self._deliver(flight, outcome)
+        except Exception:  # the reply must still go: a plain PF500 with an incident id
+            incident = f"E{next(self._incidents):06d}-{os.urandom(3).hex()}"
+            log.exception("front: internal error %s answering packet %s", incident, flight.id)
+            if flight.origin is not None:
+                flight.origin.send(protocol.encode_failure(
+                    flight.seq, flight.id, ErrorCode.HANDLER_FAILED,
+                    f"internal error {incident}; the node's log has the details"))
 
     def _deliver(self, flight: Flight, outcome: Outcome) -> None:
         origin = flight.origin

@@ -48,8 +48,11 @@ _INT64_MIN, _UINT64_MAX = -2**63, 2**64 - 1  # the integers orjson reads and wri
 DECODER_FAILED = "the node failed to read this frame (a bug in the node, logged there)"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Packet:
+    """A packet, as accepted. Not changed once made (not frozen only because a frozen
+    dataclass's construction costs the front's hot path several times as much)."""
+
     id: str
     group: str
     element: str
@@ -59,10 +62,10 @@ class Packet:
     dependencies: tuple[str, ...] | None = None
     metadata: dict | None = None
     version: str = VERSION
+    key: str = dataclasses.field(init=False, repr=False, compare=False)  # "group:element"
 
-    @property
-    def key(self) -> str:
-        return f"{self.group}:{self.element}"
+    def __post_init__(self) -> None:
+        self.key = f"{self.group}:{self.element}"
 
     def to_wire(self) -> dict:
         wire = {"version": self.version, "id": self.id, "group": self.group,
@@ -381,14 +384,59 @@ def _decode_lazily(frame: str | bytes, max_timeout_ms: int | None) -> Message | 
                       "error": orjson.loads(bytes(p.error)) if len(p.error) else None,
                       "duration_ms": p.duration_ms}
             return Message("result", seq, parse_result(fields))
-        fields = {"version": p.version, "id": p.id, "group": p.group, "element": p.element,
-                  "data": p.data, "priority": p.priority, "timeout_ms": p.timeout_ms,
-                  "dependencies": p.dependencies, "metadata": p.metadata}
-        return Message("submit", seq, parse_packet(fields, max_timeout_ms=max_timeout_ms))
+        packet = _packet_of_wire(p, max_timeout_ms)
+        return None if packet is None else Message("submit", seq, packet)
     except (_Invalid, orjson.JSONDecodeError):
         # msgspec reads integers beyond 64 bits exactly, orjson as floats (or refuses them as
         # infinity): the general path gives the answer decoding without raw_data gives
         return None
+
+
+_KNOWN_ELEMENTS: set[str] = set()  # element names seen valid (at most _MAX_KNOWN), to skip the regex
+
+
+def _valid_element(element: Any) -> bool:
+    if type(element) is not str:
+        return False
+    if element in _KNOWN_ELEMENTS:
+        return True
+    if not _ELEMENT_RE.fullmatch(element):
+        return False
+    if len(_KNOWN_ELEMENTS) < 4096:
+        _KNOWN_ELEMENTS.add(element)
+    return True
+
+
+def _packet_of_wire(p: _PacketWire, max_timeout_ms: int | None) -> Packet | None:
+    """`parse_packet`'s rules, read straight off the wire struct: the Packet when every
+    check passes, else None (the general path then says what is wrong). The front's hot
+    path; tests/test_protocol_properties.py checks both paths agree on every frame."""
+    if p.version != VERSION or type(p.version) is not str:
+        return None
+    pid, group, element, priority, timeout_ms = p.id, p.group, p.element, p.priority, p.timeout_ms
+    if type(pid) is not str or not 0 < len(pid) <= MAX_ID_CHARS or type(group) is not str \
+            or group not in GROUPS or not _valid_element(element):
+        return None
+    if priority is None:
+        priority = 5
+    elif type(priority) is not int or not 1 <= priority <= 10:
+        return None
+    if timeout_ms is not None:
+        if type(timeout_ms) is float and timeout_ms.is_integer():
+            timeout_ms = int(timeout_ms)
+        if type(timeout_ms) is not int or timeout_ms <= 0 or timeout_ms > (
+                MAX_TIMEOUT_MS if max_timeout_ms is None else min(max_timeout_ms, MAX_TIMEOUT_MS)):
+            return None
+    deps = p.dependencies
+    if deps is not None:
+        if type(deps) is not list or len(deps) > MAX_DEPENDENCIES or not all(
+                type(d) is str and 0 < len(d) <= MAX_ID_CHARS for d in deps):
+            return None
+        deps = tuple(deps)
+    metadata = p.metadata
+    if metadata is not None and (type(metadata) is not dict or (metadata and _unpassable(metadata) is not None)):
+        return None
+    return Packet(pid, group, element, p.data, priority, timeout_ms, deps, metadata)
 
 
 def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:

@@ -67,7 +67,7 @@ class Failure:
     message: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class StoredResult:
     ok: bool
     data_json: bytes | None  # the result's data as JSON (success)
@@ -87,13 +87,20 @@ class ResultStore:
         self._results: collections.OrderedDict[Hashable, StoredResult] = collections.OrderedDict()
 
     def put(self, key: Hashable, result: StoredResult) -> None:
-        self._drop(key)
-        if result.data_json is not None and len(result.data_json) > self.max_bytes:
-            result = dataclasses.replace(result, data_json=None)  # too big to keep: remember the outcome only
-        self._results[key] = result
-        self.bytes += len(result.data_json or b"")
-        while len(self._results) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(self._results)))
+        results = self._results
+        if key in results:
+            self._drop(key)
+        data = result.data_json
+        if data is not None:
+            if len(data) > self.max_bytes:
+                result.data_json = None  # too big to keep: remember the outcome only
+            else:
+                self.bytes += len(data)
+        results[key] = result
+        while len(results) > self.max_entries or self.bytes > self.max_bytes:
+            _, old = results.popitem(last=False)  # the oldest
+            if old.data_json is not None:
+                self.bytes -= len(old.data_json)
 
     def _drop(self, key: Hashable) -> None:
         old = self._results.pop(key, None)
@@ -114,6 +121,13 @@ class ResultStore:
 
     def __len__(self) -> int:
         return len(self._results)
+
+
+MAX_DEADLINE_QUEUES = 64  # distinct timeouts with a queue of their own; packets of others use the heap
+
+
+def _when_and_order(item: tuple[float, int, Flight]) -> tuple[float, int]:
+    return item[0], item[1]
 
 
 class _Level:
@@ -145,7 +159,10 @@ class LaneQueue:
     def __init__(self, aging_s: float) -> None:
         self.aging_s = aging_s
         self._levels = [_Level() for _ in range(11)]
-        self.live = 0  # flights still QUEUED (the FIFOs also hold stale ones, skipped lazily)
+        # flights still QUEUED per level (the FIFOs also hold stale ones, skipped lazily): a
+        # pop looks at the levels that have one, not at all ten
+        self._counts = [0] * 11
+        self.live = 0
 
     def push(self, flight: Flight) -> None:
         level = self._levels[flight.priority]
@@ -159,6 +176,7 @@ class LaneQueue:
             level.tenants.move_to_end(flight.tenant, last=False)
         else:
             fifo.append(flight)
+        self._counts[flight.priority] += 1
         self.live += 1
 
     def unpop(self, flight: Flight) -> None:
@@ -169,7 +187,14 @@ class LaneQueue:
             fifo = level.tenants[flight.tenant] = collections.deque()
         fifo.appendleft(flight)
         level.tenants.move_to_end(flight.tenant, last=False)
+        self._counts[flight.priority] += 1
         self.live += 1
+
+    def discard(self, flight: Flight) -> None:
+        """`flight`, queued here, left the queue otherwise (answered, forgotten): its
+        entry is skipped when its level's turn comes."""
+        self._counts[flight.priority] -= 1
+        self.live -= 1
 
     def effective_priority(self, flight: Flight, now: float) -> int:
         if self.aging_s <= 0:
@@ -177,22 +202,35 @@ class LaneQueue:
         return min(10, flight.priority + int((now - flight.arrived) / self.aging_s))
 
     def pop(self, now: float) -> Flight | None:
+        if not self.live:
+            return None
         best: Flight | None = None
         best_rank = (0, 0)
-        for level in self._levels:
-            head = level.head()
-            if head is not None:
-                rank = (self.effective_priority(head, now), -head.order)
-                if best is None or rank > best_rank:
-                    best, best_rank = head, rank
+        counts, levels, aging_s = self._counts, self._levels, self.aging_s
+        for priority in range(10, 0, -1):
+            if not counts[priority]:
+                continue
+            head = levels[priority].head()
+            if head is None:
+                continue
+            if aging_s > 0:
+                effective = min(10, priority + int((now - head.arrived) / aging_s))
+            else:
+                effective = priority
+            if best is None or effective > best_rank[0] or (effective == best_rank[0] and
+                                                            -head.order > best_rank[1]):
+                best, best_rank = head, (effective, -head.order)
+            if aging_s <= 0:
+                break  # without aging, nothing below the highest level with a packet outranks it
         if best is not None:
-            tenants = self._levels[best.priority].tenants
+            tenants = levels[best.priority].tenants
             fifo = tenants[best.tenant]
             fifo.popleft()
             if fifo:
                 tenants.move_to_end(best.tenant)  # the next tenant's turn
             else:
                 del tenants[best.tenant]
+            counts[best.priority] -= 1
             self.live -= 1
         return best
 
@@ -218,11 +256,16 @@ class Scheduler:
         self.inflight: dict[Hashable, Flight] = {}  # every flight not DONE, by (scope, id)
         self._origins: dict[Any, dict[Hashable, Flight]] = {}  # origin -> its flights
         self._waiters: dict[Hashable, list[Flight]] = collections.defaultdict(list)  # dep key -> blocked
+        # Time: each packet's deadline waits in the queue of its timeout (admitted in deadline
+        # order, so each queue is sorted: a deque, O(1) both ends); an earlier alarm, or a
+        # deadline out of its queue's order, in the heap.
+        self._deadlines: dict[int, collections.deque[Flight]] = {}
         self._alarms: list[tuple[float, int, Flight]] = []
         self._order = itertools.count()
         self.blocked = 0
         self.dispatched = 0
         self.forwarded = 0
+        self.released = 0  # blocked packets that became ready, ever (a caller sees whether to pump)
         # called with every flight that ends (answered, forgotten, failed) whose `hold` is set
         self.on_retire: Callable[[Flight], None] | None = None
 
@@ -345,8 +388,14 @@ class Scheduler:
             if mine is None:
                 mine = self._origins[flight.origin] = {}
             mine[flight.key] = flight
-        flight.alarm = flight.deadline
-        heapq.heappush(self._alarms, (flight.deadline, flight.order, flight))
+        flight.alarm = deadline = flight.deadline
+        queue = self._deadlines.get(flight.timeout_ms)
+        if queue is None and len(self._deadlines) < MAX_DEADLINE_QUEUES:
+            queue = self._deadlines[flight.timeout_ms] = collections.deque()
+        if queue is not None and (not queue or queue[-1].deadline <= deadline):
+            queue.append(flight)
+        else:
+            heapq.heappush(self._alarms, (deadline, flight.order, flight))
 
     # ------------------------------------------------------------------ local packets
     def dispatch(self, lane: str, now: float) -> Flight | None:
@@ -370,6 +419,7 @@ class Scheduler:
         self._loads[flight.tenant][1] -= 1
         flight.state = QUEUED
         self.lanes[flight.lane].push(flight)
+        self.released += 1
         return True
 
     def undispatch(self, flight: Flight) -> None:
@@ -394,6 +444,9 @@ class Scheduler:
         queued."""
         self._retire(flight)
         failures: list[Failure] = []
+        if not self._waiters or flight.key not in self._waiters:  # nothing waits for it: the usual case
+            self.results.put(flight.key, StoredResult(ok, data_json, code, now))
+            return failures
         pending = [(flight.scope, flight.id, ok, data_json, code)]
         while pending:
             scope, done_id, done_ok, done_json, done_code = pending.pop()
@@ -408,6 +461,7 @@ class Scheduler:
                         self._loads[waiter.tenant][1] -= 1
                         waiter.state = QUEUED
                         self.lanes[waiter.lane].push(waiter)
+                        self.released += 1
                 else:
                     message = f"dependency {done_id!r} failed ({done_code})"
                     failures.append(Failure(waiter, ErrorCode.DEPENDENCY_FAILED, message))
@@ -446,7 +500,7 @@ class Scheduler:
     def set_alarm(self, flight: Flight, when: float) -> None:
         """Look at `flight` again at `when`, or at its deadline if that comes first."""
         if when >= flight.deadline:
-            flight.alarm = flight.deadline  # its deadline's item is in the heap since admission
+            flight.alarm = flight.deadline  # its deadline's item is waiting since admission
         else:
             flight.alarm = when
             heapq.heappush(self._alarms, (when, next(self._order), flight))
@@ -459,8 +513,9 @@ class Scheduler:
         alarm is the deadline unless it sets an earlier one."""
         due = []
         heap = self._alarms
-        while heap and heap[0][0] <= now:
-            when, _, flight = heapq.heappop(heap)
+        while heap and heap[0][0] <= now:  # first the heap: an early alarm may defer to its deadline's item
+            item = heapq.heappop(heap)
+            when, _, flight = item
             if flight.state is DONE or flight.alarm != when:
                 continue  # answered, or its alarm moved
             if when < flight.deadline:
@@ -469,18 +524,39 @@ class Scheduler:
                     continue  # whose own item comes later in this same tick
             else:
                 flight.alarm = None
-            due.append(flight)
-        return due
+            due.append(item)
+        for queue in self._deadlines.values():
+            while queue and queue[0].deadline <= now:
+                flight = queue.popleft()
+                if flight.state is DONE or flight.alarm is None:
+                    continue  # answered, or its deadline was seen to already
+                flight.alarm = None
+                due.append((flight.deadline, flight.order, flight))
+        if len(due) > 1:
+            due.sort(key=_when_and_order)
+        return [item[2] for item in due]
 
     def next_alarm(self) -> float | None:
+        best = None
         heap = self._alarms
         while heap:
             when, _, flight = heap[0]
             if flight.state is not DONE and flight.alarm is not None and (
                     flight.alarm == when or flight.deadline == when):
-                return when
+                best = when
+                break
             heapq.heappop(heap)  # answered, or its alarm moved
-        return None
+        for queue in self._deadlines.values():
+            while queue and (queue[0].state is DONE or queue[0].alarm is None):
+                queue.popleft()
+            if queue and (best is None or queue[0].deadline < best):
+                best = queue[0].deadline
+        return best
+
+    @property
+    def alarm_entries(self) -> int:
+        """Entries the time table holds (answered packets included, until they are dropped)."""
+        return len(self._alarms) + sum(len(queue) for queue in self._deadlines.values())
 
     def dependency_results(self, flight: Flight, now: float) -> dict[str, bytes]:
         """The JSON results of a packet's dependencies, for its handler's ctx."""
@@ -506,7 +582,7 @@ class Scheduler:
         if state is DONE:
             return
         if state is QUEUED:
-            self.lanes[flight.lane].live -= 1
+            self.lanes[flight.lane].discard(flight)
         elif state is BLOCKED:
             self.blocked -= 1
             self._loads[flight.tenant][1] -= 1
@@ -532,6 +608,14 @@ class Scheduler:
         flight.alarm = None
         if flight.hold is not None and self.on_retire is not None:
             self.on_retire(flight)
+        queue = self._deadlines.get(flight.timeout_ms)
+        if queue:
+            while queue and queue[0].state is DONE:
+                queue.popleft()  # answered in the order they came: the queue stays short
+            if len(queue) > 1024 and len(queue) > 2 * len(self.inflight):  # one slow packet holds the head
+                live = [f for f in queue if f.state is not DONE]
+                queue.clear()
+                queue.extend(live)
         heap = self._alarms
         if len(heap) > 1024 and len(heap) > 2 * len(self.inflight):
             # Most of the alarm heap is answered packets waiting to fall off its top;

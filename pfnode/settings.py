@@ -78,6 +78,12 @@ class Settings:
     rm_workers: int = setting(1, "memory-limited workers for rm packets (0 sends rm to df)")
     cf_core: int | None = setting(None, "core the cf worker is pinned to (auto: the last usable one)")
     rm_memory_limit_mb: int = setting(1024, "address space an rm handler may add to its worker")
+    frames_per_turn: int = setting(64, "frames the front takes from its peers in one turn of its event loop "
+                                   "before it polls every socket and pipe again (bounds how long one "
+                                   "peer's flood delays another's frames)", hidden=True)
+    batch_nice: int = setting(5, "niceness the cf, df and rm workers add to the node's, so that "
+                              "the front and the ed lane get the CPU first on a saturated machine "
+                              "(0: all alike)")
     handler_modules: tuple[str, ...] = setting(
         DEFAULT_HANDLER_MODULES, "handler modules to import", flags=("--handlers",))
     data_elements: bool = setting(True, "register the standard df:produce, df:transform and df:reduce in "
@@ -221,10 +227,12 @@ class Settings:
             problems.append("need 1 <= df_min_workers <= df_max_workers")
         if self.worker_window < 1:
             problems.append(f"worker_window must be >= 1, got {self.worker_window}")
+        if not 0 <= self.batch_nice <= 19:
+            problems.append(f"batch_nice must be 0..19 (a niceness added to the node's), got {self.batch_nice}")
         if self.prefetch_ms < 0:
             problems.append(f"prefetch_ms must be >= 0, got {self.prefetch_ms}")
         for name in ("default_timeout_ms", "max_timeout_ms", "max_frame_bytes",
-                     "max_inflight_per_connection", "heartbeat_interval_ms",
+                     "max_inflight_per_connection", "heartbeat_interval_ms", "frames_per_turn",
                      "heartbeat_missed_limit", "worker_start_timeout_ms", "rm_memory_limit_mb",
                      "max_queued", "max_blocked", "max_blocked_per_client", "max_queued_bytes",
                      "max_queued_bytes_per_client", "max_connections", "write_buffer_high_bytes",

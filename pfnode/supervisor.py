@@ -52,6 +52,7 @@ class LaneSpec:
     cpu: int | None = None  # pin every worker of the lane to this core
     memory_limit_mb: int | None = None  # default address-space cap for its handlers
     resizable: bool = True
+    nice: int = 0  # niceness its workers add to the node's (the ed lane: none)
 
 
 def recommended_df_workers(settings: Settings) -> int:
@@ -67,12 +68,15 @@ def lane_specs(settings: Settings) -> dict[str, LaneSpec]:
     cf_core = settings.cf_core if settings.cf_core is not None else max(os.sched_getaffinity(0))
     return {
         # cf: strictly sequential, so one worker, one packet at a time, one core
-        "cf": LaneSpec("cf", 1, 1, cpu=cf_core, resizable=False),
-        "df": LaneSpec("df", settings.workers or recommended_df_workers(settings), settings.worker_window),
+        "cf": LaneSpec("cf", 1, 1, cpu=cf_core, resizable=False, nice=settings.batch_nice),
+        "df": LaneSpec("df", settings.workers or recommended_df_workers(settings), settings.worker_window,
+                       nice=settings.batch_nice),
         # ed: reserved workers that take one packet at a time, so an ed packet never
-        # waits behind df work nor behind another packet prefetched to its worker
+        # waits behind df work nor behind another packet prefetched to its worker; at the
+        # front's CPU priority, so that on a saturated machine it is not queued behind them
         "ed": LaneSpec("ed", settings.ed_workers, 1),
-        "rm": LaneSpec("rm", settings.rm_workers, 1, memory_limit_mb=settings.rm_memory_limit_mb),
+        "rm": LaneSpec("rm", settings.rm_workers, 1, memory_limit_mb=settings.rm_memory_limit_mb,
+                       nice=settings.batch_nice),
     }
 
 
@@ -202,7 +206,7 @@ class Supervisor:
         try:
             arenas = self._arenas(lane, slot)
             config = {"handler_modules": self.handler_modules(), "slot": slot, "lane": lane,
-                      "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb,
+                      "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb, "nice": spec.nice,
                       "arenas": [a.path for a in arenas] if arenas else None,
                       "shm_threshold_bytes": s.shm_threshold_bytes, "buffer_table": self.buffer_table}
             try:

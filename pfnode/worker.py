@@ -174,6 +174,8 @@ def main(argv: list[str]) -> int:
                                f"this worker {pipe.VERSION}")
         if config.get("cpu") is not None:
             os.sched_setaffinity(0, {config["cpu"]})
+        if config.get("nice"):
+            os.nice(config["nice"])  # a batch lane: the front and the ed lane go first
         load_handler_modules(config.get("handler_modules", []))
     except Exception as exc:
         send(pipe.Fatal(str(exc), pid))

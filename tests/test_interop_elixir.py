@@ -419,10 +419,12 @@ def start_peer(elixir: str, endpoint: str) -> ElixirPeer:
 def hub_node(tmp_path_factory):
     """A node of this module's own, with no handler for what the Elixir peer serves."""
     running = start_node(tmp_path_factory.mktemp("elixir-hub"), BARE, handlers=BARE_HANDLERS, tokens=True)
-    handlers = running.health()["handlers"]
-    assert not set(ELIXIR_KEYS) & set(handlers), handlers
-    yield running
-    running.stop()
+    try:  # a failed check must not leave the node running
+        handlers = running.health()["handlers"]
+        assert not set(ELIXIR_KEYS) & set(handlers), handlers
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="module")

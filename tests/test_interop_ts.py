@@ -163,10 +163,12 @@ def bare_node(tmp_path_factory):
     outlives a test (the disconnect test needs to be sure no other reactor can take over)."""
     running = start_node(tmp_path_factory.mktemp("bare-node"), "--reroute-grace-ms", str(REROUTE_GRACE_MS),
                          BARE, handlers=BARE_HANDLERS, tokens=True)
-    handlers = running.health()["handlers"]
-    assert "df:transform" not in handlers and not set(TS_KEYS) & set(handlers), handlers
-    yield running
-    running.stop()
+    try:  # a failed check must not leave the node running
+        handlers = running.health()["handlers"]
+        assert "df:transform" not in handlers and not set(TS_KEYS) & set(handlers), handlers
+        yield running
+    finally:
+        running.stop()
 
 
 TIMEOUT_MS = 10_000  # every submit's own deadline: a lost answer fails the test, not the suite

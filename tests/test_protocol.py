@@ -1302,10 +1302,11 @@ def test_a_check_that_raises_is_answered_pf500_and_logged(raw_data, monkeypatch,
     connection (1011) and lose its in-flight packets over one frame."""
     import pfnode.protocol as protocol
 
-    def broken(obj, **kwargs):
+    def broken(*args, **kwargs):
         raise KeyError("a bug")
 
     monkeypatch.setattr(protocol, "parse_packet", broken)
+    monkeypatch.setattr(protocol, "_packet_of_wire", broken)  # the raw_data path's own checks
     rejected = decode(submit(seq=8), raw_data=raw_data)
     payload = assert_error_reply(rejected, "PF500", 0)
     assert payload["message"] == protocol.DECODER_FAILED

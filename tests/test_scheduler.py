@@ -23,6 +23,10 @@ def check_counts(s: Scheduler) -> None:
     """The scheduler's counters agree with the states of its in-flight entries."""
     states = [e.state for e in s.inflight.values()]
     assert s.queued == states.count(QUEUED) == sum(len(q) for q in s.lanes.values())
+    for name, queue in s.lanes.items():  # each level's count, which pop trusts to skip empty levels
+        for priority in range(1, 11):
+            assert queue._counts[priority] == sum(1 for e in s.inflight.values() if e.state is QUEUED
+                                                  and e.lane == name and e.priority == priority), (name, priority)
     assert s.blocked == states.count(BLOCKED)
     assert s.dispatched == states.count(DISPATCHED)
 
@@ -146,7 +150,7 @@ def test_deadline_heap_is_compacted_as_packets_complete(clock):
         s.admit(e, clock.now)
         s.dispatch("df", clock.now)
         s.complete(e, clock.now, ok=True, data_json=b"0")
-    assert len(s._alarms) <= 2100  # answered packets do not pile up until their deadline
+    assert s.alarm_entries <= 2100  # answered packets do not pile up until their deadline
 
 
 def test_expired_queued_packet_is_skipped_by_dispatch(clock):
@@ -386,8 +390,10 @@ def test_random_event_sequences_keep_the_counters_and_states_consistent():
         op = rng.random()
         if op < 0.35:
             deps = tuple(f"p{rng.randrange(max(1, step))}" for _ in range(rng.randrange(3)))
-            s.admit(entry(f"p{step}", rng.randint(1, 10), lane=rng.choice(["cf", "df"]),
-                           deadline=clock.now + rng.uniform(0.05, 2.0), deps=deps), clock.now)
+            e = entry(f"p{step}", rng.randint(1, 10), lane=rng.choice(["cf", "df"]),
+                      deadline=clock.now + rng.uniform(0.05, 2.0), deps=deps)
+            e.timeout_ms = rng.choice((0, 100, 2000))  # the time table's queues, and its heap for the rest
+            s.admit(e, clock.now)
         elif op < 0.6:
             got = s.dispatch(rng.choice(["cf", "df"]), clock.now)
             if got is not None:
@@ -405,11 +411,23 @@ def test_random_event_sequences_keep_the_counters_and_states_consistent():
         elif op < 0.85 and dispatched:
             back = dispatched.pop(rng.randrange(len(dispatched)))
             s.requeue(back)
-        elif op < 0.9 and s.inflight:
+        elif op < 0.88 and s.inflight:
             s.forget(rng.choice(list(s.inflight.values())))
+        elif op < 0.92 and s.inflight:  # an earlier alarm (the hub's probe window)
+            s.set_alarm(rng.choice(list(s.inflight.values())), clock.now + rng.uniform(0.0, 0.5))
         else:
-            for late in s.tick(clock.advance(rng.uniform(0.0, 0.2))):
-                s.complete(late, clock.now, ok=False, code="PF408")
+            now = clock.advance(rng.uniform(0.0, 0.2))
+            next_alarm = s.next_alarm()
+            due = s.tick(now)
+            assert len(set(map(id, due))) == len(due), "a packet came back twice in one tick"
+            assert all(f.state is not DONE for f in due)
+            if due:
+                assert next_alarm is not None and next_alarm <= now
+            for late in due:
+                if late.deadline <= now:
+                    s.complete(late, clock.now, ok=False, code="PF408")
+            # every deadline that has passed came back: nothing in flight is past it
+            assert not [f for f in s.inflight.values() if f.deadline <= now], "a passed deadline was missed"
         check_counts(s)
         assert s.queued + s.blocked <= 60
 
