@@ -21,10 +21,11 @@ How a packet goes
   longer kept) is sent from the node's result store. The node still waits for the
   dependencies to complete (the scheduler's BLOCKED state), so a failed dependency still
   fails its dependents PF006 without running them.
-- Results are gathered in batches (one gather per loop turn for every task that finished in
-  it), straight from the workers (`--no-dask-direct`: through the scheduler) and answered.
-- Each task says when it starts (an event on this node's topic), so that the node knows which
-  packets run and on which worker.
+- Each task says when it starts and how it ended (events on this node's topic, which the
+  scheduler forwards on the client's stream): the node knows which packets run, where, and
+  gets small results without a request of its own. Larger results are gathered in batches
+  (one request per loop turn), straight from the workers (`--no-dask-direct`: through the
+  scheduler).
 
 Endings (every packet is answered once, whatever Dask does)
 - Deadline (`expire`, called by the node's timer): PF408 at once. A task that had not
@@ -33,7 +34,9 @@ Endings (every packet is answered once, whatever Dask does)
   discarded.
 - A worker lost while running the packet: PF502, unless the packet asked for more runs
   (`metadata.retries`: 0-10): then it is submitted again, up to that many times. A packet
-  that the lost worker held but had not started is submitted again without counting as a run.
+  that the lost worker held but cannot have started (its threads were all running other
+  packets of this node) is submitted again without counting as a run; one that may have
+  started (its "started" event can die with the worker) counts as lost: at most once.
 - The submitter left (`cancel`): a packet not started is cancelled; a running one runs on
   (its answer goes nowhere), as in the local pool.
 - The cluster unreachable (the client lost its scheduler, or never reached it): every packet
@@ -118,7 +121,7 @@ def retries_of(metadata: Any) -> int:
 class Attempt:
     """One run of a packet on the cluster: its task's future and where it started."""
 
-    __slots__ = ("flight", "future", "token", "run", "worker")
+    __slots__ = ("flight", "future", "token", "run", "worker", "unstarted")
 
     def __init__(self, flight: Flight, future: Any, token: str, run: int) -> None:
         self.flight = flight
@@ -126,6 +129,7 @@ class Attempt:
         self.token = token  # its Dask key
         self.run = run  # 1 for its first run, 2 for its first retry, ...
         self.worker: str | None = None  # the worker it started on (None: not started yet)
+        self.unstarted = False  # its worker died, and it is known not to have started there
 
 
 class LocalCluster:
@@ -189,7 +193,7 @@ class DaskLane:
         # the DASK lane: a queue of the node's scheduler like the others (same aging)
         scheduler.lanes.setdefault(DASK, LaneQueue(settings.aging_ms / 1000))
         self.tag = uuid.uuid4().hex[:8]
-        self.topic = f"pfnode-{self.tag}"  # where this node's tasks say they started
+        self.topic = f"pfnode-{self.tag}"  # where this node's tasks say they started and ended
         self.state = STARTING
         self.problem: str | None = None  # why the cluster is unusable now (None: it is usable)
         self.client: Any = None
@@ -271,7 +275,7 @@ class DaskLane:
         client = await Client(self.address, asynchronous=True, timeout=timeout_s, set_as_default=False,
                               direct_to_workers=self.settings.dask_direct, name=f"pfnode-{self.tag}")
         try:
-            client.subscribe_topic(self.topic, self._on_started)
+            client.subscribe_topic(self.topic, self._on_task_event)
             client.subscribe_topic("all", self._on_cluster_event)
             try:
                 await client.register_plugin(HandlerModules(self.modules), name="pfnode-handlers")
@@ -512,11 +516,11 @@ class DaskLane:
     def _errored(self, attempt: Attempt, exc: BaseException) -> None:
         """The task itself failed (not the handler, whose errors are answers)."""
         if type(exc).__name__ == "KilledWorker":
-            worker = getattr(getattr(exc, "last_worker", None), "address", None) or attempt.worker
-            if attempt.worker is not None:
-                self._lost(attempt, worker)
-            else:  # it never started: the dead worker only held it
+            if attempt.unstarted:  # it never started: the dead worker only held it
+                self.counters["requeued"] += 1
                 self._resubmit(attempt, attempt.run)
+            else:
+                self._lost(attempt, getattr(getattr(exc, "last_worker", None), "address", None) or attempt.worker)
             return
         text = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ImportError):
@@ -545,7 +549,6 @@ class DaskLane:
 
     def _resubmit(self, attempt: Attempt, run: int) -> None:
         self._forget(attempt)
-        self.counters["resubmitted"] += 1
         flight = attempt.flight
         if flight.state is DISPATCHED and self.state is READY:
             self._submit(flight, self.clock(), run)
@@ -633,11 +636,22 @@ class DaskLane:
         self.wake()
 
     # ------------------------------------------------------------------ events from the cluster
-    def _on_started(self, event: Any) -> None:
-        _, (token, worker) = event
+    def _on_task_event(self, event: Any) -> None:
+        """A task of ours started, or ended with a small result (pfnode/daskworker.py)."""
+        from . import pipe
+
+        _, msg = event
+        kind, token = msg[0], msg[1]
         attempt = self.by_token.get(token)
-        if attempt is not None:
-            attempt.worker = worker
+        if attempt is None:
+            return
+        if kind == "started":
+            attempt.worker = msg[2]
+        elif kind == "done":
+            self.counters["results_by_event"] += 1
+            self._answered(attempt, pipe.Done(0, msg[2], msg[3]))
+        elif kind == "failed":
+            self._answered(attempt, pipe.Failed(0, msg[2], msg[3], msg[4]))
 
     def _on_cluster_event(self, event: Any) -> None:
         _, msg = event
@@ -646,12 +660,7 @@ class DaskLane:
         action = msg.get("action")
         if action == "remove-worker":
             worker = msg.get("worker")
-            self.workers.pop(worker, None)
-            self.missing.pop(worker, None)
-            for token in msg.get("processing-tasks") or ():
-                attempt = self.by_token.get(token)
-                if attempt is not None and attempt.worker == worker:
-                    self._lost(attempt, worker)
+            self._worker_gone(worker, msg.get("processing-tasks") or ())
             lost = msg.get("lost-computed-tasks")
             if lost and self.kept:  # not computed again for us: the node has their results
                 for key in [key for key, kept in self.kept.items() if kept[1] in lost]:
@@ -660,6 +669,21 @@ class DaskLane:
             from .daskworker import worker_keys
 
             self._background(self._worker_added(worker_keys))
+
+    def _worker_gone(self, worker: str, processing: Any) -> None:
+        """A worker left with these tasks assigned. Those of ours that started there are lost.
+        One whose start the node had not heard of yet may have started all the same (the
+        event may have died with the worker): it counts as lost too, unless the worker's
+        threads were all known to be running other packets of ours, so it cannot have."""
+        threads = int((self.workers.pop(worker, None) or {}).get("nthreads") or 1)
+        self.missing.pop(worker, None)
+        ours = [a for a in map(self.by_token.get, processing) if a is not None]
+        running = sum(1 for a in ours if a.worker == worker)
+        for attempt in ours:
+            if attempt.worker == worker or running < threads:
+                self._lost(attempt, worker)
+            else:
+                attempt.unstarted = True  # Dask sends it elsewhere, or fails it (KilledWorker): run again
 
     async def _worker_added(self, worker_keys: Callable) -> None:
         try:

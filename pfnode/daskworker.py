@@ -4,9 +4,11 @@
 node's handler modules (once per process), tells the node that the packet started (an event
 on the node's own topic: so a worker lost mid-packet can be told from one that had not
 started it), and runs the packet with `pfnode.worker.run_task`, as a pool worker does. It
-returns run_task's `pipe.Done` or `pipe.Failed`: the node gathers it to answer the packet,
-and a dependent packet's task is given it by Dask from the dependency's future, on the
-cluster, so a dependency's result never travels back through the node to reach it.
+returns run_task's `pipe.Done` or `pipe.Failed`, which Dask keeps on the worker: a dependent
+packet's task is given it by Dask from the dependency's future, on the cluster, so a
+dependency's result never travels back through the node to reach it. The node learns the
+answer from a second event (results up to EVENT_RESULT_BYTES: no request of its own, the
+scheduler forwards it on the stream it already has), or gathers it from the worker (larger).
 
 `HandlerModules` is the worker plugin that imports the handler modules on every worker, those
 that join later included; a worker that cannot import them, or whose modules do not register
@@ -33,6 +35,11 @@ except ImportError:  # dask is an extra: without it this module still imports (a
     WorkerPlugin = object  # type: ignore[misc,assignment]
 
 log = logging.getLogger("pfnode.dask")
+
+# Results up to this size reach the node in the "done" event; larger ones it gathers. The
+# scheduler keeps each topic's last 1 000 events (distributed.admin.low-level-log-length), so
+# this bounds what a node's topic can hold there to about 64 MiB.
+EVENT_RESULT_BYTES = 64 * 1024
 
 _imported: dict[tuple[str, ...], str | None] = {}  # handler modules -> why importing them failed
 
@@ -75,15 +82,22 @@ def run_packet(modules: tuple[str, ...], topic: str, token: str, key: str, data:
     from distributed import get_worker
 
     worker = get_worker()
-    worker.log_event(topic, (token, worker.address))  # "started": before anything can fail
+    worker.log_event(topic, ("started", token, worker.address))  # before anything can fail
     error = import_handlers(modules)
     if default_registry.get(key) is None:
         why = (f": its handler modules failed to import: {error}" if error is not None
                else f"; its handler modules ({', '.join(modules)}) do not register it")
-        return pipe.Failed(0, "PF001", f"no handler for {key} on Dask worker {worker.address}{why}", 0.0)
-    deps = None
-    if dependencies:
-        deps = {dep: value.body if isinstance(value, pipe.Done) else value
-                for dep, value in dependencies.items() if value is not None}
-    deadline = time.monotonic() + (deadline_wall - time.time())
-    return run_task(default_registry, pipe.Task(0, key, data, packet_id, priority, metadata, deadline, deps, None))
+        answer = pipe.Failed(0, "PF001", f"no handler for {key} on Dask worker {worker.address}{why}", 0.0)
+    else:
+        deps = None
+        if dependencies:
+            deps = {dep: value.body if isinstance(value, pipe.Done) else value
+                    for dep, value in dependencies.items() if value is not None}
+        deadline = time.monotonic() + (deadline_wall - time.time())
+        answer = run_task(default_registry, pipe.Task(0, key, data, packet_id, priority, metadata, deadline, deps,
+                                                      None))
+    if type(answer) is pipe.Failed:
+        worker.log_event(topic, ("failed", token, answer.code, answer.message, answer.duration_ms))
+    elif len(answer.body) <= EVENT_RESULT_BYTES:
+        worker.log_event(topic, ("done", token, answer.body, answer.duration_ms))
+    return answer

@@ -189,17 +189,24 @@ def test_a_worker_killed_mid_packet_is_pf502_unless_the_packet_asked_for_a_retry
 
     async def go():
         async with Reactor(dask_node.endpoint) as r:
+            # both workers busy (one with the packet to lose), and a packet waiting on each
             lost = asyncio.ensure_future(r.submit("df", "span", {"s": 3, "pidfile": str(once)}))
+            other = asyncio.ensure_future(r.submit("df", "span", {"s": 1}))
+            await asyncio.sleep(0.1)
+            waiting = [asyncio.ensure_future(r.submit("df", "where", i)) for i in range(2)]
+            await asyncio.sleep(0.2)
+            wait_until(lambda: dask_status(dask_node)["running"] == 2, 10, what="both packets known to run")
             killed = await _kill_when_started(once, lost)
             retried = asyncio.ensure_future(r.submit("df", "span", {"s": 0.5, "pidfile": str(twice)},
                                                      metadata={"retries": 1}))
             await _kill_when_started(twice, retried)
             bad = await r.submit("df", "where", None, metadata={"retries": "yes"})
-            return killed, await lost, await retried, bad
+            return killed, await lost, await other, await asyncio.gather(*waiting), await retried, bad
 
-    killed, lost, retried, bad = run(go())
+    killed, lost, other, waiting, retried, bad = run(go())
     assert lost.error["code"] == "PF502", lost.error
     assert lost.error["message"].startswith("Dask worker tcp://") and "metadata.retries" in lost.error["message"]
+    assert other.ok and all(w.ok for w in waiting), (other.error, [w.error for w in waiting])  # only one lost
     assert retried.ok, retried.error
     pids = [int(p) for p in twice.read_text().split()]
     assert len(pids) == 2 and retried.data["pid"] == pids[1] != pids[0]  # ran again, on another process
