@@ -260,6 +260,8 @@ class DaskLane:
             job.cancel()
         if self.client is not None:
             try:
+                for topic in (self.topic, "all"):  # else the scheduler tells us of our own leaving, too late
+                    self.client.unsubscribe_topic(topic)
                 await asyncio.wait_for(self.client.close(), 5.0)
             except Exception as exc:
                 log.debug("dask: closing the client: %s", exc)
