@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
 
 from bench import clients, report  # noqa: E402 - after the path fix
 from bench.common import BenchError, Options, elapsed_s, loadavg, progress, set_progress_label  # noqa: E402
-from bench.processes import Processes, run_with_cleanup  # noqa: E402
+from bench.processes import Processes, node_health, run_with_cleanup  # noqa: E402
 
 HANDLERS = "pfnode.handlers.examples,bench.handlers_bench"
 ELEMENT = "numpy_5ms"
@@ -64,17 +64,6 @@ def bare_ms(calls: int) -> float:
     return statistics.median(times)
 
 
-def node_status(endpoint: str) -> dict:
-    """The node's `GET /status` (its detail: counters, and the dask lane's)."""
-    import urllib.request
-
-    import orjson
-
-    url = endpoint.split("/packetflow")[0].replace("ws://", "http://", 1) + "/status"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return orjson.loads(response.read())
-
-
 def measure(procs: Processes, args, name: str, extra: list[str], rep: int) -> dict:
     node = procs.wait_node(procs.launch_node(f"{name}-{rep}", [
         "serve", "--port", "0", "--ed-workers", "0", "--rm-workers", "0", "--handlers", HANDLERS, *extra]),
@@ -86,7 +75,7 @@ def measure(procs: Processes, args, name: str, extra: list[str], rep: int) -> di
                         packets=args.packets, rtt_packets=args.rtt_packets, window=args.window, warmup=warmup,
                         tag=f"{name}{rep}", cpu_pids={"front": [node.front_pid], "serving": node.pids},
                         timeout_s=timeout_s, element=ELEMENT)
-    status_page = node_status(node.endpoint)
+    status_page = node_health(node.endpoint)  # its /status
     counters = status_page["counters"]
     sent = warmup + args.packets + args.rtt_packets
     if counters.get("completed", 0) < sent or counters.get("failed", 0):

@@ -59,7 +59,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ConfigError, ErrorCode, HandlerError
 from .flight import DISPATCHED, DONE, Flight, Outcome, failure, success
-from .scheduler import LANES, LaneQueue
+from .daskconfig import parse_target
+from .scheduler import LaneQueue
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -67,47 +68,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pfnode.dask")
 
 DASK = "dask"  # the scheduler lane of the packets that run on the Dask cluster
-LOCAL = "local:"  # --dask local:N
 MAX_RETRIES = 10  # the most runs a packet may ask for beyond its first (metadata.retries)
 RECONNECT_S = 2.0  # between tries to reach an unreachable cluster
 REFRESH_S = 1.0  # how often the cluster's workers are read again
 STARTING, READY, UNREACHABLE = "starting", "ready", "unreachable"
-
-
-def parse_target(text: str) -> tuple[str | None, int | None]:
-    """`--dask`'s value: (scheduler address, None) or (None, N) for local:N. ValueError says why not."""
-    if text.startswith(LOCAL):
-        count = text[len(LOCAL):]
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"dask: local:N needs a number of workers N >= 1, got {text!r}")
-        return None, int(count)
-    rest = text.partition("://")[2] if "://" in text else text
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"dask: expected a scheduler address (tcp://host:8786) or local:N, got {text!r}")
-    return text, None
-
-
-def settings_problems(settings: "Settings") -> list[str]:
-    """The dask settings' problems (Settings.__post_init__ adds them to its own)."""
-    problems = []
-    try:
-        parse_target(settings.dask)
-    except ValueError as exc:
-        problems.append(str(exc))
-    for name in settings.dask_lanes:
-        group, colon, element = name.partition(":")
-        if not (name in LANES or (colon and group and element)):
-            problems.append(f"dask_lanes: {name!r} is neither a lane ({', '.join(LANES)}) nor a "
-                            "handler key (group:element)")
-    if not settings.dask_lanes:
-        problems.append("dask_lanes: name at least one lane or handler key to run on Dask")
-    if settings.dask_window is not None and settings.dask_window < 1:
-        problems.append(f"dask_window must be >= 1, got {settings.dask_window}")
-    for name in ("dask_connect_timeout_ms", "dask_kept_results"):
-        if getattr(settings, name) <= 0:
-            problems.append(f"{name} must be > 0, got {getattr(settings, name)}")
-    return problems
 
 
 def retries_of(metadata: Any) -> int:
@@ -188,7 +152,7 @@ class DaskLane:
         self.address, self.local_workers = parse_target(settings.dask)
         self.lanes = {name for name in settings.dask_lanes if ":" not in name}
         self.keys = {name for name in settings.dask_lanes if ":" in name}
-        self.modules = tuple(settings.handler_modules)
+        self.modules = tuple(settings.handler_modules)  # what the workers import (start() says)
         self.handler_keys: frozenset[str] = frozenset()
         # the DASK lane: a queue of the node's scheduler like the others (same aging)
         scheduler.lanes.setdefault(DASK, LaneQueue(settings.aging_ms / 1000))
@@ -227,11 +191,13 @@ class DaskLane:
         return self.settings.dask_window or max(2, 2 * self.threads)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, handler_keys: frozenset[str]) -> None:
+    async def start(self, handler_keys: frozenset[str], modules: list[str]) -> None:
         """Start the local cluster (local:N) and connect; a remote cluster that cannot be
-        reached leaves the node up and degraded (it reconnects by itself). `handler_keys`:
-        the keys the pool's workers run, which the Dask workers should run too."""
+        reached leaves the node up and degraded (it reconnects by itself). `handler_keys`
+        and `modules`: the keys the pool's workers run and the modules they import (the
+        standard worker elements' first), which the Dask workers run and import too."""
         self.handler_keys = frozenset(handler_keys)
+        self.modules = tuple(modules)
         timeout_s = self.settings.dask_connect_timeout_ms / 1000
         if self.local_workers is not None:
             env = dict(os.environ)
@@ -496,12 +462,12 @@ class DaskLane:
             self._gathering = False
 
     def _answered(self, attempt: Attempt, answer: Any) -> None:
-        from . import pipe
+        from .pipe import Done, Failed
 
         if self.attempts.get(attempt.flight) is not attempt:
             return  # its deadline passed while its result travelled
         flight = attempt.flight
-        if type(answer) is pipe.Done:
+        if type(answer) is Done:
             waiting = self.scheduler.waiting_for(flight.key)
             if waiting:  # its dependents will take it from the cluster
                 self.kept[flight.key] = [attempt.future, attempt.token, waiting]
@@ -509,7 +475,7 @@ class DaskLane:
                 while len(self.kept) > self.settings.dask_kept_results:
                     self.kept.popitem(last=False)
             self._end(attempt, success(answer.body, answer.duration_ms))
-        elif type(answer) is pipe.Failed:
+        elif type(answer) is Failed:
             self._end(attempt, failure(answer.code, answer.message, answer.duration_ms))
         else:
             self._end(attempt, failure(ErrorCode.HANDLER_FAILED, f"the Dask task returned {type(answer).__name__}, "
@@ -640,7 +606,7 @@ class DaskLane:
     # ------------------------------------------------------------------ events from the cluster
     def _on_task_event(self, event: Any) -> None:
         """A task of ours started, or ended with a small result (pfnode/daskworker.py)."""
-        from . import pipe
+        from .pipe import Done, Failed
 
         _, msg = event
         kind, token = msg[0], msg[1]
@@ -651,9 +617,9 @@ class DaskLane:
             attempt.worker = msg[2]
         elif kind == "done":
             self.counters["results_by_event"] += 1
-            self._answered(attempt, pipe.Done(0, msg[2], msg[3]))
+            self._answered(attempt, Done(0, msg[2], msg[3]))
         elif kind == "failed":
-            self._answered(attempt, pipe.Failed(0, msg[2], msg[3], msg[4]))
+            self._answered(attempt, Failed(0, msg[2], msg[3], msg[4]))
 
     def _on_cluster_event(self, event: Any) -> None:
         _, msg = event

@@ -85,7 +85,7 @@ class Pool:
         self._handler_keys = frozenset(self.supervisor.handlers)
         if self.dask is not None:
             try:
-                await self.dask.start(self._handler_keys)
+                await self.dask.start(self._handler_keys, self.supervisor.handler_modules())
             except BaseException:
                 await self.supervisor.close(grace_s=0)
                 raise

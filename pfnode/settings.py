@@ -265,8 +265,8 @@ class Settings:
             problems.append("write_buffer_high_bytes must not exceed max_write_buffer_bytes")
         if self.default_timeout_ms > self.max_timeout_ms:
             problems.append("default_timeout_ms must not exceed max_timeout_ms")
-        if self.dask is not None:  # the dask lane's own checks (pfnode/dasklane.py)
-            from .dasklane import settings_problems
+        if self.dask is not None:  # the dask lane's own checks (pfnode/daskconfig.py)
+            from .daskconfig import settings_problems
             problems += settings_problems(self)
         if problems:
             raise SettingsError(problems)

@@ -28,8 +28,8 @@ def cf_where(data):
     return {"pid": os.getpid(), "dask_worker": _dask_worker()}
 
 
-@handler("df", "span")
-def span(data):
+@handler("df", "run_for")
+def run_for(data):
     """Runs `s` seconds; says when it started and ended (wall clock), in which process.
     With "pidfile", writes its pid there first (so a test can kill its worker mid-packet)."""
     start = time.time()

@@ -21,7 +21,8 @@ import pytest
 pytest.importorskip("distributed", reason="the dask extra (pip install 'pfnode[dask]') is not installed")
 
 from pfnode.client import Reactor  # noqa: E402
-from pfnode.dasklane import DaskLane, parse_target, retries_of  # noqa: E402
+from pfnode.daskconfig import parse_target  # noqa: E402
+from pfnode.dasklane import DaskLane, retries_of  # noqa: E402
 from pfnode.scheduler import Scheduler  # noqa: E402
 from pfnode.settings import Settings, SettingsError  # noqa: E402
 from tests.e2e_util import Raw, http_get, packet, run, wait_until  # noqa: E402
@@ -95,12 +96,14 @@ def test_df_runs_on_the_dask_workers_and_cf_stays_in_the_local_pool(dask_node):
     dask = status["dask"]
     assert dask["state"] == "ready" and dask["problem"] is None
     assert [w["nthreads"] for w in dask["workers"]] == [1, 1]
-    df, cf, upper = submit(dask_node, ("df", "where", 7, {}), ("cf", "where", None, {}),
-                           ("df", "uppercase", "hello", {}))
+    df, cf, upper, reduce = submit(dask_node, ("df", "where", 7, {}), ("cf", "where", None, {}),
+                                   ("df", "uppercase", "hello", {}),
+                                   ("df", "reduce", {"values": [1, 2, 3], "op": "mean"}, {}))
     assert df.ok and df.data["dask_worker"] in {w["address"] for w in dask["workers"]}
     assert df.data["pid"] not in status["worker_pids"] and df.data["data"] == 7
     assert cf.ok and cf.data["dask_worker"] is None and cf.data["pid"] in status["lanes"]["cf"]["pids"]
     assert upper.ok and upper.data == "HELLO"
+    assert reduce.ok and reduce.data == 2.0  # a standard worker element: its module reaches the workers too
     assert http_get(dask_node.http, "/healthz")[0] == 200
 
 
@@ -109,10 +112,10 @@ def test_priorities_decide_what_goes_to_the_cluster_next(dask_node):
         async with Reactor(dask_node.endpoint) as r:
             # four slow packets fill the window (2 per worker thread): the others wait in the
             # node's queue, and go on in priority order as the cluster frees up
-            fill = [asyncio.ensure_future(r.submit("df", "span", {"s": 0.5, "tag": f"fill{i}"})) for i in range(4)]
+            fill = [asyncio.ensure_future(r.submit("df", "run_for", {"s": 0.5, "tag": f"fill{i}"})) for i in range(4)]
             await asyncio.sleep(0.2)
             prios = [3, 7, 5, 10, 4, 9, 6, 8]
-            rest = [asyncio.ensure_future(r.submit("df", "span", {"s": 0.1, "tag": p}, priority=p)) for p in prios]
+            rest = [asyncio.ensure_future(r.submit("df", "run_for", {"s": 0.1, "tag": p}, priority=p)) for p in prios]
             await asyncio.gather(*fill)
             return await asyncio.gather(*rest)
 
@@ -125,7 +128,7 @@ def test_priorities_decide_what_goes_to_the_cluster_next(dask_node):
 
 def test_a_dependency_reaches_its_dependent_on_the_cluster_not_through_the_node(dask_node):
     before = dask_status(dask_node)["counters"]
-    dep, dependent = submit(dask_node, ("df", "span", {"s": 0.3, "tag": "dep"}, {"packet_id": "dask-dep-1"}),
+    dep, dependent = submit(dask_node, ("df", "run_for", {"s": 0.3, "tag": "dep"}, {"packet_id": "dask-dep-1"}),
                             ("df", "ctx_deps", None, {"dependencies": ["dask-dep-1"]}))
     assert dep.ok and dependent.ok, (dep.error, dependent.error)
     assert dependent.data == {"dask-dep-1": dep.data}
@@ -145,7 +148,7 @@ def test_a_queued_packet_past_its_deadline_is_cancelled_and_never_runs(dask_node
 
     async def go():
         async with Reactor(dask_node.endpoint) as r:
-            fill = [asyncio.ensure_future(r.submit("df", "span", {"s": 0.8})) for _ in range(3)]
+            fill = [asyncio.ensure_future(r.submit("df", "run_for", {"s": 0.8})) for _ in range(3)]
             await asyncio.sleep(0.2)
             # the 4th of the window: handed to the cluster, waiting behind a slow one on a worker
             waiting = await asyncio.gather(r.submit("df", "touch", str(on_cluster), timeout_ms=300),
@@ -163,7 +166,7 @@ def test_a_queued_packet_past_its_deadline_is_cancelled_and_never_runs(dask_node
 
 def test_a_running_packet_past_its_deadline_is_answered_at_once(dask_node):
     started = time.monotonic()
-    [late] = submit(dask_node, ("df", "span", {"s": 2.0}, {"timeout_ms": 300}))
+    [late] = submit(dask_node, ("df", "run_for", {"s": 2.0}, {"timeout_ms": 300}))
     took = time.monotonic() - started
     assert late.error["code"] == "PF408" and "while running on Dask worker tcp://" in late.error["message"]
     assert took < 1.5, took  # not when the handler returns (Dask cannot stop it; its result is dropped)
@@ -172,7 +175,7 @@ def test_a_running_packet_past_its_deadline_is_answered_at_once(dask_node):
 
 
 def _kill_when_started(pidfile, result, after_s: float = 0.0):
-    """Wait until the span packet wrote its worker's pid (and `after_s` more), then SIGKILL
+    """Wait until the run_for packet wrote its worker's pid (and `after_s` more), then SIGKILL
     that worker."""
     async def go():
         while not pidfile.exists() or not pidfile.read_text().strip():
@@ -194,12 +197,12 @@ def test_a_worker_killed_mid_packet_is_pf502_unless_the_packet_asked_for_a_retry
             # both workers busy (one with the packet to lose), and packets waiting behind them: the
             # node knows (its "started" event) which one the killed worker runs, so the one it
             # only held is run elsewhere, not failed
-            lost = asyncio.ensure_future(r.submit("df", "span", {"s": 3, "pidfile": str(once)}))
-            other = asyncio.ensure_future(r.submit("df", "span", {"s": 1}))
+            lost = asyncio.ensure_future(r.submit("df", "run_for", {"s": 3, "pidfile": str(once)}))
+            other = asyncio.ensure_future(r.submit("df", "run_for", {"s": 1}))
             await asyncio.sleep(0.1)
             waiting = [asyncio.ensure_future(r.submit("df", "where", i)) for i in range(2)]
             killed = await _kill_when_started(once, lost, after_s=0.3)
-            retried = asyncio.ensure_future(r.submit("df", "span", {"s": 0.5, "pidfile": str(twice)},
+            retried = asyncio.ensure_future(r.submit("df", "run_for", {"s": 0.5, "pidfile": str(twice)},
                                                      metadata={"retries": 1}))
             await _kill_when_started(twice, retried)
             bad = await r.submit("df", "where", None, metadata={"retries": "yes"})
@@ -254,7 +257,7 @@ def test_the_cluster_stopped_under_load_answers_its_packets_pf503_once(dask_node
     async def go():
         async with Raw(dask_node.endpoint) as raw:
             for seq in range(1, count + 1):
-                await raw.submit(seq, packet("span", {"s": 0.1}))
+                await raw.submit(seq, packet("run_for", {"s": 0.1}))
             await asyncio.sleep(0.4)
             os.kill(pid, signal.SIGKILL)
             replies = await raw.recv_n(count, timeout_s=20)
