@@ -71,6 +71,8 @@ DASK = "dask"  # the scheduler lane of the packets that run on the Dask cluster
 MAX_RETRIES = 10  # the most runs a packet may ask for beyond its first (metadata.retries)
 RECONNECT_S = 2.0  # between tries to reach an unreachable cluster
 REFRESH_S = 1.0  # how often the cluster's workers are read again
+REFRESH_TIMEOUT_S = 5.0  # how long the scheduler may take to say what workers it has
+SILENT_LIMIT = 3  # that many unanswered reads in a row: the cluster counts as unreachable
 STARTING, READY, UNREACHABLE = "starting", "ready", "unreachable"
 
 
@@ -263,10 +265,11 @@ class DaskLane:
                  len(self.workers), self.threads, ", ".join(sorted(self.lanes | self.keys)))
         self.wake()
 
-    async def _check_workers(self, worker_keys: Callable) -> None:
-        """Log the workers that lack handlers the node has (their packets get PF001)."""
+    async def _check_workers(self, worker_keys: Callable, workers: list[str] | None = None) -> None:
+        """Log the workers (all, or those named) that lack handlers the node has (their
+        packets get PF001)."""
         try:
-            replies = await self.client.run(worker_keys, self.modules, on_error="return")
+            replies = await self.client.run(worker_keys, self.modules, workers=workers, on_error="return")
         except Exception as exc:
             log.warning("dask: cannot ask the workers what they run: %s", exc)
             return
@@ -303,6 +306,7 @@ class DaskLane:
 
     async def _watch_loop(self) -> None:
         """Notice a lost scheduler, reconnect to it, and keep the worker list fresh."""
+        silent = 0  # reads of the workers in a row that the scheduler did not answer
         while not self._closing:
             await asyncio.sleep(REFRESH_S if self.state is READY else RECONNECT_S)
             if self.state is READY:
@@ -311,11 +315,17 @@ class DaskLane:
                     continue
                 try:
                     before = self.window()
-                    await asyncio.wait_for(self._refresh_workers(), 5.0)
+                    await asyncio.wait_for(self._refresh_workers(), REFRESH_TIMEOUT_S)
+                    silent = 0
                     if self.window() > before:
                         self.wake()
                 except Exception as exc:
+                    silent += 1
                     log.debug("dask: reading the workers: %s", exc)
+                    if silent >= SILENT_LIMIT:  # a scheduler that does not answer is as good as gone
+                        silent = 0
+                        self._unreachable(f"the scheduler did not answer for {SILENT_LIMIT} tries of "
+                                          f"{REFRESH_TIMEOUT_S:.0f} s")
                 continue
             if self.local is not None and not self.local.alive:
                 self.problem = (f"the local Dask cluster (pid {self.local.proc.pid}) exited with status "
@@ -636,7 +646,7 @@ class DaskLane:
         elif action == "add-worker" and self.client is not None and self.state is READY:
             from .daskworker import worker_keys
 
-            self._background(self._worker_added(worker_keys))
+            self._background(self._worker_added(worker_keys, msg.get("worker")))
 
     def _worker_gone(self, worker: str, processing: Any) -> None:
         """A worker left with these tasks assigned. Those of ours that started there are lost.
@@ -653,10 +663,10 @@ class DaskLane:
             else:
                 attempt.unstarted = True  # Dask sends it elsewhere, or fails it (KilledWorker): run again
 
-    async def _worker_added(self, worker_keys: Callable) -> None:
+    async def _worker_added(self, worker_keys: Callable, worker: str | None) -> None:
         try:
             await self._refresh_workers()
-            await self._check_workers(worker_keys)
+            await self._check_workers(worker_keys, [worker] if worker else None)
         except Exception as exc:
             log.debug("dask: reading a new worker: %s", exc)
         self.wake()

@@ -174,6 +174,27 @@ def test_a_running_packet_past_its_deadline_is_answered_at_once(dask_node):
     assert after.ok and after.data == 8
 
 
+def test_packets_of_a_submitter_that_left_are_cancelled_before_they_start(dask_node, tmp_path):
+    marks = [tmp_path / f"left-{i}" for i in range(2)]
+    before = dask_status(dask_node)["counters"].get("cancelled", 0)
+
+    async def go():
+        async with Reactor(dask_node.endpoint) as r:
+            fill = [asyncio.ensure_future(r.submit("df", "run_for", {"s": 0.8})) for _ in range(3)]
+            await asyncio.sleep(0.2)
+            async with Raw(dask_node.endpoint) as leaver:  # one on the cluster, one in the node's queue
+                for seq, mark in enumerate(marks, 1):
+                    await leaver.submit(seq, packet("touch", str(mark)))
+                await asyncio.sleep(0.1)
+            results = await asyncio.gather(*fill)
+            await asyncio.sleep(0.3)
+            return results
+
+    assert all(res.ok for res in run(go()))
+    assert not any(mark.exists() for mark in marks)
+    assert dask_status(dask_node)["counters"].get("cancelled", 0) >= before + 1
+
+
 def _kill_when_started(pidfile, result, after_s: float = 0.0):
     """Wait until the run_for packet wrote its worker's pid (and `after_s` more), then SIGKILL
     that worker."""
