@@ -4,7 +4,8 @@ A no-op for each lane's own group (df:noop is in handlers/examples.py), so that 
 overhead can be measured with the same packet; df:sleep_ms and cf:sleep_ms, which keep a worker
 busy without using the CPU (the "ed latency while df is saturated" and the fairness
 measurements); df:spin_us, a little real work (the fault-recovery measurement's healthy packet),
-and df:crash, which kills its worker (the fault-recovery measurement's faulty packet).
+df:crash, which kills its worker (the fault-recovery measurement's faulty packet), and
+df:numpy_5ms, 5 ms of numpy work (bench/dasklane.py: the local pool against a Dask cluster).
 
 The node's workers run with the repository root as their working directory, so this module
 imports as `bench.handlers_bench` (bench/ has an __init__.py).
@@ -70,3 +71,22 @@ def df_crash(data):
     """Ends its worker process at once, with no answer (os._exit): the node must answer the
     packet PF502 and replace the worker."""
     os._exit(3)
+
+
+NUMPY_MS = 5.0  # df:numpy_5ms's CPU time per packet
+_MATRIX: list = []  # its operand, made once per process
+
+
+@handler("df", "numpy_5ms")
+def numpy_5ms(data):
+    """5 ms of this thread's CPU time spent in numpy (64 x 64 matrix products), then `data`:
+    a handler that costs the same CPU time on any machine (only the count of products varies)."""
+    import numpy as np
+
+    if not _MATRIX:
+        _MATRIX.append(np.random.default_rng(0).random((64, 64)))
+    a = _MATRIX[0]
+    end = time.thread_time() + NUMPY_MS / 1000
+    while time.thread_time() < end:
+        a @ a
+    return data

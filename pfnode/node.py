@@ -36,6 +36,7 @@ from .flight import (BLOCKED, DISPATCHED, DONE, FORWARDED, HOSTED, QUEUED, Fligh
 from .hub import Hub
 from .link import HEARTBEAT_TIMEOUT_CLOSE_CODE, HttpReply, PeerLink
 from .metrics import Metrics, NodeState
+from .dasklane import DASK
 from .pool import Pool
 from .registry import STANDARD_HANDLERS
 from .scheduler import LANES, Refusal, Scheduler
@@ -212,7 +213,10 @@ class Node:
         if path == "/healthz":  # readiness, for load balancers and systemd: nothing more
             state = "draining" if self.draining else ("ready" if self.ready else "starting")
             body = orjson.dumps({"status": state}) + b"\n"
-            if self.ready:
+            dask = self.pool.dask
+            if self.ready and dask is not None and dask.problem:  # the Dask cluster unreachable
+                body = orjson.dumps({"status": "degraded", "dask": dask.problem}) + b"\n"
+            elif self.ready:
                 return HttpReply(200, "OK", "application/json", body)
             return HttpReply(503, "Service Unavailable", "application/json", body)
         if path == "/status":  # the node's detail (workers, pids, counters): admins only
@@ -849,6 +853,8 @@ class Node:
             task = self._hosted.pop(flight, None)
             if task is not None:
                 task.cancel()  # its steps still in flight are cancelled with it
+        elif state is DISPATCHED and flight.lane == DASK:  # on the Dask cluster: pfnode/dasklane.py
+            self.pool.dask.expire(flight)
         elif state is DISPATCHED:
             running = self.pool.dispatcher.is_running(flight)
             self.settle(flight, failure(

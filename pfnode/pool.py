@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable
 
 from . import logs, pipe
+from .dasklane import DASK, DaskLane
 from .dispatch import Dispatcher
 from .errors import ErrorCode
 from .flight import DISPATCHED, DONE, Flight, Outcome, failure, success
@@ -58,6 +59,8 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resizing = asyncio.Lock()  # one resize at a time: sizes are absolute, never summed
         self.lane_overrides: dict[str, str] = {}  # key -> lane, set by mc:migrate
+        # --dask: the lanes it names run on a Dask cluster (pfnode/dasklane.py)
+        self.dask = DaskLane(settings, scheduler, on_answer, wake=self.pump, clock=clock) if settings.dask else None
 
     @property
     def lanes(self) -> dict[str, LaneSpec]:
@@ -80,9 +83,17 @@ class Pool:
         self._loop = asyncio.get_running_loop()
         await self.supervisor.start()
         self._handler_keys = frozenset(self.supervisor.handlers)
+        if self.dask is not None:
+            try:
+                await self.dask.start(self._handler_keys, self.supervisor.handler_modules())
+            except BaseException:
+                await self.supervisor.close(grace_s=0)
+                raise
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Stop every worker; the node answers whatever is still in flight first."""
+        if self.dask is not None:
+            await self.dask.close()
         await self.supervisor.close(grace_s)
 
     # ------------------------------------------------------------------ packets
@@ -94,8 +105,8 @@ class Pool:
             options = self.handlers.get(key)
             lane = (options.get("lane") if options else None) or DEFAULT_LANE[group]
         if self.supervisor.targets[lane] == 0 and self.lane_size(lane) == 0:
-            return "df"
-        return lane
+            lane = "df"
+        return lane if self.dask is None else self.dask.lane_for(key, lane)
 
     def pump(self) -> None:
         """Hand queued packets to workers, once, at the end of this loop turn."""
@@ -110,6 +121,8 @@ class Pool:
         now = self.clock()
         for view, flights in self.dispatcher.assign(self.scheduler, now):
             self._send(view, flights, now)
+        if self.dask is not None:
+            self.dask.pump(now)
 
     def run_on(self, view, flight: Flight) -> None:
         """Hand a packet to one chosen worker now (a co:broadcast step), past its lane's
@@ -139,6 +152,9 @@ class Pool:
     def cancel(self, flight: Flight) -> None:
         """Its submitter left while a worker holds it: the worker skips it if it has not
         started (a running one finishes, or meets its deadline)."""
+        if flight.lane == DASK:
+            self.dask.cancel(flight)
+            return
         view = flight.worker
         if flight.state is DISPATCHED and view is not None:
             view.handle.send(pipe.pack(pipe.Cancel([flight.no])))
@@ -271,4 +287,5 @@ class Pool:
                            "pids": sorted(p.pid for p in procs if p.pid),
                            "cpus": sorted({c for p in procs for c in p.cpus})}
         return {"workers": sum(v["workers"] for v in lanes.values()), "worker_pids": self.worker_pids(),
-                "lanes": lanes, "counters": dict(self.counters)}
+                "lanes": lanes, "counters": dict(self.counters),
+                **({"dask": self.dask.stats()} if self.dask is not None else {})}

@@ -558,6 +558,10 @@ class Scheduler:
         """Entries the time table holds (answered packets included, until they are dropped)."""
         return len(self._alarms) + sum(len(queue) for queue in self._deadlines.values())
 
+    def waiting_for(self, key: Hashable) -> int:
+        """How many blocked packets wait for the packet of `key` ((scope, id)) to complete."""
+        return sum(1 for waiter in self._waiters.get(key, ()) if waiter.state is BLOCKED)
+
     def dependency_results(self, flight: Flight, now: float) -> dict[str, bytes]:
         """The JSON results of a packet's dependencies, for its handler's ctx."""
         out = {}

@@ -193,6 +193,25 @@ class Settings:
     replay_entries: int = setting(10_000, "answers kept for packets the hub may send again",
                                   scope="connect", hidden=True)
 
+    # Dask (pfnode/dasklane.py, docs/DASK.md): the dask_lanes run on a Dask cluster instead of
+    # the local pool; everything above the lane (protocol, priorities, admission, hub) is unchanged.
+    dask: str | None = setting(
+        None, "run the dask_lanes on the Dask cluster whose scheduler is at this address "
+        "(tcp://host:8786), or on a LocalCluster of N worker processes this node starts (local:N)",
+        default_text="none")
+    dask_lanes: tuple[str, ...] = setting(
+        ("df",), "lanes (df, rm, ed, cf) and handler keys (group:element) that run on the Dask "
+        "cluster when dask is set")
+    dask_window: int | None = setting(
+        None, "packets on the Dask cluster at once; the rest wait in the node's queue, in priority "
+        "order (auto: 2 per worker thread)")
+    dask_direct: bool = setting(True, "fetch results straight from the Dask workers (off: through "
+                                "the scheduler, for workers this node cannot reach)", hidden=True)
+    dask_connect_timeout_ms: int = setting(10_000, "how long connecting to the Dask scheduler may take",
+                                           hidden=True)
+    dask_kept_results: int = setting(1_000, "results of Dask packets kept on the cluster for their "
+                                     "dependents (older ones travel from the node)", hidden=True)
+
     shutdown_grace_ms: int = setting(10_000, "how long in-flight packets may take to finish on "
                                      "SIGTERM before they get PF503")
 
@@ -254,6 +273,9 @@ class Settings:
             problems.append("write_buffer_high_bytes must not exceed max_write_buffer_bytes")
         if self.default_timeout_ms > self.max_timeout_ms:
             problems.append("default_timeout_ms must not exceed max_timeout_ms")
+        if self.dask is not None:  # the dask lane's own checks (pfnode/daskconfig.py)
+            from .daskconfig import settings_problems
+            problems += settings_problems(self)
         if problems:
             raise SettingsError(problems)
 

@@ -128,6 +128,9 @@ async def resize_lanes(ctx, plan: dict[str, int], action: str) -> dict[str, Any]
 @node_element("mc:scale", role="admin")
 async def scale(ctx, data: Any) -> dict[str, Any]:
     """Set lane sizes, or apply the capacity recommendation."""
+    dask = ctx.host.pool.dask
+    if dask is not None and isinstance(data, dict) and data.get("lane") == "dask":  # pfnode/dasklane.py
+        return await dask_scale(ctx, dask, data)
     capacity, advice = capacity_report(ctx.host.pool)
     try:
         plan = scale_plan(data, ctx.host.pool.lanes, advice, capacity["usable_cores"])
@@ -135,6 +138,19 @@ async def scale(ctx, data: Any) -> dict[str, Any]:
         ctx.host.metrics.admin_action("mc:scale", "invalid")
         raise
     return {**await resize_lanes(ctx, plan, "mc:scale"), "capacity": capacity, "recommended": advice}
+
+
+async def dask_scale(ctx, dask, data: dict) -> dict[str, Any]:
+    """mc:scale of the dask lane: the cluster's size or adaptive range, logged like a lane's."""
+    who = str(ctx.identity or "local")
+    try:
+        reply = await dask.scale(data)
+    except HandlerError as exc:
+        ctx.host.metrics.admin_action("mc:scale", "invalid" if exc.code == ErrorCode.INVALID_PACKET.value else "failed")
+        raise
+    ctx.host.metrics.admin_action("mc:scale", "ok")
+    logs.admin_action(log, who=who, action="mc:scale", before=reply["before"], after=reply["after"])
+    return reply
 
 
 @node_element("mc:status", role="admin")
