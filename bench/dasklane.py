@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import clients, report  # noqa: E402 - after the path fix
-from bench.common import BenchError, Options, elapsed_s, loadavg, progress, set_progress_label  # noqa: E402
-from bench.processes import Processes, node_health, run_with_cleanup  # noqa: E402
+from bench.common import BenchError, Options, elapsed_s, loadavg, progress  # noqa: E402
+from bench.processes import Processes, node_health  # noqa: E402
 
 HANDLERS = "pfnode.handlers.examples,bench.handlers_bench"
 ELEMENT = "numpy_5ms"
@@ -144,14 +144,7 @@ def print_report(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    set_progress_label("dask-bench")
-    args = parse_args(argv)
-    result = run_with_cleanup(run, args)
-    if isinstance(result, int):
-        return result
-    report.save_report(result, args.out, "dask", "dask-latest.json")  # first: a table bug must not lose it
-    print_report(result)
-    return 0
+    return report.run_and_report("dask-bench", parse_args, run, "dask", print_report, argv)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import report, systems  # noqa: E402 - after the path fix
-from bench.common import Options, progress, set_progress_label  # noqa: E402
-from bench.processes import Processes, run_with_cleanup  # noqa: E402
+from bench.common import Options, progress  # noqa: E402
+from bench.processes import Processes  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
@@ -70,14 +70,7 @@ def run(args, procs: Processes) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    set_progress_label("hub-bench")
-    args = parse_args(argv)
-    result = run_with_cleanup(run, args)
-    if isinstance(result, int):
-        return result
-    report.save_report(result, args.out, "hub", "hub-latest.json")  # first: a table bug must not lose it
-    report.print_hub(result)
-    return 0
+    return report.run_and_report("hub-bench", parse_args, run, "hub", report.print_hub, argv)
 
 
 if __name__ == "__main__":

@@ -491,6 +491,22 @@ def hub_report(args: argparse.Namespace, machine: dict, plan: Plan, runs: dict[s
     }
 
 
+def run_and_report(label: str, parse_args, run, stem: str, printer, argv: list[str] | None = None) -> int:
+    """A harness's main: parse its arguments, `run` it (every process stopped at the end,
+    also on Ctrl-C), save the report (first: a table bug must not lose it), print it."""
+    from bench.common import set_progress_label
+    from bench.processes import run_with_cleanup
+
+    set_progress_label(label)
+    args = parse_args(argv)
+    result = run_with_cleanup(run, args)
+    if isinstance(result, int):
+        return result
+    save_report(result, args.out, stem, f"{stem}-latest.json")
+    printer(result)
+    return 0
+
+
 def save_report(report: dict, out: Path, stem: str, latest: str) -> Path:
     """Write the report as out/STEM-<time>.json and out/LATEST; say where."""
     out.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import ConfigError, ErrorCode, HandlerError
 from .flight import DISPATCHED, DONE, Flight, Outcome, failure, success
 from .daskconfig import parse_target
+from .jobs import keep
 from .scheduler import LaneQueue
 
 if TYPE_CHECKING:
@@ -343,10 +344,7 @@ class DaskLane:
                 log.debug("dask: %s still unreachable: %s", self.address, exc)
 
     def _background(self, coro) -> asyncio.Task:
-        job = asyncio.ensure_future(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-        return job
+        return keep(self._jobs, coro)
 
     # ------------------------------------------------------------------ packets out
     def pump(self, now: float) -> None:

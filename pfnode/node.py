@@ -34,6 +34,7 @@ from .elements.state import ElementState
 from .flight import (BLOCKED, DISPATCHED, DONE, FORWARDED, HOSTED, QUEUED, Flight, Outcome, failure,
                      resolve_timeout_ms, success)
 from .hub import Hub
+from .jobs import keep
 from .link import HEARTBEAT_TIMEOUT_CLOSE_CODE, HttpReply, PeerLink
 from .metrics import Metrics, NodeState
 from .dasklane import DASK
@@ -149,10 +150,7 @@ class Node:
         log.info("front: stopped (%s)", {**self.pool.counters, **self.counters})
 
     def _background(self, coro) -> asyncio.Task:
-        job = asyncio.ensure_future(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-        return job
+        return keep(self._jobs, coro)
 
     # ------------------------------------------------------------------ HTTP
     def health(self) -> dict[str, Any]:

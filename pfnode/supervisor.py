@@ -33,6 +33,7 @@ from .buffers import table_path
 from .dispatch import Dispatcher, WorkerView
 from .errors import ConfigError
 from .forkserver import ForkServer
+from .jobs import keep
 from .settings import Settings
 from .workerproc import WorkerListener, WorkerProcess
 
@@ -382,10 +383,7 @@ class Supervisor:
             await self.forkserver.close()
 
     def _in_background(self, coro) -> asyncio.Task:
-        job = asyncio.ensure_future(coro)
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-        return job
+        return keep(self._background, coro)
 
     # ------------------------------------------------------------------ introspection
     def lane_size(self, lane: str) -> int:
