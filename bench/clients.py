@@ -39,12 +39,15 @@ def _connect(endpoint: str):
 
 # ---------------------------------------------------------------------------- frames and checks
 
-def _submit_frame(seq: int, tag: str, group: str = "df", element: str = "noop", data=DATA) -> bytes:
+def _submit_frame(seq: int, tag: str, group: str = "df", element: str = "noop", data=DATA,
+                  timeout_ms: int | None = None) -> bytes:
     import orjson
 
-    return orjson.dumps({"type": "submit", "seq": seq, "payload": {
-        "version": "1.0", "id": f"{tag}-{seq}", "group": group, "element": element,
-        "data": data, "priority": 5}})
+    payload = {"version": "1.0", "id": f"{tag}-{seq}", "group": group, "element": element, "data": data,
+               "priority": 5}
+    if timeout_ms is not None:
+        payload["timeout_ms"] = timeout_ms
+    return orjson.dumps({"type": "submit", "seq": seq, "payload": payload})
 
 
 def _result_of(raw: bytes) -> tuple[object, dict] | None:
@@ -902,14 +905,10 @@ def fault_client(endpoint: str, conditions: list[dict], workers: int, seconds: f
 # packets with a window in flight.
 
 def _consume_frame(seq: int, tag: str, items: list, chunk: int | None, timeout_ms: int) -> bytes:
-    import orjson
-
     data: dict = {"items": items, "step": {"group": "df", "element": "noop"}}
     if chunk:
         data["chunk"] = chunk
-    return orjson.dumps({"type": "submit", "seq": seq, "payload": {
-        "version": "1.0", "id": f"{tag}-{seq}", "group": "df", "element": "consume", "data": data,
-        "priority": 5, "timeout_ms": timeout_ms}})
+    return _submit_frame(seq, tag, "df", "consume", data, timeout_ms)
 
 
 async def _consume_once(ws, seq: int, tag: str, items: list, chunk: int | None, timeout_s: float) -> float:

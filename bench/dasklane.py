@@ -137,8 +137,8 @@ def print_report(result: dict) -> None:
         print(f"{row['label']:<32} {row['throughput']:>10.0f} {row['worker_ms_per_packet']:>14.2f} "
               f"{row['overhead_ms']:>12.2f} {row['rtt_p50_ms']:>11.2f} {row['rtt_overhead_ms']:>13.2f} "
               f"{row['front_cpu_us_per_packet'] / 1000:>13.3f} {row['serving_cpu_us_per_packet'] / 1000:>11.2f}")
-    print(f"  worker ms/pkt = workers / throughput; overhead = that - the bare handler time; all CPU = every "
-          f"serving process (front, workers, Dask scheduler and nannies) per packet")
+    print("  worker ms/pkt = workers / throughput; overhead = that - the bare handler time; all CPU = every "
+          "serving process (front, workers, Dask scheduler and nannies) per packet")
     report.print_load(result)
     print()
 

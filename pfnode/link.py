@@ -24,6 +24,10 @@ HEARTBEAT_TIMEOUT_CLOSE_CODE = 4408  # a private-use close code: "peer silent to
 _UNCOUNTED = Metrics(process=False)  # the frames of a link whose node keeps no metrics (tests' fakes)
 
 
+def _any_frame() -> bool:
+    return True
+
+
 def hard_frame_limit(max_frame_bytes: int) -> int:
     """Frames up to this size are read and, past max_frame_bytes, answered PF413; larger
     ones cannot be read without unbounded memory, so the connection closes with 1009."""
@@ -80,6 +84,8 @@ class PeerLink:
         self._backlog: collections.deque[bytes | str] = collections.deque()
         self._draining = False
         self.metrics = getattr(node, "metrics", None) or _UNCOUNTED
+        # the node's frame budget per loop turn (a test's fake node may have none)
+        self._take = getattr(node, "take_frame", None) or _any_frame
 
     @property
     def connected(self) -> bool:
@@ -120,9 +126,9 @@ class PeerLink:
     def _drain_backlog(self) -> None:
         self._draining = False
         backlog = self._backlog
-        take = getattr(self.node, "take_frame", None)
+        take = self._take
         while backlog and not self._pause_reasons and not self.closed:
-            if take is not None and not take():
+            if not take():
                 self._next_turn()
                 return
             self.node.on_message(self, backlog.popleft())
@@ -157,10 +163,6 @@ class PeerLink:
         else:
             self._backlog.append(message)
             self._next_turn()
-
-    def _take(self) -> bool:
-        take = getattr(self.node, "take_frame", None)
-        return take is None or take()
 
     @property
     def backlog_bytes(self) -> int:

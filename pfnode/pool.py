@@ -19,7 +19,6 @@ See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from typing import Any, Callable

@@ -255,7 +255,7 @@ def _decode_object(obj: Any, max_timeout_ms: int | None, raw_data: bool = False)
     """The general path: a parsed frame checked field by field."""
     if not isinstance(obj, dict):
         return _reject(0, ErrorCode.MALFORMED_FRAME,
-                       f"frame must be a JSON object, got {_json_type(obj)}")
+                       f"frame must be a JSON object, got {json_type(obj)}")
     mtype, seq, payload = obj.get("type"), obj.get("seq"), obj.get("payload")
     known = mtype if isinstance(mtype, str) and mtype in MESSAGE_TYPES else None
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
@@ -281,7 +281,7 @@ def _decode_object(obj: Any, max_timeout_ms: int | None, raw_data: bool = False)
         return _reject(seq, exc.code, exc.message, known, _packet_id(known, payload))
     if payload is not None and not isinstance(payload, dict):
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
-                       f"{known} payload must be an object or null, got {_json_type(payload)}", known)
+                       f"{known} payload must be an object or null, got {json_type(payload)}", known)
     if payload is not None and _unpassable(payload) is not None:
         return _reject(seq, ErrorCode.MALFORMED_FRAME,
                        f"{known} payload nests deeper than {MAX_OBJECT_NESTING} levels", known,
@@ -442,7 +442,7 @@ def _packet_of_wire(p: _PacketWire, max_timeout_ms: int | None) -> Packet | None
 def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
     """Validate a packet object (the payload of a submit frame)."""
     if not isinstance(obj, dict):
-        raise _Invalid(ErrorCode.INVALID_PACKET, f"packet must be an object, got {_json_type(obj)}")
+        raise _Invalid(ErrorCode.INVALID_PACKET, f"packet must be an object, got {json_type(obj)}")
     version = obj.get("version")
     if version != VERSION:
         raise _Invalid(ErrorCode.INVALID_PACKET, f"unsupported version {_show(version)}; expected \"1.0\"")
@@ -485,7 +485,7 @@ def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise _Invalid(ErrorCode.INVALID_PACKET,
-                           f"metadata must be an object or null, got {_json_type(metadata)}")
+                           f"metadata must be an object or null, got {json_type(metadata)}")
         why = _unpassable(metadata) if metadata else None
         if why is not None:
             raise _Invalid(ErrorCode.INVALID_PACKET, f"metadata {why}")
@@ -496,7 +496,7 @@ def parse_packet(obj: Any, *, max_timeout_ms: int | None = None) -> Packet:
 def parse_result(obj: Any) -> Result:
     """Validate a result object (the payload of a result frame)."""
     if not isinstance(obj, dict):
-        raise _Invalid(ErrorCode.MALFORMED_FRAME, f"result payload must be an object, got {_json_type(obj)}")
+        raise _Invalid(ErrorCode.MALFORMED_FRAME, f"result payload must be an object, got {json_type(obj)}")
     pid = obj.get("packet_id")
     if not isinstance(pid, str) or not pid:
         raise _Invalid(ErrorCode.MALFORMED_FRAME, f"result packet_id must be a non-empty string, got {_show(pid)}")
@@ -582,7 +582,8 @@ def _reject(seq: int, code: ErrorCode, message: str, mtype: str | None = None,
     return Rejected(seq, code.value, message, reply, packet_id, mtype)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON type of a value JSON decoding made ("null", "boolean", ..., "object")."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -609,7 +610,7 @@ def _show(value: Any, limit: int = 60) -> str:
         try:
             text = orjson.dumps(value, default=repr).decode()
         except TypeError:  # a container nested deeper than orjson writes, or holding a too large integer
-            text = f"an {_json_type(value)}"
+            text = f"an {json_type(value)}"
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -213,13 +213,9 @@ class LaneQueue:
             head = levels[priority].head()
             if head is None:
                 continue
-            if aging_s > 0:
-                effective = min(10, priority + int((now - head.arrived) / aging_s))
-            else:
-                effective = priority
-            if best is None or effective > best_rank[0] or (effective == best_rank[0] and
-                                                            -head.order > best_rank[1]):
-                best, best_rank = head, (effective, -head.order)
+            rank = (self.effective_priority(head, now), -head.order)
+            if best is None or rank > best_rank:
+                best, best_rank = head, rank
             if aging_s <= 0:
                 break  # without aging, nothing below the highest level with a packet outranks it
         if best is not None:
@@ -274,8 +270,9 @@ class Scheduler:
         """Admit a local packet (queued, or blocked on dependencies) or say why not. With
         `hold` (a marker that equals nothing but itself), it is also blocked until
         `unhold(flight, hold)`."""
-        if flight.key in self.inflight:
-            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
+        refusal = self._duplicate(flight)
+        if refusal is not None:
+            return refusal
         if flight.lane not in self.lanes:
             raise ValueError(f"unknown lane {flight.lane!r}")
         refusal = self._over_a_bound(flight)
@@ -323,27 +320,32 @@ class Scheduler:
         """Admit a packet that a connected reactor will run (the hub routes it): it has
         an id, a deadline and an answer to come, but no lane and nothing to wait for here
         (its dependencies travel with it)."""
-        if flight.key in self.inflight:
-            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
-        refusal = self._over_bytes(flight)
-        if refusal is not None:
-            return refusal
-        self._enter(flight, now)
-        flight.state = FORWARDED
-        self.forwarded += 1
-        return None
+        refusal = self._admit_past_the_queues(flight, now, FORWARDED)
+        if refusal is None:
+            self.forwarded += 1
+        return refusal
 
     def admit_pinned(self, flight: Flight, now: float) -> Refusal | None:
         """Admit a packet that goes to one chosen worker at once (a co:broadcast step): it
         is DISPATCHED from the start, past the lane queue and its priorities."""
-        if flight.key in self.inflight:
-            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
-        refusal = self._over_bytes(flight)
+        refusal = self._admit_past_the_queues(flight, now, DISPATCHED)
+        if refusal is None:
+            self.dispatched += 1
+        return refusal
+
+    def _admit_past_the_queues(self, flight: Flight, now: float, state: str) -> Refusal | None:
+        """Admit a packet that waits in no lane queue (only its id and its bytes are
+        checked), straight into `state`."""
+        refusal = self._duplicate(flight) or self._over_bytes(flight)
         if refusal is not None:
             return refusal
         self._enter(flight, now)
-        flight.state = DISPATCHED
-        self.dispatched += 1
+        flight.state = state
+        return None
+
+    def _duplicate(self, flight: Flight) -> Refusal | None:
+        if flight.key in self.inflight:
+            return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
         return None
 
     def _over_a_bound(self, flight: Flight) -> Refusal | None:

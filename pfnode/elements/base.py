@@ -24,6 +24,7 @@ import dataclasses
 from typing import Any, Awaitable, Callable
 
 from ..errors import ErrorCode
+from ..protocol import json_type
 from .errors import ElementError
 
 __all__ = ["ElementError", "ElementFailed", "NodeElement", "NODE_ELEMENTS", "node_element"]
@@ -104,20 +105,13 @@ def check_keys(data: dict, field: str, allowed: set[str]) -> None:
         raise ElementError(f"{where}{unknown[0]}", f"unknown field; expected {', '.join(sorted(allowed))}")
 
 
+_WITH_ARTICLE = {"null": "null", "boolean": "a boolean", "number": "a number", "string": "a string",
+                 "array": "an array", "object": "an object"}
+
+
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    """What JSON type `value` is, for a message: "a number", "an array", "null"."""
+    return _WITH_ARTICLE[json_type(value)]
 
 
 def answer_within_s(ctx) -> float:

@@ -28,11 +28,10 @@ import orjson
 
 from ..errors import ErrorCode
 from ..protocol import encode_json
-from .base import (ElementError, ElementFailed, check_keys, need_dict, need_int, need_list, need_str,
+from .base import (ElementError, ElementFailed, check_keys, need_dict, need_int, need_str,
                    node_element, optional_int)
-from .engine import parse_step
+from .engine import parse_step, parse_steps
 
-MAX_STEPS = 1000
 MAX_REPLICAS = 101
 MAX_PARTIES = 1024
 MAX_BARRIERS = 4096
@@ -45,8 +44,7 @@ async def gather(ctx, data: Any) -> Any:
     """Run steps at once; every output in order, or the first k successes."""
     data = need_dict(data, "data")
     check_keys(data, "", {"steps", "input", "min"})
-    steps = [parse_step(step, f"steps[{i}]")
-             for i, step in enumerate(need_list(data.get("steps"), "steps", max_items=MAX_STEPS, min_items=1))]
+    steps = parse_steps(data)
     k = optional_int(data, "min", "min", low=1, high=len(steps))
     value = data.get("input")
     if k is None:

@@ -26,10 +26,9 @@ import orjson
 from ..errors import ErrorCode
 from .base import (ElementError, ElementFailed, check_keys, need_dict, need_int, need_list, node_element,
                    optional_int)
-from .engine import parse_step
+from .engine import parse_step, parse_steps
 from .predicates import compile_predicate
 
-MAX_STEPS = 1000
 MAX_ITERATIONS = 100_000
 MAX_GATE_IDS = 1024
 LOOP_EXHAUSTED = ErrorCode.LOOP_EXHAUSTED
@@ -63,8 +62,7 @@ async def seq(ctx, data: Any) -> Any:
     """Run steps one after another, each on the previous one's output."""
     data = need_dict(data, "data")
     check_keys(data, "", {"input", "steps", "collect"})
-    steps = [parse_step(step, f"steps[{i}]")
-             for i, step in enumerate(need_list(data.get("steps"), "steps", max_items=MAX_STEPS, min_items=1))]
+    steps = parse_steps(data)
     collect = data.get("collect", False)
     if not isinstance(collect, bool):
         raise ElementError("collect", "must be true or false")

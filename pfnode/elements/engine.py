@@ -27,9 +27,10 @@ import orjson
 from ..errors import ErrorCode
 from ..flight import DONE, Flight, Outcome
 from ..protocol import _ELEMENT_RE, GROUPS, MAX_ID_CHARS, Packet, RawJSON, encode_json
-from .base import ElementError, ElementFailed, check_keys, need_dict
+from .base import ElementError, ElementFailed, check_keys, need_dict, need_list
 
 STEP_FIELDS = {"group", "element", "data", "priority", "timeout_ms", "metadata", "input_as"}
+MAX_STEPS = 1000  # steps in one composite's list
 _MISSING = object()
 
 
@@ -110,6 +111,12 @@ def parse_step(value: Any, field: str) -> Step:
                 input_as)
 
 
+def parse_steps(data: dict, field: str = "steps") -> list[Step]:
+    """`data[field]`: a list of 1 to MAX_STEPS steps, each checked (`steps[2].group: ...`)."""
+    return [parse_step(step, f"{field}[{i}]")
+            for i, step in enumerate(need_list(data.get(field), field, max_items=MAX_STEPS, min_items=1))]
+
+
 class StepFailed(ElementFailed):
     """A step ended in an error; its parent fails with the step's code, saying which step."""
 
@@ -162,22 +169,18 @@ class ElementContext:
     async def outcome(self, step: Any, value: Any, field: str) -> Outcome:
         """Run one step; its Outcome, success or not (bad step input is ElementError)."""
         parsed = step if isinstance(step, Step) else parse_step(step, field)
-        waiter, flight = self.send(parsed, value, field)
-        if flight is None:
-            return waiter  # a refusal, as an Outcome
-        try:
-            return await waiter.future
-        finally:
-            self._children.pop(flight, None)
-            if flight.state is not DONE:
-                self.host.drop_internal(flight)
+        return await self._answer_of(*self.send(parsed, value, field))
 
     async def run_on(self, target: Any, step: Step, value: Any, field: str) -> Outcome:
         """Run a step on one chosen target (a worker, or a reactor: `host.broadcast_targets`);
         its Outcome. A target that refuses it does not pass it on."""
-        waiter, flight = self.send(step, value, field, target)
+        return await self._answer_of(*self.send(step, value, field, target))
+
+    async def _answer_of(self, waiter: Any, flight: Flight | None) -> Outcome:
+        """What `send` returned, awaited: the step's Outcome (a refusal already is one); a
+        step still in flight when this is cancelled is dropped."""
         if flight is None:
-            return waiter
+            return waiter  # a refusal, as an Outcome
         try:
             return await waiter.future
         finally:
