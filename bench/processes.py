@@ -113,7 +113,7 @@ def worker_start_of(front_pid: int) -> str:
 
     for child in psutil.Process(front_pid).children():
         try:
-            if "pfnode.forkserver" in child.cmdline():
+            if "pfnode.pool.forkserver" in child.cmdline():
                 return "fork"
         except psutil.Error:
             pass

@@ -17,11 +17,11 @@ import numpy as np
 import orjson
 import pytest
 
-from pfnode import protocol
+from pfnode.core import protocol
 from pfnode.ndarray import decode_tree, encode_array
-from pfnode.link import PeerLink
-from pfnode.node import Node
-from pfnode.protocol import Message, RawJSON
+from pfnode.transports.base import PeerLink
+from pfnode.node.node import Node
+from pfnode.core.protocol import Message, RawJSON
 from pfnode.settings import Settings
 
 # The same small packet data as bench/run.py (about 100 bytes of JSON).

@@ -31,9 +31,9 @@ from typing import Any, Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol
+from .core import protocol
 from .errors import ConnectionLost, ErrorCode, PFNodeError, RemoteError, ReplyTimeout
-from .protocol import Packet, Result
+from .core.protocol import Packet, Result
 from .registry import Registry
 
 log = logging.getLogger("pfnode.client")
@@ -54,7 +54,7 @@ class Reactor:
         self.token = token
         self.ssl = ssl
         if self.ssl is None and ca_file is not None:
-            from .tls import client_context
+            from .transports.tls import client_context
 
             self.ssl = client_context(ca_file)
         self.announce = announce

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PayloadError
-from .protocol import NDARRAY_OPT_IN_KEY as OPT_IN_KEY  # noqa: F401 (metadata[OPT_IN_KEY] is True: opted in)
-from .protocol import ndarray_opted_in as opted_in  # noqa: F401 (part of this module's API)
+from .core.protocol import NDARRAY_OPT_IN_KEY as OPT_IN_KEY  # noqa: F401 (metadata[OPT_IN_KEY] is True: opted in)
+from .core.protocol import ndarray_opted_in as opted_in  # noqa: F401 (part of this module's API)
 
 TAG = "$ndarray"
 ALLOWED_KINDS = frozenset("biufc")

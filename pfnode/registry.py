@@ -19,8 +19,8 @@ import time
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .protocol import _ELEMENT_RE, GROUPS
-from .scheduler import LANES
+from .core.protocol import _ELEMENT_RE, GROUPS
+from .core.scheduler import LANES
 
 
 # Where a group's packets run unless the handler says otherwise. co and mc user
@@ -47,7 +47,7 @@ class Context:
     def buffer(name: str):
         """The node's shared-memory array `name` (made by rm:alloc) as a numpy array over
         the shared memory, no copy: writes are seen by every worker. KeyError if none."""
-        from .buffers import buffer
+        from .pool.buffers import buffer
 
         return buffer(name)
 
@@ -152,11 +152,11 @@ STANDARD_HANDLERS = {"df:produce": "produce", "df:transform": "transform", "df:r
 
 def _standard(name: str) -> Callable[[Any], Any]:
     def run(data):
-        from .elements import data as elements_data
+        from .elements.worker import data as elements_data
 
         return getattr(elements_data, name)(data)
     run.__qualname__ = run.__name__ = name
-    run.__module__ = "pfnode.elements.data"
+    run.__module__ = "pfnode.elements.worker.data"
     return run
 
 
@@ -170,7 +170,7 @@ def register_standard(registry: Registry) -> None:
 
 def load_handler_modules(modules: tuple[str, ...] | list[str]) -> None:
     """Import handler modules; each registers its handlers (into the default registry)
-    as a side effect of being imported. (`pfnode.elements.standard` registers the standard
+    as a side effect of being imported. (`pfnode.elements.worker.standard` registers the standard
     worker elements: the pool puts it first unless --no-data-elements.)"""
     for name in modules:
         try:

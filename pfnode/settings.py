@@ -274,7 +274,7 @@ class Settings:
         if self.default_timeout_ms > self.max_timeout_ms:
             problems.append("default_timeout_ms must not exceed max_timeout_ms")
         if self.dask is not None:  # the dask lane's own checks (pfnode/daskconfig.py)
-            from .daskconfig import settings_problems
+            from .dask.config import settings_problems
             problems += settings_problems(self)
         if problems:
             raise SettingsError(problems)

@@ -58,7 +58,7 @@ TOKEN_ROLES = {"admin": ["admin", "submit", "reactor"], "client": ["submit"],
 
 
 def _test_tokens() -> dict[str, str]:
-    from pfnode.auth import new_token
+    from pfnode.node.auth import new_token
 
     return {name: new_token() for name in TOKEN_ROLES}
 
@@ -68,7 +68,7 @@ TEST_TOKENS = _test_tokens()  # the same for every node of this test session
 
 def write_token_file(directory: Path, roles: dict[str, list[str]] = TOKEN_ROLES,
                      tokens: dict[str, str] = TEST_TOKENS) -> tuple[Path, dict[str, str]]:
-    from pfnode.auth import token_entry
+    from pfnode.node.auth import token_entry
 
     tokens = {name: tokens[name] for name in roles}
     path = directory / f"tokens-{time.monotonic_ns()}.toml"
@@ -110,7 +110,7 @@ def start_node(log_dir: Path, *args: str, workers: int = 2, handlers: str = TEST
 @pytest.fixture
 def clock():
     """A fake monotonic clock (pfnode.clock.FakeClock): time moves only when a test says so."""
-    from pfnode.clock import FakeClock
+    from pfnode.core.clock import FakeClock
 
     return FakeClock()
 

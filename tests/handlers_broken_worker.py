@@ -12,6 +12,6 @@ def never(data):
     return data
 
 
-if any("pfnode.worker" in arg for arg in sys.argv):
+if any("pfnode.pool.worker" in arg for arg in sys.argv):
     os._exit(5)  # a new interpreter started as a worker
 os.register_at_fork(after_in_child=lambda: os._exit(5))  # a worker forked by the fork server

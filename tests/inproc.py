@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from pfnode.link import PeerLink
-from pfnode.node import Node
+from pfnode.transports.base import PeerLink
+from pfnode.node.node import Node
 from pfnode.settings import Settings
 
 

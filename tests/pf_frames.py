@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from pfnode.protocol import MAX_SEQ
+from pfnode.core.protocol import MAX_SEQ
 
 
 class Raw(str):

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from pfnode import protocol
+from pfnode.core import protocol
 from tests.conftest import ROOT, TEST_HANDLERS
 from tests.e2e_util import Raw, new_id, packet, run, wait_until
 from tests.inproc import RecordingLink, started_node
@@ -192,7 +192,7 @@ def test_workers_killed_by_packets_are_replaced_at_once_by_the_fork_server(fresh
     health = wait_until(lambda: (h := n.health())["lanes"]["df"]["workers"] == 2 and h, what="2 df workers")
     assert health["counters"]["worker_deaths"] == 10 and health["counters"]["workers_replaced"] == 10
     assert "retrying" not in n.log()  # no back-off: the packets were to blame, not the lane
-    forkserver = [p for p in psutil.Process(n.proc.pid).children() if "pfnode.forkserver" in " ".join(p.cmdline())]
+    forkserver = [p for p in psutil.Process(n.proc.pid).children() if "pfnode.pool.forkserver" in " ".join(p.cmdline())]
     assert len(forkserver) == 1
     assert set(health["worker_pids"]) <= {p.pid for p in forkserver[0].children()}
 
@@ -200,7 +200,7 @@ def test_workers_killed_by_packets_are_replaced_at_once_by_the_fork_server(fresh
 def test_a_killed_fork_server_costs_its_workers_packets_only_and_is_replaced(fresh_node):
     n = fresh_node(workers=2)
     (forkserver,) = [p for p in psutil.Process(n.proc.pid).children()
-                     if "pfnode.forkserver" in " ".join(p.cmdline())]
+                     if "pfnode.pool.forkserver" in " ".join(p.cmdline())]
     forkserver.kill()
 
     def recovered():

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pfnode.arena import Arena, ShmRef
+from pfnode.pool.arena import Arena, ShmRef
 from pfnode.client import Reactor
 
 
@@ -92,7 +92,7 @@ def test_large_payloads_round_trip_through_a_node_with_and_without_shared_memory
 
 
 def test_a_pool_without_room_for_arenas_falls_back_to_pipes(monkeypatch):
-    from pfnode import supervisor
+    from pfnode.pool import supervisor
 
     from tests.inproc import RecordingLink, started_node
 
@@ -115,7 +115,7 @@ def test_a_pool_without_room_for_arenas_falls_back_to_pipes(monkeypatch):
 
 
 def test_remove_orphans_takes_the_segments_of_dead_pids_only(tmp_path):
-    from pfnode.arena import remove_orphans
+    from pfnode.pool.arena import remove_orphans
 
     proc = subprocess.Popen(["sleep", "0"])  # a process that is gone once waited for
     proc.wait()

@@ -17,7 +17,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from pfnode.auth import new_token, parse_tokens, token_entry, token_hash, token_of
+from pfnode.node.auth import new_token, parse_tokens, token_entry, token_hash, token_of
 from pfnode.client import Reactor
 from pfnode.errors import ConfigError
 from tests.conftest import ROOT, TEST_TOKENS, write_token_file
@@ -275,7 +275,7 @@ def test_a_certificate_that_does_not_verify_fails_the_handshake(fresh_node, pki,
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(fresh_node, pki):
     n = _tls_node(fresh_node, pki, "good", "--tls-client-ca", pki["ca"])
-    from pfnode.tls import client_context
+    from pfnode.transports.tls import client_context
 
     async def go():
         with pytest.raises(Exception):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from pfnode.capacity import Capacity, autoscale_step, read_capacity, recommend
+from pfnode.pool.capacity import Capacity, autoscale_step, read_capacity, recommend
 
 
 def machine(cores=16, available_mb=64_000.0, rss=None) -> Capacity:
@@ -68,7 +68,7 @@ def test_autoscale_shrinks_after_idling_and_respects_bounds():
 
 
 def test_df_lane_size_left_to_capacity_follows_the_recommendation():
-    from pfnode.pool import lane_specs
+    from pfnode.pool.pool import lane_specs
     from pfnode.settings import Settings
 
     settings = Settings(ed_workers=1, rm_workers=1)

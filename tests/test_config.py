@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pfnode import cli, config
+from pfnode.app import cli, config
 from pfnode.errors import ConfigError
 from pfnode.settings import Settings, SettingsError, field_types
 from tests.conftest import ROOT
@@ -349,7 +349,7 @@ def test_the_configuration_doc_example_means_what_it_says(tmp_path):
 def test_the_settings_table_in_the_docs_is_generated_from_settings():
     doc = (ROOT / "docs" / "CONFIGURATION.md").read_text()
     assert config.with_table(doc) == doc, (
-        "docs/CONFIGURATION.md is out of date: run python -m pfnode.config docs/CONFIGURATION.md")
+        "docs/CONFIGURATION.md is out of date: run python -m pfnode.app.config docs/CONFIGURATION.md")
     for name in FIELDS:
         assert f"| `{name}` | `--{name.replace('_', '-')}`" in doc
         assert f"`PFNODE_{name.upper()}`" in doc

@@ -21,9 +21,9 @@ import pytest
 pytest.importorskip("distributed", reason="the dask extra (pip install 'pfnode[dask]') is not installed")
 
 from pfnode.client import Reactor  # noqa: E402
-from pfnode.daskconfig import parse_target  # noqa: E402
-from pfnode.dasklane import DaskLane, retries_of  # noqa: E402
-from pfnode.scheduler import Scheduler  # noqa: E402
+from pfnode.dask.config import parse_target  # noqa: E402
+from pfnode.dask.lane import DaskLane, retries_of  # noqa: E402
+from pfnode.core.scheduler import Scheduler  # noqa: E402
 from pfnode.settings import Settings, SettingsError  # noqa: E402
 from tests.e2e_util import Raw, http_get, packet, run, wait_until  # noqa: E402
 

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from pfnode.client import Reactor
-from pfnode.dialout import reconnect_delay_s
+from pfnode.app.dialout import reconnect_delay_s
 
 from .conftest import ROOT, RunningNode, start_node
 from .e2e_util import packet, run, submit_frame, wait_until

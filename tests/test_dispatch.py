@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pfnode.dispatch import Dispatcher
-from pfnode.flight import DISPATCHED, QUEUED, Flight
-from pfnode.scheduler import Scheduler
+from pfnode.core.dispatch import Dispatcher
+from pfnode.core.flight import DISPATCHED, QUEUED, Flight
+from pfnode.core.scheduler import Scheduler
 
 WINDOWS = {"cf": 1, "df": 32, "ed": 1, "rm": 1}
 
@@ -199,7 +199,7 @@ def test_random_event_sequences_keep_every_invariant():
     a worker is DISPATCHED to it; no worker holds more than its window, nor (beyond the
     packet it runs) more than the prefetch of estimated work; every packet ends exactly
     once; a dead worker's blame falls on the packet it ran first."""
-    from pfnode.clock import FakeClock
+    from pfnode.core.clock import FakeClock
 
     rng = random.Random(11)
     clock = FakeClock()

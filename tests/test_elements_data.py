@@ -1,4 +1,4 @@
-"""Tests of pfnode.elements.data: df:produce, df:transform and df:reduce as pure handlers
+"""Tests of pfnode.elements.worker.data: df:produce, df:transform and df:reduce as pure handlers
 (against numpy reference computations), the errors naming their field, the size bounds, and
 their results through the worker's encoding (pfnode.worker.run_task)."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import pfnode.ndarray
-from pfnode import pipe, worker
-from pfnode.elements import data as D
-from pfnode.elements.data import ElementError, produce, reduce, transform
+from pfnode.pool import pipe, worker
+from pfnode.elements.worker import data as D
+from pfnode.elements.worker.data import ElementError, produce, reduce, transform
 from pfnode.registry import Registry
 
 
@@ -522,7 +522,7 @@ def test_handlers_and_register_into():
 def test_importing_the_elements_registers_nothing():
     """Where the elements are registered is the node's decision: importing registers nothing."""
     code = ("from pfnode.registry import default_registry as r; before = r.keys(); "
-            "import pfnode.elements.data, pfnode.elements.predicates; "
+            "import pfnode.elements.worker.data, pfnode.elements.predicates; "
             "assert r.keys() == before, r.keys()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

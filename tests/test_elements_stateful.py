@@ -16,8 +16,8 @@ from tests.test_elements import call, err, ok, step
 # ---------------------------------------------------------------------------- the core's mechanisms, pure
 
 def test_the_scheduler_holds_a_packet_for_a_marker_that_no_packet_id_equals(clock):
-    from pfnode.elements.resources import _Hold
-    from pfnode.scheduler import BLOCKED, QUEUED, Flight, Scheduler
+    from pfnode.elements.hosted.resources import _Hold
+    from pfnode.core.scheduler import BLOCKED, QUEUED, Flight, Scheduler
 
     s = Scheduler(aging_ms=0)
     ended = []
@@ -42,7 +42,7 @@ def test_the_scheduler_holds_a_packet_for_a_marker_that_no_packet_id_equals(cloc
 def test_the_hub_asks_the_preferred_reactor_first():
     from types import SimpleNamespace
 
-    from pfnode.hub import LinkRoutes, rank_targets
+    from pfnode.core.hub import LinkRoutes, rank_targets
 
     def route(peer, name=None, load=0):
         r = LinkRoutes(SimpleNamespace(peer=peer, closed=False,

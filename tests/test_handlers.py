@@ -10,11 +10,11 @@ import pytest
 
 import pfnode.handlers.examples as examples
 import pfnode.handlers.numeric as numeric
-from pfnode import pipe, worker
+from pfnode.pool import pipe, worker
 from pfnode.errors import ConfigError
 from pfnode.registry import STANDARD_HANDLERS, Registry, default_registry, load_handler_modules, register_standard
 from pfnode.settings import DEFAULT_HANDLER_MODULES
-from pfnode.supervisor import STANDARD_MODULE
+from pfnode.pool.supervisor import STANDARD_MODULE
 
 
 # ============================================================================ the spec's examples
@@ -71,7 +71,7 @@ def test_bundled_handlers_and_standard_elements_are_in_the_default_registry():
     for key in STANDARD_HANDLERS:  # the spec's worker elements, replaceable by any handler
         spec = default_registry.get(key)
         assert spec.standard and spec.options()["standard"] is True
-        assert spec.fn.__module__ == "pfnode.elements.data"
+        assert spec.fn.__module__ == "pfnode.elements.worker.data"
     assert "standard" not in default_registry.get("df:noop").options()
 
 
@@ -358,7 +358,7 @@ def test_run_task_memory_error_is_pf501():
 def test_run_task_memory_cap_turns_a_large_allocation_into_pf501_and_is_lifted_after():
     import resource
 
-    from pfnode.worker import MemoryCap
+    from pfnode.pool.worker import MemoryCap
 
     reg = Registry()
     reg.register("rm", "alloc", lambda mb: len(bytearray(mb * 1024 * 1024)))

@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from pfnode.client import Reactor
-from pfnode.hub import LinkRoutes, ReactorProfile, rank_targets
+from pfnode.core.hub import LinkRoutes, ReactorProfile, rank_targets
 from tests.conftest import TEST_TOKENS, start_node
 from tests.e2e_util import Raw, frame, new_id, packet, run
 

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pfnode.flight import DONE, Flight
-from pfnode.hub import Hub
-from pfnode.protocol import RawJSON, Result
-from pfnode.scheduler import Scheduler
+from pfnode.core.flight import DONE, Flight
+from pfnode.core.hub import Hub
+from pfnode.core.protocol import RawJSON, Result
+from pfnode.core.scheduler import Scheduler
 
 PROBE_MS, GRACE_MS = 500, 3000
 KEY = "df:job"

@@ -121,16 +121,17 @@ def test_the_cycle_finder_finds_one():
 
 
 def test_the_transports_and_the_hub_depend_on_the_node_interface_only():
-    for module in ("ws_picows", "ws_websockets", "hub", "scheduler", "dispatch", "link"):
-        assert not imports_of(module) & {"node", "front", "pool", "dialout"}, (module, imports_of(module))
+    for module in ("transports.picows", "transports.websockets", "core.hub", "core.scheduler", "core.dispatch",
+                   "transports.base"):
+        assert not imports_of(module) & {"node.node", "app.front", "pool.pool", "app.dialout"}, (module, imports_of(module))
 
 
 def test_the_worker_side_of_the_elements_stays_out_of_the_front():
     """A worker that runs a standard data element loads the element's module and its
     errors, not the node elements (which import the front's protocol and flight code)."""
-    for module in ("elements", "elements.errors", "elements.data", "elements.predicates"):
-        assert imports_of(module) <= {"elements", "elements.errors"}, (module, imports_of(module))
-    assert "elements.hosted" in imports_of("node")
+    for module in ("elements", "elements.errors", "elements.worker.data", "elements.predicates"):
+        assert imports_of(module) <= {"elements", "elements.errors", "elements.worker"}, (module, imports_of(module))
+    assert "elements.catalog" in imports_of("node.node")
 
 
 def test_each_module_imports_alone():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from pfnode.link import PeerLink
-from pfnode.supervisor import MAX_RESPAWN_DELAY_S, respawn_delay_s
+from pfnode.transports.base import PeerLink
+from pfnode.pool.supervisor import MAX_RESPAWN_DELAY_S, respawn_delay_s
 
 
 class FakeNode:
@@ -87,7 +87,7 @@ def test_workers_dying_on_their_own_are_replaced_with_a_growing_delay_that_reset
 def test_a_hang_up_is_seen_without_reading_even_with_data_unread():
     import socket
 
-    from pfnode.link import peer_hung_up
+    from pfnode.transports.base import peer_hung_up
 
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())

@@ -13,8 +13,8 @@ import re
 import orjson
 import pytest
 
-from pfnode import logs
-from pfnode.clock import FakeClock
+from pfnode.ops import logs
+from pfnode.core.clock import FakeClock
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from pfnode.errors import ErrorCode
-from pfnode.metrics import BUCKETS_S, CAUSES, MAX_SERIES, Metrics, exit_cause
+from pfnode.ops.metrics import BUCKETS_S, CAUSES, MAX_SERIES, Metrics, exit_cause
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "OBSERVABILITY.md"
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 import pfnode.handlers.numeric as numeric
-from pfnode.elements import data as data_elements
+from pfnode.elements.worker import data as data_elements
 from pfnode import ndarray as nd
 from pfnode.client import Reactor
 from pfnode.errors import PayloadError, PFNodeError

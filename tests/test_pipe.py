@@ -8,7 +8,7 @@ import random
 import msgspec
 import pytest
 
-from pfnode import pipe
+from pfnode.pool import pipe
 
 FROM_WORKER = [
     pipe.Hello(pipe.VERSION, 1234, {"df:noop": {"lane": "df", "timeout_ms": None, "memory_limit_mb": None}}, [0, 1]),

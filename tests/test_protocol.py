@@ -12,22 +12,9 @@ import orjson
 import pytest
 
 from pfnode.errors import ErrorCode
-from pfnode.protocol import (
-    MAX_SEQ,
-    Message,
-    Packet,
-    Rejected,
-    Result,
-    decode,
-    encode_error,
-    encode_failure,
-    encode_heartbeat,
-    encode_json,
-    encode_message,
-    encode_result,
-    encode_submit,
-    encode_success_raw,
-)
+from pfnode.core.protocol import (MAX_SEQ, Message, Packet, Rejected, Result, decode, encode_error,
+                                  encode_failure, encode_heartbeat, encode_json, encode_message,
+                                  encode_result, encode_submit, encode_success_raw)
 
 UUID = "550e8400-e29b-41d4-a716-446655440000"
 
@@ -826,7 +813,7 @@ def test_decode_never_raises_on_random_input():
 
 @pytest.mark.parametrize("data", [None, 1, "text", [1, 2.5, None], {"nested": {"x": [True, "]}\""]}}])
 def test_raw_data_decoding_keeps_data_as_json_text_and_agrees_with_full_decoding(data):
-    from pfnode.protocol import RawJSON
+    from pfnode.core.protocol import RawJSON
 
     frame = orjson.dumps({"type": "submit", "seq": 12, "payload": {
         "version": "1.0", "id": "raw-1", "group": "df", "element": "noop", "data": data,
@@ -865,7 +852,7 @@ def test_raw_data_decoding_rejects_exactly_like_full_decoding(frame, code):
 
 @pytest.mark.parametrize("data", [None, 0, "HELLO WORLD", [1.5, {"a": [None, "}]"]}]])
 def test_raw_data_decoding_of_a_result_keeps_its_data_as_json_text(data):
-    from pfnode.protocol import RawJSON
+    from pfnode.core.protocol import RawJSON
 
     # Elixir key order (sorted: "type" last) and nulls, as the spec's Elixir reactor sends
     elixir = orjson.dumps({"type": "result", "seq": 0, "payload": {
@@ -981,7 +968,7 @@ def test_result_packet_id_beyond_64_bits_is_pf400(raw_data):
 @pytest.mark.parametrize("value", [10**29, -10**29, 2**64, 10**4000, nested(300), nested(1000),
                                    [10**29], {"k": nested(400)}, "x" * 10_000, 1.5, True, None])
 def test_show_never_raises_and_stays_short(value):
-    from pfnode.protocol import _show
+    from pfnode.core.protocol import _show
 
     text = _show(value)
     assert isinstance(text, str) and 0 < len(text) <= 63
@@ -1099,7 +1086,7 @@ def _deep_submit(depth: int, seq: int = 21, sort_keys: bool = False) -> bytes:
 
 def test_orjson_depth_limit_is_the_documented_one():
     """MAX_NESTING and the message protocol.py recognises are orjson's: pinned here."""
-    from pfnode.protocol import MAX_NESTING
+    from pfnode.core.protocol import MAX_NESTING
 
     orjson.loads(nested_json(MAX_NESTING - 1))  # nested_json(n) nests n + 0 arrays around 1
     with pytest.raises(orjson.JSONDecodeError, match="depth limit exceeded"):
@@ -1128,7 +1115,7 @@ def test_raw_data_never_returns_data_that_is_not_raw_json(depth):
     """Past msgspec's recursion the general path reads the frame: its data must still be
     RawJSON (the front relays and forwards it as such); one deeper than orjson writes is
     refused instead (PF002), never returned as Python objects."""
-    from pfnode.protocol import RawJSON
+    from pfnode.core.protocol import RawJSON
 
     result = decode(_deep_submit(depth), raw_data=True)
     if isinstance(result, Message):
@@ -1141,7 +1128,7 @@ def test_raw_data_never_returns_data_that_is_not_raw_json(depth):
 
 def test_raw_data_with_a_repeated_type_key_still_returns_raw_json():
     """msgspec refuses a repeated tag, orjson keeps the last: the general path accepts it."""
-    from pfnode.protocol import RawJSON
+    from pfnode.core.protocol import RawJSON
 
     raw = (b'{"type":"heartbeat","seq":3,"payload":{"version":"1.0","id":"t","group":"df",'
            b'"element":"noop","data":{"a":[1,2]}},"type":"submit"}')
@@ -1156,7 +1143,7 @@ def test_raw_data_with_a_repeated_type_key_still_returns_raw_json():
 
 @pytest.mark.parametrize("raw_data", [False, True], ids=["full", "raw_data"])
 def test_metadata_nests_at_most_128_levels(raw_data):
-    from pfnode.protocol import MAX_OBJECT_NESTING
+    from pfnode.core.protocol import MAX_OBJECT_NESTING
 
     ok = decode(submit(metadata={"a": nested(MAX_OBJECT_NESTING - 2, {})}), raw_data=raw_data)
     assert isinstance(ok, Message), ok
@@ -1239,7 +1226,7 @@ def test_timeout_ms_beyond_a_safe_integer_is_pf002(raw_data, max_timeout_ms, tim
 
 
 def test_timeout_ms_of_the_largest_safe_integer_is_accepted_without_a_node_maximum():
-    from pfnode.protocol import MAX_TIMEOUT_MS, encode_submit
+    from pfnode.core.protocol import MAX_TIMEOUT_MS, encode_submit
 
     msg = decode(submit(timeout_ms=MAX_TIMEOUT_MS))
     assert msg.payload.timeout_ms == MAX_TIMEOUT_MS
@@ -1251,7 +1238,7 @@ def test_timeout_ms_of_the_largest_safe_integer_is_accepted_without_a_node_maxim
                                     b"18446744073709551616"])
 def test_integer_beyond_64_bits_in_metadata_is_read_as_without_raw_data(raw_data, number):
     """msgspec read it exactly on the raw_data path, and the hub could not forward the packet."""
-    from pfnode.protocol import encode_submit_raw
+    from pfnode.core.protocol import encode_submit_raw
 
     raw = submit_with_raw_field("priority", b'5,"metadata":{"n":' + number + b',"k":[' + number + b"]}")
     msg = decode(raw, raw_data=raw_data)
@@ -1300,7 +1287,7 @@ def test_error_result_read_by_orjson_on_both_paths(raw_data):
 def test_a_check_that_raises_is_answered_pf500_and_logged(raw_data, monkeypatch, caplog):
     """Should a bug make a check raise, decode still returns: the front must not close the
     connection (1011) and lose its in-flight packets over one frame."""
-    import pfnode.protocol as protocol
+    import pfnode.core.protocol as protocol
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")

@@ -24,20 +24,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from pfnode.errors import ErrorCode
-from pfnode.protocol import (
-    DECODER_FAILED,
-    MAX_SEQ,
-    MESSAGE_TYPES,
-    Message,
-    Packet,
-    RawJSON,
-    Rejected,
-    Result,
-    decode,
-    encode_failure,
-    encode_submit_raw,
-    encode_success_raw,
-)
+from pfnode.core.protocol import (DECODER_FAILED, MAX_SEQ, MESSAGE_TYPES, Message, Packet, RawJSON, Rejected,
+                                  Result, decode, encode_failure, encode_submit_raw, encode_success_raw)
 from tests.pf_frames import (
     BROKEN_TOKENS,
     DEPTHS,

@@ -36,7 +36,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pfnode import config
+from pfnode.app import config
 from tests.conftest import ROOT, RunningNode, start_node
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from pfnode.clock import FakeClock
+from pfnode.core.clock import FakeClock
 
 from pfnode.errors import ErrorCode
-from pfnode.scheduler import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, LaneQueue, ResultStore,
-                              Scheduler, StoredResult)
+from pfnode.core.scheduler import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, LaneQueue,
+                                   ResultStore, Scheduler, StoredResult)
 
 
 def entry(pid: str, priority: int = 5, lane: str = "df", deadline: float = 10_000.0,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pfnode import config, sdnotify
+from pfnode.app import config
+from pfnode.ops import sdnotify
 from tests.conftest import ROOT, start_node
 
 pytestmark = pytest.mark.timeout(90)

@@ -5,7 +5,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from pfnode.ws_picows import text_header
+from pfnode.transports.picows import text_header
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -38,7 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from pfnode.protocol import Message, Rejected, decode
+from pfnode.core.protocol import Message, Rejected, decode
 from tests.conftest import RunningNode, start_node
 from tests.e2e_util import run
 from tests.pf_frames import (

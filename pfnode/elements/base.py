@@ -24,7 +24,7 @@ import dataclasses
 from typing import Any, Awaitable, Callable
 
 from ..errors import ErrorCode
-from ..protocol import json_type
+from ..core.protocol import json_type
 from .errors import ElementError
 
 __all__ = ["ElementError", "ElementFailed", "NodeElement", "NODE_ELEMENTS", "node_element"]

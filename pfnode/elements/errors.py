@@ -1,7 +1,7 @@
 """`ElementError`: bad input to a standard element, naming the field at fault.
 
 Pure and numpy-free, so that the front process (which evaluates cf:branch's predicates)
-and the workers can import it without pulling numpy in. `pfnode.elements.data` and
+and the workers can import it without pulling numpy in. `pfnode.elements.worker.data` and
 `pfnode.elements.predicates` re-export it; it is one class.
 """
 from __future__ import annotations

@@ -1,0 +1,193 @@
+"""The command line: a thin layer over config.load (settings from a file, the environment and
+flags; one flag per Settings field, generated) that calls the node or the client."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+import orjson
+
+from .. import __version__
+from . import config
+from ..errors import PFNodeError
+
+DEFAULT_ENDPOINT = "ws://127.0.0.1:8443/packetflow/v1"
+
+SOURCES_HELP = ("Each option is also a key of the --config TOML file and a PFNODE_<OPTION> "
+                "environment variable (--max-queued: max_queued, PFNODE_MAX_QUEUED); flags override "
+                "the environment, which overrides the file. `pfnode config` shows the result; "
+                "docs/CONFIGURATION.md lists every setting.")
+_SETTING = "setting:"  # the prefix of the argparse dests of settings' flags
+
+
+class _Given(argparse.Action):
+    """Keeps a setting's flag as typed, and its text: config.load converts it (so that every
+    bad value is reported at once) and names the flag as the value's source."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.nargs == 0:  # a bool's --x / --no-x
+            values = not option_string.startswith("--no-")
+        setattr(namespace, self.dest, (option_string, values))
+
+
+def _settings_command(commands, name: str, scope: str | None, help: str,
+                      description: str) -> argparse.ArgumentParser:
+    """A subcommand with --config and a flag for each setting of `scope` ("serve",
+    "connect"; None: all of them)."""
+    parser = commands.add_parser(name, help=help, description=description, epilog=SOURCES_HELP)
+    parser.add_argument("--config", dest="config_path", metavar="PATH",
+                        help=f"TOML file of settings (default: ${config.CONFIG_ENV}, else none)")
+    for option in config.options().values():
+        if scope and option.scope not in ("", scope):
+            continue
+        is_bool = option.type is bool
+        parser.add_argument(
+            *option.flags, dest=_SETTING + option.name, action=_Given, default=argparse.SUPPRESS,
+            nargs=0 if is_bool else None, metavar=None if is_bool else config.metavar(option),
+            help=argparse.SUPPRESS if option.hidden
+            else f"{option.help} (default {option.shown_default})".replace("%", "%%"))
+    return parser
+
+
+def _load(args: argparse.Namespace) -> config.Loaded:
+    flags = {dest.removeprefix(_SETTING): given for dest, given in vars(args).items()
+             if dest.startswith(_SETTING)}
+    return config.load(flags, path=args.config_path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pfnode", description="PacketFlow v1.0 compute node")
+    parser.add_argument("--version", action="version", version=f"pfnode {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    _settings_command(commands, "serve", "serve", "run a node",
+                      "Run a PacketFlow node until SIGTERM or Ctrl-C.")
+    connect = _settings_command(
+        commands, "connect", "connect", "run a node as a reactor of another endpoint",
+        "Dial out to a PacketFlow endpoint (a hub) and answer the packets it sends with this "
+        "node's workers; reconnect with backoff when the link drops. Listens nowhere. Runs "
+        "until SIGTERM or Ctrl-C.")
+    connect.add_argument("url", help="the hub's endpoint, e.g. ws://hub:8443/packetflow/v1")
+    show = _settings_command(
+        commands, "config", None, "print the effective settings and where each came from",
+        "Print every setting, its value and its source (default, file:PATH, env:NAME or "
+        "flag:--x) as serve or connect would get them from the same file, environment and "
+        "flags. Exit status 0, or 2 with the list of problems.")
+    show.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+
+    token = commands.add_parser("token", help="make a token for the token file",
+                                description="Print a new random token, and the [[token]] entry (its "
+                                "SHA-256, not the token) to add to the node's token file. Give the "
+                                "token to the client; it is shown only this once.")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new = token_commands.add_parser("new", help="a new token")
+    new.add_argument("name", help="who it is for (logs, the scope of its packet ids)")
+    new.add_argument("--roles", default="submit", help="comma-separated: submit, reactor, admin "
+                     "(default %(default)s)")
+
+    submit = commands.add_parser("submit", help="send one packet and print its result",
+                                 description="Submit one packet; print the result as JSON. "
+                                 "Exit status 0 on success, 1 on an error result, 2 on a usage "
+                                 "or connection problem.")
+    submit.add_argument("group", help="behavioural group: cf df ed co mc rm")
+    submit.add_argument("element", help="element name, e.g. transform")
+    submit.add_argument("data", help="the packet's data as JSON, e.g. '\"hello world\"'")
+    submit.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node URL (default %(default)s)")
+    submit.add_argument("--priority", type=int, default=5, help="1-10, higher first (default 5)")
+    submit.add_argument("--timeout-ms", type=int, default=None, help="deadline for the packet")
+    submit.add_argument("--metadata", default=None, help="metadata as a JSON object")
+    submit.add_argument("--token", default=os.environ.get("PFNODE_TOKEN"),
+                        help="the token to present (default: $PFNODE_TOKEN; or ?token= in the endpoint)")
+    submit.add_argument("--ca-file", default=None,
+                        help="CA bundle to verify a wss:// endpoint (default: the system's trust store)")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .front import run
+
+    connect_url = None
+    if args.command == "connect":
+        from .dialout import check_url
+
+        connect_url = check_url(args.url)
+    settings = _load(args).settings
+    from ..ops import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    run(settings, connect_url)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    known = config.options()
+    values = {name: getattr(loaded.settings, name) for name in known}
+    if args.json:
+        out = {"file": loaded.path, "settings": {
+            name: {"value": value, "source": loaded.sources[name]} for name, value in values.items()}}
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    rows = [("setting", "value", "source")] + [
+        (name, known[name].text(value), loaded.sources[name]) for name, value in values.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    sys.stdout.write(f"# config file: {loaded.path or 'none'}\n" + "".join(
+        f"{name:<{widths[0]}}  {value:<{widths[1]}}  {source}\n" for name, value, source in rows))
+    return 0
+
+
+def _json_arg(text: str, name: str):
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise PFNodeError(f"{name} is not valid JSON ({exc}); quote strings, e.g. '\"hello\"'") from None
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ..client import Reactor
+
+    data = _json_arg(args.data, "data")
+    metadata = _json_arg(args.metadata, "--metadata") if args.metadata is not None else None
+
+    async def go():
+        async with Reactor(args.endpoint, token=args.token, ca_file=args.ca_file) as reactor:
+            return await reactor.submit(args.group, args.element, data, priority=args.priority,
+                                        timeout_ms=args.timeout_ms, metadata=metadata)
+
+    result = asyncio.run(go())
+    sys.stdout.write(orjson.dumps(result.to_wire(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if result.ok else 1
+
+
+def _token(args: argparse.Namespace) -> int:
+    from ..node.auth import ROLES, new_token, token_entry
+
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ROLES]
+    if not roles or unknown:
+        raise PFNodeError(f"--roles must be some of {', '.join(ROLES)}, got {args.roles!r}")
+    token = new_token()
+    sys.stdout.write(f"token: {token}\n\n# add to the token file, then SIGHUP the node (systemctl reload pfnode):\n"
+                     f"{token_entry(args.name, roles, token)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"serve": _serve, "connect": _serve, "config": _config, "token": _token,
+                "submit": _submit}[args.command](args)
+    except PFNodeError as exc:
+        print(f"pfnode: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pfnode: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The front process: a node, its transport, its signals, its life from start to drain.
+
+`run(settings)` serves the PacketFlow endpoint on the configured transport until
+SIGTERM or SIGINT; `run(settings, connect_url)` listens nowhere and dials out to a hub
+instead (pfnode/dialout.py). The node (pfnode/node.py) holds every protocol rule; this
+module only wires it to the outside world.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import resource
+import signal
+from typing import Any
+
+from ..ops import sdnotify
+from ..transports import tls
+from ..errors import ConfigError
+from ..node.node import Node
+from ..settings import Settings
+
+log = logging.getLogger("pfnode.front")
+
+TRANSPORTS = {"websockets": "pfnode.transports.websockets", "picows": "pfnode.transports.picows"}
+
+
+def transport_module(name: str):
+    try:
+        return importlib.import_module(TRANSPORTS[name])
+    except ImportError as exc:
+        raise ConfigError(f"transport {name!r} is not available: {exc}") from exc
+
+
+def endpoint_of(node: Node, server: Any) -> str:
+    port = server.sockets[0].getsockname()[1]
+    return f"{node.settings.scheme}://{node.settings.host}:{port}{node.settings.path}"
+
+
+def raise_open_files_limit(settings: Settings) -> None:
+    """Let the node hold its connections: the soft RLIMIT_NOFILE up to the hard one; warn
+    when even that cannot hold --max-connections (plus the workers' pipes and the rest)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    needed = settings.max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("front: only %d open files allowed; --max-connections %d needs about %d "
+                    "(raise LimitNOFILE / ulimit -n, or lower --max-connections)",
+                    soft, settings.max_connections, needed)
+
+
+async def run_node(node: Node, connect_url: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop."""
+    loop = asyncio.get_running_loop()
+    raise_open_files_limit(node.settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stopping.set)  # handlers only enqueue
+    loop.add_signal_handler(signal.SIGHUP, node.request_reload)
+    transport = transport_module(node.settings.transport)
+    server = dialer = None
+    try:
+        if connect_url is None:
+            # listen first, so that a port in use is reported at once, not after the workers
+            # started; packets that arrive before they are ready are answered PF503
+            s = node.settings
+            ssl_context = tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+            server = await transport.serve(node, ssl_context)
+            await node.start()
+            where = f"serving {endpoint_of(node, server)}"
+        else:
+            await node.start()
+            from .dialout import dial
+
+            dialer = asyncio.ensure_future(dial(node, connect_url))
+            dialer.add_done_callback(lambda _: node.stopping.set())
+            where = "started without a listening endpoint"
+        log.info("front: %s with lanes %s; handlers: %s", where,
+                 ", ".join(f"{k}={v}" for k, v in node.pool.lane_sizes().items()),
+                 ", ".join(node.keys()))
+        await sdnotify.ready_until(node.stopping, where)  # systemd: READY=1, then STOPPING=1
+    finally:
+        await node.shutdown()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        if dialer is not None:
+            await asyncio.wait_for(dialer, 5.0)
+
+
+def run(settings: Settings, connect_url: str | None = None) -> None:
+    """Run a node in this process until SIGTERM/SIGINT; with `connect_url`, as a
+    reactor of the hub there instead of listening."""
+    node_main = run_node(Node(settings), connect_url)
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional at run time; asyncio's loop works too
+        asyncio.run(node_main)
+    else:
+        uvloop.run(node_main)

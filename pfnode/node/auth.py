@@ -1,0 +1,155 @@
+"""Who may do what: tokens with roles, read from a token file.
+
+A token file is TOML, one table per token:
+
+    [[token]]
+    name = "etl-client"            # who it is: logs, scoping of packet ids, metrics
+    roles = ["submit"]             # submit, reactor, admin
+    sha256 = "9f86d0..."           # hex SHA-256 of the token itself; the token is not stored
+
+Tokens are long random strings (`new_token()`, `pfnode token new NAME --roles ...`), so a
+plain SHA-256 at rest is enough: nothing to brute-force, as with API tokens elsewhere. A
+client presents its token as an `Authorization: Bearer <token>` header or in the endpoint
+URL (`?token=<token>`), because the spec's reactors and browsers can only choose their URL.
+
+Roles:
+- `submit`: submit packets (every group but mc);
+- `reactor`: announce capabilities, be sent packets to run, answer them;
+- `admin`: `mc:*` (scale, status, and user mc handlers), `rm:alloc`, the `/status` page.
+
+The file is read at start and again on SIGHUP; a file with problems keeps the previous
+table in force (and is logged), so a typo cannot lock everyone out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import tomllib
+import urllib.parse
+from typing import Any, Iterable, Mapping
+
+from ..errors import ConfigError
+
+ROLES = ("submit", "reactor", "admin")
+TOKEN_PREFIX = "pft_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """An authenticated client: its token's name and roles."""
+
+    name: str
+    roles: frozenset[str]
+
+    def may(self, role: str) -> bool:
+        return role in self.roles
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_entry(name: str, roles: Iterable[str], token: str) -> str:
+    """The token file lines for a token."""
+    listed = ", ".join(f'"{r}"' for r in roles)
+    return f'[[token]]\nname = "{name}"\nroles = [{listed}]\nsha256 = "{token_hash(token)}"\n'
+
+
+class TokenTable:
+    def __init__(self, identities: Mapping[str, Identity], path: str | None = None) -> None:
+        self._by_hash = dict(identities)  # hex sha256 -> identity
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    @classmethod
+    def load(cls, path: str) -> "TokenTable":
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"the token file {path} is not valid TOML: {exc}") from None
+        return cls(parse_tokens(doc, path), path)
+
+    def lookup(self, token: str | None) -> Identity | None:
+        # a lookup by the token's SHA-256: timing reveals nothing about the token itself
+        return self._by_hash.get(token_hash(token)) if token else None
+
+    def by_hash(self, digest: str | None) -> Identity | None:
+        """Who a token known by its hash is now (its roles may have changed), or None."""
+        return self._by_hash.get(digest) if digest else None
+
+
+def parse_tokens(doc: Mapping[str, Any], path: str = "the token file") -> dict[str, Identity]:
+    problems = []
+    unknown = sorted(set(doc) - {"token"})
+    if unknown:
+        problems.append(f"unknown top-level key(s) {', '.join(unknown)}; expected [[token]] tables")
+    entries = doc.get("token", [])
+    if not isinstance(entries, list):
+        problems.append("[[token]] must be an array of tables")
+        entries = []
+    identities: dict[str, Identity] = {}
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"token {i + 1}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: not a table")
+            continue
+        name, roles, digest = entry.get("name"), entry.get("roles"), entry.get("sha256")
+        if isinstance(name, str) and name:
+            where = f"token {name!r}"
+        extra = sorted(set(entry) - {"name", "roles", "sha256"})
+        if extra:
+            problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}: name must be a non-empty string")
+            continue
+        if name in names:
+            problems.append(f"{where}: the name is used twice")
+        names.add(name)
+        if not isinstance(roles, list) or not roles or not all(r in ROLES for r in roles):
+            problems.append(f"{where}: roles must be a non-empty list of {', '.join(ROLES)}")
+            continue
+        if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            problems.append(f"{where}: sha256 must be 64 lower-case hex digits (pfnode token new prints it)")
+            continue
+        if digest in identities:
+            problems.append(f"{where}: the same token as {identities[digest].name!r}")
+        identities[digest] = Identity(name, frozenset(roles))
+    if problems:
+        raise ConfigError(f"{path} has problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    return identities
+
+
+def token_of(path: str, headers: Any) -> str | None:
+    """The token a request presents: `Authorization: Bearer X`, else `?token=X` in its URL."""
+    value = None
+    if headers is not None:
+        try:
+            value = headers.get("Authorization") or headers.get("authorization")
+        except Exception:
+            value = None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if value:
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    query = urllib.parse.urlsplit(path).query
+    if query:
+        tokens = urllib.parse.parse_qs(query).get("token")
+        if tokens:
+            return tokens[0]
+    return None

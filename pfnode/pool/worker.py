@@ -1,0 +1,255 @@
+"""A worker process: imports the handler modules, then runs packets sent by the front.
+
+Started by the pool as `python -m pfnode.worker CONFIG_JSON`. The channel is a pair
+of pipes speaking `pfnode.pipe`: batches of tasks arrive on stdin, answers leave on the
+original stdout; fd 1 is then pointed at stderr so that a handler's print() cannot
+corrupt the channel.
+
+Tasks in one batch run in order, one at a time; the front relies on this to know
+which packet a worker was running when it died.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import resource
+import select
+import sys
+import time
+import traceback
+
+import orjson
+
+from . import pipe
+from .pipe import Done, Failed, Task
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class MemoryCap:
+    """Caps the address space a handler may add to this worker (RLIMIT_AS, soft limit),
+    measured from the worker's size after start-up, and lifts the cap afterwards."""
+
+    def __init__(self) -> None:
+        self.baseline = _address_space_bytes()
+        self.soft, self.hard = resource.getrlimit(resource.RLIMIT_AS)
+
+    def limit(self, limit_mb: int | None) -> None:
+        if limit_mb is not None:
+            cap = self.baseline + limit_mb * 1024 * 1024
+            if self.hard != resource.RLIM_INFINITY:
+                cap = min(cap, self.hard)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, self.hard))
+
+    def lift(self, limit_mb: int | None) -> None:
+        if limit_mb is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.soft, self.hard))
+
+
+def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done | Failed:
+    """Run one task (its data already out of shared memory) and say how it ended."""
+    from ..elements.errors import ElementError
+    from ..errors import PayloadError
+    from ..core.protocol import ndarray_opted_in
+    from ..registry import Context
+
+    no = task.no
+    if time.monotonic() >= task.deadline:
+        return Failed(no, "PF408", "deadline passed before the packet started", 0.0)
+    key = task.key
+    spec = registry.get(key)
+    if spec is None:  # the front checks keys first; this guards a mismatch between workers
+        return Failed(no, "PF001", f"no handler for {key}", 0.0)
+    deps = task.dependencies
+    deps = {dep: orjson.loads(raw) for dep, raw in deps.items()} if deps else {}
+    group, _, element = key.partition(":")
+    metadata = task.metadata
+    ctx = Context(task.packet_id, group, element, task.priority, metadata, task.deadline, deps)
+    memory_limit_mb = task.memory_limit_mb if memory_cap is not None else None
+    start = time.perf_counter()
+    try:
+        if memory_limit_mb is not None:
+            memory_cap.limit(memory_limit_mb)
+        try:
+            try:  # the front forwarded the data's JSON text unparsed
+                data = orjson.loads(task.data)
+            except orjson.JSONDecodeError as exc:  # the front checked it: a mismatch, not a user error
+                return Failed(no, "PF002", f"data is not valid JSON: {exc}", _ms_since(start))
+            nd = None
+            if ndarray_opted_in(metadata):
+                from .. import ndarray as nd  # imported (with numpy) only by packets that opt in
+                try:
+                    data = nd.decode_tree(data)
+                except PayloadError as exc:
+                    return Failed(no, "PF002", str(exc), _ms_since(start))
+            value = spec(data, ctx)
+            try:  # orjson's error is a TypeError: encode apart so a handler's TypeError stays as raised
+                if nd is not None:
+                    value = nd.encode_tree(value)
+                body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+            except orjson.JSONEncodeError as exc:
+                return Failed(no, "PF500", f"{key} returned a value that is not JSON-serialisable: {exc}",
+                              _ms_since(start))
+            except PayloadError as exc:  # from nd.encode_tree: e.g. an object-dtype array
+                return Failed(no, "PF500", f"{key} returned a value that cannot be encoded as "
+                                           f"ndarrays: {exc}", _ms_since(start))
+        finally:
+            if memory_limit_mb is not None:
+                memory_cap.lift(memory_limit_mb)
+    except MemoryError:
+        limit = f" of {memory_limit_mb} MiB" if memory_limit_mb is not None else ""
+        return Failed(no, "PF501", f"{key} exceeded its memory limit{limit}", _ms_since(start))
+    except ElementError as exc:  # bad input, named by the element (pfnode/elements/errors.py)
+        return Failed(no, "PF002", str(exc), _ms_since(start))
+    except Exception as exc:
+        return Failed(no, "PF500", f"{type(exc).__name__}: {exc}", _ms_since(start))
+    return Done(no, body, _ms_since(start))
+
+
+POLL_S = 0.001  # how often a busy worker looks for new messages (cancels, more tasks)
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the front dies, so a handler stuck in a
+    loop can never outlive the node (EOF on stdin covers every other case)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _read_message(fd: int):
+    header = _read_exact(fd, 4)
+    if header is None:
+        return None
+    body = _read_exact(fd, pipe.header_length(header))
+    return None if body is None else pipe.decode_one(body)
+
+
+def main(argv: list[str]) -> int:
+    import signal
+
+    config = orjson.loads(argv[1]) if len(argv) > 1 else {}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front owns shutdown; it closes our stdin
+    _die_with_parent()
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # print() in handlers goes to stderr, not into the channel
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    in_fd = 0
+    pid = os.getpid()
+
+    def send(message) -> None:
+        _write_all(out_fd, pipe.pack(message))
+
+    from ..registry import default_registry, load_handler_modules
+
+    try:
+        if config.get("version", pipe.VERSION) != pipe.VERSION:
+            raise RuntimeError(f"the front speaks pipe version {config.get('version')}, "
+                               f"this worker {pipe.VERSION}")
+        if config.get("cpu") is not None:
+            os.sched_setaffinity(0, {config["cpu"]})
+        if config.get("nice"):
+            os.nice(config["nice"])  # a batch lane: the front and the ed lane go first
+        load_handler_modules(config.get("handler_modules", []))
+    except Exception as exc:
+        send(pipe.Fatal(str(exc), pid))
+        return 2
+    if config.get("buffer_table"):
+        from .buffers import configure
+
+        configure(config["buffer_table"])  # rm:alloc's buffers, for ctx.buffer(name)
+    memory_cap = MemoryCap()
+    lane_limit_mb = config.get("memory_limit_mb")
+    inbound = outbound = None
+    threshold = config.get("shm_threshold_bytes", 0)
+    if config.get("arenas"):
+        from .arena import Arena
+
+        inbound, outbound = (Arena.attach(path) for path in config["arenas"])
+    send(pipe.Hello(pipe.VERSION, pid, default_registry.describe(), sorted(os.sched_getaffinity(0))))
+
+    inbox: collections.deque[Task] = collections.deque()
+    cancelled: set[int] = set()
+    open_channel = True
+    ShmRef = pipe.ShmRef
+    clock = time.monotonic
+    polled = clock()
+    while True:
+        # Block for input only when idle; otherwise take what has arrived, looking at most
+        # every POLL_S (a syscall per packet costs more than a no-op handler), so a cancel
+        # notice still reaches packets that were handed over but have not started.
+        if open_channel and (not inbox or clock() - polled >= POLL_S):
+            while open_channel and (not inbox or _readable(in_fd)):
+                message = _read_message(in_fd)
+                if message is None:
+                    open_channel = False  # the front closed the channel: finish what we hold
+                    break
+                if type(message) is pipe.Tasks:
+                    inbox.extend(message.tasks)
+                else:
+                    cancelled.update(message.nos)
+            polled = clock()
+        if not inbox:
+            return 0
+        task = inbox.popleft()
+        if type(task.data) is ShmRef:
+            # copied out (and its space freed) before anything else, skipped or not
+            task.data = inbound.take(task.data)
+        if task.no in cancelled:
+            cancelled.discard(task.no)
+            send(pipe.Skipped(task.no))
+            continue
+        if task.memory_limit_mb is None:
+            task.memory_limit_mb = lane_limit_mb
+        answer = run_task(default_registry, task, memory_cap)
+        if outbound is not None and type(answer) is Done and len(answer.body) > threshold:
+            ref = outbound.put(answer.body)
+            if ref is not None:
+                answer.body = ref
+        send(answer)
+        if type(answer) is Failed and answer.code == "PF501":
+            # A worker that hit its cap may be left fragmented or half-initialised:
+            # replace it rather than trust it with the next packet.
+            send(pipe.Retire("memory limit exceeded", pid))
+            return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv))
+    except Exception:
+        traceback.print_exc()
+        raise
