@@ -52,7 +52,7 @@ def test_an_exception_inside_the_node_answers_the_frame_and_later_frames_are_sti
             assert link.reading_paused  # at its limit: what follows waits in the backlog
             link.deliver(b'{"type":"submit","seq":2,"payload":"explode"}')
             link.submit(3, {"id": "after", "group": "df", "element": "transform", "data": "ok"})
-            return [await link.reply(seq) for seq in (1, 0, 3)], dict(node.counters)
+            return [await link.reply(seq) for seq in (1, 0, 3)], dict(node.metrics.counts)
 
     (slow, boom, after), counters = asyncio.run(go())  # an undecoded frame's seq is unknown: 0
     assert slow["payload"]["status"] == "success"

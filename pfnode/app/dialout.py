@@ -69,7 +69,7 @@ class Uplink:
     def replay(self, packet_id: str, seq: int) -> bool:
         """True when the hub sent `packet_id` again: it is running (its answer will come)
         or it ran (its answer goes again). False: a new packet."""
-        flight = self.node.scheduler.inflight.get((self.node._scope(self.link), packet_id))
+        flight = self.node.scheduler.inflight.get((self.node.scope_of(self.link), packet_id))
         if flight is not None and flight.origin is self.link:
             self._note_resent(packet_id, seq, "it is still running")
             return True

@@ -75,6 +75,26 @@ class Dispatcher:
         self.estimates: dict[str, float] = {}  # handler key -> moving average run time, ms
         self._numbers = itertools.count(1)
 
+    # ------------------------------------------------------------------ tuning (mc:tune)
+    def tuning(self, lane: str) -> tuple[float, int]:
+        """A lane's (prefetch_ms, window): the estimated work and the packets one worker holds."""
+        return self.prefetch[lane], self.windows[lane]
+
+    def tune(self, lane: str, *, prefetch_ms: float | None = None, window: int | None = None) -> None:
+        """Set a lane's prefetch (ms of estimated work, >= 0) and window (packets one worker
+        holds, >= 1). A window over 1 on a lane whose window is 1 (it runs in priority
+        order, one at a time) is refused: ValueError."""
+        if lane not in self.windows:
+            raise ValueError(f"unknown lane {lane!r}")
+        if prefetch_ms is not None and not prefetch_ms >= 0:
+            raise ValueError(f"prefetch_ms must be >= 0, got {prefetch_ms!r}")
+        if window is not None and (type(window) is not int or window < 1):
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if prefetch_ms is not None:
+            self.prefetch[lane] = float(prefetch_ms)
+        if window is not None:
+            self.windows[lane] = window
+
     # ------------------------------------------------------------------ workers
     def add(self, slot: int, lane: str, handle: Any = None) -> WorkerView:
         view = self.workers[slot] = WorkerView(slot, lane, handle)

@@ -580,6 +580,18 @@ class Scheduler:
         """Packets ready and waiting in a lane queue."""
         return len(self.inflight) - self.blocked - self.dispatched - self.forwarded
 
+    def aging_ms(self, lane: str) -> int:
+        return round(self.lanes[lane].aging_s * 1000)
+
+    def set_aging(self, lane: str, aging_ms: int) -> None:
+        """A lane's aging: a queued packet gains one priority level per `aging_ms` waited
+        (0: strict priorities). ValueError for an unknown lane or a negative value."""
+        if lane not in self.lanes:
+            raise ValueError(f"unknown lane {lane!r}")
+        if type(aging_ms) is not int or aging_ms < 0:
+            raise ValueError(f"aging_ms must be an integer >= 0, got {aging_ms!r}")
+        self.lanes[lane].aging_s = aging_ms / 1000
+
     def depth(self, lane: str) -> int:
         return len(self.lanes[lane])
 

@@ -153,3 +153,30 @@ def token_of(path: str, headers: Any) -> str | None:
         if tokens:
             return tokens[0]
     return None
+
+
+class Access:
+    """The node's one answer to "may this identity act in this role": its token table
+    (None: no authentication, loopback only, and everyone may everything)."""
+
+    def __init__(self, token_file: str | None) -> None:
+        self.token_file = token_file
+        self.tokens: TokenTable | None = None
+
+    def load(self) -> None:
+        """Read the token file (at start; ConfigError when it cannot be read)."""
+        if self.token_file:
+            self.tokens = TokenTable.load(self.token_file)
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens is not None
+
+    def may(self, identity: Identity | None, role: str) -> bool:
+        """Whether `identity` holds `role` (always, without authentication)."""
+        return self.tokens is None or (identity is not None and identity.may(role))
+
+    def identify(self, path: str, headers: Any) -> tuple[Identity | None, str | None]:
+        """Who a request is (None: unknown) and the token it presented (None: none)."""
+        token = token_of(path, headers)
+        return (self.tokens.lookup(token) if self.tokens is not None else None), token

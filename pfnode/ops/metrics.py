@@ -18,6 +18,8 @@ docs/OBSERVABILITY.md lists every metric with its labels and example queries.
 """
 from __future__ import annotations
 
+import collections
+
 import itertools
 import logging
 from bisect import bisect_left
@@ -210,6 +212,9 @@ class Metrics:
         self._admin = _Counter("pfnode_admin_actions_total",
                                "admin actions (mc:scale, ...) by outcome", ("action", "outcome"))
         self._registry: CollectorRegistry | None = None
+        # the node's counts by name, as /status shows them ("completed", "failed_PF408",
+        # "refused_PF004", "forbidden", ...): kept by the same event calls as the series above
+        self.counts: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ hot path
     def packet_done(self, group: str, lane: str | None, code: str | None, rtt_s: float,
@@ -230,6 +235,34 @@ class Metrics:
         if run_ms:
             counts.run[bisect_left(_BUCKETS_MS, run_ms)] += 1
             counts.run_sum_ms += run_ms
+
+    def packet_submitted(self, from_cache: bool = False) -> None:
+        """A packet was admitted (`from_cache`: and answered at once from rm:cache's memo)."""
+        counts = self.counts
+        counts["submitted"] += 1
+        if from_cache:
+            counts["answered_from_cache"] += 1
+
+    def answered(self, code: str | None) -> None:
+        """A packet's one answer went to a submitter still there (code None: success)."""
+        counts = self.counts
+        if code is None:
+            counts["completed"] += 1
+        else:
+            counts["failed"] += 1
+            counts[f"failed_{code}"] += 1
+
+    def packet_refused(self, group: str, code: str) -> None:
+        """A submit refused at admission (PF409, PF004, PF001, PF503 ...)."""
+        self.counts[f"refused_{code}"] += 1
+        self.packet_ended(group, code)
+
+    def packet_cancelled(self, group: str, counted: bool = True) -> None:
+        """A packet whose submitter left; `counted`: it never ran (a running one is counted
+        in pfnode_packets_total when it ends)."""
+        self.counts["cancelled"] += 1
+        if counted:
+            self.packet_ended(group, "cancelled")
 
     def packet_ended(self, group: str, outcome: str | None) -> None:
         """A packet that ended without running or being timed: refused at admission (PF409,
@@ -274,16 +307,19 @@ class Metrics:
     # ------------------------------------------------------------------ events
     def frame_rejected(self, code: str) -> None:
         code = getattr(code, "value", code)
+        self.counts[f"rejected_{code}"] += 1
         self._rejected.inc(code if code in OUTCOMES else OTHER)
 
     def connection_opened(self) -> None:
         self.connections_opened += 1
+        self.counts["connections"] += 1
 
     def connection_closed(self, code: int | None) -> None:
         self._closed.inc("none" if code is None else str(code) if code in CLOSE_CODES else OTHER)
 
     def connection_refused(self, reason: str) -> None:
         """reason: max_connections, draining, unauthenticated, tls, ... (a word of the code's, never the peer's)."""
+        self.counts["connections_refused"] += 1
         self._refused.inc(reason)
 
     def worker_restart(self, lane: str, cause: str) -> None:
@@ -292,6 +328,7 @@ class Metrics:
 
     def auth_failure(self, reason: str) -> None:
         """reason: missing_token, bad_token, forbidden, ... (a word of the code's)."""
+        self.counts["forbidden" if reason == "forbidden" else "auth_failures"] += 1
         self._auth.inc(reason)
 
     def admin_action(self, action: str, outcome: str = "ok") -> None:
@@ -300,6 +337,7 @@ class Metrics:
 
     def internal_error(self) -> None:
         self.internal_errors += 1
+        self.counts["internal_errors"] += 1
 
     # ------------------------------------------------------------------ scrape
     @property

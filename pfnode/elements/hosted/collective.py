@@ -82,7 +82,7 @@ async def vote(ctx, data: Any) -> Any:
     quorum = optional_int(data, "quorum", "quorum", low=1, high=n) or n // 2 + 1
     value = data.get("input")
     # on different workers or reactors: each replica pinned to the next target in turn
-    targets = ctx.host.broadcast_targets(step.key, "all")
+    targets = ctx.node.broadcast_targets(step.key, "all", ctx.identity)
     if targets:
         runs = (ctx.run_on(targets[i % len(targets)], step, value, f"replicas[{i}]") for i in range(n))
     else:
@@ -112,7 +112,7 @@ async def broadcast(ctx, data: Any) -> Any:
     targets = data.get("targets", "workers")
     if targets not in ("workers", "reactors", "all"):
         raise ElementError("targets", f"must be workers, reactors or all, got {targets!r}"[:200])
-    chosen = ctx.host.broadcast_targets(step.key, targets)
+    chosen = ctx.node.broadcast_targets(step.key, targets, ctx.identity)
     if not chosen:
         raise ElementFailed(ErrorCode.NO_HANDLER, f"no {targets} run {step.key}")
     value = data.get("input")
@@ -196,5 +196,5 @@ async def sync(ctx, data: Any) -> Any:
     name = need_str(data.get("barrier"), "barrier")
     parties = need_int(data.get("parties"), "parties", low=1, high=MAX_PARTIES)
     margin = min(0.005, ctx.remaining_s() / 10)  # answer before the node's own deadline does
-    return await ctx.host.elements.barriers.arrive(name, parties, data.get("data"),
+    return await ctx.node.resources.barriers.arrive(name, parties, data.get("data"),
                                                    max(0.0, ctx.remaining_s() - margin))

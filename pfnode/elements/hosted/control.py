@@ -129,7 +129,7 @@ async def gate(ctx, data: Any) -> Any:
     timeout_ms = optional_int(data, "timeout_ms", "timeout_ms", low=1)
     if timeout_ms is not None:
         need_int(timeout_ms, "timeout_ms", low=1)
-    waits = {pid: ctx.host.completion(ctx.scope, pid) for pid in dict.fromkeys(ids)}
+    waits = {pid: ctx.node.completion(ctx.scope, pid) for pid in dict.fromkeys(ids)}
     limit = min(ctx.remaining_s(), timeout_ms / 1000 if timeout_ms else float("inf"))
     pending = [w for w in waits.values() if not w.done()]
     if pending:

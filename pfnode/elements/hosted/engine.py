@@ -13,39 +13,26 @@ connected reactor through the hub), and its one answer comes back to the element
 a `Waiter` instead of a link. When the parent ends (answered, past its deadline, or its
 submitter gone), every step it still has in flight is cancelled.
 
-The node is the `host`: the engine reaches it through the few methods named in `Host`.
+The engine reaches the node only through `NodeControl` (pfnode/elements/host.py).
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from ...errors import ErrorCode
 from ...core.flight import DONE, Flight, Outcome
 from ...core.protocol import _ELEMENT_RE, GROUPS, MAX_ID_CHARS, Packet, RawJSON, encode_json
+from ..host import NodeControl
 from ..base import ElementError, ElementFailed, check_keys, need_dict, need_list
 
 STEP_FIELDS = {"group", "element", "data", "priority", "timeout_ms", "metadata", "input_as"}
 MAX_STEPS = 1000  # steps in one composite's list
 _MISSING = object()
-
-
-class Host(Protocol):
-    """What the engine needs of the node."""
-
-    settings: Any
-    clock: Any
-
-    def submit_internal(self, packet: Packet, parent: Flight, origin: "Waiter", identity: Any,
-                        target: Any = None) -> Any:
-        """Admit a sub-packet (on `target` when given); its Flight, or a Refusal."""
-
-    def drop_internal(self, flight: Flight) -> None:
-        """Cancel a sub-packet whose parent has ended."""
 
 
 class Waiter:
@@ -131,8 +118,8 @@ class ElementContext:
 
     _ids = itertools.count(1)
 
-    def __init__(self, host: Host, flight: Flight, identity: Any) -> None:
-        self.host = host
+    def __init__(self, node: NodeControl, flight: Flight, identity: Any) -> None:
+        self.node = node
         self.flight = flight
         self.identity = identity
         self.started = time.perf_counter()
@@ -156,7 +143,7 @@ class ElementContext:
         return self.flight.packet.metadata
 
     def remaining_s(self) -> float:
-        return max(0.0, self.flight.deadline - self.host.clock())
+        return max(0.0, self.flight.deadline - self.node.now())
 
     # -- steps
     async def run(self, step: Any, value: Any, field: str) -> Any:
@@ -172,7 +159,7 @@ class ElementContext:
         return await self._answer_of(*self.send(parsed, value, field))
 
     async def run_on(self, target: Any, step: Step, value: Any, field: str) -> Outcome:
-        """Run a step on one chosen target (a worker, or a reactor: `host.broadcast_targets`);
+        """Run a step on one chosen target (a worker, or a reactor: `NodeControl.broadcast_targets`);
         its Outcome. A target that refuses it does not pass it on."""
         return await self._answer_of(*self.send(step, value, field, target))
 
@@ -186,7 +173,7 @@ class ElementContext:
         finally:
             self._children.pop(flight, None)
             if flight.state is not DONE:
-                self.host.drop_internal(flight)
+                self.node.drop(flight)
 
     def send(self, step: Step, value: Any, field: str, target: Any = None) -> tuple[Any, Flight | None]:
         """Admit a step now; (its Waiter, its Flight), or (a failure Outcome, None)."""
@@ -197,7 +184,7 @@ class ElementContext:
             data_json = encode_json(data)
         except TypeError as exc:
             raise ElementError(field, f"a value that is not JSON: {exc}") from None
-        now = self.host.clock()
+        now = self.node.now()
         remaining_ms = int((self.flight.deadline - now) * 1000)
         if remaining_ms <= 0:
             return failure(ErrorCode.DEADLINE_EXCEEDED, f"{field}: no time left in the parent's deadline"), None
@@ -208,7 +195,7 @@ class ElementContext:
                         priority=step.priority or self.flight.priority, timeout_ms=timeout_ms,
                         metadata=step.metadata)
         waiter = Waiter()
-        admitted = self.host.submit_internal(packet, self.flight, waiter, self.identity, target)
+        admitted = self.node.submit(packet, self.flight, waiter, self.identity, target)
         if not isinstance(admitted, Flight):
             code = admitted.code.value if isinstance(admitted.code, ErrorCode) else admitted.code
             return failure(code, admitted.message), None
@@ -220,7 +207,7 @@ class ElementContext:
         children, self._children = self._children, {}
         for child in children:
             if child.state is not DONE:
-                self.host.drop_internal(child)
+                self.node.drop(child)
 
     # -- helpers for elements
     def elapsed_ms(self) -> float:

@@ -90,7 +90,7 @@ class Subscription:
     """One ed:react: a step run on every event of a topic, until it expires."""
 
     def __init__(self, events: "Events", sub_id: str, topic: str, step: Step, emit: str | None,
-                 owner: Any, identity: Any, host: Any, expires: float, size: int) -> None:
+                 owner: Any, identity: Any, node: Any, expires: float, size: int) -> None:
         self.events = events
         self.id = sub_id
         self.topic = topic
@@ -98,7 +98,7 @@ class Subscription:
         self.emit = emit
         self.owner = owner
         self.identity = identity
-        self.host = host
+        self.node = node  # NodeControl
         self.expires = expires
         self.bytes = size
         self.tasks: set[asyncio.Task] = set()
@@ -125,16 +125,16 @@ class Subscription:
         self.events.reactions -= 1
 
     async def _run(self, value: Any, depth: int) -> None:
-        host = self.host
+        node = self.node
         step = self.step
-        timeout_ms = step.timeout_ms or host.settings.default_timeout_ms
+        timeout_ms = step.timeout_ms or node.default_timeout_ms
         priority = step.priority or 5
         packet = Packet(id=f"react:{self.id}#{next(self._numbers)}", group="ed", element="react",
                         priority=priority, timeout_ms=timeout_ms)
         # the reaction's own record, never admitted: its steps' parent (deadline, scope)
         parent = Flight(packet, scope=self.owner, priority=priority, timeout_ms=timeout_ms,
-                        deadline=host.clock() + timeout_ms / 1000)
-        ctx = ElementContext(host, parent, self.identity)
+                        deadline=node.now() + timeout_ms / 1000)
+        ctx = ElementContext(node, parent, self.identity)
         counters = self.events.counters
         try:
             output = await ctx.run(step, value, "step")
@@ -242,7 +242,7 @@ class Events:
             raise ElementFailed(ErrorCode.OVERLOADED, f"subscriptions' steps already take {self.sub_bytes} bytes "
                                                       f"(limit {MAX_SUBSCRIPTION_BYTES}); retry later")
         sub_id = f"sub-{next(self._ids)}-{os.urandom(4).hex()}"
-        sub = Subscription(self, sub_id, topic, step, emit, owner, ctx.identity, ctx.host,
+        sub = Subscription(self, sub_id, topic, step, emit, owner, ctx.identity, ctx.node,
                            self.clock() + ttl_ms / 1000, size)
         self.subscriptions[sub_id] = sub
         self.by_topic.setdefault(topic, {})[sub_id] = sub
@@ -297,7 +297,7 @@ async def signal(ctx, data: Any) -> Any:
     data = need_dict(data, "data")
     check_keys(data, "", {"topic", "data"})
     topic = _topic(data.get("topic"))
-    return {"delivered": ctx.host.elements.events.publish(topic, data.get("data"))}
+    return {"delivered": ctx.node.resources.events.publish(topic, data.get("data"))}
 
 
 @node_element("ed:watch")
@@ -307,7 +307,7 @@ async def watch(ctx, data: Any) -> Any:
     check_keys(data, "", {"topic", "events"})
     topic = _topic(data.get("topic"))
     wanted = optional_int(data, "events", "events", low=1, high=MAX_WATCH_EVENTS) or 1
-    done = await ctx.host.elements.events.watch(topic, wanted, answer_within_s(ctx))
+    done = await ctx.node.resources.events.watch(topic, wanted, answer_within_s(ctx))
     return {"events": done.events, "complete": len(done.events) >= wanted}
 
 
@@ -315,7 +315,7 @@ async def watch(ctx, data: Any) -> Any:
 async def react(ctx, data: Any) -> Any:
     """Run a step on every event of a topic (a subscription), or cancel one."""
     data = need_dict(data, "data")
-    events = ctx.host.elements.events
+    events = ctx.node.resources.events
     if "cancel" in data:
         check_keys(data, "", {"cancel"})
         sub_id = need_str(data.get("cancel"), "cancel")
@@ -352,7 +352,7 @@ async def timer(ctx, data: Any) -> Any:
         field = "count" if count is not None and count > 1 else "after_ms"
         raise ElementError(field, f"the last run would start {last_ms} ms from now, after the packet's "
                                   f"deadline ({int(remaining_ms)} ms left)")
-    clock = ctx.host.clock
+    clock = ctx.node.now
     started = clock()
     answer_by = started + answer_within_s(ctx)
     open_ended = every_ms is not None and count is None
@@ -374,5 +374,5 @@ async def timer(ctx, data: Any) -> Any:
             output = await ctx.run(step, i, f"runs[{i}]")
         outputs.append(output)
         if emit is not None:
-            ctx.host.elements.events.publish(emit, output)
+            ctx.node.resources.events.publish(emit, output)
     return outputs if count is not None or open_ended else outputs[0]

@@ -32,7 +32,7 @@ async def consume(ctx, data: Any) -> Any:
     chunk = optional_int(data, "chunk", "chunk", low=1, high=MAX_ITEMS)
     parallel = optional_int(data, "parallel", "parallel", low=1, high=MAX_PARALLEL)
     if parallel is None:
-        parallel = ctx.host.parallelism(step.key)
+        parallel = ctx.node.parallelism(step.key)
     size = chunk or 1
     runs = [(start, items[start:start + size] if chunk else items[start]) for start in range(0, len(items), size)]
     outputs: list[Any] = [None] * len(items)

@@ -40,20 +40,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import logging
-from typing import TYPE_CHECKING
-
-from ...ops import logs
-from ...pool.capacity import read_capacity, recommend
-from ...errors import ErrorCode, HandlerError
 from ...core.protocol import _ELEMENT_RE, GROUPS
-from ..base import (NODE_ELEMENTS, ElementError, ElementFailed, check_keys, need_dict, need_int, need_str,
-                    node_element)
-
-if TYPE_CHECKING:
-    from ...pool.pool import Pool
-
-log = logging.getLogger("pfnode.front")
+from ...errors import ErrorCode, HandlerError
+from ..base import ElementError, ElementFailed, check_keys, need_dict, need_int, need_str, node_element
 
 MAX_WORKERS_PER_CORE = 4  # a lane larger than this is a typo, not a plan
 SCALE_USAGE = 'mc:scale expects {"lane": "df", "workers": N} or {"workers": "auto"} (optionally with "lane")'
@@ -61,13 +50,6 @@ SCALE_USAGE = 'mc:scale expects {"lane": "df", "workers": N} or {"workers": "aut
 
 def _invalid(message: str) -> HandlerError:
     return HandlerError(ErrorCode.INVALID_PACKET, message)
-
-
-def capacity_report(pool: "Pool") -> tuple[dict[str, Any], dict[str, int]]:
-    cap = read_capacity(pool.worker_pids())
-    advice = recommend(cap, rm_memory_limit_mb=pool.settings.rm_memory_limit_mb,
-                       current=pool.lane_sizes(), df_max_workers=pool.settings.df_max_workers)
-    return cap.to_dict(), advice
 
 
 def scale_plan(data: Any, lanes: dict, advice: dict[str, int], usable_cores: int) -> dict[str, int]:
@@ -107,57 +89,52 @@ def lane_size_problem(spec, size: int, usable_cores: int) -> str | None:
 
 async def resize_lanes(ctx, plan: dict[str, int], action: str) -> dict[str, Any]:
     """Carry out a plan of lane sizes, logging who asked, before and after."""
-    pool = ctx.host.pool
-    before = pool.lane_sizes()
+    node = ctx.node
+    before = node.lane_sizes()
     started = time.perf_counter()
-    who = str(ctx.identity or "local")
-    for name, size in plan.items():
-        try:
-            await pool.resize(name, size)
-        except Exception as exc:
-            ctx.host.metrics.admin_action(action, "failed")
-            logs.admin_action(log, who=who, action=action, outcome="failed", detail=str(exc))
-            raise HandlerError(ErrorCode.HANDLER_FAILED, f"resizing the {name} lane failed: {exc}") from exc
-    after = pool.lane_sizes()
-    ctx.host.metrics.admin_action(action, "ok")
-    logs.admin_action(log, who=who, action=action, before=before, after=after)
-    return {"before": before, "after": after, "targets": dict(pool.targets),
+    try:
+        await node.resize(ctx.identity, plan)
+    except Exception as exc:
+        node.audit(ctx.identity, action, "failed", detail=str(exc))
+        lane = getattr(exc, "lane", None) or ", ".join(plan)
+        raise HandlerError(ErrorCode.HANDLER_FAILED, f"resizing the {lane} lane failed: {exc}") from exc
+    after = node.lane_sizes()
+    node.audit(ctx.identity, action, before=before, after=after)
+    return {"before": before, "after": after, "targets": node.lane_targets(),
             "took_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
 @node_element("mc:scale", role="admin")
 async def scale(ctx, data: Any) -> dict[str, Any]:
     """Set lane sizes, or apply the capacity recommendation."""
-    dask = ctx.host.pool.dask
-    if dask is not None and isinstance(data, dict) and data.get("lane") == "dask":  # pfnode/dasklane.py
+    dask = ctx.node.dask
+    if dask is not None and isinstance(data, dict) and data.get("lane") == "dask":  # pfnode/dask/lane.py
         return await dask_scale(ctx, dask, data)
-    capacity, advice = capacity_report(ctx.host.pool)
+    capacity, advice = ctx.node.capacity()
     try:
-        plan = scale_plan(data, ctx.host.pool.lanes, advice, capacity["usable_cores"])
+        plan = scale_plan(data, ctx.node.lanes(), advice, capacity["usable_cores"])
     except HandlerError:
-        ctx.host.metrics.admin_action("mc:scale", "invalid")
+        ctx.node.audit(ctx.identity, "mc:scale", "invalid")
         raise
     return {**await resize_lanes(ctx, plan, "mc:scale"), "capacity": capacity, "recommended": advice}
 
 
 async def dask_scale(ctx, dask, data: dict) -> dict[str, Any]:
     """mc:scale of the dask lane: the cluster's size or adaptive range, logged like a lane's."""
-    who = str(ctx.identity or "local")
     try:
         reply = await dask.scale(data)
     except HandlerError as exc:
-        ctx.host.metrics.admin_action("mc:scale", "invalid" if exc.code == ErrorCode.INVALID_PACKET.value else "failed")
+        ctx.node.audit(ctx.identity, "mc:scale", "invalid" if exc.code == ErrorCode.INVALID_PACKET.value else "failed")
         raise
-    ctx.host.metrics.admin_action("mc:scale", "ok")
-    logs.admin_action(log, who=who, action="mc:scale", before=reply["before"], after=reply["after"])
+    ctx.node.audit(ctx.identity, "mc:scale", before=reply["before"], after=reply["after"])
     return reply
 
 
 @node_element("mc:status", role="admin")
 async def status(ctx, data: Any) -> dict[str, Any]:
     """The node's lanes, workers, queues, counters, capacity and recommendation."""
-    capacity, advice = capacity_report(ctx.host.pool)
-    return {**ctx.host.health(), "capacity": capacity, "recommended": advice}
+    capacity, advice = ctx.node.capacity()
+    return {**ctx.node.status(), "capacity": capacity, "recommended": advice}
 
 
 MAX_SPAWN = 1024
@@ -168,14 +145,14 @@ MAX_AGING_MS = 3_600_000
 
 
 def _lane(ctx, value: Any) -> str:
-    lanes = ctx.host.pool.lanes
+    lanes = ctx.node.lanes()
     if not isinstance(value, str) or value not in lanes:
         raise ElementError("lane", f"must be one of {', '.join(lanes)}, got {value!r}"[:200])
     return value
 
 
 def _refused(ctx, action: str, exc: ElementError) -> ElementError:
-    ctx.host.metrics.admin_action(action, "invalid")
+    ctx.node.audit(ctx.identity, action, "invalid")
     return exc
 
 
@@ -189,10 +166,10 @@ async def spawn(ctx, data: Any) -> dict[str, Any]:
         added = need_int(data.get("workers"), "workers", low=1, high=MAX_SPAWN)
     except ElementError as exc:
         raise _refused(ctx, "mc:spawn", exc) from None
-    pool = ctx.host.pool
-    async with ctx.host.elements.meta_lock:  # each spawn adds to what the one before left
-        size = pool.targets[lane] + added
-        problem = lane_size_problem(pool.lanes[lane], size, read_capacity().usable_cores)
+    node = ctx.node
+    async with node.resources.meta_lock:  # each spawn adds to what the one before left
+        size = node.lane_targets()[lane] + added
+        problem = lane_size_problem(node.lanes()[lane], size, node.capacity()[0]["usable_cores"])
         if problem is not None:
             raise _refused(ctx, "mc:spawn", ElementError("workers", f"{added} more: {problem}"))
         result = await resize_lanes(ctx, {lane: size}, "mc:spawn")
@@ -207,24 +184,11 @@ def _key(value: Any) -> str:
     return key
 
 
-def where(host, key: str) -> dict[str, Any]:
-    """Where packets of `key` run now (mc:migrate's before and after)."""
-    out: dict[str, Any] = {}
-    if key in host.pool.handlers and not host.pool.handlers[key].get("standard"):
-        out["lane"] = host.pool.lane_of(key, key.partition(":")[0])
-    name = host.hub.preferences.get(key)
-    if name is not None:
-        out["reactor"] = name
-        out["connected"] = host.migrated_link(key) is not None
-    if not out:
-        out["hub" if key not in NODE_ELEMENTS else "front"] = True
-    return out
-
-
 @node_element("mc:migrate", role="admin")
 async def migrate(ctx, data: Any) -> dict[str, Any]:
     """Move a key's packets to another lane, or to a connected reactor."""
-    host = ctx.host
+    node = ctx.node
+    lane = name = None
     try:
         data = need_dict(data, "data")
         key = _key(data.get("key"))
@@ -235,48 +199,32 @@ async def migrate(ctx, data: Any) -> dict[str, Any]:
         check_keys(data, "", {"key", mode})
         if mode == "lane":
             lane = _lane(ctx, data["lane"])
-            options = host.pool.handlers.get(key)
-            if options is None or options.get("standard"):
+            if node.user_handler(key) is None:
                 raise ElementError("key", f"no handler of this node runs {key}: only a handler's lane can change")
-            if host.pool.lane_size(lane) == 0 and host.pool.targets[lane] == 0:
+            if node.lane_sizes()[lane] == 0 and node.lane_targets()[lane] == 0:
                 raise ElementError("lane", f"the {lane} lane has no workers (mc:spawn some first)")
         elif mode == "reactor":
             name = need_str(data["reactor"], "reactor")
-            options = host.pool.handlers.get(key)
-            if key in NODE_ELEMENTS and (options is None or options.get("standard")):
+            if node.is_node_element(key) and node.user_handler(key) is None:
                 raise ElementError("key", f"{key} is a standard element the node runs itself; it cannot move")
         elif data["reset"] is not True:
             raise ElementError("reset", "must be true")
     except ElementError as exc:
         raise _refused(ctx, "mc:migrate", exc) from None
-    pool, hub = host.pool, host.hub
-    migrated = pool.lane_overrides.keys() | hub.preferences.keys()
+    migrated = node.migrated_keys()
     if mode != "reset" and key not in migrated and len(migrated) >= MAX_MIGRATIONS:
         raise ElementFailed(ErrorCode.OVERLOADED, f"{MAX_MIGRATIONS} keys are migrated already; reset some first")
-    before = where(host, key)
-    pool.lane_overrides.pop(key, None)
-    hub.preferences.pop(key, None)
-    if mode == "lane":
-        pool.lane_overrides[key] = lane
-    elif mode == "reactor":
-        hub.preferences[key] = name
-    after = where(host, key)
-    host.metrics.admin_action("mc:migrate", "ok")
-    logs.admin_action(log, who=str(ctx.identity or "local"), action="mc:migrate", before={key: before},
-                      after={key: after})
+    before = node.placement(key)
+    node.migrate(ctx.identity, key, lane=lane, reactor=name)
+    after = node.placement(key)
+    node.audit(ctx.identity, "mc:migrate", before={key: before}, after={key: after})
     return {"key": key, "before": before, "after": after}
-
-
-def tuning(host, lane: str) -> dict[str, Any]:
-    dispatcher = host.pool.dispatcher
-    return {"window_ms": dispatcher.prefetch[lane], "prefetch": dispatcher.windows[lane],
-            "aging_ms": round(host.scheduler.lanes[lane].aging_s * 1000)}
 
 
 @node_element("mc:tune", role="admin")
 async def tune(ctx, data: Any) -> dict[str, Any]:
     """Set a lane's scheduling parameters: prefetch work and count, aging."""
-    host = ctx.host
+    node = ctx.node
     try:
         data = need_dict(data, "data")
         check_keys(data, "", {"lane", "window_ms", "prefetch", "aging_ms"})
@@ -290,7 +238,7 @@ async def tune(ctx, data: Any) -> dict[str, Any]:
         prefetch = data.get("prefetch")
         if prefetch is not None:
             need_int(prefetch, "prefetch", low=1, high=MAX_PREFETCH)
-            if not host.pool.lanes[lane].resizable and prefetch != 1:
+            if not node.lanes()[lane].resizable and prefetch != 1:
                 raise ElementError("prefetch", f"the {lane} lane takes one packet at a time (it runs them in "
                                                "priority order)")
         aging_ms = data.get("aging_ms")
@@ -298,17 +246,8 @@ async def tune(ctx, data: Any) -> dict[str, Any]:
             need_int(aging_ms, "aging_ms", low=0, high=MAX_AGING_MS)
     except ElementError as exc:
         raise _refused(ctx, "mc:tune", exc) from None
-    before = tuning(host, lane)
-    if window_ms is not None:
-        host.pool.dispatcher.prefetch[lane] = float(window_ms)
-    if prefetch is not None:
-        host.pool.dispatcher.windows[lane] = prefetch
-    if aging_ms is not None:
-        host.scheduler.lanes[lane].aging_s = aging_ms / 1000
-    after = tuning(host, lane)
-    host.elements.tuned[lane] = after
-    host.pool.pump()  # a wider window may take queued packets now
-    host.metrics.admin_action("mc:tune", "ok")
-    logs.admin_action(log, who=str(ctx.identity or "local"), action="mc:tune", before={lane: before},
-                      after={lane: after})
+    before = node.tuning(lane)
+    node.tune(ctx.identity, lane, window_ms=window_ms, prefetch=prefetch, aging_ms=aging_ms)
+    after = node.tuning(lane)
+    node.audit(ctx.identity, "mc:tune", before={lane: before}, after={lane: after})
     return {"lane": lane, "before": before, "after": after}

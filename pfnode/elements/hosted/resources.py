@@ -56,7 +56,6 @@ from typing import Any
 
 import orjson
 
-from ...pool import buffers
 from ...errors import ErrorCode
 from ...core.flight import BLOCKED, Flight
 from ...core.protocol import _ELEMENT_RE, encode_json
@@ -93,12 +92,13 @@ class Buffer:
 class Buffers:
     """rm:alloc's shared-memory arrays, and the table that names them for the workers."""
 
-    def __init__(self, clock, max_bytes: int, table: str) -> None:
+    def __init__(self, clock, max_bytes: int, table: str, files: Any) -> None:
         self.clock = clock
         self.max_bytes = max_bytes
         self.held: dict[str, Buffer] = {}
         self.bytes = 0
         self.table = table  # the file the workers read (the pool's supervisor names it)
+        self.files = files  # creates and removes the shared-memory files (the node gives pfnode.pool.buffers)
 
     def alloc(self, name: str, shape: list[int], dtype: str, itemsize: int, owner: Any, ttl_ms: int) -> Buffer:
         if name in self.held:
@@ -112,7 +112,7 @@ class Buffers:
             raise ElementFailed(ErrorCode.OVERLOADED, f"buffers hold {self.bytes} bytes; {nbytes} more would pass "
                                                       f"the node's max_buffer_bytes ({self.max_bytes})")
         try:
-            path = buffers.create_file(name, nbytes)
+            path = self.files.create_file(name, nbytes)
         except OSError as exc:
             raise ElementFailed(ErrorCode.OVERLOADED, f"no shared memory for {nbytes} bytes: {exc}") from None
         buffer = self.held[name] = Buffer(name, path, shape, dtype, nbytes, owner, self.clock() + ttl_ms / 1000)
@@ -125,13 +125,13 @@ class Buffers:
             return 0
         del self.held[buffer.name]
         self.bytes -= buffer.bytes
-        buffers.remove_file(buffer.path)
+        self.files.remove_file(buffer.path)
         self._write_table()
         return buffer.bytes
 
     def _write_table(self) -> None:
         try:
-            buffers.write_table(self.table, {b.name: {"path": b.path, "shape": b.shape, "dtype": b.dtype}
+            self.files.write_table(self.table, {b.name: {"path": b.path, "shape": b.shape, "dtype": b.dtype}
                                              for b in self.held.values()})
         except OSError as exc:
             log.error("front: cannot write the buffer table %s: %s", self.table, exc)
@@ -148,7 +148,7 @@ class Buffers:
     def close(self) -> None:
         for buffer in list(self.held.values()):
             self.free(buffer)
-        buffers.remove_file(self.table)
+        self.files.remove_file(self.table)
 
     def stats(self) -> dict[str, Any]:
         now = self.clock()
@@ -184,7 +184,7 @@ async def alloc(ctx, data: Any) -> Any:
         need_int(size, f"shape[{i}]", low=0, high=1 << 40)
     dtype, itemsize = _dtype(data.get("dtype"))
     ttl_ms = optional_ttl_ms(data, "ttl_ms", DEFAULT_TTL_MS, MAX_TTL_MS)
-    buffer = ctx.host.elements.buffers.alloc(name, list(shape), dtype, itemsize, ctx.scope, ttl_ms)
+    buffer = ctx.node.resources.buffers.alloc(name, list(shape), dtype, itemsize, ctx.scope, ttl_ms)
     return {"name": name, "shape": buffer.shape, "dtype": dtype, "bytes": buffer.bytes, "expires_in_ms": ttl_ms}
 
 
@@ -194,9 +194,9 @@ async def free(ctx, data: Any) -> Any:
     data = need_dict(data, "data")
     check_keys(data, "", {"name"})
     name = need_str(data.get("name"), "name", max_chars=64)
-    state = ctx.host.elements.buffers
+    state = ctx.node.resources.buffers
     buffer = state.held.get(name)
-    if buffer is None or (buffer.owner != ctx.scope and not ctx.host.may(ctx.identity, "admin")):
+    if buffer is None or (buffer.owner != ctx.scope and not ctx.node.may(ctx.identity, "admin")):
         raise ElementError("name", f"no buffer named {name!r} of yours")
     return {"name": name, "bytes": state.free(buffer)}
 
@@ -251,10 +251,11 @@ class Locks:
     """The node's named locks: held by an rm:lock lease or by a packet under it; waiters
     take it in arrival order."""
 
-    def __init__(self, clock, scheduler: Any, pump) -> None:
+    def __init__(self, clock, control: Any) -> None:
         self.clock = clock
-        self.scheduler = scheduler  # packets under a lock wait in it, blocked
-        self.pump = pump  # hands out packets that became ready
+        # the scheduler holds packets under a lock, blocked (`control.unhold`), the node
+        # hands out those that became ready (`control.pump`), leases lapse on its timer
+        self.control = control
         self.named: dict[str, Lock] = {}
         self.counters: collections.Counter[str] = collections.Counter()
 
@@ -311,7 +312,7 @@ class Locks:
         lock.expires = self.clock() + lease_s
         if lock.timer is not None:
             lock.timer.cancel()
-        lock.timer = asyncio.get_running_loop().call_later(lease_s, self._lapse, lock, lock.token)
+        lock.timer = self.control.call_at(lock.expires, self._lapse, lock, lock.token)
 
     def _lapse(self, lock: Lock, token: str) -> None:
         if lock.token == token and self.named.get(lock.name) is lock:
@@ -348,8 +349,8 @@ class Locks:
             elif waiter.state is BLOCKED:
                 lock.holder = waiter
                 self.counters["granted"] += 1
-                if self.scheduler.unhold(waiter, lock.marker):
-                    self.pump()
+                if self.control.unhold(waiter, lock.marker):
+                    self.control.pump()
                 return
         self._forget_if_idle(lock)
 
@@ -430,7 +431,7 @@ class Locks:
 async def lock(ctx, data: Any) -> Any:
     """Take, renew or release a named lock, with a lease."""
     data = need_dict(data, "data")
-    locks = ctx.host.elements.locks
+    locks = ctx.node.resources.locks
     name = need_str(data.get("name"), "name", max_chars=MAX_NAME_CHARS)
     if "token" in data:
         if data.get("release") is not None:
@@ -456,7 +457,7 @@ async def lock(ctx, data: Any) -> Any:
     if wait_ms is not None:
         wait_s = min(wait_s, wait_ms / 1000)
     held = await locks.acquire(name, ctx.scope, lease_ms / 1000, wait_s)
-    return {"name": name, "token": held.token, "expires_in_ms": int((held.expires - ctx.host.clock()) * 1000)}
+    return {"name": name, "token": held.token, "expires_in_ms": int((held.expires - ctx.node.now()) * 1000)}
 
 
 # ---------------------------------------------------------------------------- cache
@@ -575,7 +576,7 @@ async def cache(ctx, data: Any) -> Any:
         raise ElementError("op", f"must be put, get or delete, got {op!r}"[:200])
     check_keys(data, "", {"op", "key", "value", "ttl_ms"} if op == "put" else {"op", "key"})
     key = need_str(data.get("key"), "key", max_chars=MAX_KEY_CHARS)
-    state = ctx.host.elements.cache
+    state = ctx.node.resources.cache
     full_key = (ctx.scope, "key", key)
     if op == "put":
         if "value" not in data:
@@ -591,7 +592,7 @@ async def cache(ctx, data: Any) -> Any:
     if entry is None:
         return {"key": key, "hit": False}
     return {"key": key, "hit": True, "value": orjson.loads(entry.value_json),
-            "expires_in_ms": max(0, int((entry.expires - ctx.host.clock()) * 1000))}
+            "expires_in_ms": max(0, int((entry.expires - ctx.node.now()) * 1000))}
 
 
 # ---------------------------------------------------------------------------- the node's hooks

@@ -16,24 +16,30 @@ import asyncio
 from typing import Any
 
 from ...core.flight import DISPATCHED, FORWARDED
+from ..host import NodeControl
 from .collective import Barriers
 from .events import Events
 from .resources import Admission, Buffers, Cache, Locks, admission
 
 
 class ElementState:
-    def __init__(self, host: Any) -> None:
-        clock = host.clock
+    """Built by the node with the elements' interface (`control`, a NodeControl), its
+    limits, the buffer table's path (the pool's supervisor names it), what makes the
+    buffers' files (pfnode.pool.buffers) and the migrations'
+    two tables (shown in `stats`). The node wires `locks.retired` to the scheduler."""
+
+    def __init__(self, control: NodeControl, *, max_buffer_bytes: int, cache_bytes: int, buffer_table: str,
+                 buffer_files: Any, migrations: tuple[dict, dict] = ({}, {})) -> None:
+        clock = control.now
         self.clock = clock
         self.barriers = Barriers()
         self.events = Events(clock)
-        self.buffers = Buffers(clock, host.settings.max_buffer_bytes, host.pool.supervisor.buffer_table)
-        self.locks = Locks(clock, host.scheduler, host._pump)
-        self.cache = Cache(clock, host.settings.cache_bytes)
+        self.buffers = Buffers(clock, max_buffer_bytes, buffer_table, buffer_files)
+        self.locks = Locks(clock, control)
+        self.cache = Cache(clock, cache_bytes)
         self.tuned: dict[str, dict] = {}  # lane -> its parameters after mc:tune
         self.meta_lock = asyncio.Lock()  # mc:spawn: one at a time
-        self._migrations = (host.pool.lane_overrides, host.hub.preferences)
-        host.scheduler.on_retire = self.locks.retired
+        self._migrations = migrations
 
     # -- the node's hooks
     def admission(self, packet: Any, scope: Any, local: bool) -> Admission:

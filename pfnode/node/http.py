@@ -1,0 +1,101 @@
+"""The node's HTTP routes, answered by the transport before (or instead of) the WebSocket
+upgrade:
+
+| path              | who                               | what                                     |
+|-------------------|-----------------------------------|------------------------------------------|
+| `/healthz`        | anyone                            | readiness only: ready, starting, draining, degraded |
+| `/metrics`        | admin role (anyone without tokens)| Prometheus text or OpenMetrics           |
+| `/status`         | admin role (anyone without tokens)| the node's detail as JSON (node/status.py)|
+| the endpoint path | anyone (tokens are checked on open)| the upgrade, or 503 draining / too many connections, 426 without an upgrade |
+| anything else     | anyone                            | 404 naming the endpoint                  |
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..ops import logs
+from ..transports.base import HttpReply
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("pfnode.front")
+
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+
+
+class HttpRoutes:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def route(self, path: str, upgrade: bool = True, headers: Any = None, peer: str | None = None) -> HttpReply | None:
+        """What a transport answers an HTTP request for `path` with, or None to go on
+        with the WebSocket upgrade (`upgrade`: the request asked for one)."""
+        node = self.node
+        full_path, path = path, path.partition("?")[0]
+        if path == "/metrics":
+            refusal = self.refusal(full_path, headers, "admin")
+            if refusal is not None:
+                return refusal
+            body, content_type = node.metrics.render(headers.get("Accept") if headers is not None else None)
+            return HttpReply(200, "OK", content_type, body)
+        if path == "/healthz":
+            return self._health()
+        if path == "/status":
+            refusal = self.refusal(full_path, headers, "admin")
+            if refusal is not None:
+                return refusal
+            return HttpReply(200, "OK", JSON, orjson.dumps(node.status(), option=orjson.OPT_INDENT_2) + b"\n")
+        if path != node.settings.path:
+            return HttpReply(404, "Not Found", TEXT,
+                             f"Not found. The PacketFlow endpoint is {node.settings.path}\n".encode())
+        return self._endpoint(upgrade, peer)
+
+    def _health(self) -> HttpReply:
+        """Readiness, for load balancers and systemd: nothing more."""
+        node = self.node
+        body = orjson.dumps({"status": node.state}) + b"\n"
+        dask = node.pool.dask
+        if node.ready and dask is not None and dask.problem:  # the Dask cluster unreachable
+            body = orjson.dumps({"status": "degraded", "dask": dask.problem}) + b"\n"
+        elif node.ready:
+            return HttpReply(200, "OK", JSON, body)
+        return HttpReply(503, "Service Unavailable", JSON, body)
+
+    def _endpoint(self, upgrade: bool, peer: str | None) -> HttpReply | None:
+        node = self.node
+        if node.draining:
+            if upgrade:
+                node.metrics.connection_refused("draining")
+                logs.connection_refused(log, peer=peer, reason="draining", detail="node shutting down")
+            return HttpReply(503, "Service Unavailable", TEXT, b"Node shutting down\n")
+        if upgrade and len(node.links) >= node.settings.max_connections:
+            node.metrics.connection_refused("max_connections")
+            logs.connection_refused(log, peer=peer, reason="max_connections",
+                                    detail=f"{len(node.links)} connections already (--max-connections)")
+            return HttpReply(503, "Service Unavailable", TEXT, b"Too many connections; retry later\n",
+                             (("Retry-After", "1"),))
+        if not upgrade:
+            return HttpReply(426, "Upgrade Required", TEXT,
+                             b"This is a PacketFlow WebSocket endpoint; connect with a WebSocket client.\n")
+        return None
+
+    def refusal(self, path: str, headers: Any, role: str) -> HttpReply | None:
+        """None when the request may see a page that needs `role`, else the HTTP answer."""
+        node = self.node
+        access = node.access
+        if not access.enabled:
+            return None
+        identity, token = access.identify(path, headers)
+        if identity is None:
+            node.metrics.auth_failure("bad_token" if token else "missing_token")
+            return HttpReply(401, "Unauthorized", TEXT, b"A token is needed: 'Authorization: Bearer <token>'\n",
+                             (("WWW-Authenticate", 'Bearer realm="pfnode"'),))
+        if not access.may(identity, role):
+            node.metrics.auth_failure("forbidden")
+            return HttpReply(403, "Forbidden", TEXT, f"{identity.name} does not have the {role} role\n".encode())
+        return None
