@@ -18,6 +18,7 @@ import typing
 from typing import Literal
 
 from .errors import ConfigError
+from .transports import NAMES as TRANSPORT_NAMES
 
 DEFAULT_HANDLER_MODULES = ("pfnode.handlers.examples", "pfnode.handlers.numeric")
 
@@ -66,7 +67,7 @@ class Settings:
     path: str = setting("/packetflow/v1", "the WebSocket endpoint's path", scope="serve")
     # The WebSocket layer: "picows" (Cython, the faster: see bench/) or "websockets"
     # (pure Python, the reference); both pass the same test suite
-    transport: Literal["picows", "websockets"] = setting(
+    transport: Literal[TRANSPORT_NAMES] = setting(
         "picows", "WebSocket layer: the endpoint's, or the uplink's for connect")
 
     # Worker pool. Lanes: cf has one worker pinned to one core; df has `workers`;
@@ -273,7 +274,7 @@ class Settings:
             problems.append("write_buffer_high_bytes must not exceed max_write_buffer_bytes")
         if self.default_timeout_ms > self.max_timeout_ms:
             problems.append("default_timeout_ms must not exceed max_timeout_ms")
-        if self.dask is not None:  # the dask lane's own checks (pfnode/daskconfig.py)
+        if self.dask is not None:  # the dask lane's own checks (pfnode/dask/config.py)
             from .dask.config import settings_problems
             problems += settings_problems(self)
         if problems:

@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from pfnode.core import protocol
-from tests.conftest import ROOT, TEST_HANDLERS
+from tests.conftest import ROOT
 from tests.e2e_util import Raw, new_id, packet, run, wait_until
 from tests.inproc import RecordingLink, started_node
 

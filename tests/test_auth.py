@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import signal
-import ssl
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pfnode.node.auth import new_token, parse_tokens, token_entry, token_hash, token_of
 from pfnode.client import Reactor

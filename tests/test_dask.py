@@ -1,4 +1,4 @@
-"""The dask lane (pfnode/dasklane.py), for real: a node with `--dask local:2`, whose df lane runs
+"""The dask lane (pfnode/dask/lane.py), for real: a node with `--dask local:2`, whose df lane runs
 on a Dask LocalCluster of two worker processes, driven over its WebSocket by the Python reactor.
 
 One node serves the whole module (starting a cluster costs seconds); the tests run in file

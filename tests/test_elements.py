@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from tests.e2e_util import Raw, new_id, packet, run
 
 

@@ -42,8 +42,9 @@ def _resolve(parts: list[str]) -> str:
     return ".".join(parts) or "__init__"
 
 
-def imports_of(module: str) -> set[str]:
-    """The pfnode modules `module` imports anywhere in its code (not under TYPE_CHECKING):
+def imports_of(module: str, type_checking: bool = True) -> set[str]:
+    """The pfnode modules `module` imports anywhere in its code (with `type_checking`, also
+    those under TYPE_CHECKING):
     `from .elements import data` counts the package `elements` (its __init__ runs) and the
     module `elements.data`."""
     tree = ast.parse(FILES[module].read_text())
@@ -58,7 +59,7 @@ def imports_of(module: str) -> set[str]:
                 found.add(_resolve(parts + [name]))
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
+        if isinstance(node, ast.If) and _is_type_checking(node) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -120,10 +121,68 @@ def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_the_transports_and_the_hub_depend_on_the_node_interface_only():
-    for module in ("transports.picows", "transports.websockets", "core.hub", "core.scheduler", "core.dispatch",
-                   "transports.base"):
-        assert not imports_of(module) & {"node.node", "app.front", "pool.pool", "app.dialout"}, (module, imports_of(module))
+def _in(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _outside(module: str, allowed: tuple[str, ...]) -> set[str]:
+    """What `module` imports (TYPE_CHECKING imports included) outside the `allowed` packages."""
+    return {m for m in imports_of(module) if not _in(m, *allowed)}
+
+
+def test_the_core_is_pure_and_imports_nothing_above_it():
+    """core/: the rules, no asyncio and no I/O; it imports only itself and the error table."""
+    for module in MODULES:
+        if not _in(module, "core"):
+            continue
+        assert not _outside(module, ("core", "errors")), (module, _outside(module, ("core", "errors")))
+        tree = ast.parse(FILES[module].read_text())
+        stdlib = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                  for alias in node.names}
+        stdlib |= {node.module.split(".")[0] for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert not stdlib & {"asyncio", "socket", "subprocess", "os", "selectors", "threading"}, (module, stdlib)
+
+
+def test_the_elements_see_only_the_core_and_their_interface():
+    """The standard elements import the core, the error table and their own package (whose
+    `host.NodeControl` is the node as they see it); the worker elements also the handler
+    registry they register into. Never the node, the pool, the transports or the hub's I/O."""
+    for module in MODULES:
+        if not _in(module, "elements"):
+            continue
+        allowed = ("core", "errors", "elements") + (("registry",) if _in(module, "elements.worker") else ())
+        assert not _outside(module, allowed), (module, _outside(module, allowed))
+
+
+def test_the_transports_never_import_the_node_or_what_is_behind_it():
+    for module in MODULES:
+        if _in(module, "transports"):
+            bad = {m for m in imports_of(module) if _in(m, "node", "pool", "app", "elements", "dask")}
+            assert not bad, (module, bad)
+
+
+def test_data_flows_one_way_through_the_layers():
+    """transport -> node -> scheduler/pool or hub: nothing below imports what is above it."""
+    above = {"core": ("node", "pool", "transports", "app", "dask", "elements", "ops"),
+             "ops": ("node", "pool", "transports", "app", "dask", "elements"),
+             "pool": ("node", "app", "transports", "elements.hosted", "elements.catalog"),
+             "dask": ("node", "app", "transports", "elements"),
+             "node": ("app",)}
+    for module in MODULES:
+        for layer, banned in above.items():
+            if _in(module, layer):
+                bad = {m for m in imports_of(module) if _in(m, *banned)}
+                assert not bad, (module, bad)
+
+
+def test_there_is_one_transport_registry():
+    """A transport is named in one place: the registry in pfnode/transports/__init__.py;
+    the front, the dial-out and the settings' check all read it."""
+    for module in ("app.front", "app.dialout", "settings"):
+        imported = imports_of(module)
+        assert "transports" in imported, module
+        assert not imported & {"transports.picows", "transports.websockets"}, (module, imported)
 
 
 def test_the_worker_side_of_the_elements_stays_out_of_the_front():
@@ -131,7 +190,23 @@ def test_the_worker_side_of_the_elements_stays_out_of_the_front():
     errors, not the node elements (which import the front's protocol and flight code)."""
     for module in ("elements", "elements.errors", "elements.worker.data", "elements.predicates"):
         assert imports_of(module) <= {"elements", "elements.errors", "elements.worker"}, (module, imports_of(module))
-    assert "elements.catalog" in imports_of("node.node")
+    assert "elements.catalog" in imports_of("node.hosted")
+
+
+def test_the_package_keeps_its_shape():
+    """No class over ~300 lines and no function over ~60 in pfnode/; pfnode/ itself holds
+    only its public modules (the API a user imports, and the settings) besides subpackages."""
+    too_long = []
+    for module, path in FILES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.ClassDef) and lines > 310:
+                too_long.append(f"class {module}.{node.name}: {lines} lines")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and lines > 62:
+                too_long.append(f"function {module}.{node.name}: {lines} lines")
+    assert not too_long, too_long
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__", "__main__", "client", "errors", "ndarray", "registry", "settings"], top
 
 
 def test_each_module_imports_alone():

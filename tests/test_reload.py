@@ -2,7 +2,6 @@
 and no packet is lost while it happens."""
 from __future__ import annotations
 
-import asyncio
 import signal
 import textwrap
 

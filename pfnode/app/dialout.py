@@ -3,7 +3,7 @@
 The node keeps one link to the hub and answers the hub's `submit` frames with its
 local pool, exactly as it answers a connected peer's. The link is one `PeerLink` for
 the node's whole life, whatever happens to the connection under it (the transport's
-uplink link: `ws_picows.PicowsUplinkLink` or `ws_websockets.WebsocketsUplinkLink`):
+uplink link: its transport's `UplinkLink`, pfnode/transports/):
 when the connection drops, packets keep running, their answers wait in its outbox,
 and a new connection is dialled after a growing, jittered delay. On each new
 connection the node announces what it runs (a heartbeat with `capabilities`), then
@@ -27,6 +27,7 @@ from typing import Any
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
+from .. import transports
 from ..errors import ConfigError
 
 log = logging.getLogger("pfnode.dialout")
@@ -95,14 +96,8 @@ class Uplink:
 
 
 def _uplink_link(node: Any, url: str, greeting):
-    """The uplink's link on the node's transport (`--transport`): picows, or websockets."""
-    if node.settings.transport == "picows":
-        from ..transports.picows import PicowsUplinkLink
-
-        return PicowsUplinkLink(node, url, greeting)
-    from ..transports.websockets import WebsocketsUplinkLink
-
-    return WebsocketsUplinkLink(node, url, greeting)
+    """The uplink's link on the node's transport (`--transport`), from the transports' registry."""
+    return transports.load(node.settings.transport).UplinkLink(node, url, greeting)
 
 
 async def dial(node: Any, url: str) -> None:

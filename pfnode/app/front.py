@@ -8,29 +8,18 @@ module only wires it to the outside world.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import resource
 import signal
 from typing import Any
 
 from ..ops import sdnotify
+from .. import transports
 from ..transports import tls
-from ..errors import ConfigError
 from ..node.node import Node
 from ..settings import Settings
 
 log = logging.getLogger("pfnode.front")
-
-TRANSPORTS = {"websockets": "pfnode.transports.websockets", "picows": "pfnode.transports.picows"}
-
-
-def transport_module(name: str):
-    try:
-        return importlib.import_module(TRANSPORTS[name])
-    except ImportError as exc:
-        raise ConfigError(f"transport {name!r} is not available: {exc}") from exc
-
 
 def endpoint_of(node: Node, server: Any) -> str:
     port = server.sockets[0].getsockname()[1]
@@ -61,7 +50,7 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stopping.set)  # handlers only enqueue
     loop.add_signal_handler(signal.SIGHUP, node.request_reload)
-    transport = transport_module(node.settings.transport)
+    transport = transports.load(node.settings.transport)
     server = dialer = None
     try:
         if connect_url is None:

@@ -156,6 +156,38 @@ class Route:
         self.pinned = False  # for this one link only (a co:broadcast step): never passed on
 
 
+def stalled(routes: Iterable[LinkRoutes], key: str) -> list[str]:
+    """Why links that run `key` cannot take it now: they drain, or went silent (a packet
+    timed out there before they ever answered one)."""
+    out = []
+    for r in routes:
+        p = r.profile
+        if r.link.closed:
+            continue
+        if key in p.stopping:
+            out.append(f"{r.link.peer} runs it but is shutting down")
+        elif p.silent and (key in p.can or (p.announced is not None and key in p.announced)):
+            out.append(f"{r.link.peer} runs it but did not answer its last packet in time "
+                       f"(skipped until it answers)")
+    return out
+
+
+def no_reactor_message(flight: Flight, routes: Iterable[LinkRoutes]) -> str:
+    """The PF003 message of a forwarded packet no reactor took: who left, who refused, who stalls."""
+    route = flight.route
+    key = flight.packet.key
+    if route.lost:
+        return (f"reactor {route.lost[-1]} disconnected while running {key}, and no other "
+                f"connected reactor took it")
+    asked = f"; asked: {'; '.join(route.refusals)}" if route.refusals else ""
+    if route.busy_code or route.refused:
+        return f"No reactor could take {key} now{asked}"
+    why = stalled(routes, key)
+    if why:
+        return f"No reactor can take {key} now: {'; '.join(why)}{asked}; retry later"
+    return f"No handler for {key} on this node, and no connected reactor runs it{asked}"
+
+
 class HubEffects(Protocol):
     """What the node does for the hub."""
 
@@ -395,7 +427,7 @@ class Hub:
             route.probing = False
             self._dispatch(flight)
         elif route.parked:
-            self._settle(flight, failure(ErrorCode.NO_REACTOR, self._no_reactor_message(flight)))
+            self._settle(flight, failure(ErrorCode.NO_REACTOR, no_reactor_message(flight, self.routes.values())))
 
     def deadline_passed(self, flight: Flight) -> None:
         route = flight.route
@@ -407,7 +439,7 @@ class Hub:
                 ErrorCode.REMOTE_TIMEOUT, f"reactor {target.link.peer} did not answer {flight.packet.key} "
                                           f"within its deadline ({flight.timeout_ms} ms)"))
         elif route.lost:
-            self._settle(flight, failure(ErrorCode.NO_REACTOR, self._no_reactor_message(flight)))
+            self._settle(flight, failure(ErrorCode.NO_REACTOR, no_reactor_message(flight, self.routes.values())))
         else:
             self._settle(flight, failure(ErrorCode.DEADLINE_EXCEEDED,
                                          f"deadline passed before {flight.packet.key} could be forwarded"))
@@ -418,21 +450,6 @@ class Hub:
         self.parked.pop(flight, None)
 
     # ------------------------------------------------------------------ internals
-    def _stalled(self, key: str) -> list[str]:
-        """Why links that run `key` cannot take it now: they drain, or went silent (a packet
-        timed out there before they ever answered one)."""
-        out = []
-        for r in self.routes.values():
-            p = r.profile
-            if r.link.closed:
-                continue
-            if key in p.stopping:
-                out.append(f"{r.link.peer} runs it but is shutting down")
-            elif p.silent and (key in p.can or (p.announced is not None and key in p.announced)):
-                out.append(f"{r.link.peer} runs it but did not answer its last packet in time "
-                           f"(skipped until it answers)")
-        return out
-
     def _dispatch(self, flight: Flight) -> None:
         now = self.clock()
         remaining_ms = int((flight.deadline - now) * 1000)
@@ -440,7 +457,7 @@ class Hub:
         if route.pinned:  # its one link refused it, went away or did not answer: that is its answer
             code = route.busy_code or (ErrorCode.NO_REACTOR.value if (route.lost or route.refused)
                                        else ErrorCode.NO_HANDLER.value)
-            self._settle(flight, failure(code, self._no_reactor_message(flight)))
+            self._settle(flight, failure(code, no_reactor_message(flight, self.routes.values())))
             return
         if remaining_ms <= 0:
             self.deadline_passed(flight)
@@ -463,11 +480,11 @@ class Hub:
             self.counters["no_reactor"] += 1
             if route.busy_code:  # a reactor that runs it is busy or stopping: retry later
                 code = route.busy_code
-            elif route.lost or route.refused or self._stalled(flight.packet.key):
+            elif route.lost or route.refused or stalled(self.routes.values(), flight.packet.key):
                 code = ErrorCode.NO_REACTOR.value
             else:
                 code = ErrorCode.NO_HANDLER.value
-            self._settle(flight, failure(code, self._no_reactor_message(flight)))
+            self._settle(flight, failure(code, no_reactor_message(flight, self.routes.values())))
 
     def _send_to(self, flight: Flight, r: LinkRoutes, now: float, remaining_ms: int) -> None:
         route = flight.route
@@ -487,20 +504,6 @@ class Hub:
                   " (probe)" if route.probing else "")
         self.effects.set_alarm(flight, now + self.probe_s if route.probing else flight.deadline)
         self.effects.offer(r.link, r.out_seq, flight, remaining_ms)
-
-    def _no_reactor_message(self, flight: Flight) -> str:
-        route = flight.route
-        key = flight.packet.key
-        if route.lost:
-            return (f"reactor {route.lost[-1]} disconnected while running {key}, and no other "
-                    f"connected reactor took it")
-        asked = f"; asked: {'; '.join(route.refusals)}" if route.refusals else ""
-        if route.busy_code or route.refused:
-            return f"No reactor could take {key} now{asked}"
-        stalled = self._stalled(key)
-        if stalled:
-            return f"No reactor can take {key} now: {'; '.join(stalled)}{asked}; retry later"
-        return f"No handler for {key} on this node, and no connected reactor runs it{asked}"
 
     def _release(self, flight: Flight, r: LinkRoutes) -> None:
         """`r` holds `flight` no more (it answered, refused, or went away)."""

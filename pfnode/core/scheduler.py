@@ -40,22 +40,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import heapq
-import itertools
 from typing import Any, Callable, Hashable, Iterable
 
 from ..errors import ErrorCode
 from .flight import BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight
+from .loads import Loads, Refusal
+from .timetable import MAX_DEADLINE_QUEUES, TimeTable  # noqa: F401 (MAX_DEADLINE_QUEUES: re-exported)
 
 LANES = ("cf", "df", "ed", "rm")
 __all__ = ["BLOCKED", "DISPATCHED", "DONE", "FORWARDED", "QUEUED", "LANES", "Failure", "Flight",
            "LaneQueue", "Refusal", "ResultStore", "Scheduler", "StoredResult"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Refusal:
-    code: ErrorCode
-    message: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,13 +115,6 @@ class ResultStore:
 
     def __len__(self) -> int:
         return len(self._results)
-
-
-MAX_DEADLINE_QUEUES = 64  # distinct timeouts with a queue of their own; packets of others use the heap
-
-
-def _when_and_order(item: tuple[float, int, Flight]) -> tuple[float, int]:
-    return item[0], item[1]
 
 
 class _Level:
@@ -240,25 +227,15 @@ class Scheduler:
                  max_queued_bytes_per_client: int = 256 << 20,
                  result_store_entries: int = 10_000, result_store_age_ms: int = 600_000,
                  result_store_bytes: int = 256 * 1024 * 1024, lanes: Iterable[str] = LANES) -> None:
-        self.max_queued = max_queued
-        self.max_blocked = max_blocked
-        self.max_blocked_per_client = max_blocked_per_client
-        self.max_queued_bytes = max_queued_bytes
-        self.max_queued_bytes_per_client = max_queued_bytes_per_client
-        self.bytes = 0  # data of every packet in flight
-        self._loads: dict[Any, list[int]] = {}  # tenant -> [in flight, blocked, bytes]
+        self.loads = Loads(max_queued=max_queued, max_blocked=max_blocked,
+                           max_blocked_per_client=max_blocked_per_client, max_queued_bytes=max_queued_bytes,
+                           max_queued_bytes_per_client=max_queued_bytes_per_client)
         self.lanes: dict[str, LaneQueue] = {lane: LaneQueue(aging_ms / 1000) for lane in lanes}
         self.results = ResultStore(result_store_entries, result_store_age_ms / 1000, result_store_bytes)
         self.inflight: dict[Hashable, Flight] = {}  # every flight not DONE, by (scope, id)
         self._origins: dict[Any, dict[Hashable, Flight]] = {}  # origin -> its flights
         self._waiters: dict[Hashable, list[Flight]] = collections.defaultdict(list)  # dep key -> blocked
-        # Time: each packet's deadline waits in the queue of its timeout (admitted in deadline
-        # order, so each queue is sorted: a deque, O(1) both ends); an earlier alarm, or a
-        # deadline out of its queue's order, in the heap.
-        self._deadlines: dict[int, collections.deque[Flight]] = {}
-        self._alarms: list[tuple[float, int, Flight]] = []
-        self._order = itertools.count()
-        self.blocked = 0
+        self.times = TimeTable()  # every deadline and alarm
         self.dispatched = 0
         self.forwarded = 0
         self.released = 0  # blocked packets that became ready, ever (a caller sees whether to pump)
@@ -275,7 +252,7 @@ class Scheduler:
             return refusal
         if flight.lane not in self.lanes:
             raise ValueError(f"unknown lane {flight.lane!r}")
-        refusal = self._over_a_bound(flight)
+        refusal = self.loads.over_queued(flight, self.queued)
         if refusal is not None:
             return refusal
         waiting: set[str] = set()
@@ -291,23 +268,18 @@ class Scheduler:
             waiting.add(dep)
         if hold is not None:
             waiting.add(hold)
-        if waiting and self._reaches(scope, waiting, flight.id):
+        if waiting and reaches(self.inflight, scope, waiting, flight.id):
             return Refusal(ErrorCode.DEPENDENCY_FAILED,
                            f"dependency cycle: packet {flight.id!r} would wait for itself")
         if waiting:
-            load = self._loads.get(flight.tenant)
-            if self.blocked >= self.max_blocked:
-                return Refusal(ErrorCode.OVERLOADED, f"node overloaded: {self.max_blocked} packets already "
-                                                     "wait for dependencies; retry later")
-            if load is not None and load[1] >= self.max_blocked_per_client:
-                return Refusal(ErrorCode.OVERLOADED, f"{self.max_blocked_per_client} of your packets already "
-                                                     "wait for dependencies; retry once they ran")
+            refusal = self.loads.over_blocked(flight)
+            if refusal is not None:
+                return refusal
         self._enter(flight, now)
         if waiting:
             flight.state = BLOCKED
             flight.waiting_on = waiting
-            self.blocked += 1
-            self._loads[flight.tenant][1] += 1
+            self.loads.block(flight)
             for dep in waiting:
                 if dep is not hold:
                     self._waiters[(scope, dep)].append(flight)
@@ -336,7 +308,7 @@ class Scheduler:
     def _admit_past_the_queues(self, flight: Flight, now: float, state: str) -> Refusal | None:
         """Admit a packet that waits in no lane queue (only its id and its bytes are
         checked), straight into `state`."""
-        refusal = self._duplicate(flight) or self._over_bytes(flight)
+        refusal = self._duplicate(flight) or self.loads.over_bytes(flight)
         if refusal is not None:
             return refusal
         self._enter(flight, now)
@@ -348,56 +320,17 @@ class Scheduler:
             return Refusal(ErrorCode.DUPLICATE_ID, f"a packet with id {flight.id!r} is already in flight")
         return None
 
-    def _over_a_bound(self, flight: Flight) -> Refusal | None:
-        queued = self.queued
-        if queued >= self.max_queued:
-            return Refusal(ErrorCode.OVERLOADED,
-                           f"node overloaded: {self.max_queued} packets already waiting; retry later")
-        if queued * 2 >= self.max_queued:
-            load = self._loads.get(flight.tenant)
-            share = self.max_queued // max(1, len(self._loads))
-            if load is not None and load[0] >= share:
-                return Refusal(ErrorCode.OVERLOADED,
-                               f"node busy: you hold {load[0]} of its {queued} waiting packets, over your "
-                               f"fair share of {share}; retry later")
-        return self._over_bytes(flight)
-
-    def _over_bytes(self, flight: Flight) -> Refusal | None:
-        size = flight.size
-        if not size:
-            return None
-        if self.bytes + size > self.max_queued_bytes:
-            return Refusal(ErrorCode.OVERLOADED, f"node overloaded: {self.bytes} bytes of packet data "
-                                                 f"already held (limit {self.max_queued_bytes}); retry later")
-        load = self._loads.get(flight.tenant)
-        if load is not None and load[2] + size > self.max_queued_bytes_per_client:
-            return Refusal(ErrorCode.OVERLOADED, f"your packets in flight already hold {load[2]} bytes of data "
-                                                 f"(limit {self.max_queued_bytes_per_client}); retry later")
-        return None
-
     def _enter(self, flight: Flight, now: float) -> None:
-        load = self._loads.get(flight.tenant)
-        if load is None:
-            load = self._loads[flight.tenant] = [0, 0, 0]
-        load[0] += 1
-        load[2] += flight.size
-        self.bytes += flight.size
+        self.loads.entered(flight)
         flight.arrived = now
-        flight.order = next(self._order)
+        flight.order = next(self.times.order)
         self.inflight[flight.key] = flight
         if flight.origin is not None:
             mine = self._origins.get(flight.origin)
             if mine is None:
                 mine = self._origins[flight.origin] = {}
             mine[flight.key] = flight
-        flight.alarm = deadline = flight.deadline
-        queue = self._deadlines.get(flight.timeout_ms)
-        if queue is None and len(self._deadlines) < MAX_DEADLINE_QUEUES:
-            queue = self._deadlines[flight.timeout_ms] = collections.deque()
-        if queue is not None and (not queue or queue[-1].deadline <= deadline):
-            queue.append(flight)
-        else:
-            heapq.heappush(self._alarms, (deadline, flight.order, flight))
+        self.times.enter(flight)
 
     # ------------------------------------------------------------------ local packets
     def dispatch(self, lane: str, now: float) -> Flight | None:
@@ -417,8 +350,7 @@ class Scheduler:
         waiting.discard(hold)
         if waiting:
             return False
-        self.blocked -= 1
-        self._loads[flight.tenant][1] -= 1
+        self.loads.block(flight, -1)
         flight.state = QUEUED
         self.lanes[flight.lane].push(flight)
         self.released += 1
@@ -459,8 +391,7 @@ class Scheduler:
                 if done_ok:
                     waiter.waiting_on.discard(done_id)
                     if not waiter.waiting_on:
-                        self.blocked -= 1
-                        self._loads[waiter.tenant][1] -= 1
+                        self.loads.block(waiter, -1)
                         waiter.state = QUEUED
                         self.lanes[waiter.lane].push(waiter)
                         self.released += 1
@@ -491,21 +422,16 @@ class Scheduler:
 
     def load_of(self, tenant: Any) -> tuple[int, int, int]:
         """A tenant's packets in flight, of them blocked, and the bytes of their data."""
-        load = self._loads.get(tenant)
-        return tuple(load) if load is not None else (0, 0, 0)
+        return self.loads.of(tenant)
 
     def count_of(self, origin: Any) -> int:
         mine = self._origins.get(origin)
         return len(mine) if mine else 0
 
-    # ------------------------------------------------------------------ time
+    # ------------------------------------------------------------------ time (core/timetable.py)
     def set_alarm(self, flight: Flight, when: float) -> None:
         """Look at `flight` again at `when`, or at its deadline if that comes first."""
-        if when >= flight.deadline:
-            flight.alarm = flight.deadline  # its deadline's item is waiting since admission
-        else:
-            flight.alarm = when
-            heapq.heappush(self._alarms, (when, next(self._order), flight))
+        self.times.set_alarm(flight, when)
 
     def tick(self, now: float) -> list[Flight]:
         """Packets whose alarm has come, in time order; each is still in its state. The
@@ -513,52 +439,15 @@ class Scheduler:
         forwarded one: `complete(..., ok=False)`, which also fails their dependents) and
         hands the others (an earlier alarm of the hub's) back to the hub, whose next
         alarm is the deadline unless it sets an earlier one."""
-        due = []
-        heap = self._alarms
-        while heap and heap[0][0] <= now:  # first the heap: an early alarm may defer to its deadline's item
-            item = heapq.heappop(heap)
-            when, _, flight = item
-            if flight.state is DONE or flight.alarm != when:
-                continue  # answered, or its alarm moved
-            if when < flight.deadline:
-                flight.alarm = flight.deadline  # an early alarm falls back to the deadline
-                if flight.deadline <= now:
-                    continue  # whose own item comes later in this same tick
-            else:
-                flight.alarm = None
-            due.append(item)
-        for queue in self._deadlines.values():
-            while queue and queue[0].deadline <= now:
-                flight = queue.popleft()
-                if flight.state is DONE or flight.alarm is None:
-                    continue  # answered, or its deadline was seen to already
-                flight.alarm = None
-                due.append((flight.deadline, flight.order, flight))
-        if len(due) > 1:
-            due.sort(key=_when_and_order)
-        return [item[2] for item in due]
+        return self.times.tick(now)
 
     def next_alarm(self) -> float | None:
-        best = None
-        heap = self._alarms
-        while heap:
-            when, _, flight = heap[0]
-            if flight.state is not DONE and flight.alarm is not None and (
-                    flight.alarm == when or flight.deadline == when):
-                best = when
-                break
-            heapq.heappop(heap)  # answered, or its alarm moved
-        for queue in self._deadlines.values():
-            while queue and (queue[0].state is DONE or queue[0].alarm is None):
-                queue.popleft()
-            if queue and (best is None or queue[0].deadline < best):
-                best = queue[0].deadline
-        return best
+        return self.times.next_alarm()
 
     @property
     def alarm_entries(self) -> int:
         """Entries the time table holds (answered packets included, until they are dropped)."""
-        return len(self._alarms) + sum(len(queue) for queue in self._deadlines.values())
+        return self.times.entries
 
     def waiting_for(self, key: Hashable) -> int:
         """How many blocked packets wait for the packet of `key` ((scope, id)) to complete."""
@@ -575,6 +464,16 @@ class Scheduler:
         return out
 
     # ------------------------------------------------------------------ state
+    @property
+    def bytes(self) -> int:
+        """The data of every packet in flight."""
+        return self.loads.bytes
+
+    @property
+    def blocked(self) -> int:
+        """Packets waiting for dependencies or a hold."""
+        return self.loads.blocked
+
     @property
     def queued(self) -> int:
         """Packets ready and waiting in a lane queue."""
@@ -602,19 +501,13 @@ class Scheduler:
         if state is QUEUED:
             self.lanes[flight.lane].discard(flight)
         elif state is BLOCKED:
-            self.blocked -= 1
-            self._loads[flight.tenant][1] -= 1
+            self.loads.block(flight, -1)
         elif state is DISPATCHED:
             self.dispatched -= 1
         elif state is FORWARDED:
             self.forwarded -= 1
         flight.state = DONE
-        load = self._loads[flight.tenant]
-        load[0] -= 1
-        load[2] -= flight.size
-        self.bytes -= flight.size
-        if not load[0]:
-            del self._loads[flight.tenant]
+        self.loads.left(flight)
         if self.inflight.get(flight.key) is flight:
             del self.inflight[flight.key]
         if flight.origin is not None:
@@ -623,37 +516,23 @@ class Scheduler:
                 mine.pop(flight.key, None)
                 if not mine:
                     del self._origins[flight.origin]
-        flight.alarm = None
         if flight.hold is not None and self.on_retire is not None:
             self.on_retire(flight)
-        queue = self._deadlines.get(flight.timeout_ms)
-        if queue:
-            while queue and queue[0].state is DONE:
-                queue.popleft()  # answered in the order they came: the queue stays short
-            if len(queue) > 1024 and len(queue) > 2 * len(self.inflight):  # one slow packet holds the head
-                live = [f for f in queue if f.state is not DONE]
-                queue.clear()
-                queue.extend(live)
-        heap = self._alarms
-        if len(heap) > 1024 and len(heap) > 2 * len(self.inflight):
-            # Most of the alarm heap is answered packets waiting to fall off its top;
-            # rebuild it so memory follows the live packets, not the recent throughput.
-            self._alarms = [item for item in heap if item[2].state is not DONE
-                            and (item[0] == item[2].alarm or item[0] == item[2].deadline)]
-            heapq.heapify(self._alarms)
+        self.times.retired(flight, len(self.inflight))
 
-    def _reaches(self, scope: Hashable, start: set[str], target: str) -> bool:
-        """Does any blocked packet reachable from `start` wait on `target`?"""
-        seen: set[str] = set()
-        stack = list(start)
-        while stack:
-            packet_id = stack.pop()
-            if packet_id == target:
-                return True
-            if packet_id in seen:
-                continue
-            seen.add(packet_id)
-            blocked = self.inflight.get((scope, packet_id))
-            if blocked is not None and blocked.state is BLOCKED:
-                stack.extend(blocked.waiting_on)
-        return False
+
+def reaches(inflight: dict[Hashable, Flight], scope: Hashable, start: set[str], target: str) -> bool:
+    """Does any blocked packet of `scope` reachable from `start` wait on `target`?"""
+    seen: set[str] = set()
+    stack = list(start)
+    while stack:
+        packet_id = stack.pop()
+        if packet_id == target:
+            return True
+        if packet_id in seen:
+            continue
+        seen.add(packet_id)
+        blocked = inflight.get((scope, packet_id))
+        if blocked is not None and blocked.state is BLOCKED:
+            stack.extend(blocked.waiting_on)
+    return False

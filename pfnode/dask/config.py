@@ -1,14 +1,11 @@
-"""The `--dask` settings, read and checked (pfnode/dasklane.py uses them; pfnode/settings.py
-adds their problems to its own). Apart from pfnode/dasklane.py so that the settings import
-nothing of the lane or of Dask."""
+"""The `--dask` settings, read and checked (pfnode/dask/lane.py uses them; pfnode/settings.py
+adds their problems to its own). Apart from the lane so that the settings import nothing of
+the lane or of Dask, and this imports nothing of the settings: it is given them."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..core.scheduler import LANES
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 LOCAL = "local:"  # --dask local:N
 
@@ -27,8 +24,8 @@ def parse_target(text: str) -> tuple[str | None, int | None]:
     return text, None
 
 
-def settings_problems(settings: "Settings") -> list[str]:
-    """The dask settings' problems (Settings.__post_init__ adds them to its own)."""
+def settings_problems(settings: Any) -> list[str]:
+    """The problems of a Settings' dask_* fields (Settings.__post_init__ adds them to its own)."""
     problems = []
     try:
         parse_target(settings.dask)

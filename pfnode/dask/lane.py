@@ -46,22 +46,17 @@ Endings (every packet is answered once, whatever Dask does)
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import logging
-import os
-import sys
 import time
-import uuid
 from concurrent.futures import CancelledError  # what a cancelled Dask future raises
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import ConfigError, ErrorCode, HandlerError
 from ..core.flight import DISPATCHED, DONE, Flight, Outcome, failure, success
-from .config import parse_target
-from ..ops.jobs import keep
 from ..core.scheduler import LaneQueue
+from ..errors import ErrorCode
+from .cluster import READY, UNREACHABLE, Cluster
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -70,11 +65,6 @@ log = logging.getLogger("pfnode.dask")
 
 DASK = "dask"  # the scheduler lane of the packets that run on the Dask cluster
 MAX_RETRIES = 10  # the most runs a packet may ask for beyond its first (metadata.retries)
-RECONNECT_S = 2.0  # between tries to reach an unreachable cluster
-REFRESH_S = 1.0  # how often the cluster's workers are read again
-REFRESH_TIMEOUT_S = 5.0  # how long the scheduler may take to say what workers it has
-SILENT_LIMIT = 3  # that many unanswered reads in a row: the cluster counts as unreachable
-STARTING, READY, UNREACHABLE = "starting", "ready", "unreachable"
 
 
 def retries_of(metadata: Any) -> int:
@@ -99,51 +89,80 @@ class Attempt:
         self.unstarted = False  # its worker died, and it is known not to have started there
 
 
-class LocalCluster:
-    """The child process running `--dask local:N` (pfnode/dasklocal.py)."""
+class Requests:
+    """Gathering results and cancelling tasks, one client request per loop turn for all the
+    packets that need one (not one each)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, address: str, workers: int) -> None:
-        self.proc = proc
-        self.address = address
-        self.workers = workers
+    def __init__(self, lane: "DaskLane") -> None:
+        self.lane = lane
+        self._finished: list[Attempt] = []  # results to gather, this loop turn
+        self._cancels: list[Any] = []  # futures to cancel, this loop turn
+        self._gathering = False
+        self._cancelling = False
 
-    @classmethod
-    async def start(cls, workers: int, env: dict[str, str], timeout_s: float) -> "LocalCluster":
-        from .local import READY_PREFIX
+    def gather(self, attempt: Attempt) -> None:
+        self._finished.append(attempt)
+        if not self._gathering:
+            self._gathering = True
+            self.lane.cluster.background(self._gather())
 
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pfnode.dask.local", str(workers), env=env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    def cancel(self, future: Any) -> None:
+        self._cancels.append(future)
+        if not self._cancelling and self.lane.cluster.client is not None:
+            self._cancelling = True
+            self.lane.cluster.background(self._send_cancels())
+
+    async def _gather(self) -> None:
+        """Fetch the results of the tasks that finished, in one request per loop turn."""
+        lane = self.lane
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
-        except asyncio.TimeoutError:
-            line = b""
-        text = line.decode(errors="replace").strip()
-        if not text.startswith(READY_PREFIX):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            raise ConfigError(f"the local Dask cluster (local:{workers}) did not start "
-                              f"(exit status {proc.returncode}); its errors are in the node's log")
-        return cls(proc, text[len(READY_PREFIX):], workers)
+            while self._finished and lane.cluster.client is not None:
+                batch = [a for a in self._finished if lane.attempts.get(a.flight) is a]
+                self._finished = []
+                if batch:
+                    await self._gather_batch(batch)
+        finally:
+            self._gathering = False
 
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None
-
-    async def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-            self.proc.stdin.close()  # it closes its cluster and exits
+    async def _gather_batch(self, batch: list[Attempt]) -> None:
+        lane = self.lane
+        client = lane.cluster.client
         try:
-            await asyncio.wait_for(self.proc.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+            answers = await client.gather([a.future for a in batch])
+        except Exception:  # one of them was lost or cancelled meanwhile: one at a time
+            answers = None
+        if answers is not None:
+            for attempt, answer in zip(batch, answers):
+                lane.answered(attempt, answer)
+            return
+        for attempt in batch:
+            try:
+                answer = await client.gather(attempt.future)
+            except CancelledError:
+                if lane.attempts.get(attempt.flight) is attempt:
+                    lane.cancelled(attempt)
+            except Exception as exc:
+                if lane.attempts.get(attempt.flight) is attempt:
+                    lane.errored(attempt, exc)
+            else:
+                lane.answered(attempt, answer)
+
+    async def _send_cancels(self) -> None:
+        try:
+            while self._cancels and self.lane.cluster.client is not None:
+                batch, self._cancels = self._cancels, []
+                try:
+                    await self.lane.cluster.client.cancel(batch)
+                except Exception as exc:
+                    log.debug("dask: cancelling %d tasks: %s", len(batch), exc)
+        finally:
+            self._cancelling = False
+            self._cancels.clear()
 
 
 class DaskLane:
     """The backend the pool owns when `--dask` is set: the DASK lane's packets to the cluster
-    and their endings back to `on_answer` (the node's one answer path)."""
+    (pfnode/dask/cluster.py) and their endings back to `on_answer` (the node's one answer path)."""
 
     def __init__(self, settings: "Settings", scheduler: Any, on_answer: Callable[[Flight, Outcome], None], *,
                  wake: Callable[[], None], clock: Callable[[], float] = time.monotonic) -> None:
@@ -152,218 +171,63 @@ class DaskLane:
         self.on_answer = on_answer
         self.wake = wake  # the pool's pump: the window has room again
         self.clock = clock
-        self.address, self.local_workers = parse_target(settings.dask)
+        self.cluster = Cluster(settings, on_ready=wake, on_unreachable=self._unreachable,
+                               on_task_event=self._on_task_event, on_worker_gone=self._worker_gone)
         self.lanes = {name for name in settings.dask_lanes if ":" not in name}
         self.keys = {name for name in settings.dask_lanes if ":" in name}
-        self.modules = tuple(settings.handler_modules)  # what the workers import (start() says)
-        self.handler_keys: frozenset[str] = frozenset()
         # the DASK lane: a queue of the node's scheduler like the others (same aging)
         scheduler.lanes.setdefault(DASK, LaneQueue(settings.aging_ms / 1000))
-        self.tag = uuid.uuid4().hex[:8]
-        self.topic = f"pfnode-{self.tag}"  # where this node's tasks say they started and ended
-        self.state = STARTING
-        self.problem: str | None = None  # why the cluster is unusable now (None: it is usable)
-        self.client: Any = None
-        self.local: LocalCluster | None = None
-        self.workers: dict[str, dict[str, Any]] = {}  # address -> name, nthreads, memory_limit
-        self.missing: dict[str, str] = {}  # worker -> the handler keys it lacks, or its import error
-        self.adaptive: dict | None = None
         self.attempts: dict[Flight, Attempt] = {}  # the packets on the cluster now
         self.by_token: dict[str, Attempt] = {}
         # results on the cluster that blocked packets wait for: (scope, id) -> [future, token, uses left]
         self.kept: collections.OrderedDict[Any, list] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
+        self.requests = Requests(self)
         self._serial = itertools.count(1)
-        self._finished: list[Attempt] = []  # results to gather, this loop turn
-        self._cancels: list[Any] = []  # futures to cancel, this loop turn
-        self._jobs: set[asyncio.Task] = set()
-        self._gathering = False
-        self._cancelling = False
-        self._closing = False
 
-    # ------------------------------------------------------------------ placement
+    # ------------------------------------------------------------------ what the pool and node read
+    @property
+    def problem(self) -> str | None:
+        """Why the cluster is unusable now (None: it is usable); /healthz says "degraded"."""
+        return self.cluster.problem
+
+    @property
+    def state(self) -> str:
+        return self.cluster.state
+
     def lane_for(self, key: str, lane: str) -> str:
         """The lane a packet of `key` runs on: DASK when its key or its lane is claimed."""
         return DASK if key in self.keys or lane in self.lanes else lane
 
-    @property
-    def threads(self) -> int:
-        return sum(int(info.get("nthreads") or 0) for info in self.workers.values())
-
-    def window(self) -> int:
-        return self.settings.dask_window or max(2, 2 * self.threads)
-
-    # ------------------------------------------------------------------ lifecycle
     async def start(self, handler_keys: frozenset[str], modules: list[str]) -> None:
-        """Start the local cluster (local:N) and connect; a remote cluster that cannot be
-        reached leaves the node up and degraded (it reconnects by itself). `handler_keys`
-        and `modules`: the keys the pool's workers run and the modules they import (the
-        standard worker elements' first), which the Dask workers run and import too."""
-        self.handler_keys = frozenset(handler_keys)
-        self.modules = tuple(modules)
-        timeout_s = self.settings.dask_connect_timeout_ms / 1000
-        if self.local_workers is not None:
-            env = dict(os.environ)
-            for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                env.setdefault(name, str(self.settings.worker_blas_threads))
-            env.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the cluster's INFO lines: not in our log
-            self.local = await LocalCluster.start(self.local_workers, env, max(60.0, timeout_s))
-            self.address = self.local.address
-            log.info("dask: local cluster of %d workers (pid %s) at %s", self.local_workers,
-                     self.local.proc.pid, self.address)
-        try:
-            await self._connect(timeout_s)
-        except Exception as exc:
-            if self.local is not None:
-                await self.local.stop()
-                raise ConfigError(f"cannot use the local Dask cluster: {exc}") from exc
-            self._unreachable(f"cannot reach the scheduler: {type(exc).__name__}: {exc}")
-        self._background(self._watch_loop())
+        """Start the local cluster (local:N) and connect (pfnode/dask/cluster.py); the
+        Dask workers run the keys the pool's workers run and import the same modules."""
+        await self.cluster.start(handler_keys, modules)
+        if self.cluster.state is READY:
+            log.info("dask: lanes %s run on the cluster", ", ".join(sorted(self.lanes | self.keys)))
 
     async def close(self) -> None:
-        self._closing = True
+        self.cluster.closing = True
         for attempt in list(self.attempts.values()):
             self._forget(attempt)
         self.kept.clear()
-        for job in list(self._jobs):
-            job.cancel()
-        if self.client is not None:
-            try:
-                for topic in (self.topic, "all"):  # else the scheduler tells us of our own leaving, too late
-                    self.client.unsubscribe_topic(topic)
-                await asyncio.wait_for(self.client.close(), 5.0)
-            except Exception as exc:
-                log.debug("dask: closing the client: %s", exc)
-            self.client = None
-        if self.local is not None:
-            await self.local.stop()
-
-    async def _connect(self, timeout_s: float) -> None:
-        from distributed import Client
-
-        from .worker import HandlerModules, worker_keys
-
-        client = await Client(self.address, asynchronous=True, timeout=timeout_s, set_as_default=False,
-                              direct_to_workers=self.settings.dask_direct, name=f"pfnode-{self.tag}")
-        try:
-            client.subscribe_topic(self.topic, self._on_task_event)
-            client.subscribe_topic("all", self._on_cluster_event)
-            try:
-                await client.register_plugin(HandlerModules(self.modules), name="pfnode-handlers")
-            except Exception as exc:
-                log.error("dask: cannot install the handler modules' plugin on the workers (%s: %s); "
-                          "install pfnode and %s on every Dask worker", type(exc).__name__, exc,
-                          ", ".join(self.modules))
-            self.client = client
-            await self._refresh_workers()
-            await self._check_workers(worker_keys)
-        except BaseException:
-            self.client = None
-            await client.close()
-            raise
-        self.state, self.problem = READY, None
-        log.info("dask: connected to %s: %d workers, %d threads; lanes %s run there", self.address,
-                 len(self.workers), self.threads, ", ".join(sorted(self.lanes | self.keys)))
-        self.wake()
-
-    async def _check_workers(self, worker_keys: Callable, workers: list[str] | None = None) -> None:
-        """Log the workers (all, or those named) that lack handlers the node has (their
-        packets get PF001)."""
-        try:
-            replies = await self.client.run(worker_keys, self.modules, workers=workers, on_error="return")
-        except Exception as exc:
-            log.warning("dask: cannot ask the workers what they run: %s", exc)
-            return
-        local = self.handler_keys
-        reported = dict(self.missing)
-        for address, reply in replies.items():
-            if isinstance(reply, BaseException):
-                self.missing[address] = f"{type(reply).__name__}: {reply}"
-            elif reply["error"] is not None:
-                self.missing[address] = reply["error"]
-            elif local - set(reply["keys"]):
-                self.missing[address] = "lacks " + ", ".join(sorted(local - set(reply["keys"])))
-            else:
-                self.missing.pop(address, None)
-        for address, why in self.missing.items():
-            if reported.get(address) == why:
-                continue
-            log.error("dask: worker %s cannot run all of this node's handlers (%s): its packets of those "
-                      "keys are answered PF001", address, why)
-
-    async def _refresh_workers(self) -> None:
-        try:  # newer schedulers list only a few workers unless asked for all
-            info = await self.client.scheduler.identity(n_workers=-1)
-        except TypeError:  # older ones list them all and take no n_workers
-            info = await self.client.scheduler.identity()
-        self.workers = {address: {"name": str(w.get("name")), "nthreads": w.get("nthreads"),
-                                  "memory_limit": w.get("memory_limit")}
-                        for address, w in (info.get("workers") or {}).items()}
-        if self.local is not None:
-            try:
-                self.adaptive = await self.client.scheduler.pfnode_adaptive()
-            except Exception:
-                self.adaptive = None
-
-    async def _watch_loop(self) -> None:
-        """Notice a lost scheduler, reconnect to it, and keep the worker list fresh."""
-        silent = 0  # reads of the workers in a row that the scheduler did not answer
-        while not self._closing:
-            await asyncio.sleep(REFRESH_S if self.state is READY else RECONNECT_S)
-            if self.state is READY:
-                if self.client is None or self.client.status != "running":
-                    self._unreachable("lost the connection to the scheduler")
-                    continue
-                try:
-                    before = self.window()
-                    await asyncio.wait_for(self._refresh_workers(), REFRESH_TIMEOUT_S)
-                    silent = 0
-                    if self.window() > before:
-                        self.wake()
-                except Exception as exc:
-                    silent += 1
-                    log.debug("dask: reading the workers: %s", exc)
-                    if silent >= SILENT_LIMIT:  # a scheduler that does not answer is as good as gone
-                        silent = 0
-                        self._unreachable(f"the scheduler did not answer for {SILENT_LIMIT} tries of "
-                                          f"{REFRESH_TIMEOUT_S:.0f} s")
-                continue
-            if self.local is not None and not self.local.alive:
-                self.problem = (f"the local Dask cluster (pid {self.local.proc.pid}) exited with status "
-                                f"{self.local.proc.returncode}; restart the node")
-                continue
-            old, self.client = self.client, None
-            if old is not None:
-                try:
-                    await asyncio.wait_for(old.close(), 2.0)
-                except Exception:
-                    pass
-            try:
-                await self._connect(min(RECONNECT_S * 2, self.settings.dask_connect_timeout_ms / 1000))
-            except Exception as exc:
-                log.debug("dask: %s still unreachable: %s", self.address, exc)
-
-    def _background(self, coro) -> asyncio.Task:
-        return keep(self._jobs, coro)
+        await self.cluster.close()
 
     # ------------------------------------------------------------------ packets out
     def pump(self, now: float) -> None:
         """Hand queued DASK packets to the cluster while the window has room (or, the
         cluster unreachable, answer them PF503)."""
-        if self.state is READY:
-            limit = self.window()
+        if self.cluster.state is READY:
+            limit = self.cluster.window()
             while len(self.attempts) < limit:
                 flight = self.scheduler.dispatch(DASK, now)
                 if flight is None:
                     break
                 self._submit(flight, now)
-        elif self.state is UNREACHABLE:
+        elif self.cluster.state is UNREACHABLE:
             while (flight := self.scheduler.dispatch(DASK, now)) is not None:
                 self.counters["unavailable"] += 1
-                self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, self._unavailable_text()))
-
-    def _unavailable_text(self) -> str:
-        return f"the Dask cluster at {self.address} is unreachable: {self.problem}"
+                self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, self.cluster.unavailable_text()))
 
     def _submit(self, flight: Flight, now: float, run: int = 1) -> None:
         from .worker import run_packet
@@ -373,22 +237,23 @@ class DaskLane:
         except ValueError as exc:
             self.on_answer(flight, failure(ErrorCode.INVALID_PACKET, str(exc)))
             return
-        token = f"{flight.packet.key}-{flight.id}-{self.tag}.{next(self._serial)}"
+        cluster = self.cluster
+        token = f"{flight.packet.key}-{flight.id}-{cluster.tag}.{next(self._serial)}"
         deadline_wall = time.time() + (flight.deadline - self.clock())
         try:
-            future = self.client.submit(
-                run_packet, self.modules, self.topic, token, flight.packet.key, bytes(flight.packet.data),
+            future = cluster.client.submit(
+                run_packet, cluster.modules, cluster.topic, token, flight.packet.key, bytes(flight.packet.data),
                 flight.id, flight.priority, flight.packet.metadata, deadline_wall,
                 self._dependencies(flight, now), key=token, priority=flight.priority, pure=False)
         except Exception as exc:  # a closed client, say: the cluster is gone
-            self._unreachable(f"submitting failed: {type(exc).__name__}: {exc}")
-            self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, self._unavailable_text()))
+            cluster.unreachable(f"submitting failed: {type(exc).__name__}: {exc}")
+            self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, cluster.unavailable_text()))
             return
         attempt = Attempt(flight, future, token, run)
         self.attempts[flight] = attempt
         self.by_token[token] = attempt
         self.counters["submitted"] += 1
-        self._background(self._watch(attempt))
+        cluster.background(self._watch(attempt))
 
     def _dependencies(self, flight: Flight, now: float) -> dict[str, Any] | None:
         """{dependency id: its future on the cluster, else its JSON from the node's store}."""
@@ -422,54 +287,22 @@ class DaskLane:
             return  # answered already (its deadline, a lost worker) or no longer wanted
         status = attempt.future.status
         if status == "finished":
-            self._finished.append(attempt)
-            if not self._gathering:
-                self._gathering = True
-                self._background(self._gather())
+            self.requests.gather(attempt)
         elif status == "error":
-            self._errored(attempt, exc)
+            self.errored(attempt, exc)
         else:
-            self._cancelled(attempt)
+            self.cancelled(attempt)
 
-    def _cancelled(self, attempt: Attempt) -> None:
+    def cancelled(self, attempt: Attempt) -> None:
         """Its task was cancelled, not by this node: the client lost its scheduler (which
         cancels every future), or another client cancelled it."""
-        if self.client is None or self.client.status != "running":
-            self._unreachable("lost the connection to the scheduler")
+        client = self.cluster.client
+        if client is None or client.status != "running":
+            self.cluster.unreachable("lost the connection to the scheduler")
         else:
             self._end(attempt, failure(ErrorCode.UNAVAILABLE, "the Dask cluster cancelled the packet's task"))
 
-    async def _gather(self) -> None:
-        """Fetch the results of the tasks that finished, in one request per loop turn."""
-        try:
-            while self._finished and self.client is not None:
-                batch = [a for a in self._finished if self.attempts.get(a.flight) is a]
-                self._finished = []
-                if not batch:
-                    continue
-                try:
-                    answers = await self.client.gather([a.future for a in batch])
-                except Exception:  # one of them was lost or cancelled meanwhile: one at a time
-                    answers = None
-                if answers is not None:
-                    for attempt, answer in zip(batch, answers):
-                        self._answered(attempt, answer)
-                    continue
-                for attempt in batch:
-                    try:
-                        answer = await self.client.gather(attempt.future)
-                    except CancelledError:
-                        if self.attempts.get(attempt.flight) is attempt:
-                            self._cancelled(attempt)
-                    except Exception as exc:
-                        if self.attempts.get(attempt.flight) is attempt:
-                            self._errored(attempt, exc)
-                    else:
-                        self._answered(attempt, answer)
-        finally:
-            self._gathering = False
-
-    def _answered(self, attempt: Attempt, answer: Any) -> None:
+    def answered(self, attempt: Attempt, answer: Any) -> None:
         from ..pool.pipe import Done, Failed
 
         if self.attempts.get(attempt.flight) is not attempt:
@@ -489,7 +322,7 @@ class DaskLane:
             self._end(attempt, failure(ErrorCode.HANDLER_FAILED, f"the Dask task returned {type(answer).__name__}, "
                                                                  "not a pfnode answer"))
 
-    def _errored(self, attempt: Attempt, exc: BaseException) -> None:
+    def errored(self, attempt: Attempt, exc: BaseException) -> None:
         """The task itself failed (not the handler, whose errors are answers)."""
         if type(exc).__name__ == "KilledWorker":
             if attempt.unstarted:  # it never started: the dead worker only held it
@@ -526,10 +359,10 @@ class DaskLane:
     def _resubmit(self, attempt: Attempt, run: int) -> None:
         self._forget(attempt)
         flight = attempt.flight
-        if flight.state is DISPATCHED and self.state is READY:
+        if flight.state is DISPATCHED and self.cluster.state is READY:
             self._submit(flight, self.clock(), run)
         elif flight.state is DISPATCHED:
-            self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, self._unavailable_text()))
+            self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, self.cluster.unavailable_text()))
 
     def _end(self, attempt: Attempt, outcome: Outcome) -> None:
         self._forget(attempt)
@@ -543,26 +376,7 @@ class DaskLane:
             del self.attempts[attempt.flight]
         self.by_token.pop(attempt.token, None)
         if cancel:
-            self._cancel(attempt.future)
-
-    def _cancel(self, future: Any) -> None:
-        """Cancel tasks, one request per loop turn."""
-        self._cancels.append(future)
-        if not self._cancelling and self.client is not None:
-            self._cancelling = True
-            self._background(self._send_cancels())
-
-    async def _send_cancels(self) -> None:
-        try:
-            while self._cancels and self.client is not None:
-                batch, self._cancels = self._cancels, []
-                try:
-                    await self.client.cancel(batch)
-                except Exception as exc:
-                    log.debug("dask: cancelling %d tasks: %s", len(batch), exc)
-        finally:
-            self._cancelling = False
-            self._cancels.clear()
+            self.requests.cancel(attempt.future)
 
     def expire(self, flight: Flight) -> None:
         """Its deadline passed while it was on the cluster: PF408 now; cancelled if it had not
@@ -593,27 +407,21 @@ class DaskLane:
             self.scheduler.forget(flight)
         self.wake()
 
+    # ------------------------------------------------------------------ what the cluster tells
     def _unreachable(self, why: str) -> None:
         """The cluster cannot be used: PF503 for every packet on it or waiting for it."""
-        self.problem = why
-        if self.state is UNREACHABLE:
-            return
-        self.state = UNREACHABLE
-        log.error("dask: the cluster at %s is unreachable (%s); its packets are answered PF503 until it is back",
-                  self.address, why)
         self.kept.clear()
         for attempt in list(self.attempts.values()):
             self._forget(attempt)
             self.counters["unavailable"] += 1
             if attempt.flight.state is not DONE:
                 self.on_answer(attempt.flight, failure(
-                    ErrorCode.UNAVAILABLE, f"lost the Dask cluster at {self.address} while the packet was on it "
-                                           f"({why}); it may have run"))
+                    ErrorCode.UNAVAILABLE, f"lost the Dask cluster at {self.cluster.address} while the packet was "
+                                           f"on it ({why}); it may have run"))
         self.wake()
 
-    # ------------------------------------------------------------------ events from the cluster
     def _on_task_event(self, event: Any) -> None:
-        """A task of ours started, or ended with a small result (pfnode/daskworker.py)."""
+        """A task of ours started, or ended with a small result (pfnode/dask/worker.py)."""
         from ..pool.pipe import Done, Failed
 
         _, msg = event
@@ -625,34 +433,15 @@ class DaskLane:
             attempt.worker = msg[2]
         elif kind == "done":
             self.counters["results_by_event"] += 1
-            self._answered(attempt, Done(0, msg[2], msg[3]))
+            self.answered(attempt, Done(0, msg[2], msg[3]))
         elif kind == "failed":
-            self._answered(attempt, Failed(0, msg[2], msg[3], msg[4]))
+            self.answered(attempt, Failed(0, msg[2], msg[3], msg[4]))
 
-    def _on_cluster_event(self, event: Any) -> None:
-        _, msg = event
-        if not isinstance(msg, dict):
-            return
-        action = msg.get("action")
-        if action == "remove-worker":
-            worker = msg.get("worker")
-            self._worker_gone(worker, msg.get("processing-tasks") or ())
-            lost = msg.get("lost-computed-tasks")
-            if lost and self.kept:  # not computed again for us: the node has their results
-                for key in [key for key, kept in self.kept.items() if kept[1] in lost]:
-                    del self.kept[key]
-        elif action == "add-worker" and self.client is not None and self.state is READY:
-            from .worker import worker_keys
-
-            self._background(self._worker_added(worker_keys, msg.get("worker")))
-
-    def _worker_gone(self, worker: str, processing: Any) -> None:
+    def _worker_gone(self, worker: str, processing: Any, threads: int, lost_computed: Any) -> None:
         """A worker left with these tasks assigned. Those of ours that started there are lost.
         One whose start the node had not heard of yet may have started all the same (the
         event may have died with the worker): it counts as lost too, unless the worker's
         threads were all known to be running other packets of ours, so it cannot have."""
-        threads = int((self.workers.pop(worker, None) or {}).get("nthreads") or 1)
-        self.missing.pop(worker, None)
         ours = [a for a in map(self.by_token.get, processing) if a is not None]
         running = sum(1 for a in ours if a.worker == worker)
         for attempt in ours:
@@ -660,68 +449,22 @@ class DaskLane:
                 self._lost(attempt, worker)
             else:
                 attempt.unstarted = True  # Dask sends it elsewhere, or fails it (KilledWorker): run again
-
-    async def _worker_added(self, worker_keys: Callable, worker: str | None) -> None:
-        try:
-            await self._refresh_workers()
-            await self._check_workers(worker_keys, [worker] if worker else None)
-        except Exception as exc:
-            log.debug("dask: reading a new worker: %s", exc)
-        self.wake()
+        if lost_computed and self.kept:  # not computed again for us: the node has their results
+            for key in [key for key, kept in self.kept.items() if kept[1] in lost_computed]:
+                del self.kept[key]
 
     # ------------------------------------------------------------------ mc:scale, mc:status
     def stats(self) -> dict[str, Any]:
         running: collections.Counter[str] = collections.Counter(
             a.worker for a in self.attempts.values() if a.worker is not None)
-        return {"state": self.state, "problem": self.problem, "scheduler": self.address,
-                "local": ({"pid": self.local.proc.pid, "alive": self.local.alive} if self.local else None),
-                "lanes": sorted(self.lanes | self.keys), "window": self.window(),
+        return {**self.cluster.stats(running), "lanes": sorted(self.lanes | self.keys),
                 "on_cluster": len(self.attempts), "running": sum(running.values()),
-                "queued": self.scheduler.depth(DASK), "threads": self.threads, "adaptive": self.adaptive,
-                "workers": [{"address": address, **info, "running": running.get(address, 0),
-                             **({"problem": self.missing[address]} if address in self.missing else {})}
-                            for address, info in sorted(self.workers.items())],
-                "counters": dict(self.counters)}
+                "queued": self.scheduler.depth(DASK), "counters": dict(self.counters)}
 
     async def scale(self, data: dict) -> dict[str, Any]:
-        """mc:scale with "lane": "dask": {"workers": N} or {"adapt": {"minimum": a, "maximum": b}}
-        (or {"adapt": false}); only for a cluster this node started (local:N)."""
+        """mc:scale with "lane": "dask" (pfnode/dask/cluster.py says what it takes)."""
         from ..pool.capacity import read_capacity
 
-        unknown = sorted(set(data) - {"lane", "workers", "adapt"})
-        if unknown or ("workers" in data) == ("adapt" in data):
-            raise HandlerError(ErrorCode.INVALID_PACKET, 'mc:scale expects {"lane": "dask", "workers": N} or '
-                               '{"lane": "dask", "adapt": {"minimum": A, "maximum": B}} (or "adapt": false)')
-        if self.local is None:
-            raise HandlerError(ErrorCode.INVALID_PACKET, f"the Dask cluster at {self.address} was not started by "
-                               "this node: scale it with its own deployment (its cluster manager's scale or adapt)")
-        if self.state is not READY:
-            raise HandlerError(ErrorCode.UNAVAILABLE, self._unavailable_text())
-        limit = 4 * max(1, read_capacity().usable_cores)
-        before = len(self.workers)
-        if "workers" in data:
-            workers = data["workers"]
-            if type(workers) is not int or not 0 <= workers <= limit:
-                raise HandlerError(ErrorCode.INVALID_PACKET, f"mc:scale: the dask lane's \"workers\" must be "
-                                   f"0..{limit} on this machine, got {workers!r}"[:300])
-            await self.client.scheduler.pfnode_scale(n=workers)
-            deadline = time.monotonic() + 60
-            while len(self.workers) != workers and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                await self._refresh_workers()
-        else:
-            adapt = data["adapt"]
-            if adapt is False:
-                await self.client.scheduler.pfnode_adapt(stop=True)
-            elif (isinstance(adapt, dict) and set(adapt) <= {"minimum", "maximum"}
-                  and all(type(adapt.get(k, 0)) is int for k in adapt)
-                  and 0 <= adapt.get("minimum", 0) <= adapt.get("maximum", limit) <= limit):
-                await self.client.scheduler.pfnode_adapt(minimum=adapt.get("minimum", 0),
-                                                         maximum=adapt.get("maximum", limit))
-            else:
-                raise HandlerError(ErrorCode.INVALID_PACKET, f"mc:scale: \"adapt\" must be false or "
-                                   f"{{\"minimum\": A, \"maximum\": B}} with 0 <= A <= B <= {limit}, got {adapt!r}"[:300])
-        await self._refresh_workers()
-        self.wake()
-        return {"before": {DASK: before}, "after": {DASK: len(self.workers)}, "adaptive": self.adaptive,
-                "dask": self.stats()}
+        before = await self.cluster.scale(data, read_capacity().usable_cores)
+        return {"before": {DASK: before}, "after": {DASK: len(self.cluster.workers)},
+                "adaptive": self.cluster.adaptive, "dask": self.stats()}

@@ -13,15 +13,14 @@ import asyncio
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core import protocol
 from ..core.flight import DONE, Flight, Outcome, failure
 from ..errors import ErrorCode
 from ..transports.base import PeerLink
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
@@ -34,7 +33,7 @@ def incident_id() -> str:
 
 
 class Answers:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self.node = node
         self.scheduler = node.scheduler
         self.metrics = node.metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from ..core.flight import Flight
 from ..core.protocol import Packet
@@ -21,9 +21,8 @@ from ..ops import logs
 from ..pool.capacity import read_capacity, recommend
 from ..transports.base import PeerLink
 from . import admission
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
@@ -31,7 +30,7 @@ log = logging.getLogger("pfnode.front")
 class Control:
     """`NodeControl`, implemented on the node's parts."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self._node = node
         self.default_timeout_ms = node.settings.default_timeout_ms
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import orjson
 
@@ -25,9 +24,8 @@ from ..elements.catalog import NODE_ELEMENTS
 from ..elements.hosted.engine import ElementContext
 from ..errors import ErrorCode, HandlerError
 from .answers import incident_id
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
@@ -35,7 +33,7 @@ MAX_HOSTED_RUNNING = 10_000  # node elements running at once; more wait in the h
 
 
 class HostedRunner:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self.node = node
         self.running: dict[Flight, asyncio.Task] = {}
         self._scheduled = False

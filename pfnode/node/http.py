@@ -12,15 +12,14 @@ upgrade:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from ..ops import logs
 from ..transports.base import HttpReply
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
@@ -29,7 +28,7 @@ JSON = "application/json"
 
 
 class HttpRoutes:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self.node = node
 
     def route(self, path: str, upgrade: bool = True, headers: Any = None, peer: str | None = None) -> HttpReply | None:

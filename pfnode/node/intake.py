@@ -14,7 +14,7 @@ turn of the event loop (`take_frame`), so no peer's flood holds up another's fra
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core import protocol
 from ..core.flight import DONE, FORWARDED, HOSTED, Flight, failure, success
@@ -26,15 +26,14 @@ from ..transports.base import PeerLink
 from . import admission
 from .answers import incident_id
 from .links import scope_of
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
 
 class Intake:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self.node = node
         self._turn_frames = 0  # frames handled in this turn of the event loop
 

@@ -12,7 +12,7 @@ leaves, and the in-flight count its reading pauses at.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core import protocol
 from ..core.flight import BLOCKED, DISPATCHED, FORWARDED, HOSTED, QUEUED, Flight
@@ -20,9 +20,8 @@ from ..errors import ErrorCode
 from ..ops import logs
 from ..transports.base import PeerLink
 from .auth import TokenTable, token_hash
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
@@ -37,7 +36,7 @@ def scope_of(link: PeerLink) -> Any:
 
 
 class Links:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self.node = node
         self.open: set[PeerLink] = set()
 

@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from ..core import protocol
 from ..ops import logs
 from ..pool.capacity import autoscale_step, read_capacity, recommend
 from ..transports.base import HEARTBEAT_TIMEOUT_CLOSE_CODE
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
 
 class Loops:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self.node = node
         self.idle_since: float | None = None  # autoscale: since when the df lane has had nothing to do
 

@@ -6,15 +6,14 @@ resources) and the counts the metrics' event calls keep (`Metrics.counts`).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..ops.metrics import NodeState
-
-if TYPE_CHECKING:
-    from .node import Node
+from .shared import NodeShared
 
 
-def gauges(node: "Node") -> NodeState:
+
+def gauges(node: NodeShared) -> NodeState:
     """The gauges of /metrics, read at each scrape."""
     s = node.scheduler
     pool = node.pool
@@ -30,7 +29,7 @@ def gauges(node: "Node") -> NodeState:
             "elements": node.elements.gauges()}
 
 
-def status(node: "Node") -> dict[str, Any]:
+def status(node: NodeShared) -> dict[str, Any]:
     """/status: the gauges' figures, their detail, and every count."""
     state = gauges(node)
     pool = node.pool.stats()
@@ -41,7 +40,7 @@ def status(node: "Node") -> dict[str, Any]:
             "elements": node.elements.stats(), "counters": {**pool["counters"], **node.metrics.counts}}
 
 
-def heartbeat_payload(node: "Node") -> dict[str, Any]:
+def heartbeat_payload(node: NodeShared) -> dict[str, Any]:
     """What the node's heartbeats say of it (the spec's `timestamp`, and a `node` summary)."""
     s = node.scheduler
     return {"timestamp": int(time.time() * 1000),

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..core.flight import BLOCKED, DISPATCHED, DONE, FORWARDED, HOSTED, QUEUED, Flight, failure
 from ..dask.lane import DASK
 from ..errors import ErrorCode
+from .shared import NodeShared
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("pfnode.front")
 
 
 class Timer:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeShared) -> None:
         self.node = node
         self.clock = node.clock
         self._handle: asyncio.TimerHandle | None = None

@@ -25,6 +25,30 @@ VERSION = 2
 _HEADER = struct.Struct("<I")
 
 
+class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker process is told when it starts (`python -m pfnode.pool.worker JSON`, or
+    the fork server's `Spawn`): the documented subset of the node's settings a worker acts
+    on, and its place in the pool. docs/ARCHITECTURE.md, "The pool", lists the fields."""
+
+    version: int = VERSION  # the pipe's; a worker of another version refuses to start
+    lane: str
+    slot: int
+    handler_modules: tuple[str, ...] = ()  # imported in this order (the standard elements first)
+    cpu: Union[int, None] = None  # pinned to this core (the cf lane)
+    nice: int = 0  # added to the node's niceness (the batch lanes)
+    memory_limit_mb: Union[int, None] = None  # the lane's default cap for its handlers
+    arenas: Union[tuple[str, str], None] = None  # its two shared-memory rings: in, out
+    shm_threshold_bytes: int = 0  # results larger than this go through the out ring
+    buffer_table: Union[str, None] = None  # rm:alloc's buffers, for ctx.buffer(name)
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def decode(cls, text: Union[str, bytes]) -> "WorkerSettings":
+        return msgspec.json.decode(text, type=cls)
+
+
 class ShmRef(msgspec.Struct, array_like=True, frozen=True, tag=99):
     """Where a payload lies in an arena: `length` bytes at `offset`; consuming it moves the
     arena's consumed mark to `end`."""

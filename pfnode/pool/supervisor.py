@@ -33,6 +33,7 @@ from .buffers import table_path
 from ..core.dispatch import Dispatcher, WorkerView
 from ..errors import ConfigError
 from .forkserver import ForkServer
+from .pipe import WorkerSettings
 from ..ops.jobs import keep
 from ..settings import Settings
 from .workerproc import WorkerListener, WorkerProcess
@@ -157,7 +158,7 @@ class Supervisor:
             log.debug("pool: fork server pid %s ready", server.pid)
             return True
 
-    async def _launch(self, lane: str, slot: int, config: dict, arenas) -> WorkerProcess:
+    async def _launch(self, lane: str, slot: int, config: WorkerSettings, arenas) -> WorkerProcess:
         """A new worker process: forked if the fork server is (or can be made) alive."""
         s = self.settings
         if s.worker_start == "fork" and not self.closing:
@@ -206,10 +207,10 @@ class Supervisor:
             self._spawning[lane] += 1
         try:
             arenas = self._arenas(lane, slot)
-            config = {"handler_modules": self.handler_modules(), "slot": slot, "lane": lane,
-                      "cpu": spec.cpu, "memory_limit_mb": spec.memory_limit_mb, "nice": spec.nice,
-                      "arenas": [a.path for a in arenas] if arenas else None,
-                      "shm_threshold_bytes": s.shm_threshold_bytes, "buffer_table": self.buffer_table}
+            config = WorkerSettings(handler_modules=tuple(self.handler_modules()), slot=slot, lane=lane,
+                                    cpu=spec.cpu, memory_limit_mb=spec.memory_limit_mb, nice=spec.nice,
+                                    arenas=tuple(a.path for a in arenas) if arenas else None,
+                                    shm_threshold_bytes=s.shm_threshold_bytes, buffer_table=self.buffer_table)
             try:
                 proc = await self._launch(lane, slot, config, arenas)
             except BaseException:

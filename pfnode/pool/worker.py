@@ -159,48 +159,64 @@ def _read_message(fd: int):
 
 
 def main(argv: list[str]) -> int:
+    """The worker process: `python -m pfnode.pool.worker SETTINGS` (a `pipe.WorkerSettings`
+    as JSON). Starts, says Hello, then runs its tasks in order until the front closes the
+    channel or the worker must retire."""
     import signal
 
-    config = orjson.loads(argv[1]) if len(argv) > 1 else {}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front owns shutdown; it closes our stdin
     _die_with_parent()
     out_fd = os.dup(1)
     os.dup2(2, 1)  # print() in handlers goes to stderr, not into the channel
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    in_fd = 0
-    pid = os.getpid()
 
     def send(message) -> None:
         _write_all(out_fd, pipe.pack(message))
 
-    from ..registry import default_registry, load_handler_modules
-
     try:
-        if config.get("version", pipe.VERSION) != pipe.VERSION:
-            raise RuntimeError(f"the front speaks pipe version {config.get('version')}, "
-                               f"this worker {pipe.VERSION}")
-        if config.get("cpu") is not None:
-            os.sched_setaffinity(0, {config["cpu"]})
-        if config.get("nice"):
-            os.nice(config["nice"])  # a batch lane: the front and the ed lane go first
-        load_handler_modules(config.get("handler_modules", []))
+        settings = _start(argv)
     except Exception as exc:
-        send(pipe.Fatal(str(exc), pid))
+        send(pipe.Fatal(str(exc), os.getpid()))
         return 2
-    if config.get("buffer_table"):
+    return _serve(settings, 0, send)
+
+
+def _start(argv: list[str]) -> pipe.WorkerSettings:
+    """Read the settings and act on them: pinning, niceness, the handler modules."""
+    from ..registry import load_handler_modules
+
+    if len(argv) > 1:
+        version = orjson.loads(argv[1]).get("version", pipe.VERSION)
+        if version != pipe.VERSION:
+            raise RuntimeError(f"the front speaks pipe version {version}, this worker {pipe.VERSION}")
+        settings = pipe.WorkerSettings.decode(argv[1])
+    else:
+        settings = pipe.WorkerSettings(lane="df", slot=0)
+    if settings.cpu is not None:
+        os.sched_setaffinity(0, {settings.cpu})
+    if settings.nice:
+        os.nice(settings.nice)  # a batch lane: the front and the ed lane go first
+    load_handler_modules(list(settings.handler_modules))
+    if settings.buffer_table:
         from .buffers import configure
 
-        configure(config["buffer_table"])  # rm:alloc's buffers, for ctx.buffer(name)
+        configure(settings.buffer_table)  # rm:alloc's buffers, for ctx.buffer(name)
+    return settings
+
+
+def _serve(settings: pipe.WorkerSettings, in_fd: int, send) -> int:
+    """Say Hello, then run tasks strictly in order (see the module's docstring)."""
+    from ..registry import default_registry
+
+    pid = os.getpid()
     memory_cap = MemoryCap()
-    lane_limit_mb = config.get("memory_limit_mb")
     inbound = outbound = None
-    threshold = config.get("shm_threshold_bytes", 0)
-    if config.get("arenas"):
+    threshold = settings.shm_threshold_bytes
+    if settings.arenas:
         from .arena import Arena
 
-        inbound, outbound = (Arena.attach(path) for path in config["arenas"])
+        inbound, outbound = (Arena.attach(path) for path in settings.arenas)
     send(pipe.Hello(pipe.VERSION, pid, default_registry.describe(), sorted(os.sched_getaffinity(0))))
-
     inbox: collections.deque[Task] = collections.deque()
     cancelled: set[int] = set()
     open_channel = True
@@ -212,15 +228,7 @@ def main(argv: list[str]) -> int:
         # every POLL_S (a syscall per packet costs more than a no-op handler), so a cancel
         # notice still reaches packets that were handed over but have not started.
         if open_channel and (not inbox or clock() - polled >= POLL_S):
-            while open_channel and (not inbox or _readable(in_fd)):
-                message = _read_message(in_fd)
-                if message is None:
-                    open_channel = False  # the front closed the channel: finish what we hold
-                    break
-                if type(message) is pipe.Tasks:
-                    inbox.extend(message.tasks)
-                else:
-                    cancelled.update(message.nos)
+            open_channel = _take_messages(in_fd, inbox, cancelled)
             polled = clock()
         if not inbox:
             return 0
@@ -233,7 +241,7 @@ def main(argv: list[str]) -> int:
             send(pipe.Skipped(task.no))
             continue
         if task.memory_limit_mb is None:
-            task.memory_limit_mb = lane_limit_mb
+            task.memory_limit_mb = settings.memory_limit_mb
         answer = run_task(default_registry, task, memory_cap)
         if outbound is not None and type(answer) is Done and len(answer.body) > threshold:
             ref = outbound.put(answer.body)
@@ -245,6 +253,20 @@ def main(argv: list[str]) -> int:
             # replace it rather than trust it with the next packet.
             send(pipe.Retire("memory limit exceeded", pid))
             return 0
+
+
+def _take_messages(in_fd: int, inbox: collections.deque, cancelled: set[int]) -> bool:
+    """Read what the front sent (blocking only while `inbox` is empty); False once the
+    front has closed the channel."""
+    while not inbox or _readable(in_fd):
+        message = _read_message(in_fd)
+        if message is None:
+            return False  # the front closed the channel: finish what we hold
+        if type(message) is pipe.Tasks:
+            inbox.extend(message.tasks)
+        else:
+            cancelled.update(message.nos)
+    return True
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import signal
 import sys
 from typing import Protocol
 
-import orjson
 
 from . import pipe
 from .arena import Arena
@@ -83,23 +82,19 @@ class WorkerProcess(asyncio.SubprocessProtocol):
         self._process_exited = False
         self._stdout_closed = False
 
-    @staticmethod
-    def config_json(config: dict) -> bytes:
-        return orjson.dumps({**config, "version": pipe.VERSION})
-
     @classmethod
-    async def start(cls, listener: WorkerListener, lane: str, slot: int, config: dict,
+    async def start(cls, listener: WorkerListener, lane: str, slot: int, config: pipe.WorkerSettings,
                     env: dict[str, str], arenas: tuple[Arena, Arena] | None) -> "WorkerProcess":
-        """Start `python -m pfnode.worker`; returns once the process exists (see `hello`)."""
+        """Start `python -m pfnode.pool.worker`; returns once the process exists (see `hello`)."""
         loop = asyncio.get_running_loop()
         _, proc = await loop.subprocess_exec(
             lambda: cls(listener, lane, slot, arenas), sys.executable, "-m", "pfnode.pool.worker",
-            cls.config_json(config), stdin=asyncio.subprocess.PIPE,
+            config.encode(), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=None, env=env)
         return proc
 
     @classmethod
-    async def fork(cls, server, listener: WorkerListener, lane: str, slot: int, config: dict,
+    async def fork(cls, server, listener: WorkerListener, lane: str, slot: int, config: pipe.WorkerSettings,
                    arenas: tuple[Arena, Arena] | None, timeout_s: float) -> "WorkerProcess":
         """Have the fork server fork a worker; returns once it exists (see `hello`)."""
         loop = asyncio.get_running_loop()
@@ -108,7 +103,7 @@ class WorkerProcess(asyncio.SubprocessProtocol):
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         try:
-            proc.pid = await server.spawn(cls.config_json(config), [stdin_r, stdout_w], proc.forked_exited,
+            proc.pid = await server.spawn(config.encode(), [stdin_r, stdout_w], proc.forked_exited,
                                           timeout_s)
         except BaseException:
             for fd in (stdin_w, stdout_r):

@@ -280,3 +280,6 @@ class PicowsUplinkLink(PicowsLink):
     async def run_connection(self) -> int | None:
         await self._next.wait_disconnected()
         return self._close_code
+
+
+UplinkLink = PicowsUplinkLink  # the registry's name for the dial-out link (transports/__init__.py)

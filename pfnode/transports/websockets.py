@@ -198,3 +198,6 @@ class WebsocketsUplinkLink(WebsocketsLink):
         finally:
             self.ws = None
         return ws.close_code
+
+
+UplinkLink = WebsocketsUplinkLink  # the registry's name for the dial-out link (transports/__init__.py)
