@@ -108,7 +108,7 @@ def serve_takes(flag: str) -> bool:
 
 def worker_start_of(front_pid: int) -> str:
     """How a node's workers were started, from its process tree: "fork" when the front has a
-    fork server child (pfnode/forkserver.py; the workers are its children), else "spawn"."""
+    fork server child (pfnode/pool/forkserver.py; the workers are its children), else "spawn"."""
     import psutil
 
     for child in psutil.Process(front_pid).children():

@@ -520,7 +520,7 @@ def stop_servers(procs: Processes, servers: Servers, counters: dict[str, dict]) 
 # forwarded; they run nothing themselves, hence the smallest lanes.
 HUB_ARGV = serve_argv(1, handlers="bench.handlers_bench",
                       extra=("--ed-workers", "0", "--rm-workers", "0"))
-# A hub logs this when a link announces what it runs (pfnode/hub.py, on_announce).
+# A hub logs this when a link announces what it runs (pfnode/core/hub.py, on_announce).
 ANNOUNCED = re.compile(r"hub: \S+ runs .*\bdf:noop\b")
 DIALOUT_CONNECTED = re.compile(r"dial-out: connected to ")
 # The dial-out node's last line: `front: stopped ({pool counters})`.

@@ -5,7 +5,7 @@ can hand it to worker processes unchanged.
 
 Each field is the one definition of its setting: its annotation is its type, and
 `setting(default, help, ...)` gives its one-line help and where its option appears.
-pfnode/config.py derives from the fields the flag `--field-name`, the environment
+pfnode/app/config.py derives from the fields the flag `--field-name`, the environment
 variable `PFNODE_FIELD_NAME` and the TOML key `field_name`, so a new field needs
 nothing more than its line here (with its help: tests/test_config.py checks).
 """
@@ -90,7 +90,7 @@ class Settings:
     data_elements: bool = setting(True, "register the standard df:produce, df:transform and df:reduce in "
                                   "every worker, before the handler modules (a handler of the same key "
                                   "replaces one); off: keys no module registers go to the hub")
-    # Prefetch (pfnode/dispatch.py): besides the packet it runs, a df worker holds about
+    # Prefetch (pfnode/core/dispatch.py): besides the packet it runs, a df worker holds about
     # prefetch_ms of estimated work (its handlers' moving average run times), and at most
     # worker_window packets in all; cf, ed and rm workers take one at a time.
     prefetch_ms: float = setting(1.0, "estimated work a df worker holds beyond the packet it runs")
@@ -127,7 +127,7 @@ class Settings:
     result_store_bytes: int = setting(256 * 1024 * 1024, "memory the kept results may take",
                                       hidden=True)
 
-    # Resources the standard elements hold (pfnode/elements/resources.py): rm:alloc's
+    # Resources the standard elements hold (pfnode/elements/hosted/resources.py): rm:alloc's
     # shared-memory buffers, and rm:cache's entries with the memoised results
     max_buffer_bytes: int = setting(256 << 20, "shared memory rm:alloc buffers may take, node-wide")
     cache_bytes: int = setting(64 << 20, "memory rm:cache entries and memoised results may take, "
@@ -159,7 +159,7 @@ class Settings:
     heartbeat_missed_limit: int = setting(3, "peers silent for this many heartbeat periods are "
                                           "dropped", hidden=True)
 
-    # Security (pfnode/auth.py, pfnode/tls.py). Without a token file the node listens on
+    # Security (pfnode/node/auth.py, pfnode/transports/tls.py). Without a token file the node listens on
     # loopback only, unless told otherwise with insecure_no_auth (and says so in its log).
     token_file: str | None = setting(None, "TOML file of tokens and their roles (submit, reactor, "
                                      "admin); reloaded on SIGHUP", scope="serve")
@@ -176,7 +176,7 @@ class Settings:
                                       scope="connect")
     client_key: str | None = setting(None, "private key of client_cert", scope="connect")
 
-    # Hub routing (pfnode/hub.py): packets with no local handler go to connected reactors.
+    # Hub routing (pfnode/core/hub.py): packets with no local handler go to connected reactors.
     hub_routing: bool = setting(True, "forward packets with no local handler to connected "
                                 "reactors (off: PF001 at once)", scope="serve")
     reroute_grace_ms: int = setting(10_000, "how long a forwarded packet whose reactor went away "
@@ -185,7 +185,7 @@ class Settings:
                             "announced what it runs may take to answer one before the next is "
                             "asked", scope="serve")
 
-    # Dial-out (`pfnode connect`, pfnode/dialout.py): reconnect delays grow from min to max,
+    # Dial-out (`pfnode connect`, pfnode/app/dialout.py): reconnect delays grow from min to max,
     # doubled each failed try, with random jitter; answers are kept this many packets back
     # so a packet the hub sends again after a reconnect is answered, not run twice.
     reconnect_min_ms: int = setting(250, "first reconnect delay; doubles per failed try",
@@ -194,7 +194,7 @@ class Settings:
     replay_entries: int = setting(10_000, "answers kept for packets the hub may send again",
                                   scope="connect", hidden=True)
 
-    # Dask (pfnode/dasklane.py, docs/DASK.md): the dask_lanes run on a Dask cluster instead of
+    # Dask (pfnode/dask/lane.py, docs/DASK.md): the dask_lanes run on a Dask cluster instead of
     # the local pool; everything above the lane (protocol, priorities, admission, hub) is unchanged.
     dask: str | None = setting(
         None, "run the dask_lanes on the Dask cluster whose scheduler is at this address "

@@ -1,4 +1,4 @@
-"""Shared-memory arenas (pfnode/arena.py), alone and through a real node."""
+"""Shared-memory arenas (pfnode/pool/arena.py), alone and through a real node."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Capacity readings and the rules that turn them into lane sizes: pfnode/capacity.py."""
+"""Capacity readings and the rules that turn them into lane sizes: pfnode/pool/capacity.py."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,5 @@
-"""Settings from a TOML file, PFNODE_* variables and flags (pfnode/config.py), the flags
-generated from the Settings fields (pfnode/cli.py), `pfnode config`, and the docs that
+"""Settings from a TOML file, PFNODE_* variables and flags (pfnode/app/config.py), the flags
+generated from the Settings fields (pfnode/app/cli.py), `pfnode config`, and the docs that
 list the settings."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dispatcher's rules (pfnode/dispatch.py), pure, on a fake clock: which worker gets
+"""The dispatcher's rules (pfnode/core/dispatch.py), pure, on a fake clock: which worker gets
 which packet, how much it may hold, and which packet a dead worker is blamed for."""
 from __future__ import annotations
 

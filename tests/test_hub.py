@@ -1,4 +1,4 @@
-"""Hub routing (pfnode/hub.py): a packet with no local handler runs on a connected reactor.
+"""Hub routing (pfnode/core/hub.py): a packet with no local handler runs on a connected reactor.
 
 The e2e tests here use real nodes over real sockets. Reactors are mostly `Raw` peers
 that answer the node's submit frames by hand (full control of seq, timing, PF001

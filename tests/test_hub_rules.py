@@ -1,4 +1,4 @@
-"""The hub's rules (pfnode/hub.py) on a fake clock: no sockets, no sleeps.
+"""The hub's rules (pfnode/core/hub.py) on a fake clock: no sockets, no sleeps.
 
 The hub is driven as the node drives it: links come and go, results arrive, and its
 alarms live in a real scheduler's time table that the test ticks by hand (the node's

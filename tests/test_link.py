@@ -1,4 +1,4 @@
-"""PeerLink's flow control (pfnode/link.py) and the supervisor's respawn rule, without
+"""PeerLink's flow control (pfnode/transports/base.py) and the supervisor's respawn rule, without
 sockets or processes."""
 from __future__ import annotations
 

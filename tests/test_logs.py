@@ -1,4 +1,4 @@
-"""The node's log lines: pfnode/logs.py.
+"""The node's log lines: pfnode/ops/logs.py.
 
 Lines are captured from a logger into a string and parsed back; the rate limiter runs
 on a fake clock.

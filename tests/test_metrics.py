@@ -1,4 +1,4 @@
-"""The node's Prometheus metrics: pfnode/metrics.py.
+"""The node's Prometheus metrics: pfnode/ops/metrics.py.
 
 Events in, the exposition out, parsed back with prometheus_client's own parser and
 checked against what was fed in. No node, no sockets.

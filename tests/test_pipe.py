@@ -1,4 +1,4 @@
-"""The pipe between the front and a worker (pfnode/pipe.py): named, versioned messages in
+"""The pipe between the front and a worker (pfnode/pool/pipe.py): named, versioned messages in
 length-prefixed msgpack frames, split back out of any chunking of the byte stream."""
 from __future__ import annotations
 

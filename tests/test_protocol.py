@@ -1,4 +1,4 @@
-"""Tests of the sans-I/O protocol core: pfnode/protocol.py.
+"""Tests of the sans-I/O protocol core: pfnode/core/protocol.py.
 
 Plain synchronous tests: strings and bytes in, Message / Rejected out.
 """

@@ -1,4 +1,4 @@
-"""The scheduler's rules, with a fake clock: pfnode/scheduler.py.
+"""The scheduler's rules, with a fake clock: pfnode/core/scheduler.py.
 
 No asyncio, no processes: events in, decisions out.
 """

@@ -1,4 +1,4 @@
-"""Running under systemd: the readiness protocol (pfnode/sdnotify.py) against real datagram
+"""Running under systemd: the readiness protocol (pfnode/ops/sdnotify.py) against real datagram
 sockets, a real node telling a socket when it serves and when it drains, and the shipped
 units in systemd/ as systemd-analyze judges them."""
 from __future__ import annotations

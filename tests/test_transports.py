@@ -34,7 +34,7 @@ def test_text_frame_is_a_valid_unmasked_websocket_frame(size):
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
 def test_masked_text_frame_is_a_valid_client_frame(size):
-    """The dial-out uplink's frames (pfnode/ws_picows.py PicowsUplink): header with the mask
+    """The dial-out uplink's frames (pfnode/transports/picows.py PicowsUplink): header with the mask
     bit, the key, the masked payload; websockets' parser, as a server, unmasks it."""
     from websockets.frames import apply_mask
 

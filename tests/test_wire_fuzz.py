@@ -18,7 +18,7 @@ run keys it has no handler for: they answer PF001 (this link cannot run it).
 PFTEST_FUZZ_FRAMES (default 20 000) and PFTEST_FUZZ_SEED set the run; `make fuzz` runs
 200 000 frames on each transport.
 
-Cases that fail because of node code outside pfnode/protocol.py are separate tests marked
+Cases that fail because of node code outside pfnode/core/protocol.py are separate tests marked
 xfail(strict=True) with the bug in the reason: they start passing when it is fixed.
 """
 from __future__ import annotations
@@ -412,7 +412,7 @@ def test_census_finds_a_missing_a_repeated_and_a_wrong_answer():
 # ---------------------------------------------------------------------------- single cases
 #
 # Cases the census cannot tell apart, or that failed before the node's core was refactored.
-# One that fails because of node code outside pfnode/protocol.py is marked xfail(strict=True)
+# One that fails because of node code outside pfnode/core/protocol.py is marked xfail(strict=True)
 # with the bug in its reason, so that it fails as XPASS (then remove the mark) once fixed.
 
 def _invalid_utf8_frames(count: int) -> list[tuple[bytes, int]]:

@@ -118,7 +118,7 @@ def _parse(hint, value: object, from_text: bool) -> object:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise ValueError("a number")
-    raise TypeError(f"a Settings field of type {hint!r}: pfnode/config.py cannot read it")
+    raise TypeError(f"a Settings field of type {hint!r}: pfnode/app/config.py cannot read it")
 
 
 def metavar(option: Option) -> str:

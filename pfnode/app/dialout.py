@@ -21,7 +21,6 @@ import asyncio
 import collections
 import logging
 import random
-import time
 from typing import Any
 
 from websockets.exceptions import InvalidURI
@@ -64,7 +63,7 @@ class Uplink:
         self._resent = 0
         log.info("dial-out: connected to %s; %d packets running, %d answers waiting to be sent",
                  self.url, self.node.scheduler.count_of(self.link), self.link.waiting)
-        self.link.last_seen = time.monotonic()
+        self.link.last_seen = self.node.clock()
         return self.node.announcement()
 
     def replay(self, packet_id: str, seq: int) -> bool:
@@ -118,12 +117,12 @@ async def dial(node: Any, url: str) -> None:
                             exc or type(exc).__name__, attempt + 1, delay)
                 await _sleep_unless_stopping(node, delay)
                 continue
-            started = time.monotonic()
+            started = node.clock()
             code = await link.run_connection()
             if link.final or node.stopping.is_set():
                 break
             # a connection that held for a while starts the backoff afresh
-            attempt = 1 if time.monotonic() - started > s.reconnect_max_ms / 1000 else attempt + 1
+            attempt = 1 if node.clock() - started > s.reconnect_max_ms / 1000 else attempt + 1
             delay = reconnect_delay_s(attempt, s.reconnect_min_ms, s.reconnect_max_ms)
             log.warning("dial-out: link to %s lost (close code %s); %d packets still running; "
                         "reconnecting in %.2f s", url, code, node.scheduler.count_of(link), delay)

@@ -2,7 +2,7 @@
 
 `run(settings)` serves the PacketFlow endpoint on the configured transport until
 SIGTERM or SIGINT; `run(settings, connect_url)` listens nowhere and dials out to a hub
-instead (pfnode/dialout.py). The node (pfnode/node.py) holds every protocol rule; this
+instead (pfnode/app/dialout.py). The node (pfnode/node/) holds every protocol rule; this
 module only wires it to the outside world.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The dispatcher keeps the front's view of every worker (`WorkerView`: its lane, whether it
 takes work, the packets it holds in the order it was handed them) and decides, from
 the scheduler's lane queues, which packets go to which worker now. The supervisor
-(pfnode/supervisor.py) owns the processes and carries the decisions out.
+(pfnode/pool/supervisor.py) owns the processes and carries the decisions out.
 
 Rules
 - A worker runs what it holds strictly in order, one at a time. So the oldest packet it

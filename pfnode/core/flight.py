@@ -59,15 +59,15 @@ class Flight:
     __slots__ = (
         # the packet, and the answer path: who gets the one reply (None once they left)
         "packet", "id", "scope", "key", "origin", "seq", "tenant", "size", "identity",
-        # the scheduler's (pfnode/scheduler.py)
+        # the scheduler's (pfnode/core/scheduler.py)
         "lane", "priority", "deadline", "timeout_ms", "dependencies", "arrived", "order",
         "state", "waiting_on", "alarm",
-        # the dispatcher's (pfnode/dispatch.py): task number on its worker's pipe, the worker
+        # the dispatcher's (pfnode/core/dispatch.py): task number on its worker's pipe, the worker
         # holding it, its estimated run time
         "no", "worker", "memory_limit_mb", "cost_ms",
-        # the hub's (pfnode/hub.py): how it is being routed, while FORWARDED
+        # the hub's (pfnode/core/hub.py): how it is being routed, while FORWARDED
         "route",
-        # the rm:lock it holds or waits for (`metadata.lock`: pfnode/elements/resources.py)
+        # the rm:lock it holds or waits for (`metadata.lock`: pfnode/elements/hosted/resources.py)
         "hold",
     )
 

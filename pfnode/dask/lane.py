@@ -1,7 +1,7 @@
 """The dask lane: chosen lanes and handler keys run on a Dask cluster instead of the local pool.
 
 `pfnode serve --dask tcp://scheduler:8786` (or `--dask local:N`, a LocalCluster of N worker
-processes the node starts: pfnode/dasklocal.py) sends the packets of `--dask-lanes` (df by
+processes the node starts: pfnode/dask/local.py) sends the packets of `--dask-lanes` (df by
 default; lane names or handler keys) to the cluster. Everything above the lane is unchanged:
 the protocol, admission, priorities and fairness, deadlines, dependencies and hub routing,
 and the one answer path (`Node.settle`, through the pool's `on_answer`). docs/DASK.md says

@@ -2,7 +2,7 @@
 
     python -m pfnode.dasklocal N
 
-The node starts this module (pfnode/dasklane.py) and reads the scheduler's address from the
+The node starts this module (pfnode/dask/lane.py) and reads the scheduler's address from the
 first line of its stdout; from then on it talks to the cluster as it would to any other, over
 TCP, through a Dask client. The cluster runs in a process of its own so that its scheduler and
 nannies do not share the node's event loop: the front stays as responsive as without Dask.

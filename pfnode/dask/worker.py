@@ -1,4 +1,4 @@
-"""The Dask side of the dask lane: what runs on a Dask worker (pfnode/dasklane.py is the node's).
+"""The Dask side of the dask lane: what runs on a Dask worker (pfnode/dask/lane.py is the node's).
 
 `run_packet` is the task the node submits for each packet. On the worker it imports the
 node's handler modules (once per process), tells the node that the packet started (an event

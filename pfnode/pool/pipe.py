@@ -11,7 +11,7 @@ worker -> front: `Hello` (ready, with its handlers), `Fatal` (cannot start), `Do
 `Failed`, `Skipped` (one per task, in the order the tasks were sent), `Retire` (it exits
 now; nothing after its last answer has started).
 
-A payload too large for the pipe travels through shared memory (pfnode/arena.py): the
+A payload too large for the pipe travels through shared memory (pfnode/pool/arena.py): the
 message then carries a `ShmRef` where the bytes would be.
 """
 from __future__ import annotations

@@ -2,10 +2,10 @@
 processes, and their answers back to the node's one answer path.
 
 It composes three parts, each testable alone:
-- `pfnode/dispatch.py`, pure: which worker gets which packet, which packet a dead worker
+- `pfnode/core/dispatch.py`, pure: which worker gets which packet, which packet a dead worker
   was running;
-- `pfnode/supervisor.py`: the processes: start, replace, resize, stop;
-- `pfnode/workerproc.py`: one process handle, speaking `pfnode/pipe.py`.
+- `pfnode/pool/supervisor.py`: the processes: start, replace, resize, stop;
+- `pfnode/pool/workerproc.py`: one process handle, speaking `pfnode/pool/pipe.py`.
 
 A worker runs the packets it was handed strictly in order, which is how the pool knows
 which packet a dead worker was running: the oldest unanswered one. That packet gets
@@ -59,7 +59,7 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resizing = asyncio.Lock()  # one resize at a time: sizes are absolute, never summed
         self.lane_overrides: dict[str, str] = {}  # key -> lane, set by mc:migrate
-        # --dask: the lanes it names run on a Dask cluster (pfnode/dasklane.py)
+        # --dask: the lanes it names run on a Dask cluster (pfnode/dask/lane.py)
         self.dask = DaskLane(settings, scheduler, on_answer, wake=self.pump, clock=clock) if settings.dask else None
 
     @property

@@ -1,7 +1,7 @@
 """The worker supervisor: starts the lanes' worker processes, replaces the dead, resizes
 lanes and stops them all, the way uvicorn's and gunicorn's supervisors keep their
 children. It owns the processes; which packet goes where is the dispatcher's
-(pfnode/dispatch.py), what a dead worker's packets become is the pool's.
+(pfnode/core/dispatch.py), what a dead worker's packets become is the pool's.
 
 Workers are forked by a fork server that has the handler modules imported
 (`worker_start = "fork"`, the default: a replacement takes milliseconds), or started as
@@ -115,7 +115,7 @@ class Supervisor:
         self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._background: set[asyncio.Task] = set()
         self.forkserver: ForkServer | None = None
-        self.buffer_table = table_path()  # rm:alloc's buffers, by name, for the workers (pfnode/buffers.py)
+        self.buffer_table = table_path()  # rm:alloc's buffers, by name, for the workers (pfnode/pool/buffers.py)
         self._forkserver_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle

@@ -1,6 +1,6 @@
 """The front's handle on one worker process: its pipes, its start, its exit.
 
-A worker is started one of two ways: forked by the fork server (pfnode/forkserver.py:
+A worker is started one of two ways: forked by the fork server (pfnode/pool/forkserver.py:
 milliseconds, the handler modules already imported), or as a new interpreter with
 `asyncio`'s subprocess machinery (`python -m pfnode.worker`). Either way the event loop
 reads the worker's answers as they come (never blocking on a worker) and reports them, a
@@ -64,7 +64,7 @@ class WorkerProcess(asyncio.SubprocessProtocol):
         self.listener = listener
         self.lane = lane
         self.slot = slot
-        # shared memory for bulk payloads: tasks' data in, results out (see pfnode/arena.py)
+        # shared memory for bulk payloads: tasks' data in, results out (see pfnode/pool/arena.py)
         self.inbound, self.outbound = arenas if arenas else (None, None)
         self.pid: int | None = None
         self.forked = False

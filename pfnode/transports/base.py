@@ -1,7 +1,7 @@
 """What a transport and the node share: one connected peer (`PeerLink`), the node's
 interface as a transport sees it (`NodeInterface`), and a plain HTTP answer.
 
-A transport (pfnode/ws_picows.py, pfnode/ws_websockets.py) depends on this module only:
+A transport (pfnode/transports/picows.py, pfnode/transports/websockets.py) depends on this module only:
 it starts listening, asks `node.http_route` what to answer a plain HTTP request with,
 creates one `PeerLink` per connection, hands it each complete message (`deliver`) and
 implements `_write`, `_pause`/`_resume` (reading), `close`, `flush` and `ping`. Every
@@ -72,7 +72,9 @@ class PeerLink:
     def __init__(self, node: NodeInterface, peer: str) -> None:
         self.node = node
         self.peer = peer
-        self.last_seen = time.monotonic()
+        # when it was last heard from, on the node's clock (a test's fake node may have none)
+        self.clock = getattr(node, "clock", None) or time.monotonic
+        self.last_seen = self.clock()
         self.heartbeat_seq = 0
         self.closed = False
         self.identity: Any = None  # who it authenticated as (pfnode.auth.Identity; None: no authentication)

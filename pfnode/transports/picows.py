@@ -183,7 +183,7 @@ async def serve(node: NodeInterface, ssl_context=None) -> asyncio.Server:
 
 
 class PicowsUplinkLink(PicowsLink):
-    """The dial-out uplink (pfnode/dialout.py) on picows: one listener across connections,
+    """The dial-out uplink (pfnode/app/dialout.py) on picows: one listener across connections,
     `transport` being the connection of the moment (None between two). Frames written
     while there is none wait in the outbox for the next, after its `greeting()`."""
 
@@ -266,7 +266,7 @@ class PicowsUplinkLink(PicowsLink):
         if self.connected:
             await PicowsLink.flush(self, timeout_s)
 
-    # -- one connection (pfnode/dialout.py's dial loop)
+    # -- one connection (pfnode/app/dialout.py's dial loop)
     async def connect(self) -> None:
         try:
             transport, _ = await ws_connect(lambda: self, self.url, websocket_handshake_timeout=OPEN_TIMEOUT_S,

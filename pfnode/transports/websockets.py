@@ -156,7 +156,7 @@ async def serve(node: NodeInterface, ssl_context=None) -> Server:
 
 
 class WebsocketsUplinkLink(WebsocketsLink):
-    """The dial-out uplink (pfnode/dialout.py) on the websockets library: one link for the
+    """The dial-out uplink (pfnode/app/dialout.py) on the websockets library: one link for the
     node's life; `ws` is the connection of the moment (None between two), and frames wait
     in the outgoing queue until written to one. `greeting()` is sent first on each."""
 
