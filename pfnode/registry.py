@@ -39,17 +39,21 @@ class Context:
     metadata: dict | None
     deadline: float  # time.monotonic() value after which the node gives up on the packet
     dependencies: dict = dataclasses.field(default_factory=dict)  # dependency id -> its result data
+    principal: Any = None  # whose names the packet uses (core/names.Principal; None without tokens)
+    max_result_bytes: int | None = None  # a result larger than this is answered PF413 (the node's frame limit)
 
     def remaining_ms(self) -> float:
         return max(0.0, (self.deadline - time.monotonic()) * 1000)
 
-    @staticmethod
-    def buffer(name: str):
+    def buffer(self, name: str):
         """The node's shared-memory array `name` (made by rm:alloc) as a numpy array over
-        the shared memory, no copy: writes are seen by every worker. KeyError if none."""
+        the shared memory, no copy: writes are seen by every worker. With tokens, the name
+        is the packet's submitter's (or a namespace it holds: pfnode/core/names.py), as
+        rm:alloc made it. KeyError if none."""
+        from .core.names import qualify
         from .pool.buffers import buffer
 
-        return buffer(name)
+        return buffer(qualify(name, self.principal))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +155,11 @@ STANDARD_HANDLERS = {"df:produce": "produce", "df:transform": "transform", "df:r
 
 
 def _standard(name: str) -> Callable[[Any], Any]:
-    def run(data):
+    def run(data, ctx):
         from .elements.worker import data as elements_data
 
+        if name == "produce":  # it refuses up front what would pass the node's result limit
+            return elements_data.produce(data, max_result_bytes=ctx.max_result_bytes)
         return getattr(elements_data, name)(data)
     run.__qualname__ = run.__name__ = name
     run.__module__ = "pfnode.elements.worker.data"

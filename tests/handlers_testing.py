@@ -135,3 +135,15 @@ def buf_fill(data, ctx):
 def buf_sum(data, ctx):
     """The sum of the node's buffer `data` as this worker sees it, and the worker's pid."""
     return {"pid": os.getpid(), "sum": float(ctx.buffer(data).sum())}
+
+
+@handler("df", "blob")
+def blob(data):
+    """A string of `data` x's: a result of a chosen size."""
+    return "x" * data
+
+
+@handler("mc", "pid")
+def mc_pid(data):
+    """A user's mc handler (admins only): the worker's pid."""
+    return os.getpid()

@@ -27,7 +27,14 @@ from ..errors import ErrorCode
 from ..core.protocol import json_type
 from .errors import ElementError
 
-__all__ = ["ElementError", "ElementFailed", "NodeElement", "NODE_ELEMENTS", "node_element"]
+__all__ = ["ElementError", "ElementFailed", "Encoded", "NodeElement", "NODE_ELEMENTS", "node_element"]
+
+
+class Encoded(bytes):
+    """An element's output already encoded as JSON (the runner sends it as it is): a result
+    many packets share, encoded once (co:sync's list of every party's data)."""
+
+    __slots__ = ()
 
 
 class ElementFailed(Exception):

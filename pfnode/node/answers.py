@@ -79,6 +79,11 @@ class Answers:
         origin = flight.origin
         if origin is None:
             return  # its submitter left
+        limit = self.node.settings.max_frame_bytes
+        if outcome.ok and len(outcome.data_json) > limit:  # no peer is sent a frame it may not take
+            outcome = failure(ErrorCode.TOO_LARGE, f"the result is {len(outcome.data_json)} bytes of JSON, over "
+                                                   f"the node's frame limit of {limit} (max_frame_bytes)",
+                              outcome.duration_ms)
         self.metrics.answered(outcome.code)
         if not isinstance(origin, PeerLink):  # a node element's step: its element waits for it
             origin.resolve(flight, outcome)

@@ -3,9 +3,11 @@
 A token file is TOML, one table per token:
 
     [[token]]
-    name = "etl-client"            # who it is: logs, scoping of packet ids, metrics
+    name = "etl-client"            # who it is: logs, scoping of packet ids and names, metrics
     roles = ["submit"]             # submit, reactor, admin
     sha256 = "9f86d0..."           # hex SHA-256 of the token itself; the token is not stored
+    namespaces = ["team-a"]        # optional: names written "team-a/..." are shared with the
+                                   # other holders of team-a (pfnode/core/names.py)
 
 Tokens are long random strings (`new_token()`, `pfnode token new NAME --roles ...`), so a
 plain SHA-256 at rest is enough: nothing to brute-force, as with API tokens elsewhere. A
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import secrets
 import tomllib
 import urllib.parse
@@ -32,6 +35,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import ConfigError
 
 ROLES = ("submit", "reactor", "admin")
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TOKEN_PREFIX = "pft_"
 
 
@@ -41,9 +45,22 @@ class Identity:
 
     name: str
     roles: frozenset[str]
+    namespaces: frozenset[str] = frozenset()  # shared namespaces it may use (names "ns/...")
 
     def may(self, role: str) -> bool:
         return role in self.roles
+
+    @property
+    def wire(self) -> tuple[str, tuple[str, ...]]:
+        """How a worker is told whose names a packet uses (pipe.Task.principal)."""
+        return self.name, tuple(sorted(self.namespaces))
+
+    def limited_to(self, other: "Identity | None") -> "Identity":
+        """This identity acting on what `other` triggered (a reaction to `other`'s signal):
+        its own name, namespaces and scope, with only the roles both hold."""
+        if other is None or other is self:
+            return self
+        return Identity(self.name, self.roles & other.roles, self.namespaces)
 
     def __str__(self) -> str:
         return self.name
@@ -110,7 +127,7 @@ def parse_tokens(doc: Mapping[str, Any], path: str = "the token file") -> dict[s
         name, roles, digest = entry.get("name"), entry.get("roles"), entry.get("sha256")
         if isinstance(name, str) and name:
             where = f"token {name!r}"
-        extra = sorted(set(entry) - {"name", "roles", "sha256"})
+        extra = sorted(set(entry) - {"name", "roles", "sha256", "namespaces"})
         if extra:
             problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
         if not isinstance(name, str) or not name:
@@ -125,9 +142,15 @@ def parse_tokens(doc: Mapping[str, Any], path: str = "the token file") -> dict[s
         if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             problems.append(f"{where}: sha256 must be 64 lower-case hex digits (pfnode token new prints it)")
             continue
+        namespaces = entry.get("namespaces", [])
+        if not isinstance(namespaces, list) or not all(isinstance(n, str) and NAMESPACE_RE.fullmatch(n)
+                                                       for n in namespaces):
+            problems.append(f"{where}: namespaces must be a list of names of 1-64 characters of "
+                            "A-Z a-z 0-9 _ . - (names written \"<namespace>/...\" are shared by its holders)")
+            continue
         if digest in identities:
             problems.append(f"{where}: the same token as {identities[digest].name!r}")
-        identities[digest] = Identity(name, frozenset(roles))
+        identities[digest] = Identity(name, frozenset(roles), frozenset(namespaces))
     if problems:
         raise ConfigError(f"{path} has problems:\n" + "\n".join(f"  - {p}" for p in problems))
     return identities

@@ -19,7 +19,7 @@ import orjson
 
 from ..core import protocol
 from ..core.flight import HOSTED, Flight, failure, success
-from ..elements.base import ElementError, ElementFailed
+from ..elements.base import ElementError, ElementFailed, Encoded
 from ..elements.catalog import NODE_ELEMENTS
 from ..elements.hosted.engine import ElementContext
 from ..errors import ErrorCode, HandlerError
@@ -62,7 +62,8 @@ class HostedRunner:
         started = time.perf_counter()
         try:
             value = await element.run(ctx, orjson.loads(memoryview(flight.packet.data)))
-            outcome = success(protocol.encode_json(value), (time.perf_counter() - started) * 1000)
+            data_json = value if isinstance(value, Encoded) else protocol.encode_json(value)
+            outcome = success(data_json, (time.perf_counter() - started) * 1000)
         except asyncio.CancelledError:
             return  # answered already (its deadline) or nobody waits (its submitter left)
         except ElementError as exc:

@@ -178,7 +178,7 @@ class Intake:
         metadata = packet.metadata
         if metadata is not None and ("lock" in metadata or "cache" in metadata):
             try:  # rm:lock and rm:cache's hooks (pfnode/elements/hosted/resources.py)
-                plan = node.elements.admission(packet, scope, route.way != admission.FORWARD)
+                plan = node.elements.admission(packet, scope, route.way != admission.FORWARD, identity)
             except (ElementError, ElementFailed) as exc:
                 code = ErrorCode.INVALID_PACKET if isinstance(exc, ElementError) else ErrorCode(exc.code)
                 return Refusal(code, str(exc) if isinstance(exc, ElementError) else exc.message)

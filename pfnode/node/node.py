@@ -83,6 +83,7 @@ class Node:
         self.elements = ElementState(self.control, max_buffer_bytes=settings.max_buffer_bytes,
                                      cache_bytes=settings.cache_bytes,
                                      buffer_table=self.pool.supervisor.buffer_table, buffer_files=buffers,
+                                     max_frame_bytes=settings.max_frame_bytes,
                                      migrations=(self.pool.lane_overrides, self.hub.preferences))
         self.scheduler.on_retire = self.elements.locks.retired
         self.admission_view = _AdmissionView(self)

@@ -21,7 +21,7 @@ from typing import Union
 
 import msgspec
 
-VERSION = 2
+VERSION = 3
 _HEADER = struct.Struct("<I")
 
 
@@ -40,6 +40,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     arenas: Union[tuple[str, str], None] = None  # its two shared-memory rings: in, out
     shm_threshold_bytes: int = 0  # results larger than this go through the out ring
     buffer_table: Union[str, None] = None  # rm:alloc's buffers, for ctx.buffer(name)
+    max_result_bytes: Union[int, None] = None  # a larger result is answered PF413 (the node's max_frame_bytes)
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self)
@@ -68,6 +69,8 @@ class Task(msgspec.Struct, array_like=True, tag=1):
     deadline: float  # time.monotonic() after which it must not start
     dependencies: Union[dict[str, bytes], None]  # dependency id -> its result as JSON
     memory_limit_mb: Union[int, None]
+    # whose names it uses (core/names.py), with tokens: (token name, its namespaces); None without
+    principal: Union[tuple[str, tuple[str, ...]], None] = None
 
 
 class Tasks(msgspec.Struct, array_like=True, tag=2):

@@ -145,8 +145,10 @@ class Pool:
                     data = ref
                     self.counters["shm_payloads_in"] += 1
             deps = self.scheduler.dependency_results(flight, now) if flight.dependencies else None
+            identity = flight.identity
             tasks.append(pipe.Task(flight.no, packet.key, data, flight.id, flight.priority,
-                                   packet.metadata, flight.deadline, deps, flight.memory_limit_mb))
+                                   packet.metadata, flight.deadline, deps, flight.memory_limit_mb,
+                                   None if identity is None else identity.wire))
         proc.send(pipe.pack(pipe.Tasks(tasks)))
 
     def cancel(self, flight: Flight) -> None:

@@ -210,7 +210,8 @@ class Supervisor:
             config = WorkerSettings(handler_modules=tuple(self.handler_modules()), slot=slot, lane=lane,
                                     cpu=spec.cpu, memory_limit_mb=spec.memory_limit_mb, nice=spec.nice,
                                     arenas=tuple(a.path for a in arenas) if arenas else None,
-                                    shm_threshold_bytes=s.shm_threshold_bytes, buffer_table=self.buffer_table)
+                                    shm_threshold_bytes=s.shm_threshold_bytes, buffer_table=self.buffer_table,
+                                    max_result_bytes=s.max_frame_bytes)
             try:
                 proc = await self._launch(lane, slot, config, arenas)
             except BaseException:

@@ -17,6 +17,7 @@ import select
 import sys
 import time
 import traceback
+from typing import Any
 
 import orjson
 
@@ -70,11 +71,14 @@ class MemoryCap:
             resource.setrlimit(resource.RLIMIT_AS, (self.soft, self.hard))
 
 
-def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done | Failed:
-    """Run one task (its data already out of shared memory) and say how it ended."""
+def run_task(registry, task: Task, memory_cap: MemoryCap | None = None,
+             max_result_bytes: int | None = None) -> Done | Failed:
+    """Run one task (its data already out of shared memory) and say how it ended. A result
+    larger than `max_result_bytes` is answered PF413, not sent."""
     from ..elements.errors import ElementError
     from ..errors import PayloadError
     from ..core.protocol import ndarray_opted_in
+    from ..core.names import Principal
     from ..registry import Context
 
     no = task.no
@@ -88,7 +92,10 @@ def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done 
     deps = {dep: orjson.loads(raw) for dep, raw in deps.items()} if deps else {}
     group, _, element = key.partition(":")
     metadata = task.metadata
-    ctx = Context(task.packet_id, group, element, task.priority, metadata, task.deadline, deps)
+    principal = task.principal
+    ctx = Context(task.packet_id, group, element, task.priority, metadata, task.deadline, deps,
+                  None if principal is None else Principal(principal[0], frozenset(principal[1])),
+                  max_result_bytes)
     memory_limit_mb = task.memory_limit_mb if memory_cap is not None else None
     start = time.perf_counter()
     try:
@@ -106,17 +113,9 @@ def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done 
                     data = nd.decode_tree(data)
                 except PayloadError as exc:
                     return Failed(no, "PF002", str(exc), _ms_since(start))
-            value = spec(data, ctx)
-            try:  # orjson's error is a TypeError: encode apart so a handler's TypeError stays as raised
-                if nd is not None:
-                    value = nd.encode_tree(value)
-                body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-            except orjson.JSONEncodeError as exc:
-                return Failed(no, "PF500", f"{key} returned a value that is not JSON-serialisable: {exc}",
-                              _ms_since(start))
-            except PayloadError as exc:  # from nd.encode_tree: e.g. an object-dtype array
-                return Failed(no, "PF500", f"{key} returned a value that cannot be encoded as "
-                                           f"ndarrays: {exc}", _ms_since(start))
+            body = _encode(key, spec(data, ctx), nd)  # a bytes, or the reason it cannot be sent
+            if type(body) is not bytes:
+                return Failed(no, "PF500", body, _ms_since(start))
         finally:
             if memory_limit_mb is not None:
                 memory_cap.lift(memory_limit_mb)
@@ -127,7 +126,26 @@ def run_task(registry, task: Task, memory_cap: MemoryCap | None = None) -> Done 
         return Failed(no, "PF002", str(exc), _ms_since(start))
     except Exception as exc:
         return Failed(no, "PF500", f"{type(exc).__name__}: {exc}", _ms_since(start))
+    if max_result_bytes is not None and len(body) > max_result_bytes:
+        return Failed(no, "PF413", f"{key}'s result is {len(body)} bytes of JSON, over the node's result limit "
+                                   f"of {max_result_bytes} (its max_frame_bytes)", _ms_since(start))
     return Done(no, body, _ms_since(start))
+
+
+def _encode(key: str, value: Any, nd: Any) -> bytes | str:
+    """A handler's value as JSON (its arrays as $ndarray objects when the packet opted in),
+    or why it cannot be (a str). orjson's error is a TypeError: encoded apart from the call,
+    so that a handler's own TypeError stays as raised."""
+    from ..errors import PayloadError
+
+    try:
+        if nd is not None:
+            value = nd.encode_tree(value)
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError as exc:
+        return f"{key} returned a value that is not JSON-serialisable: {exc}"
+    except PayloadError as exc:  # from nd.encode_tree: e.g. an object-dtype array
+        return f"{key} returned a value that cannot be encoded as ndarrays: {exc}"
 
 
 POLL_S = 0.001  # how often a busy worker looks for new messages (cancels, more tasks)
@@ -242,7 +260,7 @@ def _serve(settings: pipe.WorkerSettings, in_fd: int, send) -> int:
             continue
         if task.memory_limit_mb is None:
             task.memory_limit_mb = settings.memory_limit_mb
-        answer = run_task(default_registry, task, memory_cap)
+        answer = run_task(default_registry, task, memory_cap, settings.max_result_bytes)
         if outbound is not None and type(answer) is Done and len(answer.body) > threshold:
             ref = outbound.put(answer.body)
             if ref is not None:

@@ -14,9 +14,15 @@
                  worker of its lane (e.g. to warm a cache), and/or once by every connected
                  reactor that runs its key.
 - `co:sync`      {"barrier", "parties": n, "data"} -> when n packets have reached the barrier
-                 (its name is shared by every submitter of the node), every party gets the
-                 list of all parties' data in arrival order. A party whose deadline passes
-                 first breaks the barrier: every party waiting fails PF408.
+                 (its name is its submitter's, or a namespace's its token holds:
+                 pfnode/core/names.py), every party gets the list of all parties' data in
+                 arrival order. A party whose deadline passes first breaks the barrier:
+                 every party waiting fails PF408. Bounded output: the list (every party's
+                 answer) at most `max_frame_bytes` / 2, and what the barrier delivers in all
+                 (parties x the list) at most 4 x `max_frame_bytes` (64 MiB at the default
+                 16 MiB); an arrival whose data would pass either is refused at once, PF004
+                 naming `data` (PF002 when its data alone could never fit), and nothing is
+                 delivered to anyone until every party is there.
 """
 from __future__ import annotations
 
@@ -28,8 +34,9 @@ import orjson
 
 from ...errors import ErrorCode
 from ...core.protocol import encode_json
-from ..base import (ElementError, ElementFailed, check_keys, need_dict, need_int, need_str, node_element,
+from ..base import (ElementError, ElementFailed, Encoded, check_keys, need_dict, need_int, need_str, node_element,
                     optional_int)
+from ...core.names import qualify, shown
 from .engine import parse_step, parse_steps
 
 MAX_REPLICAS = 101
@@ -140,21 +147,37 @@ class Barrier:
 
 
 class Barriers:
-    """The node's co:sync barriers, bounded in count and bytes."""
+    """The node's co:sync barriers, bounded in count and bytes, and in what they deliver."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame_bytes: int = 16 << 20) -> None:
         self.open: dict[str, Barrier] = {}
         self.bytes = 0
+        self.max_list_bytes = max_frame_bytes // 2  # one party's answer: the list of everyone's data
+        self.max_delivered_bytes = 4 * max_frame_bytes  # parties x the list
 
-    async def arrive(self, name: str, parties: int, value: Any, wait_s: float) -> list:
+    def _over_output(self, name: str, barrier: "Barrier | None", parties: int, size: int) -> None:
+        """Refuse an arrival that would make the barrier's answers pass their bounds."""
+        listed = (barrier.bytes if barrier is not None else 0) + size + parties + 1  # with brackets, commas
+        if size + parties + 1 > self.max_list_bytes or parties * (size + parties + 1) > self.max_delivered_bytes:
+            raise ElementError("data", f"{size} bytes from each of {parties} parties would deliver more than "
+                                       f"{self.max_delivered_bytes} bytes (each party gets every party's data; "
+                                       f"at most {self.max_list_bytes} bytes each)")
+        if listed > self.max_list_bytes or parties * listed > self.max_delivered_bytes:
+            raise ElementFailed(ErrorCode.OVERLOADED, f"data: barrier {shown(name)!r} would deliver "
+                                                      f"{parties} x {listed} bytes, over its bound of "
+                                                      f"{self.max_delivered_bytes} (at most {self.max_list_bytes} "
+                                                      "per party); send less data per party")
+
+    async def arrive(self, name: str, parties: int, value: Any, wait_s: float) -> "Encoded":
         barrier = self.open.get(name)
         if barrier is None:
             if len(self.open) >= MAX_BARRIERS:
                 raise ElementFailed(ErrorCode.OVERLOADED, f"{MAX_BARRIERS} barriers already open; retry later")
             barrier = self.open[name] = Barrier(name, parties)
         elif barrier.parties != parties:
-            raise ElementError("parties", f"barrier {name!r} is open for {barrier.parties} parties, not {parties}")
+            raise ElementError("parties", f"barrier {shown(name)!r} is open for {barrier.parties} parties, not {parties}")
         size = len(encode_json(value))
+        self._over_output(name, barrier, parties, size)
         if self.bytes + size > MAX_BARRIER_BYTES:
             raise ElementFailed(ErrorCode.OVERLOADED, "the barriers' data is over its bound; retry later")
         future = asyncio.get_running_loop().create_future()
@@ -163,7 +186,7 @@ class Barriers:
         self.bytes += size
         if len(barrier.arrived) == parties:
             self._close(barrier)
-            everyone = [v for v, _ in barrier.arrived]
+            everyone = Encoded(encode_json([v for v, _ in barrier.arrived]))  # encoded once for every party
             for _, f in barrier.arrived:
                 if not f.done():
                     f.set_result(everyone)
@@ -171,9 +194,9 @@ class Barriers:
         try:
             return await asyncio.wait_for(asyncio.shield(future), wait_s)
         except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._break(barrier, f"a party of barrier {name!r} reached its deadline with "
+            self._break(barrier, f"a party of barrier {shown(name)!r} reached its deadline with "
                                  f"{len(barrier.arrived)} of {parties} parties there")
-            raise ElementFailed(ErrorCode.DEADLINE_EXCEEDED, f"barrier {name!r}: {len(barrier.arrived)} of "
+            raise ElementFailed(ErrorCode.DEADLINE_EXCEEDED, f"barrier {shown(name)!r}: {len(barrier.arrived)} of "
                                                              f"{parties} parties arrived before the deadline")
 
     def _close(self, barrier: Barrier) -> None:
@@ -186,6 +209,7 @@ class Barriers:
         for _, f in barrier.arrived:
             if not f.done():
                 f.set_exception(ElementFailed(ErrorCode.DEADLINE_EXCEEDED, f"barrier broken: {why}"))
+                f.exception()  # a party whose own wait already ended never reads it: not an error to log
 
 
 @node_element("co:sync")
@@ -193,7 +217,7 @@ async def sync(ctx, data: Any) -> Any:
     """Wait until n parties reach a barrier; each gets everyone's data."""
     data = need_dict(data, "data")
     check_keys(data, "", {"barrier", "parties", "data"})
-    name = need_str(data.get("barrier"), "barrier")
+    name = qualify(need_str(data.get("barrier"), "barrier"), ctx.identity)
     parties = need_int(data.get("parties"), "parties", low=1, high=MAX_PARTIES)
     margin = min(0.005, ctx.remaining_s() / 10)  # answer before the node's own deadline does
     return await ctx.node.resources.barriers.arrive(name, parties, data.get("data"),

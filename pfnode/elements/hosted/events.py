@@ -1,7 +1,8 @@
 """Event driven (ed): topics, watchers, reactions and timers, run by the node.
 
-Topics are names (1-256 characters) shared by every submitter of the node, as co:sync's
-barriers are. An event is a JSON value published on a topic; the node keeps no history:
+Topics are names (1-256 characters); with tokens, each is its principal's, or a namespace's
+its token holds (`team-a/...`: pfnode/core/names.py, docs/PROTOCOL.md "Principals and
+namespaces"). An event is a JSON value published on a topic; the node keeps no history:
 an event reaches the watchers and subscriptions there at the moment it is published.
 
 - `ed:signal` {"topic", "data"} -> {"delivered": n}: `data` published on `topic`; n is
@@ -14,7 +15,8 @@ an event reaches the watchers and subscriptions there at the moment it is publis
 - `ed:react`  {"topic", "step", "emit"?: topic, "ttl_ms"?} -> {"subscription": id,
   "topic", "expires_in_ms"}: from now on, each event on `topic` runs `step` with the
   event's data as its input (a sub-packet through the node, in the subscriber's scope and
-  with its roles; its deadline the step's `timeout_ms`, else the node's default), and,
+  names, with the roles both the subscriber and the event's publisher hold: no confused
+  deputy; its deadline the step's `timeout_ms`, else the node's default), and,
   with `emit`, its output is published on `emit`. Held until `ttl_ms` (default 1 h, at
   most 24 h) passes, it is cancelled, or its submitter disconnects (the last connection of
   its token, with tokens).
@@ -52,6 +54,7 @@ from ...core.flight import Flight
 from ...core.protocol import Packet, encode_json
 from ..base import (ElementError, ElementFailed, answer_within_s, check_keys, need_dict, need_int, need_str,
                     node_element, optional_int, optional_ttl_ms, owner_name)
+from ...core.names import qualify, shown
 from .engine import ElementContext, Step, parse_step
 
 log = logging.getLogger("pfnode.front")
@@ -106,15 +109,16 @@ class Subscription:
         self.last_error: str | None = None
         self._numbers = itertools.count(1)
 
-    def react(self, value: Any, depth: int) -> bool:
-        """Start a reaction to one event; False when a bound says no."""
+    def react(self, value: Any, depth: int, by: Any = None) -> bool:
+        """Start a reaction to one event (published by principal `by`); False when a bound
+        says no."""
         events = self.events
         if depth >= MAX_CHAIN or len(self.tasks) >= MAX_REACTIONS_PER_SUBSCRIPTION \
                 or events.reactions >= MAX_REACTIONS:
             self.dropped += 1
             events.counters["reactions_dropped"] += 1
             return False
-        task = asyncio.ensure_future(self._run(value, depth))
+        task = asyncio.ensure_future(self._run(value, depth, by))
         self.tasks.add(task)
         events.reactions += 1
         task.add_done_callback(self._ended)
@@ -124,7 +128,7 @@ class Subscription:
         self.tasks.discard(task)
         self.events.reactions -= 1
 
-    async def _run(self, value: Any, depth: int) -> None:
+    async def _run(self, value: Any, depth: int, by: Any) -> None:
         node = self.node
         step = self.step
         timeout_ms = step.timeout_ms or node.default_timeout_ms
@@ -134,14 +138,18 @@ class Subscription:
         # the reaction's own record, never admitted: its steps' parent (deadline, scope)
         parent = Flight(packet, scope=self.owner, priority=priority, timeout_ms=timeout_ms,
                         deadline=node.now() + timeout_ms / 1000)
-        ctx = ElementContext(node, parent, self.identity)
+        # No confused deputy: the step runs with the roles both the subscriber and whoever
+        # published the event hold (a submit-only signaller cannot have an admin's
+        # reaction run mc:* for it), in the subscriber's scope and names.
+        identity = self.identity.limited_to(by) if self.identity is not None else None
+        ctx = ElementContext(node, parent, identity)
         counters = self.events.counters
         try:
             output = await ctx.run(step, value, "step")
             self.runs += 1
             counters["reactions"] += 1
             if self.emit is not None:
-                self.events.publish(self.emit, output, depth + 1)
+                self.events.publish(self.emit, output, depth + 1, identity)
         except (ElementFailed, ElementError) as exc:
             self._failed(str(exc) if isinstance(exc, ElementError) else f"{exc.code} {exc.message}")
         except asyncio.CancelledError:
@@ -180,9 +188,10 @@ class Events:
         self._ids = itertools.count(1)
 
     # -- events
-    def publish(self, topic: str, value: Any, depth: int = 0) -> int:
-        """Publish one event; how many watchers and reactions it reached. ElementError when
-        it is too large, ElementFailed (PF004) when watchers would hold too much."""
+    def publish(self, topic: str, value: Any, depth: int = 0, by: Any = None) -> int:
+        """Publish one event (`topic` a key: pfnode/core/names.py) on behalf of principal `by`;
+        how many watchers and reactions it reached. ElementError when it is too large,
+        ElementFailed (PF004) when watchers would hold too much."""
         size = len(encode_json(value))
         if size > MAX_EVENT_BYTES:
             raise ElementError("data", f"an event may hold at most {MAX_EVENT_BYTES} bytes of JSON, got {size}")
@@ -204,7 +213,7 @@ class Events:
         subs = self.by_topic.get(topic)
         if subs:
             for sub in list(subs.values()):
-                delivered += sub.react(value, depth)
+                delivered += sub.react(value, depth, by)
         self.counters["delivered"] += delivered
         return delivered
 
@@ -287,8 +296,9 @@ class Events:
                 "subscribed": {sub_id: sub.stats(now) for sub_id, sub in list(self.subscriptions.items())[:100]}}
 
 
-def _topic(value: Any, field: str = "topic") -> str:
-    return need_str(value, field, max_chars=MAX_TOPIC_CHARS)
+def _topic(ctx, value: Any, field: str = "topic") -> str:
+    """A topic's key: the name checked, then its principal's (pfnode/core/names.py)."""
+    return qualify(need_str(value, field, max_chars=MAX_TOPIC_CHARS), ctx.identity)
 
 
 @node_element("ed:signal")
@@ -296,8 +306,8 @@ async def signal(ctx, data: Any) -> Any:
     """Publish an event on a topic."""
     data = need_dict(data, "data")
     check_keys(data, "", {"topic", "data"})
-    topic = _topic(data.get("topic"))
-    return {"delivered": ctx.node.resources.events.publish(topic, data.get("data"))}
+    topic = _topic(ctx, data.get("topic"))
+    return {"delivered": ctx.node.resources.events.publish(topic, data.get("data"), 0, ctx.identity)}
 
 
 @node_element("ed:watch")
@@ -305,7 +315,7 @@ async def watch(ctx, data: Any) -> Any:
     """Wait for the next events on a topic (what came by the deadline, else)."""
     data = need_dict(data, "data")
     check_keys(data, "", {"topic", "events"})
-    topic = _topic(data.get("topic"))
+    topic = _topic(ctx, data.get("topic"))
     wanted = optional_int(data, "events", "events", low=1, high=MAX_WATCH_EVENTS) or 1
     done = await ctx.node.resources.events.watch(topic, wanted, answer_within_s(ctx))
     return {"events": done.events, "complete": len(done.events) >= wanted}
@@ -326,12 +336,12 @@ async def react(ctx, data: Any) -> Any:
         events.cancel(sub)
         return {"cancelled": sub_id, "runs": sub.runs, "failed": sub.failed, "dropped": sub.dropped}
     check_keys(data, "", {"topic", "step", "emit", "ttl_ms"})
-    topic = _topic(data.get("topic"))
+    topic = _topic(ctx, data.get("topic"))
     step = parse_step(data.get("step"), "step")
-    emit = _topic(data["emit"], "emit") if data.get("emit") is not None else None
+    emit = _topic(ctx, data["emit"], "emit") if data.get("emit") is not None else None
     ttl_ms = optional_ttl_ms(data, "ttl_ms", DEFAULT_TTL_MS, MAX_TTL_MS)
     sub = events.subscribe(ctx, topic, step, emit, ttl_ms, len(encode_json(data["step"])))
-    return {"subscription": sub.id, "topic": topic, "expires_in_ms": ttl_ms}
+    return {"subscription": sub.id, "topic": shown(topic), "expires_in_ms": ttl_ms}
 
 
 @node_element("ed:timer")
@@ -343,7 +353,7 @@ async def timer(ctx, data: Any) -> Any:
     step = parse_step(data.get("step"), "step")
     every_ms = optional_int(data, "every_ms", "every_ms", low=MIN_EVERY_MS)
     count = optional_int(data, "count", "count", low=1, high=MAX_TIMER_RUNS)
-    emit = _topic(data["emit"], "emit") if data.get("emit") is not None else None
+    emit = _topic(ctx, data["emit"], "emit") if data.get("emit") is not None else None
     if count is not None and count > 1 and every_ms is None:
         raise ElementError("every_ms", "is required with a count above 1")
     remaining_ms = ctx.remaining_s() * 1000
@@ -374,5 +384,5 @@ async def timer(ctx, data: Any) -> Any:
             output = await ctx.run(step, i, f"runs[{i}]")
         outputs.append(output)
         if emit is not None:
-            ctx.node.resources.events.publish(emit, output)
+            ctx.node.resources.events.publish(emit, output, 0, ctx.identity)
     return outputs if count is not None or open_ended else outputs[0]

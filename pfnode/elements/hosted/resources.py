@@ -2,7 +2,9 @@
 
 Every resource has an owner, the submitter scope that made it (a token's name, or the
 connection without tokens), and goes when its ttl or lease passes, when it is freed, or
-when its owner disconnects (the last connection of its token, with tokens).
+when its owner disconnects (the last connection of its token, with tokens). With tokens,
+every name (a buffer's, a lock's, a cache key) is its principal's own, or a namespace's its
+token holds (pfnode/core/names.py).
 
 - `rm:alloc` (admin) {"name", "shape", "dtype", "ttl_ms"?} -> {"name", "shape", "dtype",
   "bytes", "expires_in_ms"}: a zero-filled shared-memory array held by the node (ttl
@@ -13,7 +15,7 @@ when its owner disconnects (the last connection of its token, with tokens).
   writes it as a numpy array over the shared memory, no copy: `ctx.buffer(name)`.
 - `rm:free`  {"name"} -> {"name", "bytes"}: the buffer goes (its owner, or an admin).
 - `rm:lock`  {"name", "lease_ms", "wait_ms"?} -> {"name", "token", "expires_in_ms"}: the
-  lock `name` (node-wide; 1-256 characters) for `lease_ms` (1 ms .. 1 h), waiting for it
+  lock `name` (its principal's; 1-256 characters) for `lease_ms` (1 ms .. 1 h), waiting for it
   in turn (first come, first served) for at most `wait_ms` (default: until a little
   before the packet's deadline; 0: do not wait); not had by then: **PF009** (lock busy).
   {"name", "token", "lease_ms"} renews the lease, {"name", "token", "release": true}
@@ -59,6 +61,7 @@ import orjson
 from ...errors import ErrorCode
 from ...core.flight import BLOCKED, Flight
 from ...core.protocol import _ELEMENT_RE, encode_json
+from ...core.names import qualify, shown, space_of
 from ..base import (ElementError, ElementFailed, answer_within_s, check_keys, need_dict, need_int, need_list,
                     need_str, node_element, optional_int, optional_ttl_ms, owner_name)
 
@@ -102,7 +105,7 @@ class Buffers:
 
     def alloc(self, name: str, shape: list[int], dtype: str, itemsize: int, owner: Any, ttl_ms: int) -> Buffer:
         if name in self.held:
-            raise ElementError("name", f"a buffer named {name!r} exists; rm:free it first")
+            raise ElementError("name", f"a buffer named {shown(name)!r} exists; rm:free it first")
         nbytes = math.prod(shape) * itemsize
         if nbytes <= 0:
             raise ElementError("shape", "the buffer must hold at least one byte")
@@ -112,7 +115,7 @@ class Buffers:
             raise ElementFailed(ErrorCode.OVERLOADED, f"buffers hold {self.bytes} bytes; {nbytes} more would pass "
                                                       f"the node's max_buffer_bytes ({self.max_bytes})")
         try:
-            path = self.files.create_file(name, nbytes)
+            path = self.files.create_file(name.replace("/", "."), nbytes)
         except OSError as exc:
             raise ElementFailed(ErrorCode.OVERLOADED, f"no shared memory for {nbytes} bytes: {exc}") from None
         buffer = self.held[name] = Buffer(name, path, shape, dtype, nbytes, owner, self.clock() + ttl_ms / 1000)
@@ -184,7 +187,8 @@ async def alloc(ctx, data: Any) -> Any:
         need_int(size, f"shape[{i}]", low=0, high=1 << 40)
     dtype, itemsize = _dtype(data.get("dtype"))
     ttl_ms = optional_ttl_ms(data, "ttl_ms", DEFAULT_TTL_MS, MAX_TTL_MS)
-    buffer = ctx.node.resources.buffers.alloc(name, list(shape), dtype, itemsize, ctx.scope, ttl_ms)
+    buffer = ctx.node.resources.buffers.alloc(qualify(name, ctx.identity), list(shape), dtype, itemsize, ctx.scope,
+                                              ttl_ms)
     return {"name": name, "shape": buffer.shape, "dtype": dtype, "bytes": buffer.bytes, "expires_in_ms": ttl_ms}
 
 
@@ -195,8 +199,10 @@ async def free(ctx, data: Any) -> Any:
     check_keys(data, "", {"name"})
     name = need_str(data.get("name"), "name", max_chars=64)
     state = ctx.node.resources.buffers
-    buffer = state.held.get(name)
-    if buffer is None or (buffer.owner != ctx.scope and not ctx.node.may(ctx.identity, "admin")):
+    key = qualify(name, ctx.identity)
+    buffer = state.held.get(key)
+    if buffer is None or (buffer.owner != ctx.scope and space_of(key) is None
+                          and not ctx.node.may(ctx.identity, "admin")):
         raise ElementError("name", f"no buffer named {name!r} of yours")
     return {"name": name, "bytes": state.free(buffer)}
 
@@ -234,7 +240,7 @@ class Lock:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.marker = _Hold(f"lock {name!r}")
+        self.marker = _Hold(f"lock {shown(name)!r}")
         self.holder: Flight | None = None  # a packet holding it (metadata.lock)
         self.token: str | None = None  # or an rm:lock lease holder's token
         self.owner: Any = None  # whose lease
@@ -300,7 +306,7 @@ class Locks:
             left = f", its lease for {max(0, int((lock.expires - self.clock()) * 1000))} ms more"
         elif lock.holder is not None:
             left = f", by packet {lock.holder.id!r}"
-        return f"lock {lock.name!r} is held{left} ({len(lock.waiters)} waiting); retry later"
+        return f"lock {shown(lock.name)!r} is held{left} ({len(lock.waiters)} waiting); retry later"
 
     def _lease(self, lock: Lock, owner: Any, lease_s: float) -> None:
         lock.token = os.urandom(16).hex()
@@ -366,11 +372,10 @@ class Locks:
     def plan(self, name: Any, token: Any) -> Lock | None:
         """At admission: the lock a packet must take its turn for, or None when it runs at
         once under its holder's token. ElementError for bad metadata."""
-        name = need_str(name, "metadata.lock", max_chars=MAX_NAME_CHARS)
         if token is not None:
             if self.holding(name, token) is None:
-                raise ElementError("metadata.lock_token", f"does not hold lock {name!r} (its lease passed, it was "
-                                                          "released, or it is another lock's)")
+                raise ElementError("metadata.lock_token", f"does not hold lock {shown(name)!r} (its lease passed, "
+                                                          "it was released, or it is another lock's)")
             return None
         return self._lock(name)
 
@@ -433,6 +438,7 @@ async def lock(ctx, data: Any) -> Any:
     data = need_dict(data, "data")
     locks = ctx.node.resources.locks
     name = need_str(data.get("name"), "name", max_chars=MAX_NAME_CHARS)
+    key = qualify(name, ctx.identity)  # whose lock (pfnode/core/names.py)
     if "token" in data:
         if data.get("release") is not None:
             check_keys(data, "", {"name", "token", "release"})
@@ -440,7 +446,7 @@ async def lock(ctx, data: Any) -> Any:
                 raise ElementError("release", "must be true (or absent, to renew the lease)")
         else:
             check_keys(data, "", {"name", "token", "lease_ms"})
-        held = locks.holding(name, data["token"])
+        held = locks.holding(key, data["token"])
         if held is None:
             raise ElementError("token", f"does not hold lock {name!r} (its lease passed, it was released, or it "
                                         "is another lock's)")
@@ -456,7 +462,7 @@ async def lock(ctx, data: Any) -> Any:
     wait_s = answer_within_s(ctx)
     if wait_ms is not None:
         wait_s = min(wait_s, wait_ms / 1000)
-    held = await locks.acquire(name, ctx.scope, lease_ms / 1000, wait_s)
+    held = await locks.acquire(key, ctx.scope, lease_ms / 1000, wait_s)
     return {"name": name, "token": held.token, "expires_in_ms": int((held.expires - ctx.node.now()) * 1000)}
 
 
@@ -577,7 +583,8 @@ async def cache(ctx, data: Any) -> Any:
     check_keys(data, "", {"op", "key", "value", "ttl_ms"} if op == "put" else {"op", "key"})
     key = need_str(data.get("key"), "key", max_chars=MAX_KEY_CHARS)
     state = ctx.node.resources.cache
-    full_key = (ctx.scope, "key", key)
+    space = space_of(qualify(key, ctx.identity))  # a namespace's key is its holders' (core/names.py)
+    full_key = (ctx.scope if space is None else f"#{space}", "key", key)
     if op == "put":
         if "value" not in data:
             raise ElementError("value", "is required with put")
@@ -609,7 +616,7 @@ class Admission:
         self.hold: Any = None  # the marker it is admitted blocked on, when it waits
 
 
-def admission(state, packet: Any, scope: Any, local: bool) -> Admission:
+def admission(state, packet: Any, scope: Any, local: bool, identity: Any = None) -> Admission:
     """Read a packet's `metadata.cache` and `metadata.lock`; ElementError for bad ones."""
     metadata = packet.metadata
     plan = Admission()
@@ -624,7 +631,8 @@ def admission(state, packet: Any, scope: Any, local: bool) -> Admission:
         if not local:
             raise ElementError("metadata.lock", "only packets this node runs can take a lock; no handler here "
                                                 f"runs {packet.key}")
-        plan.lock = state.locks.plan(metadata["lock"], metadata.get("lock_token"))
+        name = need_str(metadata["lock"], "metadata.lock", max_chars=MAX_NAME_CHARS)
+        plan.lock = state.locks.plan(qualify(name, identity), metadata.get("lock_token"))
         if plan.lock is not None:
             plan.hold = state.locks.hold_for(plan.lock)
     return plan

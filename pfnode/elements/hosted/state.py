@@ -29,10 +29,10 @@ class ElementState:
     two tables (shown in `stats`). The node wires `locks.retired` to the scheduler."""
 
     def __init__(self, control: NodeControl, *, max_buffer_bytes: int, cache_bytes: int, buffer_table: str,
-                 buffer_files: Any, migrations: tuple[dict, dict] = ({}, {})) -> None:
+                 buffer_files: Any, max_frame_bytes: int = 16 << 20, migrations: tuple[dict, dict] = ({}, {})) -> None:
         clock = control.now
         self.clock = clock
-        self.barriers = Barriers()
+        self.barriers = Barriers(max_frame_bytes)
         self.events = Events(clock)
         self.buffers = Buffers(clock, max_buffer_bytes, buffer_table, buffer_files)
         self.locks = Locks(clock, control)
@@ -42,9 +42,10 @@ class ElementState:
         self._migrations = migrations
 
     # -- the node's hooks
-    def admission(self, packet: Any, scope: Any, local: bool) -> Admission:
-        """What a packet's `metadata.cache` / `metadata.lock` ask (ElementError: PF002)."""
-        return admission(self, packet, scope, local)
+    def admission(self, packet: Any, scope: Any, local: bool, identity: Any = None) -> Admission:
+        """What a packet's `metadata.cache` / `metadata.lock` ask (ElementError: PF002);
+        the lock's name is `identity`'s (pfnode/core/names.py)."""
+        return admission(self, packet, scope, local, identity)
 
     def answered(self, flight: Any, data_json: bytes) -> None:
         """A packet with `metadata.cache: true` succeeded: memoise its result if it ran

@@ -147,7 +147,7 @@ def real_array(values: Any, field: str) -> np.ndarray:
 _SOURCES = ("range", "linspace", "random")
 
 
-def produce(data: Any) -> Any:
+def produce(data: Any, *, max_result_bytes: int | None = None) -> Any:
     """Generate values: exactly one of
 
     - `{"range": [stop] | [start, stop] | [start, stop, step]}`: numpy.arange (int64 when all
@@ -156,14 +156,32 @@ def produce(data: Any) -> Any:
     - `{"random": {"dist": "normal"|"uniform"|"integers", "shape": n | [n, ...], "seed": s,
       ...parameters}}`: numpy.random.default_rng(seed); the same seed gives the same values.
 
-    At most MAX_ELEMENTS values. Returns an ndarray (a numpy scalar for shape [])."""
+    At most MAX_ELEMENTS values, and at most what fits the node's result limit
+    (`max_result_bytes`, its frame limit) as JSON: a request whose values could pass it (at
+    most 25 bytes of JSON each for floats, the longest integer's digits for integers) is
+    refused up front, PF002 naming the field. Returns an ndarray (a numpy scalar for shape [])."""
     fields = _object(data, "", _SOURCES, 'an object with one of "range", "linspace", "random"')
     given = [key for key in _SOURCES if key in fields]
     if len(given) != 1:
         got = f"; got {' and '.join(given)}" if given else ""
         raise ElementError("data", f"give exactly one of {one_of(_SOURCES)}{got}")
     key = given[0]
-    return _scalar_if_0d(_PRODUCERS[key](fields[key], key))
+    values = _PRODUCERS[key](fields[key], key)
+    if max_result_bytes is not None:
+        _check_output(values, key, max_result_bytes)
+    return _scalar_if_0d(values)
+
+
+def _check_output(values: np.ndarray, field: str, limit: int) -> None:
+    """Refuse values whose JSON could pass `limit` bytes (before encoding any of it)."""
+    if values.dtype.kind in "iu" and values.size:
+        widest = max(len(str(int(values.min()))), len(str(int(values.max()))))
+    else:
+        widest = 24  # repr of a float64, sign and exponent included
+    most = values.size * (widest + 1) + 2
+    if most > limit:
+        raise ElementError(field, f"asks for {values.size} values, up to {most} bytes of JSON: over the node's "
+                                  f"result limit of {limit} bytes (its max_frame_bytes); ask for fewer")
 
 
 def _check_count(count: int, field: str) -> None:
