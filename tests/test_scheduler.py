@@ -9,7 +9,7 @@ import pytest
 from pfnode.core.clock import FakeClock
 
 from pfnode.errors import ErrorCode
-from pfnode.core.scheduler import (BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, LaneQueue,
+from pfnode.core.scheduler import (RESULT_OVERHEAD_BYTES, BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight, LaneQueue,
                                    ResultStore, Scheduler, StoredResult)
 
 
@@ -361,18 +361,29 @@ def test_admission_bound_refuses_new_packets_and_keeps_queued_ones(clock):
 # ---------------------------------------------------------------- result store
 
 def test_result_store_bounds_entries_age_and_bytes():
-    store = ResultStore(max_entries=3, max_age_s=10, max_bytes=10)
+    store = ResultStore(max_entries=3, max_age_s=10, max_bytes=1000)
     for i in range(5):
         store.put(f"p{i}", StoredResult(True, b"1", None, float(i)))
     assert len(store) == 3 and store.get("p0", 4.0) is None and store.get("p4", 4.0) is not None
     assert store.get("p2", 12.5) is None  # older than 10 s
     assert store.get("p4", 12.5) is not None
-    store.put("big", StoredResult(True, b"x" * 8, None, 13.0))
-    store.put("big2", StoredResult(True, b"y" * 8, None, 13.0))
-    assert store.get("big", 13.0) is None and store.bytes <= 10
-    store.put("huge", StoredResult(True, b"z" * 100, None, 13.0))
+    store.put("big", StoredResult(True, b"x" * 400, None, 13.0))
+    store.put("big2", StoredResult(True, b"y" * 400, None, 13.0))
+    assert store.get("big", 13.0) is None and store.bytes <= 1000
+    store.put("huge", StoredResult(True, b"z" * 2000, None, 13.0))
     kept = store.get("huge", 13.0)
     assert kept.ok and kept.data_json is None  # the outcome is kept, the oversized data is not
+
+
+def test_the_result_store_counts_what_it_really_holds():
+    """Not only the results' JSON: their ids and the records around them (an empty result
+    still costs the node memory)."""
+    store = ResultStore(max_entries=100, max_age_s=10, max_bytes=10_000)
+    store.put(("alice", "x" * 500), StoredResult(True, b"1", None, 0.0))
+    assert store.bytes == 1 + 500 + RESULT_OVERHEAD_BYTES
+    for i in range(100):
+        store.put(("alice", f"empty-{i}"), StoredResult(True, b"", None, 0.0))
+    assert store.bytes <= 10_000 and len(store) < 100  # empty results are not free
 
 
 def test_random_event_sequences_keep_the_counters_and_states_consistent():

@@ -69,9 +69,18 @@ class StoredResult:
     completed_at: float
 
 
+RESULT_OVERHEAD_BYTES = 200  # a stored result's records (StoredResult, its key, a dict slot), measured
+
+
+def _cost(key: Hashable, result: "StoredResult") -> int:
+    """What the store holds for a result: its JSON, its id's text, the records around them."""
+    packet_id = key[1] if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], str) else ""
+    return len(result.data_json or b"") + len(packet_id) + RESULT_OVERHEAD_BYTES
+
+
 class ResultStore:
-    """Results of completed packets by (scope, id), bounded by count, bytes and age
-    (oldest dropped first)."""
+    """Results of completed packets by (scope, id), bounded by count, bytes (what it really
+    holds: each result's JSON, its id and its records) and age (oldest dropped first)."""
 
     def __init__(self, max_entries: int, max_age_s: float, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_entries = max_entries
@@ -85,21 +94,18 @@ class ResultStore:
         if key in results:
             self._drop(key)
         data = result.data_json
-        if data is not None:
-            if len(data) > self.max_bytes:
-                result.data_json = None  # too big to keep: remember the outcome only
-            else:
-                self.bytes += len(data)
+        if data is not None and len(data) > self.max_bytes:
+            result.data_json = None  # too big to keep: remember the outcome only
+        self.bytes += _cost(key, result)
         results[key] = result
         while len(results) > self.max_entries or self.bytes > self.max_bytes:
-            _, old = results.popitem(last=False)  # the oldest
-            if old.data_json is not None:
-                self.bytes -= len(old.data_json)
+            old_key, old = results.popitem(last=False)  # the oldest
+            self.bytes -= _cost(old_key, old)
 
     def _drop(self, key: Hashable) -> None:
         old = self._results.pop(key, None)
         if old is not None:
-            self.bytes -= len(old.data_json or b"")
+            self.bytes -= _cost(key, old)
 
     def get(self, key: Hashable, now: float) -> StoredResult | None:
         self.evict(now)
@@ -226,10 +232,11 @@ class Scheduler:
                  max_blocked_per_client: int = 1_000, max_queued_bytes: int = 1 << 30,
                  max_queued_bytes_per_client: int = 256 << 20,
                  result_store_entries: int = 10_000, result_store_age_ms: int = 600_000,
-                 result_store_bytes: int = 256 * 1024 * 1024, lanes: Iterable[str] = LANES) -> None:
+                 result_store_bytes: int = 256 * 1024 * 1024, lanes: Iterable[str] = LANES,
+                 lane_bounds: dict[str, int] | None = None) -> None:
         self.loads = Loads(max_queued=max_queued, max_blocked=max_blocked,
                            max_blocked_per_client=max_blocked_per_client, max_queued_bytes=max_queued_bytes,
-                           max_queued_bytes_per_client=max_queued_bytes_per_client)
+                           max_queued_bytes_per_client=max_queued_bytes_per_client, lane_bounds=lane_bounds)
         self.lanes: dict[str, LaneQueue] = {lane: LaneQueue(aging_ms / 1000) for lane in lanes}
         self.results = ResultStore(result_store_entries, result_store_age_ms / 1000, result_store_bytes)
         self.inflight: dict[Hashable, Flight] = {}  # every flight not DONE, by (scope, id)

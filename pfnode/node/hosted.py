@@ -1,7 +1,7 @@
 """The hosted-element runner: the node elements (cf:*, co:*, ed:*, rm:*, mc:*, df:consume)
 run in the front as packets of the `hosted` lane. The scheduler queues them like any lane
 (priorities, aging, dependencies, deadlines); this runner takes them out at the end of a
-loop turn, at most `MAX_HOSTED_RUNNING` at once, and runs each as a task with an
+loop turn, and runs each as a task with an
 `ElementContext` that sees the node only through `NodeControl` (pfnode/node/control.py).
 
 Each ends through the one answer path: its value as a success, `ElementError` as PF002,
@@ -21,6 +21,7 @@ from ..core import protocol
 from ..core.flight import HOSTED, Flight, failure, success
 from ..elements.base import ElementError, ElementFailed, Encoded
 from ..elements.catalog import NODE_ELEMENTS
+from ..elements.hosted.resources import exact
 from ..elements.hosted.engine import ElementContext
 from ..errors import ErrorCode, HandlerError
 from .answers import incident_id
@@ -29,7 +30,7 @@ from .shared import NodeShared
 
 log = logging.getLogger("pfnode.front")
 
-MAX_HOSTED_RUNNING = 10_000  # node elements running at once; more wait in the hosted queue
+MAX_HOSTED = 10_000  # node elements running or waiting, node-wide; each client's share of it (core/shares.py)
 
 
 class HostedRunner:
@@ -49,7 +50,7 @@ class HostedRunner:
         self._scheduled = False
         node = self.node
         now = node.clock()
-        while len(self.running) < MAX_HOSTED_RUNNING:
+        while len(self.running) < MAX_HOSTED:
             flight = node.scheduler.dispatch(HOSTED, now)
             if flight is None:
                 break
@@ -62,7 +63,8 @@ class HostedRunner:
         started = time.perf_counter()
         try:
             value = await element.run(ctx, orjson.loads(memoryview(flight.packet.data)))
-            data_json = value if isinstance(value, Encoded) else protocol.encode_json(value)
+            # kept in the result store for dependents: stored at its exact size (exact)
+            data_json = value if isinstance(value, Encoded) else exact(protocol.encode_json(value))
             outcome = success(data_json, (time.perf_counter() - started) * 1000)
         except asyncio.CancelledError:
             return  # answered already (its deadline) or nobody waits (its submitter left)

@@ -38,7 +38,7 @@ from . import status as status_of
 from .answers import Answers
 from .auth import Access
 from .control import Control
-from .hosted import HostedRunner
+from .hosted import MAX_HOSTED, HostedRunner
 from .http import HttpRoutes
 from .intake import Intake
 from .links import Links, scope_of
@@ -68,7 +68,8 @@ class Node:
                                    max_queued_bytes_per_client=settings.max_queued_bytes_per_client,
                                    result_store_entries=settings.result_store_entries,
                                    result_store_age_ms=settings.result_store_age_ms,
-                                   result_store_bytes=settings.result_store_bytes, lanes=(*LANES, HOSTED))
+                                   result_store_bytes=settings.result_store_bytes, lanes=(*LANES, HOSTED),
+                                   lane_bounds={HOSTED: MAX_HOSTED})
         self.pool = Pool(settings, self.scheduler, self.settle, clock=clock, metrics=self.metrics)
         self.timer = Timer(self)
         self.answers = Answers(self)

@@ -37,6 +37,7 @@ from ...core.protocol import encode_json
 from ..base import (ElementError, ElementFailed, Encoded, check_keys, need_dict, need_int, need_str, node_element,
                     optional_int)
 from ...core.names import qualify, shown
+from ...core.shares import Shares
 from .engine import parse_step, parse_steps
 
 MAX_REPLICAS = 101
@@ -139,8 +140,9 @@ async def broadcast(ctx, data: Any) -> Any:
 class Barrier:
     """One co:sync barrier: the parties that have arrived, waiting for the rest."""
 
-    def __init__(self, name: str, parties: int) -> None:
+    def __init__(self, name: str, parties: int, owner: Any = None) -> None:
         self.name = name
+        self.owner = owner  # who opened it: it counts against that owner's share of barriers
         self.parties = parties
         self.arrived: list[tuple[Any, asyncio.Future]] = []
         self.bytes = 0
@@ -152,6 +154,7 @@ class Barriers:
     def __init__(self, max_frame_bytes: int = 16 << 20) -> None:
         self.open: dict[str, Barrier] = {}
         self.bytes = 0
+        self.shares = Shares(MAX_BARRIERS, "open barriers")
         self.max_list_bytes = max_frame_bytes // 2  # one party's answer: the list of everyone's data
         self.max_delivered_bytes = 4 * max_frame_bytes  # parties x the list
 
@@ -168,18 +171,20 @@ class Barriers:
                                                       f"{self.max_delivered_bytes} (at most {self.max_list_bytes} "
                                                       "per party); send less data per party")
 
-    async def arrive(self, name: str, parties: int, value: Any, wait_s: float) -> "Encoded":
+    async def arrive(self, name: str, parties: int, value: Any, wait_s: float, owner: Any = None) -> "Encoded":
         barrier = self.open.get(name)
-        if barrier is None:
-            if len(self.open) >= MAX_BARRIERS:
-                raise ElementFailed(ErrorCode.OVERLOADED, f"{MAX_BARRIERS} barriers already open; retry later")
-            barrier = self.open[name] = Barrier(name, parties)
-        elif barrier.parties != parties:
+        if barrier is not None and barrier.parties != parties:
             raise ElementError("parties", f"barrier {shown(name)!r} is open for {barrier.parties} parties, not {parties}")
         size = len(encode_json(value))
-        self._over_output(name, barrier, parties, size)
+        self._over_output(name, barrier, parties, size)  # before anything is held for it
         if self.bytes + size > MAX_BARRIER_BYTES:
             raise ElementFailed(ErrorCode.OVERLOADED, "the barriers' data is over its bound; retry later")
+        if barrier is None:
+            refusal = self.shares.refusal(owner)
+            if refusal is not None:
+                raise ElementFailed(ErrorCode.OVERLOADED, refusal)
+            barrier = self.open[name] = Barrier(name, parties, owner)
+            self.shares.add(owner)
         future = asyncio.get_running_loop().create_future()
         barrier.arrived.append((value, future))
         barrier.bytes += size
@@ -202,6 +207,7 @@ class Barriers:
     def _close(self, barrier: Barrier) -> None:
         if self.open.get(barrier.name) is barrier:
             del self.open[barrier.name]
+            self.shares.remove(barrier.owner)
             self.bytes -= barrier.bytes
 
     def _break(self, barrier: Barrier, why: str) -> None:
@@ -221,4 +227,4 @@ async def sync(ctx, data: Any) -> Any:
     parties = need_int(data.get("parties"), "parties", low=1, high=MAX_PARTIES)
     margin = min(0.005, ctx.remaining_s() / 10)  # answer before the node's own deadline does
     return await ctx.node.resources.barriers.arrive(name, parties, data.get("data"),
-                                                   max(0.0, ctx.remaining_s() - margin))
+                                                   max(0.0, ctx.remaining_s() - margin), ctx.scope)

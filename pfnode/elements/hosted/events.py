@@ -55,6 +55,7 @@ from ...core.protocol import Packet, encode_json
 from ..base import (ElementError, ElementFailed, answer_within_s, check_keys, need_dict, need_int, need_str,
                     node_element, optional_int, optional_ttl_ms, owner_name)
 from ...core.names import qualify, shown
+from ...core.shares import Shares
 from .engine import ElementContext, Step, parse_step
 
 log = logging.getLogger("pfnode.front")
@@ -79,10 +80,11 @@ MAX_TIMER_RUNS = 10_000
 class Watch:
     """One ed:watch waiting for events."""
 
-    __slots__ = ("topic", "wanted", "events", "bytes", "future")
+    __slots__ = ("topic", "wanted", "events", "bytes", "future", "owner")
 
-    def __init__(self, topic: str, wanted: int) -> None:
+    def __init__(self, topic: str, wanted: int, owner: Any = None) -> None:
         self.topic = topic
+        self.owner = owner
         self.wanted = wanted
         self.events: list[Any] = []
         self.bytes = 0
@@ -178,6 +180,8 @@ class Events:
         self.clock = clock
         self.watchers: dict[str, list[Watch]] = {}  # topic -> its watches, oldest first
         self.watch_count = 0
+        self.watch_shares = Shares(MAX_WATCHERS, "watchers")
+        self.sub_shares = Shares(MAX_SUBSCRIPTIONS, "subscriptions")
         self.held_bytes = 0  # events held by watchers until they answer
         self.subscriptions: dict[str, Subscription] = {}  # id -> subscription
         self.by_topic: dict[str, dict[str, Subscription]] = {}
@@ -217,12 +221,14 @@ class Events:
         self.counters["delivered"] += delivered
         return delivered
 
-    async def watch(self, topic: str, wanted: int, wait_s: float) -> Watch:
-        if self.watch_count >= MAX_WATCHERS:
-            raise ElementFailed(ErrorCode.OVERLOADED, f"{MAX_WATCHERS} watchers already wait; retry later")
-        watch = Watch(topic, wanted)
+    async def watch(self, topic: str, wanted: int, wait_s: float, owner: Any = None) -> Watch:
+        refusal = self.watch_shares.refusal(owner)
+        if refusal is not None:
+            raise ElementFailed(ErrorCode.OVERLOADED, refusal)
+        watch = Watch(topic, wanted, owner)
         self.watchers.setdefault(topic, []).append(watch)
         self.watch_count += 1
+        self.watch_shares.add(owner)
         try:
             await asyncio.wait((watch.future,), timeout=wait_s)
         finally:
@@ -237,16 +243,17 @@ class Events:
         if not watches:
             del self.watchers[watch.topic]
         self.watch_count -= 1
+        self.watch_shares.remove(watch.owner)
         self.held_bytes -= watch.bytes
 
     # -- subscriptions
     def subscribe(self, ctx, topic: str, step: Step, emit: str | None, ttl_ms: int, size: int) -> Subscription:
         owner = ctx.scope
-        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise ElementFailed(ErrorCode.OVERLOADED, f"{MAX_SUBSCRIPTIONS} subscriptions already; retry later")
-        if self.per_owner[owner] >= MAX_SUBSCRIPTIONS_PER_OWNER:
-            raise ElementFailed(ErrorCode.OVERLOADED, f"you hold {MAX_SUBSCRIPTIONS_PER_OWNER} subscriptions "
-                                                      "already; cancel some first")
+        refusal = self.sub_shares.refusal(owner)
+        if refusal is None and self.per_owner[owner] >= MAX_SUBSCRIPTIONS_PER_OWNER:
+            refusal = f"you hold {MAX_SUBSCRIPTIONS_PER_OWNER} subscriptions already; cancel some first"
+        if refusal is not None:
+            raise ElementFailed(ErrorCode.OVERLOADED, refusal)
         if self.sub_bytes + size > MAX_SUBSCRIPTION_BYTES:
             raise ElementFailed(ErrorCode.OVERLOADED, f"subscriptions' steps already take {self.sub_bytes} bytes "
                                                       f"(limit {MAX_SUBSCRIPTION_BYTES}); retry later")
@@ -256,6 +263,7 @@ class Events:
         self.subscriptions[sub_id] = sub
         self.by_topic.setdefault(topic, {})[sub_id] = sub
         self.per_owner[owner] += 1
+        self.sub_shares.add(owner)
         self.sub_bytes += size
         return sub
 
@@ -268,6 +276,7 @@ class Events:
             if not subs:
                 del self.by_topic[sub.topic]
         self.per_owner[sub.owner] -= 1
+        self.sub_shares.remove(sub.owner)
         if self.per_owner[sub.owner] <= 0:
             del self.per_owner[sub.owner]
         self.sub_bytes -= sub.bytes
@@ -317,7 +326,7 @@ async def watch(ctx, data: Any) -> Any:
     check_keys(data, "", {"topic", "events"})
     topic = _topic(ctx, data.get("topic"))
     wanted = optional_int(data, "events", "events", low=1, high=MAX_WATCH_EVENTS) or 1
-    done = await ctx.node.resources.events.watch(topic, wanted, answer_within_s(ctx))
+    done = await ctx.node.resources.events.watch(topic, wanted, answer_within_s(ctx), ctx.scope)
     return {"events": done.events, "complete": len(done.events) >= wanted}
 
 

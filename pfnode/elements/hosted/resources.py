@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -62,6 +63,7 @@ from ...errors import ErrorCode
 from ...core.flight import BLOCKED, Flight
 from ...core.protocol import _ELEMENT_RE, encode_json
 from ...core.names import qualify, shown, space_of
+from ...core.shares import Shares
 from ..base import (ElementError, ElementFailed, answer_within_s, check_keys, need_dict, need_int, need_list,
                     need_str, node_element, optional_int, optional_ttl_ms, owner_name)
 
@@ -101,6 +103,8 @@ class Buffers:
         self.held: dict[str, Buffer] = {}
         self.bytes = 0
         self.table = table  # the file the workers read (the pool's supervisor names it)
+        self.count_shares = Shares(MAX_BUFFERS, "buffers")
+        self.byte_shares = Shares(max_bytes, "buffers' bytes", " bytes")
         self.files = files  # creates and removes the shared-memory files (the node gives pfnode.pool.buffers)
 
     def alloc(self, name: str, shape: list[int], dtype: str, itemsize: int, owner: Any, ttl_ms: int) -> Buffer:
@@ -109,17 +113,17 @@ class Buffers:
         nbytes = math.prod(shape) * itemsize
         if nbytes <= 0:
             raise ElementError("shape", "the buffer must hold at least one byte")
-        if len(self.held) >= MAX_BUFFERS:
-            raise ElementFailed(ErrorCode.OVERLOADED, f"{MAX_BUFFERS} buffers already; rm:free some first")
-        if self.bytes + nbytes > self.max_bytes:
-            raise ElementFailed(ErrorCode.OVERLOADED, f"buffers hold {self.bytes} bytes; {nbytes} more would pass "
-                                                      f"the node's max_buffer_bytes ({self.max_bytes})")
+        refusal = self.count_shares.refusal(owner) or self.byte_shares.refusal(owner, nbytes)
+        if refusal is not None:
+            raise ElementFailed(ErrorCode.OVERLOADED, f"{refusal} (max_buffer_bytes {self.max_bytes})")
         try:
             path = self.files.create_file(name.replace("/", "."), nbytes)
         except OSError as exc:
             raise ElementFailed(ErrorCode.OVERLOADED, f"no shared memory for {nbytes} bytes: {exc}") from None
         buffer = self.held[name] = Buffer(name, path, shape, dtype, nbytes, owner, self.clock() + ttl_ms / 1000)
         self.bytes += nbytes
+        self.count_shares.add(owner)
+        self.byte_shares.add(owner, nbytes)
         self._write_table()
         return buffer
 
@@ -128,6 +132,8 @@ class Buffers:
             return 0
         del self.held[buffer.name]
         self.bytes -= buffer.bytes
+        self.count_shares.remove(buffer.owner)
+        self.byte_shares.remove(buffer.owner, buffer.bytes)
         self.files.remove_file(buffer.path)
         self._write_table()
         return buffer.bytes
@@ -236,10 +242,11 @@ class Request:
 
 
 class Lock:
-    __slots__ = ("name", "marker", "holder", "token", "owner", "expires", "timer", "waiters")
+    __slots__ = ("name", "marker", "holder", "token", "owner", "expires", "timer", "waiters", "creator")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, creator: Any = None) -> None:
         self.name = name
+        self.creator = creator  # whose share of lock names it counts against while it is in use
         self.marker = _Hold(f"lock {shown(name)!r}")
         self.holder: Flight | None = None  # a packet holding it (metadata.lock)
         self.token: str | None = None  # or an rm:lock lease holder's token
@@ -263,19 +270,22 @@ class Locks:
         # hands out those that became ready (`control.pump`), leases lapse on its timer
         self.control = control
         self.named: dict[str, Lock] = {}
+        self.shares = Shares(MAX_LOCKS, "lock names in use")
         self.counters: collections.Counter[str] = collections.Counter()
 
-    def _lock(self, name: str) -> Lock:
+    def _lock(self, name: str, owner: Any = None) -> Lock:
         lock = self.named.get(name)
         if lock is None:
-            if len(self.named) >= MAX_LOCKS:
-                raise ElementFailed(ErrorCode.OVERLOADED, f"{MAX_LOCKS} locks are in use; retry later")
-            lock = self.named[name] = Lock(name)
+            refusal = self.shares.refusal(owner)
+            if refusal is not None:
+                raise ElementFailed(ErrorCode.OVERLOADED, refusal)
+            lock = self.named[name] = Lock(name, owner)
+            self.shares.add(owner)
         return lock
 
     # -- rm:lock
     async def acquire(self, name: str, owner: Any, lease_s: float, wait_s: float) -> Lock:
-        lock = self._lock(name)
+        lock = self._lock(name, owner)
         if lock.free and not lock.waiters:
             self._lease(lock, owner, lease_s)
             return lock
@@ -367,9 +377,10 @@ class Locks:
     def _forget_if_idle(self, lock: Lock) -> None:
         if lock.free and not lock.waiters and self.named.get(lock.name) is lock:
             del self.named[lock.name]
+            self.shares.remove(lock.creator)
 
     # -- packets under a lock (metadata.lock)
-    def plan(self, name: Any, token: Any) -> Lock | None:
+    def plan(self, name: Any, token: Any, owner: Any = None) -> Lock | None:
         """At admission: the lock a packet must take its turn for, or None when it runs at
         once under its holder's token. ElementError for bad metadata."""
         if token is not None:
@@ -377,7 +388,7 @@ class Locks:
                 raise ElementError("metadata.lock_token", f"does not hold lock {shown(name)!r} (its lease passed, "
                                                           "it was released, or it is another lock's)")
             return None
-        return self._lock(name)
+        return self._lock(name, owner)
 
     def hold_for(self, lock: Lock) -> Any:
         """The marker a packet is admitted blocked on, or None when it takes the lock at once."""
@@ -469,17 +480,36 @@ async def lock(ctx, data: Any) -> Any:
 # ---------------------------------------------------------------------------- cache
 
 class Entry:
-    __slots__ = ("value_json", "owner", "expires")
+    __slots__ = ("value_json", "owner", "expires", "cost")
 
-    def __init__(self, value_json: bytes, owner: Any, expires: float) -> None:
+    def __init__(self, value_json: bytes, owner: Any, expires: float, cost: int) -> None:
         self.value_json = value_json
         self.owner = owner
         self.expires = expires
+        self.cost = cost  # what the node holds for it: the value, the key, the records
+
+
+ENTRY_OVERHEAD_BYTES = 480  # an entry's records (its Entry, its key tuple and text, slots in two ordered dicts), measured
+
+
+def entry_cost(key: tuple, value_json: bytes) -> int:
+    """The bytes an entry really holds: its value (stored at its exact size), its key's text
+    and the records around them."""
+    return len(value_json) + sum(len(part) for part in key if isinstance(part, (str, bytes))) + ENTRY_OVERHEAD_BYTES
+
+
+def exact(data: bytes) -> bytes:
+    """A copy of `data` in storage of exactly its size (an encoder's output may keep a larger
+    allocation than its length, which a cache of many small values would pay for each)."""
+    return memoryview(data).tobytes()
 
 
 class Cache:
-    """rm:cache's entries and memoised results, by (owner, kind, key); least recently used
-    first out when a bound is reached."""
+    """rm:cache's entries and memoised results, by (owner, kind, key), bounded in entries
+    and in the bytes they really hold. Every operation is O(1): one LRU order for the node
+    and one per owner. An owner over its share (the bound over the owners holding entries:
+    a lone owner may fill the cache, a newcomer always has room) makes room from its own
+    oldest entries; past the node's bound the node's oldest go."""
 
     def __init__(self, clock, max_bytes: int) -> None:
         self.clock = clock
@@ -487,7 +517,8 @@ class Cache:
         self.max_entry_bytes = max(1, max_bytes // 16)
         self.entries: collections.OrderedDict[tuple, Entry] = collections.OrderedDict()
         self.bytes = 0
-        self.owners: dict[Any, list[int]] = {}  # owner -> [entries, bytes]
+        self.owners: dict[Any, collections.OrderedDict[tuple, None]] = {}  # owner -> its keys, oldest first
+        self.owner_bytes: collections.Counter[Any] = collections.Counter()
         self.counters: collections.Counter[str] = collections.Counter()
 
     def put(self, key: tuple, value_json: bytes, ttl_ms: int) -> None:
@@ -497,18 +528,19 @@ class Cache:
             raise ElementError("value", f"{size} bytes of JSON; a cache entry may hold at most {self.max_entry_bytes}")
         owner = key[0]
         self._drop(key)
-        self.entries[key] = Entry(value_json, owner, self.clock() + ttl_ms / 1000)
-        self.bytes += size
-        mine = self.owners.setdefault(owner, [0, 0])
-        mine[0] += 1
-        mine[1] += size
-        # one submitter keeps at most a quarter of the cache: its own oldest go first
-        share_entries, share_bytes = MAX_CACHE_ENTRIES // 4, self.max_bytes // 4
-        if mine[0] > share_entries or mine[1] > share_bytes:
-            for old in [k for k in self.entries if k[0] == owner]:
-                if mine[0] <= share_entries and mine[1] <= share_bytes:
-                    break
-                self._drop(old, "evicted")
+        value_json = exact(value_json)
+        cost = entry_cost(key, value_json)
+        self.entries[key] = Entry(value_json, owner, self.clock() + ttl_ms / 1000, cost)
+        self.bytes += cost
+        mine = self.owners.get(owner)
+        if mine is None:
+            mine = self.owners[owner] = collections.OrderedDict()
+        mine[key] = None
+        self.owner_bytes[owner] += cost
+        owners = len(self.owners)
+        share_entries, share_bytes = MAX_CACHE_ENTRIES // owners, self.max_bytes // owners
+        while len(mine) > share_entries or self.owner_bytes[owner] > share_bytes:
+            self._drop(next(iter(mine)), "evicted")  # its own oldest first
         while len(self.entries) > MAX_CACHE_ENTRIES or self.bytes > self.max_bytes:
             self._drop(next(iter(self.entries)), "evicted")
 
@@ -520,6 +552,7 @@ class Cache:
             self._drop(key, "expired")
             return None
         self.entries.move_to_end(key)
+        self.owners[entry.owner].move_to_end(key)
         return entry
 
     def delete(self, key: tuple) -> bool:
@@ -529,25 +562,27 @@ class Cache:
         entry = self.entries.pop(key, None)
         if entry is None:
             return False
-        size = len(entry.value_json)
-        self.bytes -= size
+        self.bytes -= entry.cost
         mine = self.owners[entry.owner]
-        mine[0] -= 1
-        mine[1] -= size
-        if not mine[0]:
+        del mine[key]
+        self.owner_bytes[entry.owner] -= entry.cost
+        if not mine:
             del self.owners[entry.owner]
+            del self.owner_bytes[entry.owner]
         if why is not None:
             self.counters[why] += 1
         return True
 
     def sweep(self, now: float) -> None:
-        for key in [k for k, e in self.entries.items() if e.expires <= now]:
-            self._drop(key, "expired")
+        """Expired entries among the 1 024 least recently used go (a bounded amount of work a
+        second; an expired entry elsewhere goes at its next `get`, or as the oldest used)."""
+        for key, entry in list(itertools.islice(self.entries.items(), 1024)):
+            if entry.expires <= now:
+                self._drop(key, "expired")
 
     def release(self, owner: Any) -> None:
-        if owner in self.owners:
-            for key in [k for k in self.entries if k[0] == owner]:
-                self._drop(key, "released")
+        for key in list(self.owners.get(owner, ())):
+            self._drop(key, "released")
 
     def stats(self) -> dict[str, Any]:
         return {"count": len(self.entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
@@ -632,7 +667,7 @@ def admission(state, packet: Any, scope: Any, local: bool, identity: Any = None)
             raise ElementError("metadata.lock", "only packets this node runs can take a lock; no handler here "
                                                 f"runs {packet.key}")
         name = need_str(metadata["lock"], "metadata.lock", max_chars=MAX_NAME_CHARS)
-        plan.lock = state.locks.plan(qualify(name, identity), metadata.get("lock_token"))
+        plan.lock = state.locks.plan(qualify(name, identity), metadata.get("lock_token"), scope)
         if plan.lock is not None:
             plan.hold = state.locks.hold_for(plan.lock)
     return plan

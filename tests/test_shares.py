@@ -1,0 +1,184 @@
+"""A fair share for every client (issue 19): no node-wide bound one client can fill, no
+per-operation cost that grows with a table, memory counted as it is really held."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import itertools
+
+import orjson
+import psutil
+import pytest
+
+from pfnode.core.clock import FakeClock
+from pfnode.core.scheduler import Flight, Scheduler
+from pfnode.core.shares import Shares
+from pfnode.elements.base import ElementFailed
+from pfnode.elements.hosted import resources
+from pfnode.elements.hosted.collective import Barriers
+from pfnode.elements.hosted.events import Events
+from pfnode.elements.hosted.resources import Buffers, Cache, Locks
+from pfnode.errors import ErrorCode
+from tests.inproc import RecordingLink, started_node
+
+
+# ---------------------------------------------------------------- the rule
+def test_a_lone_owner_may_use_all_but_the_reserve_and_a_newcomer_always_has_room():
+    shares = Shares(100, "things")
+    for _ in range(90):
+        assert shares.refusal("a") is None
+        shares.add("a")
+    assert "your share is 90" in shares.refusal("a")  # the tenth is kept for newcomers
+    assert shares.refusal("b") is None  # a newcomer gets in: the reserve is its
+    shares.add("b")
+    assert "your share is 45" in shares.refusal("a") and shares.refusal("b") is None
+    for _ in range(9):
+        shares.add("b")
+    assert shares.refusal("b").startswith("node overloaded")  # the reserve is spent
+    for _ in range(50):  # as a's things end, it may not take more until it is within its share
+        shares.remove("a")
+        if shares.of("a") > 45:
+            assert "your share is 45" in shares.refusal("a")
+    assert shares.refusal("a") is None and shares.refusal("b") is None
+    for owner in ("a",) * 40 + ("b",) * 10:
+        shares.remove(owner)
+    assert shares.total == 0 and len(shares) == 0 and shares.refusal("a") is None
+
+
+def test_the_node_wide_bound_stays_as_the_last_line():
+    shares = Shares(10, "things")
+    for owner in "abcdefghij":
+        shares.add(owner)
+    assert shares.refusal("k").startswith("node overloaded")
+
+
+# ---------------------------------------------------------------- 1. rm:cache: O(1), whatever the table holds
+class CountingDict(collections.OrderedDict):
+    """An OrderedDict that counts the items its iterators hand out."""
+
+    steps = 0
+
+    def __iter__(self):
+        for key in super().__iter__():
+            CountingDict.steps += 1
+            yield key
+
+
+def test_cache_puts_past_an_owners_share_look_at_a_few_entries_not_the_table():
+    cache = Cache(FakeClock(), 1 << 30)
+    cache.entries = CountingDict()
+    ids = itertools.count()
+    for owner in ("a", "b", "c", "d"):
+        for _ in range(2000):
+            cache.put((owner, "key", f"k{next(ids)}"), b"1", 600_000)
+    CountingDict.steps = 0
+    for _ in range(2000):  # every owner is past its share now: each put evicts
+        cache.put(("a", "key", f"k{next(ids)}"), b"1", 600_000)
+    assert CountingDict.steps <= 2 * 2000, CountingDict.steps  # at most an entry or two a put
+
+
+def test_cache_bytes_bound_the_memory_really_held(monkeypatch):
+    """100 000 entries made from orjson's output: what the cache counts is what the process
+    holds for them (values copied to their exact size, keys and records counted)."""
+    monkeypatch.setattr(resources, "MAX_CACHE_ENTRIES", 100_000)
+    process = psutil.Process()
+    gc.collect()
+    before = process.memory_info().rss
+    cache = Cache(FakeClock(), 256 << 20)
+    for i in range(100_000):
+        cache.put(("alice", "key", f"k{i}"), orjson.dumps({"v": i, "pad": "x" * 20}), 600_000)
+    gc.collect()
+    grown = process.memory_info().rss - before
+    assert len(cache.entries) == 100_000
+    assert grown <= 1.5 * cache.bytes, (grown, cache.bytes)  # orjson's buffers kept: 8.6x
+
+
+def test_a_newcomer_to_a_full_cache_has_room_and_a_lone_owner_may_fill_it():
+    cache = Cache(FakeClock(), 100_000)
+    for i in range(400):
+        cache.put(("heavy", "key", f"k{i}"), b"x" * 100, 600_000)
+    heavy = cache.owner_bytes["heavy"]
+    assert heavy > 90_000  # alone, it fills the cache
+    cache.put(("new", "key", "k"), b"y" * 100, 600_000)
+    assert cache.get(("new", "key", "k")) is not None and cache.bytes <= 100_000
+
+
+# ---------------------------------------------------------------- 4. the other bounds have a per-owner share
+def test_blocked_packets_are_shared_between_tenants():
+    clock = FakeClock()
+    s = Scheduler(max_blocked=20, max_blocked_per_client=1000)
+    for i in range(18):  # a's dependencies never come
+        assert s.admit(Flight(packet=None, packet_id=f"a{i}", scope="a", dependencies=("never",)), clock()) is None
+    refused = s.admit(Flight(packet=None, packet_id="a18", scope="a", dependencies=("never",)), clock())
+    assert refused.code is ErrorCode.OVERLOADED and "your share is 18" in refused.message
+    assert s.admit(Flight(packet=None, packet_id="b0", scope="b", dependencies=("later",)), clock()) is None
+
+
+def test_lock_names_barriers_watchers_and_buffers_have_a_share_per_owner(monkeypatch, tmp_path):
+    monkeypatch.setattr(resources, "MAX_LOCKS", 10)
+
+    async def go():
+        clock = FakeClock()
+        locks = Locks(clock, type("Control", (), {"call_at": lambda *a: None, "unhold": None, "pump": None})())
+        for i in range(9):
+            await locks.acquire(f"l{i}", "a", 60.0, 0)
+        with pytest.raises(ElementFailed, match="your share is 9"):
+            await locks.acquire("l9", "a", 60.0, 0)
+        await locks.acquire("mine", "b", 60.0, 0)
+
+        barriers = Barriers()
+        barriers.shares = Shares(10, "open barriers")
+        waits = [asyncio.ensure_future(barriers.arrive(f"b{i}", 2, i, 5.0, "a")) for i in range(9)]
+        await asyncio.sleep(0)
+        with pytest.raises(ElementFailed, match="your share is 9"):
+            await barriers.arrive("b9", 2, 9, 5.0, "a")
+        other = asyncio.ensure_future(barriers.arrive("x", 2, 0, 5.0, "b"))
+        await asyncio.sleep(0)
+        assert "x" in barriers.open
+        for task in (*waits, other):
+            task.cancel()
+
+        events = Events(clock)
+        events.watch_shares = Shares(10, "watchers")
+        watches = [asyncio.ensure_future(events.watch("t", 1, 5.0, "a")) for _ in range(9)]
+        await asyncio.sleep(0)
+        with pytest.raises(ElementFailed, match="watchers: you hold 9"):
+            await events.watch("t", 1, 5.0, "a")
+        theirs = asyncio.ensure_future(events.watch("t", 1, 5.0, "b"))
+        await asyncio.sleep(0)
+        assert events.watch_count == 10
+        for task in (*watches, theirs):
+            task.cancel()
+
+        made = []
+        files = type("Files", (), {"create_file": lambda n, b: made.append(n) or str(tmp_path / n),
+                                   "remove_file": lambda p: None, "write_table": lambda p, t: None})
+        buffers = Buffers(clock, 1000, str(tmp_path / "table"), files)
+        buffers.alloc("big", [900], "|u1", 1, "a", 60_000)
+        with pytest.raises(ElementFailed, match="your share is 900 bytes"):
+            buffers.alloc("more", [1], "|u1", 1, "a", 60_000)
+        buffers.alloc("theirs", [50], "|u1", 1, "b", 60_000)
+    asyncio.run(go())
+
+
+# ---------------------------------------------------------------- 3. node elements: one client cannot hold them all
+def test_one_clients_long_running_node_elements_leave_room_for_everyone_else(monkeypatch):
+    import pfnode.node.node as node_module
+
+    monkeypatch.setattr(node_module, "MAX_HOSTED", 20)
+
+    async def go():
+        async with started_node() as node:
+            a, b = RecordingLink(node, "a"), RecordingLink(node, "b")
+            node.on_open(a)
+            node.on_open(b)
+            for seq in range(1, 26):
+                a.submit(seq, {"id": f"w{seq}", "group": "ed", "element": "watch", "data": {"topic": "t"},
+                               "timeout_ms": 30_000})
+            refused = [(await a.reply(seq, 2.0))["payload"]["error"]["code"] for seq in range(19, 26)]
+            assert refused == ["PF004"] * 7, refused  # its share (18 of 20) runs, the rest is refused at once
+            b.submit(1, {"id": "s", "group": "ed", "element": "signal", "data": {"topic": "u", "data": 1}})
+            answer = (await b.reply(1, 2.0))["payload"]
+            assert answer["status"] == "success", answer  # not queued behind a's watches
+    asyncio.run(go())
