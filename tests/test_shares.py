@@ -169,7 +169,7 @@ def test_one_clients_long_running_node_elements_leave_room_for_everyone_else(mon
     monkeypatch.setattr(node_module, "MAX_HOSTED", 20)
 
     async def go():
-        async with started_node() as node:
+        async with started_node(shutdown_grace_ms=100) as node:
             a, b = RecordingLink(node, "a"), RecordingLink(node, "b")
             node.on_open(a)
             node.on_open(b)
