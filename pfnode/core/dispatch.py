@@ -235,3 +235,19 @@ class Dispatcher:
                 assert len(view.held) <= max(1, self.windows[view.lane]), view
             for flight in view.held:
                 assert flight.state is DISPATCHED or flight.state == "done", flight
+
+
+def starved(views: list[WorkerView], tenant: Any) -> bool:
+    """Whether `tenant`, whose packet is next in a lane's queue, is kept from the lane's
+    workers by others: every ready worker holds a packet, and `tenant` holds fewer of them
+    than its share (the workers over the tenants holding some, itself counted). A client
+    whose own packets hang or crash is not starved by them: it waits for its own workers."""
+    ready = [view for view in views if view.ready]
+    if not ready or any(not view.held for view in ready):
+        return False
+    holders: dict[Any, int] = {}
+    for view in ready:
+        owner = view.held[0].tenant
+        holders[owner] = holders.get(owner, 0) + 1
+    share = max(1, len(ready) // (len(holders) + (tenant not in holders)))
+    return holders.get(tenant, 0) < share

@@ -32,6 +32,7 @@ from ..core.flight import DISPATCHED, DONE, Flight, Outcome, failure, success
 from ..registry import DEFAULT_LANE
 from ..core.scheduler import Scheduler
 from ..settings import Settings
+from .burst import Bursts
 from .supervisor import LaneSpec, Supervisor, lane_specs
 from ..ops.metrics import Metrics, exit_cause
 from .workerproc import WorkerProcess, describe_exit
@@ -54,6 +55,7 @@ class Pool:
         self.dispatcher = Dispatcher(windows, prefetch_ms=settings.prefetch_ms)
         self.supervisor = Supervisor(settings, self.dispatcher, self, clock)
         self.counters = self.supervisor.counters
+        self.bursts = Bursts(self)  # a worker of its own for a client others' packets starve
         self._handler_keys: frozenset[str] = frozenset()
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,6 +123,7 @@ class Pool:
         now = self.clock()
         for view, flights in self.dispatcher.assign(self.scheduler, now):
             self._send(view, flights, now)
+        self.bursts.after_pump()
         if self.dask is not None:
             self.dask.pump(now)
 

@@ -1,0 +1,99 @@
+"""Workers shared fairly between clients: a burst worker for a starved client.
+
+A handler that hangs or crashes holds its worker until its deadline or its death. When one
+client's such packets hold every worker of a lane while another client's packet waits
+(`core/dispatch.starved`: the waiting client holds fewer of the lane's workers than its
+share), the lane gets an extra worker for the waiting client, so that it waits for its own
+workers, not for its neighbour's hung ones:
+
+- the condition must hold for `BURST_AFTER_S` (a packet of a busy lane normally gets a worker
+  within a few milliseconds: contention between healthy clients starts nothing);
+- at most `MAX_BURST` extra workers per resizable lane (cf stays one, sequential); their
+  number is the lane's size above its target (`mc:scale` and autoscaling set targets;
+  bursts never change them);
+- an extra worker retires (finishing what it holds) once its lane's queue is empty.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..core.dispatch import starved
+
+log = logging.getLogger("pfnode.pool")
+
+BURST_AFTER_S = 0.25
+MAX_BURST = 2
+
+
+class Bursts:
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.starting: set[str] = set()
+        self._checking: set[str] = set()  # lanes with a check due
+        self.started = 0
+
+    def extra(self, lane: str) -> int:
+        supervisor = self.pool.supervisor
+        return max(0, supervisor.lane_size(lane) - supervisor.targets[lane])
+
+    def after_pump(self) -> None:
+        """After handing out packets: a lane whose next packet's client is starved is
+        looked at again in BURST_AFTER_S; an extra worker of an emptied lane retires."""
+        pool = self.pool
+        for lane, spec in pool.lanes.items():
+            if not spec.resizable:
+                continue
+            queue = pool.scheduler.lanes.get(lane)
+            if queue is None:
+                continue
+            if not len(queue):
+                if self.extra(lane) and lane not in self.starting:
+                    self._shrink(lane)
+            elif lane not in self._checking and lane not in self.starting and self.extra(lane) < MAX_BURST:
+                tenant = self._next_tenant(lane)
+                if tenant is not None and starved(self._views(lane), tenant):
+                    self._checking.add(lane)
+                    asyncio.get_running_loop().call_later(BURST_AFTER_S, self._check, lane, tenant)
+
+    def _check(self, lane: str, tenant: Any) -> None:
+        self._checking.discard(lane)
+        pool = self.pool
+        if pool.supervisor.closing or lane in self.starting or self.extra(lane) >= MAX_BURST:
+            return
+        if self._next_tenant(lane) == tenant and starved(self._views(lane), tenant):
+            self.starting.add(lane)
+            pool.supervisor._in_background(self._grow(lane))
+
+    async def _grow(self, lane: str) -> None:
+        pool = self.pool
+        try:
+            proc = await pool.supervisor.spawn(lane)
+            pool.on_worker_ready(proc)
+            self.started += 1
+            pool.counters["burst_workers"] += 1
+            log.info("pool: a burst worker for the %s lane (pid %s): its workers are all held by other "
+                     "clients' packets while a client's packet waits", lane, proc.pid)
+        except Exception as exc:
+            log.warning("pool: could not start a burst worker for the %s lane: %s", lane, exc)
+        finally:
+            self.starting.discard(lane)
+            pool.pump()
+
+    def _shrink(self, lane: str) -> None:
+        supervisor = self.pool.supervisor
+        for view in supervisor.dispatcher.retire(lane, self.extra(lane)):
+            supervisor._retire(view.handle)
+
+    def _views(self, lane: str) -> list:
+        return [view for view in self.pool.dispatcher.workers.values() if view.lane == lane]
+
+    def _next_tenant(self, lane: str) -> Any:
+        """The client whose packet the lane's queue gives out next (peeked: put back)."""
+        queue = self.pool.scheduler.lanes[lane]
+        flight = queue.pop(self.pool.clock())
+        if flight is None:
+            return None
+        queue.unpop(flight)
+        return flight.tenant
