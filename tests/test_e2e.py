@@ -368,6 +368,47 @@ def test_packet_field_rules_from_the_protocol_page(node):
     run(go())
 
 
+def test_a_cycle_and_a_refused_dependency_fail_PF006_at_once_not_at_the_deadline(node):
+    """Every packet of a dependency cycle fails PF006 as the cycle closes, and a packet that
+    depends on an id whose submit was refused fails PF006, whether it came before the
+    refusal or after. The deadlines are 60 s: each answer must come without waiting for them
+    (the 10 s receive limit only guards against a hang)."""
+    async def go():
+        async with Raw(node.endpoint) as raw:
+            a, b = new_id("a"), new_id("b")
+            await raw.submit(1, packet("transform", "a", id=a, dependencies=[b], timeout_ms=60_000))
+            await raw.submit(2, packet("transform", "b", id=b, dependencies=[a], timeout_ms=60_000))
+            replies = {r["seq"]: r for r in await raw.recv_n(2, timeout_s=10)}
+            assert replies[2]["payload"]["error"]["code"] == "PF006", replies  # b closed the cycle
+            assert "cycle" in replies[2]["payload"]["error"]["message"], replies
+            assert replies[1]["payload"]["packet_id"] == a, replies
+            assert replies[1]["payload"]["error"]["code"] == "PF006", replies  # a fails with it
+            assert f"{b!r} was refused (PF006" in replies[1]["payload"]["error"]["message"], replies
+
+            # after a refused submit (PF002: priority 11), a packet depending on its id
+            bad = new_id("bad")
+            await raw.submit(3, packet("transform", "x", id=bad, priority=11))
+            refused = await raw.recv(10)
+            assert refused["type"] == "error" and refused["payload"]["code"] == "PF002", refused
+            await raw.submit(4, packet("transform", "y", dependencies=[bad], timeout_ms=60_000))
+            reply = await raw.recv(10)
+            assert reply["seq"] == 4 and reply["payload"]["error"]["code"] == "PF006", reply
+            assert f"{bad!r} was refused (PF002)" in reply["payload"]["error"]["message"], reply
+
+            # a packet already waiting for an id when that id's submit is refused
+            later = new_id("later")
+            await raw.submit(5, packet("transform", "z", dependencies=[later], timeout_ms=60_000))
+            await raw.submit(6, packet("transform", "w", id=later, priority=0))
+            replies = {r["seq"]: r for r in await raw.recv_n(2, timeout_s=10)}
+            assert replies[6]["type"] == "error" and replies[6]["payload"]["code"] == "PF002", replies
+            assert replies[5]["payload"]["error"]["code"] == "PF006", replies
+            assert f"{later!r} was refused (PF002" in replies[5]["payload"]["error"]["message"], replies
+            # the link and the ids are fine afterwards: the refused id may be submitted again
+            await raw.submit(7, packet("transform", "ok", id=later))
+            assert (await raw.recv(10))["payload"]["data"] == "OK"
+    run(go())
+
+
 def test_result_frames_sent_to_the_node_are_ignored_without_a_reply(node):
     async def go():
         async with Raw(node.endpoint) as raw:

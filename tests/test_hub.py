@@ -218,6 +218,31 @@ def test_the_submitters_own_link_may_run_its_packet(hub):
     run(go(), 20)
 
 
+def test_without_tokens_a_peer_that_never_announced_nor_answered_runs_another_peers_packet(node):
+    """The spec's reactors never say what they run. On a node without tokens (the session's
+    node), one that has answered nothing yet is asked for a key no link is known to run, before
+    the submitter's own link; it runs the packet and the answer goes to the submitter."""
+    async def go():
+        await links_settle(node, 0)
+        async with Raw(node.endpoint) as s, Raw(node.endpoint) as r:
+            await links_settle(node, 2)
+            pkt = job("yours", timeout_ms=5000)
+            await s.submit(5, pkt)
+            sub = await offered(r, pkt)  # the other peer first, the submitter's own link last
+            assert sub["payload"]["data"] == "yours"
+            await r.send(result_frame(pkt["id"], 0, data="ran by the other peer"))
+            reply = await reply_to(s, 5)
+            assert (reply["packet_id"], reply["status"], reply["data"]) == (pkt["id"], "success",
+                                                                            "ran by the other peer")
+            # known to run it now: asked first again; the submitter is not asked
+            pkt = job("again", timeout_ms=5000)
+            await s.submit(6, pkt)
+            await offered(r, pkt)
+            await r.send(result_frame(pkt["id"], 0, data="again"))
+            assert (await reply_to(s, 6))["data"] == "again"
+    run(go(), 20)
+
+
 def test_a_reactor_running_its_own_packets_is_not_stopped_by_its_in_flight_limit(fresh_node):
     """The in-flight limit pauses reading a peer; a peer whose packets the hub sends back to
     it answers them on that same link, so those do not count (else: stuck until PF504)."""
@@ -954,8 +979,11 @@ class FakeLink:
         return self.name
 
 
+_joined = iter(range(1, 1_000_000))
+
+
 def routes(name: str, load: int = 0, closed: bool = False, profile: ReactorProfile | None = None) -> LinkRoutes:
-    r = LinkRoutes(FakeLink(name, closed))
+    r = LinkRoutes(FakeLink(name, closed), next(_joined))  # connected in the order made
     r.held = {f"p{i}": None for i in range(load)}
     if profile is not None:
         r.profile = profile
@@ -1001,7 +1029,7 @@ def test_reactor_profile_verdicts():
     assert not slow.silent and slow.verdict("df:a") is True  # one timeout does not silence it
 
 
-def test_rank_targets_known_least_loaded_then_unknown_with_the_origin_last():
+def test_rank_targets_known_then_answered_before_least_loaded_then_unproven_oldest_first_origin_last():
     key = "df:k"
 
     def can(r):
@@ -1012,7 +1040,7 @@ def test_rank_targets_known_least_loaded_then_unknown_with_the_origin_last():
     k1, k2 = can(routes("k1", load=3)), can(routes("k2", load=1))
     ann = routes("ann", load=2)
     ann.profile.announced = frozenset({key})
-    u1, u2 = routes("u1", load=2), routes("u2")
+    u1, u2 = routes("u1", load=2), routes("u2")  # unproven: u1 connected first, busier
     skipped = []
     no = routes("refused")
     no.profile.learn(key, False)
@@ -1027,13 +1055,15 @@ def test_rank_targets_known_least_loaded_then_unknown_with_the_origin_last():
     rng = random.Random(7)
     for _ in range(20):  # whatever order the node's table yields them in
         rng.shuffle(table)
-        assert rank_targets(table, key, origin.link, {tried}) == [k2, ann, k1, u2, u1, origin]
+        assert rank_targets(table, key, origin.link, {tried}) == [k2, ann, k1, u1, u2, origin]
 
     # the origin known to run it ranks by load with the other known links
     can(origin)
-    assert rank_targets(table, key, origin.link, {tried}) == [origin, k2, ann, k1, u2, u1]
-    # another key: only the unknown count (the silent and announcing links are out)
-    assert set(rank_targets(table, "df:z", origin.link, set())) == {origin, k1, k2, u1, u2, no, tried}
-    assert rank_targets(table, "df:z", origin.link, set())[-1] is origin
+    assert rank_targets(table, key, origin.link, {tried}) == [origin, k2, ann, k1, u1, u2]
+    # another key: only the unknown count (the silent and announcing links are out); those that
+    # answered before by load (k1 3, no 0, k2 1, tried 0: in their connection order when equal),
+    # then the unproven by age, the origin (which answered before, now) last
+    ranked = rank_targets(sorted(table, key=lambda r: r.joined), "df:z", origin.link, set())
+    assert ranked == [no, tried, k2, k1, u1, u2, origin]
     assert rank_targets([], key, origin.link, set()) == []
     assert rank_targets(table, key, origin.link, set(table)) == []

@@ -278,3 +278,79 @@ def test_parking_ends_at_the_deadline_and_no_time_left_at_all_is_pf408(h):
     assert h.answers["p"][0] == "PF003"
     h.submit("q", client, timeout_s=0.0005)  # under a millisecond left when it is routed
     assert h.answers["q"][0] == "PF408"
+
+
+def hold(h: Harness, link: Link, count: int, key: str = "df:held") -> None:
+    """Give `link` `count` packets of another submitter to hold (a load), unanswered."""
+    for i in range(count):
+        now = h.clock()
+        flight = Flight(SimpleNamespace(key=key, id=f"{link.peer}-held-{i}"), origin=None, lane=None,
+                        deadline=now + 60, timeout_ms=60_000)
+        assert h.scheduler.admit_forwarded(flight, now) is None
+        h.hub.route_to(flight, link)
+
+
+def test_the_order_known_then_answered_before_then_unproven_oldest_first_the_submitter_last(h):
+    """For a key: links known to run it (least loaded first); then links that have answered
+    forwarded packets, but not of this key (least loaded first); then links that never
+    announced nor answered, oldest connection first whatever their load; the submitter last."""
+    client, u_old, proven, u_new, known = (h.link(n) for n in ("client", "u_old", "proven", "u_new", "known"))
+    h.hub.routes[known].profile.learn(KEY, True)
+    h.hub.routes[proven].profile.learn("df:other", True)
+    hold(h, u_old, 2)
+    hold(h, proven, 3)
+    hold(h, known, 5)
+    h.submit("p", client)
+    for link in (known, proven, u_old, u_new, client):
+        assert h.offered_to("p")[-1] == link.peer, (link.peer, h.offered_to("p"))
+        h.result(link, "p", code="PF001")
+    code, message = h.answers["p"]
+    assert code == "PF001"
+    asked = [part.split(" ")[0] for part in message.split("asked: ", 1)[1].split("; ")]
+    assert asked == ["known", "proven", "u_old", "u_new", "client"], message
+
+
+def test_a_spec_reactor_that_never_announced_serves_another_peers_packet_within_its_probe_window(h):
+    """Two spec peers that never announce: the submitter's packet goes to the other one first,
+    which runs it; a mute link connected before them gets its probe window, is skipped from
+    then on until it answers, and the submitter's own link is asked last."""
+    mute, ts, elixir = h.link("mute"), h.link("ts"), h.link("elixir")
+    hold(h, mute, 1, key="df:other")  # busier than the reactors: asked first all the same (oldest)
+    h.submit("notify", elixir, key="ed:notify_users")
+    assert h.offered_to("notify") == ["mute"]
+    h.advance(PROBE_MS / 1000 + 0.01)  # mute lets its window pass: silent now
+    assert h.offered_to("notify") == ["mute", "ts"]
+    h.advance(0.1)
+    h.result(ts, "notify", data=b'{"sent":true}')
+    assert h.answers["notify"] == ("ok", b'{"sent":true}')
+    # ts is known to run it now; the mute link is not asked again, for this key or another
+    h.submit("again", elixir, key="ed:notify_users")
+    assert h.offered_to("again") == ["ts"]
+    h.result(ts, "again", data=b"1")
+    h.submit("process", ts, key="df:process_data")  # the other way round: elixir runs it
+    assert h.offered_to("process") == ["elixir"]
+    h.result(elixir, "process", data=b"30")
+    assert h.answers["process"] == ("ok", b"30")
+    h.submit("nobody", ts, key="df:nobody")  # answered before, both: elixir, then ts itself
+    h.result(elixir, "nobody", code="PF001")
+    h.result(ts, "nobody", code="PF001")
+    assert h.offered_to("nobody") == ["elixir", "ts"] and h.answers["nobody"][0] == "PF001"
+    # a late answer from the mute link ends its silence: asked again (unproven no more)
+    h.result(mute, "mute-held-0", data=b"1")
+    h.submit("later", elixir, key="df:later")
+    assert h.offered_to("later") == ["mute"]
+
+
+def test_the_nodes_policy_leaves_out_a_link_it_may_not_send_packets_to(clock):
+    """With tokens the node's `may_run` allows only the reactor role: a link without it is
+    never offered a packet, however it ranks; without a policy every link may be asked."""
+    h = Harness(clock)
+    allowed = {"reactor"}
+    h.hub.may_run = lambda link, flight: link.peer in allowed
+    client, submitter_only, reactor = h.link("client"), h.link("submitter_only"), h.link("reactor")
+    h.submit("p", client)
+    assert h.offered_to("p") == ["reactor"]
+    h.result(reactor, "p", code="PF001")
+    code, message = h.answers["p"]
+    assert code == "PF001" and "submitter_only" not in message and "client" not in message
+    assert h.offered_to("p") == ["reactor"]

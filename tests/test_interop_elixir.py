@@ -5,14 +5,17 @@ and Result structs and the `PacketFlow.Reactor` GenServer) on OTP alone: `:gen_t
 `:cow_ws` in place of `:gun`, `:jiffy` in place of `Jason` (Debian: elixir, erlang-cowlib,
 erlang-jiffy; no hex packages). It is compiled with `elixirc` into tests/interop/elixir/build
 (git-ignored) whenever the source is newer than the build. The driver, interop.exs, runs it in
-one of four modes and prints one JSON line per check, {"name", "ok", "detail"}:
+one of five modes and prints one JSON line per check, {"name", "ok", "detail"}:
 
 - client: the spec's examples, submitted by Elixir to the session node;
-- serve:  a handler peer (ed:notify_users, df:elixir_sum, df:elixir_boom, df:elixir_slow) that a
-          Python client reaches through the node (three parties: Python client -> pfnode hub ->
-          Elixir reactor), until its stdin closes or it is killed;
+- serve:  a handler peer (ed:notify_users, df:process_data, df:elixir_sum, df:elixir_boom,
+          df:elixir_slow) that a Python or TypeScript client reaches through the node (three
+          parties: client -> pfnode hub -> Elixir reactor), until its stdin closes or it is killed;
 - usage:  the spec's usage example, df:transform registered on the Elixir reactor itself,
           against a node without df:transform: the node routes the packet back to the reactor;
+- notify: the client side of the spec's "Elixir -> TypeScript" example (ed:notify_users), for a
+          node without it while the spec's TypeScript reactor (tests/test_interop_ts.py's serve.js)
+          that runs it is connected: neither announces, the node asks the TypeScript reactor;
 - wire:   against ScriptedServer below, a WebSocket server that sends what pfnode never sends
           (fragmented messages with a ping between the fragments, a UTF-8 character split
           across fragments, frames dribbled over TCP a few bytes at a time, 16- and 64-bit
@@ -85,6 +88,10 @@ USAGE_CHECKS = [
     "usage_transform",      # the spec's usage example: %Result{status: :success, data: "HELLO WORLD"}
     "usage_served_here",    # the node sent the packet to this reactor, which answered with seq 0
     "heartbeat_liveness",   # heartbeats both ways and ping -> pong with the node for 1.5 s
+]
+ELIXIR_TO_TS_CHECKS = [
+    "connect",
+    "elixir_to_ts",  # ed:notify_users {message} priority 9 -> {sent: true, ...}, run by the TS reactor
 ]
 WIRE_CHECKS = [
     "connect",
@@ -174,6 +181,26 @@ def test_spec_usage_example_is_routed_back_to_the_elixir_reactor(elixir_bin, fre
     assert "df:transform" not in bare.health()["handlers"]
     checks, proc, output = _run_driver(elixir_bin, "usage", bare.endpoint)
     assert_checks(USAGE_CHECKS, checks, proc, output)
+
+
+def test_spec_elixir_to_ts_example_through_the_node_as_hub(elixir_bin, fresh_node):
+    """The spec's "Elixir -> TypeScript" example with the spec's own reactors and a node between
+    them as hub (no tokens): the TypeScript reactor registers ed:notify_users and says nothing
+    about it (spec reactors never announce), the Elixir reactor submits ed:notify_users to a
+    node that has no handler for it; the node asks the TypeScript reactor and relays its answer."""
+    from tests.test_interop_ts import TsPeer, _compile, _node_binary
+
+    node_bin = _node_binary()
+    _compile(node_bin)
+    bare = fresh_node(BARE, handlers=BARE_HANDLERS)
+    assert "ed:notify_users" not in bare.health()["handlers"]
+    peer = TsPeer.start(node_bin, bare.endpoint)
+    try:
+        checks, proc, output = _run_driver(elixir_bin, "notify", bare.endpoint)
+        assert_checks(ELIXIR_TO_TS_CHECKS, checks, proc, output + "\n" + peer.describe())
+        peer.wait_ran("ed:notify_users", {"message": "System maintenance in 10 minutes"})
+    finally:
+        peer.stop()
 
 
 # ---------------------------------------------------------------------------- the wire

@@ -6,7 +6,10 @@ tests/interop/ts/dist whenever a source is newer than its output. Two programs c
 - dist/interop.js, the driver: runs the spec's examples through the TS reactor against a node
   and prints one JSON line per check: {"name", "ok", "detail"}. With `--usage` it runs only the
   spec's usage example, df:transform registered on the TS reactor itself, against a node that has
-  no df:transform: the node routes the packet back to the reactor (hub routing).
+  no df:transform: the node routes the packet back to the reactor (hub routing). With
+  `--process-data` it runs only the client side of the spec's "TypeScript -> Elixir" example,
+  for a node without df:process_data while the spec's Elixir reactor (tests/test_interop_elixir.py's
+  serve mode) that runs it is connected: neither announces, the node asks the Elixir reactor.
 - dist/serve.js, a handler peer: the TS reactor with ed:notify_users (the spec's
   "Elixir -> TypeScript" example), df:ts_double, df:ts_boom and df:ts_slow registered, connected
   to a node until it is killed or its stdin ends. Python clients submit those packets to the
@@ -63,6 +66,10 @@ EXPECTED_CHECKS = [
 USAGE_CHECKS = [
     "connect",
     "usage",  # df:transform registered on the TS reactor; the node has none: "HELLO WORLD", run once by the TS handler
+]
+TS_TO_ELIXIR_CHECKS = [
+    "connect",
+    "ts_to_elixir",  # df:process_data {items: [1..5]} priority 7 -> 30, run by the Elixir reactor
 ]
 
 
@@ -369,3 +376,29 @@ def test_spec_usage_example_handler_on_the_ts_reactor(bare_node, node_bin):
     submits the packet has the handler, so the node must route it back to that reactor."""
     checks, proc, output = _run_driver(node_bin, peer_url(bare_node.endpoint), "--usage")
     assert_checks(USAGE_CHECKS, checks, proc, output)
+
+
+def test_spec_ts_to_elixir_example_through_the_node_as_hub(node_bin, fresh_node):
+    """The spec's "TypeScript -> Elixir" example with the spec's own reactors and a node between
+    them as hub (no tokens): the Elixir reactor registers df:process_data and says nothing about
+    it (spec reactors never announce), the TypeScript reactor submits df:process_data to a node
+    that has no handler for it; the node asks the Elixir reactor and relays its 30."""
+    from tests.test_interop_elixir import ElixirPeer, _compile, _elixir_binary
+
+    elixir = _elixir_binary()
+    _compile()
+    bare = fresh_node(BARE, handlers=BARE_HANDLERS)
+    assert "df:process_data" not in bare.health()["handlers"]
+    peer = ElixirPeer.start(elixir, bare.endpoint)
+    try:
+        checks, proc, output = _run_driver(node_bin, bare.endpoint, "--process-data")
+        assert_checks(TS_TO_ELIXIR_CHECKS, checks, proc, output + "\n" + peer.describe())
+        pid = checks["ts_to_elixir"]["detail"]["expected"]["packet_id"]
+        submitted = peer.wait_for(lambda e: e.get("event") == "submit_in" and e.get("packet_id") == pid,
+                                  5, f"submit_in of {pid}")
+        assert submitted["key"] == "df:process_data" and submitted["data"] == {"items": [1, 2, 3, 4, 5]}, submitted
+        answered = peer.wait_for(lambda e: e.get("event") == "result_out" and e.get("packet_id") == pid,
+                                 5, f"result_out of {pid}")
+        assert (answered["seq"], answered["status"], answered["data"]) == (0, "success", 30), answered
+    finally:
+        peer.stop()

@@ -323,6 +323,119 @@ def test_expired_blocked_packet_fails_its_own_dependents(clock):
     assert [f.flight.id for f in failures] == ["c"]
 
 
+def settle_failures(s: Scheduler, failures, now: float) -> list[str]:
+    """Answer packets `refuse` returned as the node does (its one answer path: `complete`),
+    and the dependents that fail with them in turn; every id that failed, in order."""
+    failed = []
+    for failure in failures:
+        assert failure.code is ErrorCode.DEPENDENCY_FAILED
+        if failure.flight.state is DONE:
+            continue  # failed already, as a dependent of an earlier one
+        failed.append(failure.flight.id)
+        more = s.complete(failure.flight, now, ok=False, code=failure.code.value)
+        failed += [f.flight.id for f in more]
+    return failed
+
+
+def test_a_cycle_closing_fails_every_packet_of_it_and_their_dependents_at_once(clock):
+    """a waits for b (unknown); c for a; b arrives waiting for a: b is refused (PF006, the
+    cycle), and its refusal fails a, which fails c, long before their deadlines."""
+    s = Scheduler()
+    a, c = entry("a", deps=("b",)), entry("c", deps=("a",))
+    unrelated = entry("u", deps=("x",))
+    for e in (a, c, unrelated):
+        assert s.admit(e, clock.now) is None
+    refusal = s.admit(entry("b", deps=("a",)), clock.now)
+    assert refusal.code is ErrorCode.DEPENDENCY_FAILED and "cycle" in refusal.message
+    failures = s.refuse(None, "b", refusal.code.value, clock.now, refusal.message)
+    assert [f.flight.id for f in failures] == ["a"] and a.state is BLOCKED  # the caller answers it
+    assert "'b' was refused (PF006: dependency cycle" in failures[0].message
+    assert settle_failures(s, failures, clock.now) == ["a", "c"]
+    assert a.state is DONE and c.state is DONE and unrelated.state is BLOCKED
+    check_counts(s)
+    assert s.blocked == 1
+    # a longer cycle: x -> y -> z, then z -> x
+    s.admit(entry("x", deps=("y",)), clock.now)
+    s.admit(entry("y", deps=("z",)), clock.now)
+    refusal = s.admit(entry("z", deps=("x",)), clock.now)
+    assert "cycle" in refusal.message
+    failed = settle_failures(s, s.refuse(None, "z", "PF006", clock.now, refusal.message), clock.now)
+    assert failed == ["y", "x", "u"]  # u waited for x
+    assert s.blocked == 0 and not s.inflight
+    check_counts(s)
+
+
+def test_a_dependency_on_a_refused_id_is_refused_at_admission_for_a_bounded_time(clock):
+    s = Scheduler(result_store_age_ms=60_000)
+    assert s.refuse("alice", "bad", "PF002", clock.now) == []  # nothing waited for it
+    refusal = s.admit(entry("d", deps=("ok", "bad"), scope="alice"), clock.now)
+    assert refusal.code is ErrorCode.DEPENDENCY_FAILED and "'bad' was refused (PF002)" in refusal.message
+    assert "d" not in {k[1] for k in s.inflight}
+    other = entry("d", deps=("bad",), scope="bob")  # bob's "bad" is another packet
+    assert s.admit(other, clock.now) is None and other.state is BLOCKED
+    # an id admitted after its refusal is not refused any more
+    s.refuse("alice", "again", "PF004", clock.now)
+    fixed = entry("again", scope="alice")
+    assert s.admit(fixed, clock.now) is None
+    s.dispatch("df", clock.now)
+    s.complete(fixed, clock.now, ok=True, data_json=b"1")
+    s.results._results.clear()  # its result forgotten: the id is unknown again, not refused
+    waits = entry("w", deps=("again",), scope="alice")
+    assert s.admit(waits, clock.now) is None and waits.state is BLOCKED
+    # remembered as long as results are, then unknown again: waited for
+    clock.advance(61)
+    later = entry("later", deps=("bad",), scope="alice")
+    assert s.admit(later, clock.now) is None and later.state is BLOCKED
+    check_counts(s)
+
+
+def test_an_id_refused_while_packets_wait_for_it_fails_them_at_once_but_not_a_duplicate(clock):
+    s = Scheduler()
+    d = entry("d", deps=("x",))
+    e = entry("e", deps=("d",))
+    s.admit(d, clock.now)
+    s.admit(e, clock.now)
+    failures = s.refuse(None, "x", "PF004", clock.now, "node overloaded")
+    assert [(f.flight.id, f.code) for f in failures] == [("d", ErrorCode.DEPENDENCY_FAILED)]
+    assert "'x' was refused (PF004: node overloaded)" in failures[0].message
+    assert settle_failures(s, failures, clock.now) == ["d", "e"]
+    assert s.refuse(None, "x", "PF004", clock.now) == []  # nobody waits any more
+    # a duplicate of a packet in flight (PF409) does not fail what waits for the first one
+    first = entry("dup")
+    waiter = entry("waiter", deps=("dup",))
+    s.admit(first, clock.now)
+    s.admit(waiter, clock.now)
+    assert s.admit(entry("dup"), clock.now).code is ErrorCode.DUPLICATE_ID
+    assert s.refuse(None, "dup", "PF409", clock.now) == []
+    assert waiter.state is BLOCKED
+    s.dispatch("df", clock.now)
+    s.complete(first, clock.now, ok=True, data_json=b"1")
+    assert waiter.state is QUEUED
+    check_counts(s)
+
+
+def test_refused_ids_are_bounded_in_count_node_wide_per_scope_and_in_age():
+    from pfnode.core.dependencies import RefusedIds
+
+    refused = RefusedIds(max_entries=4, max_per_scope=2, max_age_s=10.0)
+    for i, pid in enumerate(("a1", "a2", "a3")):
+        refused.add("A", pid, "PF002", float(i))
+    assert refused.get("A", "a1", 3.0) is None  # A's own oldest went, at A's bound
+    assert [refused.get("A", p, 3.0) for p in ("a2", "a3")] == ["PF002", "PF002"]
+    for pid in ("b1", "c1", "d1"):
+        refused.add(pid[0].upper(), pid, "PF004", 3.0)
+    assert len(refused) == 4 and refused.get("A", "a2", 3.0) is None  # the oldest node-wide went
+    assert refused.get("A", "a1" * 200, 3.0) is None
+    refused.add("A", "x" * 257, "PF002", 3.0)  # no dependency can name it: not kept
+    assert refused.get("A", "x" * 257, 3.0) is None and len(refused) == 4
+    assert refused.get("A", "a3", 12.5) is None and refused.get("B", "b1", 12.5) == "PF004"  # a3: over 10 s old
+    refused.forget("B")
+    assert refused.get("B", "b1", 12.0) is None and len(refused) == 2
+    refused.discard("C", "c1")
+    assert refused.get("C", "c1", 12.0) is None
+    assert refused.get("D", "d1", 13.01) is None and len(refused) == 0
+
+
 def test_cancel_does_not_record_a_result(clock):
     s = Scheduler()
     a = entry("a")

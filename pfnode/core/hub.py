@@ -14,16 +14,25 @@ the node's one time table). Time comes in as `now`: every rule here runs on a fa
 in the tests.
 
 Rules
-- Order: links known to run the key (least loaded first), then links not known either
-  way (the submitter's own link last). Never the node's own uplink: the node does not
-  register it here, so packets cannot bounce between two nodes.
+- Who: every link the node's policy (`may_run`) allows: with tokens, the reactor role; without,
+  every link. Never the node's own uplink: the node does not register it here, so packets
+  cannot bounce between two nodes.
+- Order (`rank_targets`), one link at a time: (1) links known to run the key (they answered
+  a packet of it, or announced it), least loaded first; (2) links that have answered
+  forwarded packets, but none of this key yet, least loaded first; (3) unproven links
+  (never announced, never answered: a spec reactor that has not been asked yet, or a plain
+  client), oldest connection first; the submitter's own link last of (2) and (3) (the
+  spec's usage example: a reactor running its own packet). So a spec reactor that never
+  announces serves the other peers' packets: it is asked as soon as no link known to run
+  the key could take it.
 - Probe window: a link that has never answered a forwarded packet and has not announced
   capabilities is given at most `probe_ms` to answer before the hub moves on (and counts
   it silent: not asked again until it answers something). So a plain client that submits
-  a key nobody runs gets PF001 within that window, while a spec reactor that runs its own
-  packet answers in time. A packet stays forwarded to every link that was sent it until
-  that link answers, refuses it or leaves: a slow reactor whose probe window passed may
-  still answer it while it is in flight (the first answer wins).
+  a key nobody runs gets PF001 once each unproven link connected has answered (a spec
+  reactor without the handler answers PF001 at once) or let its window pass, while a spec
+  reactor that runs the packet answers in time. A packet stays forwarded to every link
+  that was sent it until that link answers, refuses it or leaves: a slow reactor whose
+  probe window passed may still answer it while it is in flight (the first answer wins).
 - Answers: PF001 sends the packet to the next link; PF004 and PF503 too (the link is
   busy or stopping, and no wiser about what it runs). An `error` frame answering our
   submit also sends it on. Anything else is relayed to the submitter, and only from the
@@ -119,10 +128,11 @@ class ReactorProfile:
 class LinkRoutes:
     """The hub's table for one link: what it runs, and what it runs for others now."""
 
-    __slots__ = ("link", "profile", "held", "seqs", "out_seq", "own_held")
+    __slots__ = ("link", "profile", "held", "seqs", "out_seq", "own_held", "joined")
 
-    def __init__(self, link: Any) -> None:
+    def __init__(self, link: Any, joined: int = 0) -> None:
         self.link = link
+        self.joined = joined  # when it connected, in the hub's order (older: smaller)
         self.profile = ReactorProfile()
         self.held: dict[str, Flight] = {}  # packet id -> flight forwarded to it, not answered
         self.seqs: dict[int, str] = {}  # seq of our submit frame -> packet id
@@ -215,8 +225,10 @@ def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set
                  prefer: str | None = None) -> list[LinkRoutes]:
     """The links to ask, best first: the reactor named `prefer` (mc:migrate) if it may run
     the key, then those known to run `key` (least loaded first), then those not known
-    either way, the submitter's own link last among them. Links that cannot run it, were
-    tried already, are closed, or `may` not run it are left out."""
+    either way: the ones that have answered forwarded packets (least loaded first), then
+    the unproven ones (oldest connection first), the submitter's own link last of these.
+    Links that cannot run it, were tried already, are closed, or `may` not run it are left
+    out."""
     known: list[LinkRoutes] = []
     unknown: list[LinkRoutes] = []
     for r in routes:
@@ -228,7 +240,9 @@ def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set
         elif verdict is None:
             unknown.append(r)
     known.sort(key=lambda r: r.load)
-    unknown.sort(key=lambda r: (r.link is origin, r.load))
+    # answered before (by load), then unproven (by age), the submitter's own link last
+    unknown.sort(key=lambda r: (r.link is origin, r.profile.unproven,
+                                r.joined if r.profile.unproven else r.load))
     ranked = known + unknown
     if prefer is not None:
         ranked.sort(key=lambda r: link_name(r.link) != prefer)  # stable: the rest keep their order
@@ -238,11 +252,11 @@ def rank_targets(routes: Iterable[LinkRoutes], key: str, origin: Any, tried: set
 class Hub:
     def __init__(self, effects: HubEffects, *, probe_ms: int, reroute_grace_ms: int,
                  clock: Callable[[], float],
-                 may_run: Callable[[Any, Flight, bool], bool] | None = None) -> None:
+                 may_run: Callable[[Any, Flight], bool] | None = None) -> None:
         self.effects = effects
-        # whether a link may be sent a packet to run (its role; without authentication,
-        # whether it is a proven reactor or the packet's own submitter): the node's policy
+        # whether a link may be sent a packet to run (with tokens, its role): the node's policy
         self.may_run = may_run
+        self._joined = 0  # links added, ever: their order of connection
         self.probe_s = probe_ms / 1000
         self.grace_s = reroute_grace_ms / 1000
         self.clock = clock
@@ -285,7 +299,8 @@ class Hub:
 
     # ------------------------------------------------------------------ links
     def add_link(self, link: Any) -> None:
-        self.routes[link] = LinkRoutes(link)
+        self._joined += 1
+        self.routes[link] = LinkRoutes(link, self._joined)
         self.retry_parked()
 
     def remove_link(self, link: Any) -> None:
@@ -465,7 +480,7 @@ class Hub:
         def may(r: LinkRoutes) -> bool:
             if flight.id in r.held:  # it holds another submitter's packet of this id
                 return False
-            return self.may_run is None or self.may_run(r.link, flight, r.profile.unproven)
+            return self.may_run is None or self.may_run(r.link, flight)
         key = flight.packet.key
         prefer = self.preferences.get(key) if self.preferences else None
         targets = rank_targets(self.routes.values(), key, flight.origin, route.tried, may, prefer)

@@ -22,7 +22,18 @@ Rules
 - Dependencies: a packet waits until every listed id of its own submitter scope has
   completed successfully. A failed dependency fails the dependent (PF006), and that
   failure fails its own dependents in turn. An unknown id waits until it arrives or the
-  dependent's deadline passes. Self-dependencies and cycles are refused at admission.
+  dependent's deadline passes. Self-dependencies and cycles are refused at admission
+  (PF006), and so is a dependency on an id whose submit was refused (core/dependencies.py
+  has the order of these checks).
+- Refused ids: the node tells `refuse(scope, id, code, now)` of every submit it refused
+  (a cycle's PF006 included). The id is remembered for a bounded time and count
+  (`RefusedIds`), so that a packet depending on it later is refused PF006; the packets
+  already waiting for it fail PF006 now: `refuse` returns them (still BLOCKED) and the
+  caller answers each through `complete(..., ok=False)` (the node's one answer path), which
+  fails their own dependents in turn. So when a packet closes a cycle, it is refused and
+  every packet of the cycle, and what depends on them, fails at once. An id refused while
+  a packet of that id is in flight (PF409) is not a refused id. Admitting an id forgets its
+  refusal.
 - Results of completed packets (run here or by a reactor) are kept in a bounded store
   (entries, bytes and age) so that later packets can depend on them.
 - Admission (PF004 past a bound, to that submitter only where the bound is its own):
@@ -43,13 +54,14 @@ import dataclasses
 from typing import Any, Callable, Hashable, Iterable
 
 from ..errors import ErrorCode
+from .dependencies import RefusedIds, reaches, waits_for  # noqa: F401 (reaches: re-exported)
 from .flight import BLOCKED, DISPATCHED, DONE, FORWARDED, QUEUED, Flight
 from .loads import Loads, Refusal
 from .timetable import MAX_DEADLINE_QUEUES, TimeTable  # noqa: F401 (MAX_DEADLINE_QUEUES: re-exported)
 
 LANES = ("cf", "df", "ed", "rm")
 __all__ = ["BLOCKED", "DISPATCHED", "DONE", "FORWARDED", "QUEUED", "LANES", "Failure", "Flight",
-           "LaneQueue", "Refusal", "ResultStore", "Scheduler", "StoredResult"]
+           "LaneQueue", "RefusedIds", "Refusal", "ResultStore", "Scheduler", "StoredResult", "reaches"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -239,6 +251,7 @@ class Scheduler:
                            max_queued_bytes_per_client=max_queued_bytes_per_client, lane_bounds=lane_bounds)
         self.lanes: dict[str, LaneQueue] = {lane: LaneQueue(aging_ms / 1000) for lane in lanes}
         self.results = ResultStore(result_store_entries, result_store_age_ms / 1000, result_store_bytes)
+        self.refused = RefusedIds(max_age_s=result_store_age_ms / 1000)  # ids whose submit was refused
         self.inflight: dict[Hashable, Flight] = {}  # every flight not DONE, by (scope, id)
         self._origins: dict[Any, dict[Hashable, Flight]] = {}  # origin -> its flights
         self._waiters: dict[Hashable, list[Flight]] = collections.defaultdict(list)  # dep key -> blocked
@@ -262,22 +275,11 @@ class Scheduler:
         refusal = self.loads.over_queued(flight, self.queued)
         if refusal is not None:
             return refusal
-        waiting: set[str] = set()
-        scope = flight.scope
-        for dep in flight.dependencies:
-            if dep == flight.id:
-                return Refusal(ErrorCode.DEPENDENCY_FAILED, f"packet {flight.id!r} depends on itself")
-            stored = self.results.get((scope, dep), now)
-            if stored is not None:
-                if not stored.ok:
-                    return Refusal(ErrorCode.DEPENDENCY_FAILED, f"dependency {dep!r} failed ({stored.code})")
-                continue
-            waiting.add(dep)
+        waiting = waits_for(flight, now, self.results, self.refused, self.inflight) if flight.dependencies else set()
+        if not isinstance(waiting, set):
+            return waiting  # PF006: see core/dependencies.py
         if hold is not None:
             waiting.add(hold)
-        if waiting and reaches(self.inflight, scope, waiting, flight.id):
-            return Refusal(ErrorCode.DEPENDENCY_FAILED,
-                           f"dependency cycle: packet {flight.id!r} would wait for itself")
         if waiting:
             refusal = self.loads.over_blocked(flight)
             if refusal is not None:
@@ -289,7 +291,7 @@ class Scheduler:
             self.loads.block(flight)
             for dep in waiting:
                 if dep is not hold:
-                    self._waiters[(scope, dep)].append(flight)
+                    self._waiters[(flight.scope, dep)].append(flight)
         else:
             flight.state = QUEUED
             self.lanes[flight.lane].push(flight)
@@ -332,6 +334,7 @@ class Scheduler:
         flight.arrived = now
         flight.order = next(self.times.order)
         self.inflight[flight.key] = flight
+        self.refused.discard(flight.scope, flight.id)
         if flight.origin is not None:
             mine = self._origins.get(flight.origin)
             if mine is None:
@@ -408,6 +411,18 @@ class Scheduler:
                     self._retire(waiter)
                     pending.append((scope, waiter.id, False, None, ErrorCode.DEPENDENCY_FAILED.value))
         return failures
+
+    def refuse(self, scope: Hashable, packet_id: str, code: str, now: float, message: str = "") -> list[Failure]:
+        """A submit of `packet_id` in `scope` was refused with `code`: remember it, and return
+        the packets waiting for it, still BLOCKED, each to be answered with its Failure
+        through `complete` (the module's rules, "Refused ids")."""
+        key = (scope, packet_id)
+        if key in self.inflight:
+            return []  # a duplicate (PF409): what waits for the id waits for the one in flight
+        self.refused.add(scope, packet_id, code, now)
+        why = f"dependency {packet_id!r} was refused ({code}{': ' if message else ''}{message})"
+        return [Failure(waiter, ErrorCode.DEPENDENCY_FAILED, why)
+                for waiter in self._waiters.pop(key, ()) if waiter.state is BLOCKED]
 
     def forget(self, flight: Flight) -> None:
         """Drop a packet without recording a result (its submitter left and it never ran)."""
@@ -527,19 +542,3 @@ class Scheduler:
             self.on_retire(flight)
         self.times.retired(flight, len(self.inflight))
 
-
-def reaches(inflight: dict[Hashable, Flight], scope: Hashable, start: set[str], target: str) -> bool:
-    """Does any blocked packet of `scope` reachable from `start` wait on `target`?"""
-    seen: set[str] = set()
-    stack = list(start)
-    while stack:
-        packet_id = stack.pop()
-        if packet_id == target:
-            return True
-        if packet_id in seen:
-            continue
-        seen.add(packet_id)
-        blocked = inflight.get((scope, packet_id))
-        if blocked is not None and blocked.state is BLOCKED:
-            stack.extend(blocked.waiting_on)
-    return False

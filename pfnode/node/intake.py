@@ -96,6 +96,8 @@ class Intake:
             if msg.type == "result" and may(link.identity, "reactor"):
                 node.hub.on_invalid_result(link, msg.packet_id, msg.message)  # cannot be relayed
             link.send(msg.reply)
+            if msg.type == "submit" and msg.packet_id is not None:
+                self._refused(link, msg.packet_id, msg.code, msg.message)
         elif msg.type == "submit":
             self._submit(link, msg.seq, msg.payload)
         elif msg.type == "heartbeat":
@@ -147,15 +149,17 @@ class Intake:
             node.metrics.packet_refused(packet.group, ErrorCode.UNAVAILABLE.value)
             link.send(protocol.encode_failure(seq, pid, ErrorCode.UNAVAILABLE, "node is shutting down"
                                               if node.draining else "node is starting; retry shortly"))
+            self._refused(link, pid, ErrorCode.UNAVAILABLE.value, "")
             return
         admitted = self.admit(packet, origin=link, seq=seq, scope=scope_of(link), identity=link.identity,
                               from_uplink=uplink is not None)
         if not isinstance(admitted, Flight):
             if admitted.code is ErrorCode.FORBIDDEN:
                 self.forbid(link, seq, admitted.message, pid, submit=True)
-                return
-            node.metrics.packet_refused(packet.group, admitted.code.value)
-            link.send(protocol.encode_failure(seq, pid, admitted.code, admitted.message))
+            else:
+                node.metrics.packet_refused(packet.group, admitted.code.value)
+                link.send(protocol.encode_failure(seq, pid, admitted.code, admitted.message))
+            self._refused(link, pid, admitted.code.value, admitted.message)
             return
         limit = node.settings.max_inflight_per_connection
         if admitted.state is not DONE and node.scheduler.count_of(link) >= limit \
@@ -163,6 +167,14 @@ class Intake:
             # Backpressure: stop reading this peer until an answer frees a slot;
             # TCP flow control then slows the sender.
             link.pause_reading("inflight")
+
+    def _refused(self, link: PeerLink, packet_id: str, code: str, message: str) -> None:
+        """A submit was refused (answered already): its id is a refused id of its submitter's
+        scope, and the packets waiting for it there fail PF006 now, through the one answer
+        path (a cycle's other packets among them; core/scheduler.py, "Refused ids")."""
+        node = self.node
+        for failed in node.scheduler.refuse(scope_of(link), packet_id, code, node.clock(), message):
+            node.settle(failed.flight, failure(failed.code, failed.message))
 
     # -- admission carried out
     def admit(self, packet: protocol.Packet, *, origin: Any, seq: int, scope: Any, identity: Any,

@@ -92,6 +92,8 @@ class Links:
         if not isinstance(scope, str) or not any(other.identity is not None and other.identity.name == scope
                                                  for other in self.open):
             node.elements.release(scope)  # what only it held: its subscriptions, buffers, leases, cache
+        if not isinstance(scope, str):
+            node.scheduler.refused.forget(scope)  # the connection was the scope: it submits no more
         log.log(logging.INFO if dropped else logging.DEBUG, "front: %s disconnected (%s)%s",
                 link.peer, code, f"; dropped {len(dropped)} in-flight packets" if dropped else "")
 

@@ -225,13 +225,11 @@ class Node:
     def links_may_come(self) -> bool:
         return not self.draining
 
-    def _may_run(self, link: PeerLink, flight: Flight, unproven: bool) -> bool:
+    def _may_run(self, link: PeerLink, flight: Flight) -> bool:
         """Whether the hub may send `flight` to `link` to run: a peer with the reactor role;
-        without authentication, a peer that announced or has answered before (not
-        `unproven`), or the submitter itself for its own packets (the spec's usage example)."""
-        if self.access.enabled:
-            return self.access.may(link.identity, "reactor")
-        return not unproven or link is flight.origin
+        without authentication, any peer (the spec's reactors never say what they run: the
+        hub asks them, in the order of core/hub.py's rules)."""
+        return not self.access.enabled or self.access.may(link.identity, "reactor")
 
 
 class _AdmissionView:

@@ -5,11 +5,15 @@
 #
 # Modes:
 #   client  the spec's examples, submitted by Elixir to the node
-#   serve   registers ed:notify_users, df:elixir_sum, df:elixir_boom, df:elixir_slow and
-#           serves them until stdin closes; prints {"ready": true} once connected and one
-#           {"event": ...} line per submit in, result out and handler start
+#   serve   registers ed:notify_users, df:process_data (the spec's "TypeScript -> Elixir"
+#           handler), df:elixir_sum, df:elixir_boom, df:elixir_slow and serves them until
+#           stdin closes; prints {"ready": true} once connected and one {"event": ...} line
+#           per submit in, result out and handler start
 #   usage   the spec's usage example: register df:transform, then submit df:transform to a
 #           node that has no df:transform of its own (the node routes it back to us)
+#   notify  the spec's "Elixir -> TypeScript" example, the Elixir client's side: submit
+#           ed:notify_users, which this reactor does not run, to a node without it while a
+#           spec TypeScript reactor that runs it (and never says so) is connected
 #   wire    against tests/test_interop_elixir.py's scripted WebSocket server: fragmented
 #           messages, pings, large frames, the close handshake
 #
@@ -376,6 +380,13 @@ defmodule Interop.Serve do
         %{sent: true, message: data["message"]}
       end)
 
+      # The spec's "TypeScript -> Elixir" example's handler, as written.
+      PacketFlow.Reactor.register("df", "process_data", fn data ->
+        data["items"]
+        |> Enum.map(&(&1 * 2))
+        |> Enum.sum()
+      end)
+
       Reactor.register("df", "elixir_sum", fn data -> Enum.sum(data["items"]) end)
       Reactor.register("df", "elixir_boom", fn data -> raise "elixir boom: #{inspect(data)}" end)
 
@@ -498,6 +509,42 @@ defmodule Interop.Usage do
   end
 end
 
+defmodule Interop.Notify do
+  import Interop
+
+  @message "System maintenance in 10 minutes"
+
+  def run(endpoint) do
+    tracer = start_tracer()
+
+    with {:ok, _pid} <- connect(endpoint, trace: tracer) do
+      # The spec's "Elixir -> TypeScript" example, the Elixir client as written (with a known
+      # id): the node has no ed:notify_users; the TypeScript reactor connected to it does.
+      check("elixir_to_ts", fn ->
+        id = uuid()
+
+        result = PacketFlow.Reactor.submit(%{
+          id: id,
+          group: "ed",
+          element: "notify_users",
+          data: %{message: @message},
+          priority: 9
+        })
+
+        ok = match?(%Result{status: :success, packet_id: ^id, data: %{"sent" => true, "message" => @message}},
+                    result)
+        {ok, %{packet_id: id, got: result}}
+      end)
+
+      try do
+        Reactor.stop()
+      catch
+        :exit, _ -> :ok
+      end
+    end
+  end
+end
+
 defmodule Interop.Wire do
   import Interop
 
@@ -543,7 +590,7 @@ defmodule Interop.Wire do
 end
 
 case System.argv() do
-  [mode, endpoint] when mode in ~w(client serve usage wire) ->
+  [mode, endpoint] when mode in ~w(client serve usage notify wire) ->
     # serve runs until stdin closes; the others have a deadline
     if mode != "serve" do
       spawn(fn ->
@@ -557,12 +604,13 @@ case System.argv() do
       "client" -> Interop.Client.run(endpoint)
       "serve" -> Interop.Serve.run(endpoint)
       "usage" -> Interop.Usage.run(endpoint)
+      "notify" -> Interop.Notify.run(endpoint)
       "wire" -> Interop.Wire.run(endpoint)
     end
 
     Interop.finish()
 
   _ ->
-    IO.puts(:stderr, "usage: elixir -pa build interop.exs client|serve|usage|wire ws://HOST:PORT/packetflow/v1")
+    IO.puts(:stderr, "usage: elixir -pa build interop.exs client|serve|usage|notify|wire ws://HOST:PORT/packetflow/v1")
     System.halt(2)
 end

@@ -4,6 +4,10 @@
 //   node dist/interop.js ws://127.0.0.1:PORT/packetflow/v1 --usage   only the spec's usage example,
 //       with df:transform registered on this reactor: for a node with NO df:transform handler,
 //       which must route the packet back to this reactor (hub routing) and relay its answer.
+//   node dist/interop.js ws://127.0.0.1:PORT/packetflow/v1 --process-data   only the client side
+//       of the spec's "TypeScript -> Elixir" example, df:process_data, which this reactor does not
+//       run: for a node without it while a spec Elixir reactor that runs it is connected (the node,
+//       a hub, must ask that reactor although it never said what it runs).
 // Prints one JSON line per check, {"name", "ok", "detail"}, and exits 1 if any check failed
 // (2 on a usage error or when the whole run overran its deadline).
 // (serve.ts is the other mode: a long-running peer with handlers, for Python clients to reach.)
@@ -15,8 +19,8 @@ const RUN_TIMEOUT_MS = 50000;
 
 const endpoint = process.argv[2];
 const mode = process.argv[3] ?? '--examples';
-if (!endpoint || !['--examples', '--usage'].includes(mode) || process.argv.length > 4) {
-  console.error('usage: node dist/interop.js ws://HOST:PORT/packetflow/v1 [--usage]');
+if (!endpoint || !['--examples', '--usage', '--process-data'].includes(mode) || process.argv.length > 4) {
+  console.error('usage: node dist/interop.js ws://HOST:PORT/packetflow/v1 [--usage|--process-data]');
   process.exit(2);
 }
 
@@ -103,9 +107,30 @@ async function usage(): Promise<void> {
   await reactor.stop();
 }
 
+// The spec's "TypeScript -> Elixir" example, the TypeScript client as written (with a known id).
+// This reactor registers nothing: the answer must come from the Elixir reactor, through the node.
+async function processData(): Promise<void> {
+  const reactor = new PacketFlowReactor({ endpoint });
+  if (!(await connect(reactor))) return;
+
+  await check('ts_to_elixir', async () => {
+    const id = randomUUID();
+    const result = await reactor.submit({
+      id, group: 'df', element: 'process_data', data: { items: [1, 2, 3, 4, 5] }, priority: 7,
+    });
+    return expectSuccess(result, id, 30);
+  });
+
+  await reactor.stop();
+}
+
 async function main(): Promise<void> {
   if (mode === '--usage') {
     await usage();
+    return;
+  }
+  if (mode === '--process-data') {
+    await processData();
     return;
   }
   const heartbeatsSeen: Message[] = [];
