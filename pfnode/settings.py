@@ -149,6 +149,8 @@ class Settings:
     max_connections: int = setting(1000, "connections at once; past it a handshake is answered 503")
     max_inflight_per_connection: int = setting(1024, "a peer's reads pause at this many "
                                                "unanswered packets")
+    idle_link_ms: int = setting(30_000, "past 90 % of max_connections, a connection that never submitted "
+                                "nor answered a packet for this long is closed (1013)")
     # A client that does not read its results: past write_buffer_high_bytes buffered for it,
     # its reading pauses (no new work from it); past max_write_buffer_bytes it is closed (1008)
     write_buffer_high_bytes: int = setting(1 << 20, "results buffered for a peer past which its "
@@ -259,7 +261,7 @@ class Settings:
                      "max_write_buffer_bytes", "result_store_entries", "result_store_age_ms", "result_store_bytes",
                      "autoscale_interval_ms", "worker_blas_threads", "reroute_grace_ms", "probe_ms",
                      "reconnect_min_ms", "reconnect_max_ms", "replay_entries", "max_buffer_bytes",
-                     "cache_bytes"):
+                     "cache_bytes", "idle_link_ms"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.worker_shm_bytes < 0 or self.shm_threshold_bytes < 0:

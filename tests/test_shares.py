@@ -182,3 +182,106 @@ def test_one_clients_long_running_node_elements_leave_room_for_everyone_else(mon
             answer = (await b.reply(1, 2.0))["payload"]
             assert answer["status"] == "success", answer  # not queued behind a's watches
     asyncio.run(go())
+
+
+# ---------------------------------------------------------------- 5. a neighbour's hung handlers
+def test_a_neighbours_hung_handlers_do_not_hold_every_worker_from_another_client():
+    """A's packets hang on both df workers until their (long) deadline; B's no-op gets a
+    worker of its own (a burst worker) and is answered long before that deadline."""
+    async def go():
+        async with started_node(workers=2, shutdown_grace_ms=100,
+                                handler_modules=("pfnode.handlers.examples", "tests.handlers_testing")) as node:
+            a, b = RecordingLink(node, "a"), RecordingLink(node, "b")
+            node.on_open(a)
+            node.on_open(b)
+            for seq in range(1, 5):
+                a.submit(seq, {"id": f"h{seq}", "group": "df", "element": "hang", "data": None,
+                               "timeout_ms": 60_000})
+            for _ in range(300):  # both workers hold one of a's hangs
+                if all(view.held for view in node.pool.dispatcher.workers.values() if view.lane == "df"):
+                    break
+                await asyncio.sleep(0.01)
+            b.submit(1, {"id": "n", "group": "df", "element": "noop", "data": 7})
+            answer = (await b.reply(1, 10.0))["payload"]  # a guard: the hangs' deadline is 60 s
+            assert answer["status"] == "success" and answer["data"] == 7, answer
+            assert node.pool.counters["burst_workers"] >= 1
+    asyncio.run(go())
+
+
+# ---------------------------------------------------------------- 4. connections: per principal, idle ones, the fd limit
+def test_idle_links_are_closed_when_the_node_is_near_its_connection_bound():
+    async def go():
+        async with started_node(max_connections=10, idle_link_ms=5000, shutdown_grace_ms=100) as node:
+            links = [RecordingLink(node, f"l{i}") for i in range(9)]
+            for link in links:
+                node.on_open(link)
+            links[0].submit(1, {"id": "x", "group": "df", "element": "noop", "data": 1})
+            await links[0].reply(1)
+            node.loops.housekeeping_tick(node.clock() + 1.0)  # not idle for long yet
+            assert len(node.links) == 9
+            node.loops.housekeeping_tick(node.clock() + 6.0)
+            assert set(node.links) == {links[0]}  # the one that submitted stays
+            assert all(link.closed for link in links[1:])
+    asyncio.run(go())
+
+
+def test_a_principal_has_its_share_of_the_connections(tmp_path):
+    from pfnode.node.auth import token_entry
+
+    tokens = {"alice": "pft_" + "a" * 40, "bob": "pft_" + "b" * 40}
+    path = tmp_path / "tokens.toml"
+    path.write_text("\n".join(token_entry(n, ["submit"], t) for n, t in tokens.items()))
+
+    async def go():
+        async with started_node(max_connections=10, token_file=str(path), shutdown_grace_ms=100) as node:
+            def connect(name):
+                link = RecordingLink(node, name)
+                link.request_headers = {"Authorization": f"Bearer {tokens[name]}"}
+                node.on_open(link)
+                return link
+            alices = [connect("alice") for _ in range(10)]
+            assert [link.closed for link in alices] == [False] * 9 + [True]  # alone: all but the reserve
+            assert alices[9].frames[0]["payload"]["code"] == "PF004"
+            assert not connect("bob").closed  # a newcomer gets in
+    asyncio.run(go())
+
+
+def test_max_connections_is_fitted_to_the_open_files_limit(monkeypatch):
+    import resource
+
+    from pfnode.app import front
+    from pfnode.settings import Settings
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (512, 512))
+    assert front.fit_open_files(Settings(max_connections=1000)).max_connections == 512 - front.FDS_BESIDE_CONNECTIONS
+    assert front.fit_open_files(Settings(max_connections=100)).max_connections == 100
+
+
+def test_a_tenant_running_its_share_of_a_lanes_workers_waits_while_another_tenant_waits():
+    from pfnode.core.dispatch import Dispatcher, starved
+
+    clock = FakeClock()
+    s = Scheduler(lanes=("df",))
+    d = Dispatcher({"df": 1})
+    views = [d.add(slot, "df") for slot in (1, 2, 3, 4)]
+    ids = itertools.count()
+
+    def queue(tenant, n):
+        from pfnode.core.protocol import Packet, RawJSON
+
+        for _ in range(n):
+            packet = Packet(id=f"{tenant}{next(ids)}", group="df", element="noop", data=RawJSON(b"1"))
+            assert s.admit(Flight(packet, scope=tenant, deadline=clock() + 60), clock()) is None
+
+    queue("a", 3)
+    assign = lambda: [(v.slot, f.tenant) for v, fs in d.assign(s, clock()) for f in fs]  # noqa: E731
+    assert [t for _, t in assign()] == ["a", "a", "a"]  # alone, a may use every worker
+    assert not starved(views, s.lanes["df"].waiting)
+    queue("a", 3)
+    queue("b", 2)
+    # a runs 3 of 4 workers, over its share of 2 while b waits: the free worker goes to b
+    assert [t for _, t in assign()] == ["b"]
+    assert starved(views, s.lanes["df"].waiting)  # b runs 1, below its share of 2: a burst would start
+    finished = views[0].held.popleft()  # one of a's ends: its worker goes to b, not to a
+    views[0].work_ms = 0.0
+    assert finished.tenant == "a" and [t for _, t in assign()] == ["b"]

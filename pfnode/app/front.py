@@ -26,9 +26,14 @@ def endpoint_of(node: Node, server: Any) -> str:
     return f"{node.settings.scheme}://{node.settings.host}:{port}{node.settings.path}"
 
 
-def raise_open_files_limit(settings: Settings) -> None:
-    """Let the node hold its connections: the soft RLIMIT_NOFILE up to the hard one; warn
-    when even that cannot hold --max-connections (plus the workers' pipes and the rest)."""
+FDS_BESIDE_CONNECTIONS = 256  # the workers' pipes and rings, the fork server, logs, /healthz and the rest
+
+
+def fit_open_files(settings: Settings) -> Settings:
+    """Let the node hold its connections: the soft RLIMIT_NOFILE up to the hard one; when
+    even that cannot hold --max-connections and the rest, lower --max-connections to what
+    fits (logged), so that the node refuses connections (503) before it runs out of file
+    descriptors (where an accept loop can only fail, over and over)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
@@ -36,17 +41,18 @@ def raise_open_files_limit(settings: Settings) -> None:
             soft = hard
         except (ValueError, OSError):
             pass
-    needed = settings.max_connections + 256
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        log.warning("front: only %d open files allowed; --max-connections %d needs about %d "
-                    "(raise LimitNOFILE / ulimit -n, or lower --max-connections)",
-                    soft, settings.max_connections, needed)
+    if soft == resource.RLIM_INFINITY or soft >= settings.max_connections + FDS_BESIDE_CONNECTIONS:
+        return settings
+    fits = max(1, soft - FDS_BESIDE_CONNECTIONS)
+    log.warning("front: only %d open files allowed; --max-connections %d needs about %d: serving at most %d "
+                "connections (raise LimitNOFILE / ulimit -n, or set --max-connections)",
+                soft, settings.max_connections, settings.max_connections + FDS_BESIDE_CONNECTIONS, fits)
+    return settings.replace(max_connections=fits)
 
 
 async def run_node(node: Node, connect_url: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop."""
     loop = asyncio.get_running_loop()
-    raise_open_files_limit(node.settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stopping.set)  # handlers only enqueue
     loop.add_signal_handler(signal.SIGHUP, node.request_reload)
@@ -84,7 +90,7 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
 def run(settings: Settings, connect_url: str | None = None) -> None:
     """Run a node in this process until SIGTERM/SIGINT; with `connect_url`, as a
     reactor of the hub there instead of listening."""
-    node_main = run_node(Node(settings), connect_url)
+    node_main = run_node(Node(fit_open_files(settings)), connect_url)
     try:
         import uvloop
     except ImportError:  # uvloop is optional at run time; asyncio's loop works too

@@ -145,8 +145,9 @@ class Dispatcher:
         for lane, heap in free.items():
             queue = scheduler.lanes[lane]
             heapq.heapify(heap)
+            skip = self.over_share(lane, queue.waiting) if len(queue.waiting) > 1 else ()
             while heap and len(queue):
-                flight = scheduler.dispatch(lane, now)
+                flight = scheduler.dispatch(lane, now, skip)
                 if flight is None:
                     break
                 cost = self.estimate(flight.packet.key)
@@ -163,6 +164,18 @@ class Dispatcher:
                 for item in skipped:
                     heapq.heappush(heap, item)
         return list(batches.values())
+
+    def over_share(self, lane: str, waiting: dict[Any, int]) -> set[Any]:
+        """The tenants that run their share of `lane`'s workers or more while another tenant
+        waits (`waiting`: the lane queue's tenants): their next packets wait for their own
+        workers to free up, so a client whose packets hang holds no more than its share."""
+        views = self.members(lane)
+        held = holders(views)
+        if not held:
+            return set()
+        share = worker_share(len(views), held, waiting)
+        return {tenant for tenant, count in held.items()
+                if count >= share and any(other != tenant for other in waiting)}
 
     @staticmethod
     def _rank(view: WorkerView) -> tuple[int, float, int, int, WorkerView]:
@@ -237,17 +250,30 @@ class Dispatcher:
                 assert flight.state is DISPATCHED or flight.state == "done", flight
 
 
-def starved(views: list[WorkerView], tenant: Any) -> bool:
-    """Whether `tenant`, whose packet is next in a lane's queue, is kept from the lane's
-    workers by others: every ready worker holds a packet, and `tenant` holds fewer of them
-    than its share (the workers over the tenants holding some, itself counted). A client
-    whose own packets hang or crash is not starved by them: it waits for its own workers."""
+def holders(views: Iterable[WorkerView]) -> dict[Any, int]:
+    """Tenant -> how many of these workers run one of its packets."""
+    held: dict[Any, int] = {}
+    for view in views:
+        if view.held:
+            owner = view.held[0].tenant
+            held[owner] = held.get(owner, 0) + 1
+    return held
+
+
+def worker_share(workers: int, held: dict[Any, int], waiting: Iterable[Any]) -> int:
+    """A tenant's share of a lane's workers: the workers over the tenants running or waiting."""
+    active = len(held.keys() | set(waiting))
+    return max(1, workers // max(1, active))
+
+
+def starved(views: list[WorkerView], waiting: dict[Any, int]) -> bool:
+    """Whether a tenant with packets waiting in a lane's queue is kept from the lane's
+    workers by others: every ready worker runs a packet, and that tenant runs fewer of them
+    than its share. A client whose own packets hang or crash is not starved by them: it
+    waits for its own workers."""
     ready = [view for view in views if view.ready]
     if not ready or any(not view.held for view in ready):
         return False
-    holders: dict[Any, int] = {}
-    for view in ready:
-        owner = view.held[0].tenant
-        holders[owner] = holders.get(owner, 0) + 1
-    share = max(1, len(ready) // (len(holders) + (tenant not in holders)))
-    return holders.get(tenant, 0) < share
+    held = holders(ready)
+    share = worker_share(len(ready), held, waiting)
+    return any(held.get(tenant, 0) < share for tenant in waiting)

@@ -143,9 +143,12 @@ class _Level:
     def __init__(self) -> None:
         self.tenants: collections.OrderedDict[Any, collections.deque[Flight]] = collections.OrderedDict()
 
-    def head(self) -> Flight | None:
-        """The packet this level serves next: the oldest of the tenant whose turn it is."""
+    def head(self, skip: Any = ()) -> Flight | None:
+        """The packet this level serves next: the oldest of the tenant whose turn it is
+        (passing over the tenants in `skip`, who hold their share of the lane's workers)."""
         tenants = self.tenants
+        if skip:
+            return self._head_skipping(skip)
         while tenants:
             tenant, fifo = next(iter(tenants.items()))
             while fifo and fifo[0].state is not QUEUED:
@@ -154,6 +157,21 @@ class _Level:
                 return fifo[0]
             del tenants[tenant]
         return None
+
+    def _head_skipping(self, skip: Any) -> Flight | None:
+        empty = []
+        found = None
+        for tenant, fifo in self.tenants.items():
+            while fifo and fifo[0].state is not QUEUED:
+                fifo.popleft()
+            if not fifo:
+                empty.append(tenant)
+            elif tenant not in skip:
+                found = fifo[0]
+                break
+        for tenant in empty:
+            del self.tenants[tenant]
+        return found
 
 
 class LaneQueue:
@@ -168,6 +186,7 @@ class LaneQueue:
         # pop looks at the levels that have one, not at all ten
         self._counts = [0] * 11
         self.live = 0
+        self.waiting: dict[Any, int] = {}  # tenant -> its packets queued here
 
     def push(self, flight: Flight) -> None:
         level = self._levels[flight.priority]
@@ -183,6 +202,14 @@ class LaneQueue:
             fifo.append(flight)
         self._counts[flight.priority] += 1
         self.live += 1
+        self._wait(flight.tenant, 1)
+
+    def _wait(self, tenant: Any, count: int) -> None:
+        left = self.waiting.get(tenant, 0) + count
+        if left > 0:
+            self.waiting[tenant] = left
+        else:
+            self.waiting.pop(tenant, None)
 
     def unpop(self, flight: Flight) -> None:
         """Undo the last `pop` of `flight` (nobody could take it): back at the head, its turn."""
@@ -194,19 +221,21 @@ class LaneQueue:
         level.tenants.move_to_end(flight.tenant, last=False)
         self._counts[flight.priority] += 1
         self.live += 1
+        self._wait(flight.tenant, 1)
 
     def discard(self, flight: Flight) -> None:
         """`flight`, queued here, left the queue otherwise (answered, forgotten): its
         entry is skipped when its level's turn comes."""
         self._counts[flight.priority] -= 1
         self.live -= 1
+        self._wait(flight.tenant, -1)
 
     def effective_priority(self, flight: Flight, now: float) -> int:
         if self.aging_s <= 0:
             return flight.priority
         return min(10, flight.priority + int((now - flight.arrived) / self.aging_s))
 
-    def pop(self, now: float) -> Flight | None:
+    def pop(self, now: float, skip: Any = ()) -> Flight | None:
         if not self.live:
             return None
         best: Flight | None = None
@@ -215,7 +244,7 @@ class LaneQueue:
         for priority in range(10, 0, -1):
             if not counts[priority]:
                 continue
-            head = levels[priority].head()
+            head = levels[priority].head(skip)
             if head is None:
                 continue
             rank = (self.effective_priority(head, now), -head.order)
@@ -233,6 +262,7 @@ class LaneQueue:
                 del tenants[best.tenant]
             counts[best.priority] -= 1
             self.live -= 1
+            self._wait(best.tenant, -1)
         return best
 
     def __len__(self) -> int:
@@ -343,9 +373,9 @@ class Scheduler:
         self.times.enter(flight)
 
     # ------------------------------------------------------------------ local packets
-    def dispatch(self, lane: str, now: float) -> Flight | None:
-        """The next packet for a free worker of `lane`, or None."""
-        flight = self.lanes[lane].pop(now)
+    def dispatch(self, lane: str, now: float, skip: Any = ()) -> Flight | None:
+        """The next packet for a free worker of `lane` (of a tenant not in `skip`), or None."""
+        flight = self.lanes[lane].pop(now, skip)
         if flight is not None:
             flight.state = DISPATCHED
             self.dispatched += 1

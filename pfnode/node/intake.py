@@ -99,11 +99,13 @@ class Intake:
             if msg.type == "submit" and msg.packet_id is not None:
                 self._refused(link, msg.packet_id, msg.code, msg.message)
         elif msg.type == "submit":
+            link.active = True
             self._submit(link, msg.seq, msg.payload)
         elif msg.type == "heartbeat":
             self._heartbeat(link, msg)
         elif msg.type == "result":  # a reactor answers a packet the hub forwarded to it
             if may(link.identity, "reactor"):
+                link.active = True
                 node.hub.on_result(link, msg.payload)
             else:
                 self.forbid(link, msg.seq, "answer packets (the reactor role)", msg.payload.packet_id)

@@ -17,6 +17,7 @@ from typing import Any
 from ..core import protocol
 from ..core.flight import BLOCKED, DISPATCHED, FORWARDED, HOSTED, QUEUED, Flight
 from ..errors import ErrorCode
+from ..core.shares import Shares
 from ..ops import logs
 from ..transports.base import PeerLink
 from .auth import TokenTable, token_hash
@@ -26,6 +27,8 @@ from .shared import NodeShared
 log = logging.getLogger("pfnode.front")
 
 AUTH_CLOSE_CODE = 4401  # a private-use close code: "unauthenticated"
+TRY_AGAIN_CLOSE_CODE = 1013  # "try again later": over its principal's share of connections, or idle
+IDLE_NEAR_BOUND = 0.9  # idle links are closed once this part of max_connections is taken
 
 
 def scope_of(link: PeerLink) -> Any:
@@ -39,6 +42,8 @@ class Links:
     def __init__(self, node: NodeShared) -> None:
         self.node = node
         self.open: set[PeerLink] = set()
+        # connections per principal (with tokens): a fair share of max_connections each
+        self.shares = Shares(node.settings.max_connections, "connections")
 
     def __len__(self) -> int:
         return len(self.open)
@@ -59,6 +64,13 @@ class Links:
             if identity is None:
                 self._refuse(link, token)
                 return
+            refusal = self.shares.refusal(identity.name)
+            if refusal is not None:
+                node.metrics.connection_refused("principal_share")
+                link.send(protocol.encode_error(0, ErrorCode.OVERLOADED, refusal))
+                link.close(TRY_AGAIN_CLOSE_CODE, "over your share of connections")
+                return
+            self.shares.add(identity.name)
             link.identity = identity
             link.credential = token_hash(token)
         log.debug("front: %s connected%s", link.peer, f" as {link.identity}" if link.identity else "")
@@ -83,6 +95,8 @@ class Links:
         node = self.node
         link.closed = True
         self.open.discard(link)
+        if link.identity is not None and not self.is_uplink(link):
+            self.shares.remove(link.identity.name)
         node.metrics.connection_closed(code)
         dropped = node.scheduler.of_origin(link)
         for flight in dropped:
@@ -116,6 +130,22 @@ class Links:
         elif state is QUEUED or state is BLOCKED:
             node.scheduler.forget(flight)
             node.pump()
+
+    def close_idle(self, now: float) -> int:
+        """Near the connection bound, close links that never submitted nor answered a packet
+        and have been open for idle_link_ms (1013, try again later); how many."""
+        settings = self.node.settings
+        if len(self.open) < IDLE_NEAR_BOUND * settings.max_connections:
+            return 0
+        limit = settings.idle_link_ms / 1000
+        idle = [link for link in self.open if not link.active and not link.closed and not self.is_uplink(link)
+                and now - link.opened_at >= limit]
+        for link in idle:
+            link.close(TRY_AGAIN_CLOSE_CODE, "idle while the node is near its connection bound")
+        if idle:
+            log.info("front: closed %d idle connections (open %d of %d)", len(idle), len(self.open),
+                     settings.max_connections)
+        return len(idle)
 
     def awaiting(self, link: PeerLink) -> int:
         """A link's packets that count against its in-flight limit: not those it runs

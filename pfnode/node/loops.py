@@ -74,6 +74,7 @@ class Loops:
             node.elements.sweep(now)
         except Exception:
             log.exception("front: sweeping the elements' expired resources failed")
+        node.links.close_idle(now)
         for link in [link for link in node.links if link.reading_paused and not link.closed]:
             if not node.links.is_uplink(link) and link.peer_gone():
                 log.debug("front: %s hung up while its reading was paused", link.peer)

@@ -1,10 +1,12 @@
 """Workers shared fairly between clients: a burst worker for a starved client.
 
-A handler that hangs or crashes holds its worker until its deadline or its death. When one
-client's such packets hold every worker of a lane while another client's packet waits
-(`core/dispatch.starved`: the waiting client holds fewer of the lane's workers than its
-share), the lane gets an extra worker for the waiting client, so that it waits for its own
-workers, not for its neighbour's hung ones:
+A handler that hangs or crashes holds its worker until its deadline or its death. The
+dispatcher already gives a client no more than its share of a lane's workers while another
+client waits (`Dispatcher.over_share`), but a worker cannot be taken back from a packet that
+runs. When one client's packets run on every worker of a lane while another client's packet
+waits (`core/dispatch.starved`: it runs fewer than its share), the lane gets an extra worker,
+which the dispatcher gives to the waiting client, so that it waits for its own workers, not
+for its neighbour's hung ones:
 
 - the condition must hold for `BURST_AFTER_S` (a packet of a busy lane normally gets a worker
   within a few milliseconds: contention between healthy clients starts nothing);
@@ -52,17 +54,16 @@ class Bursts:
                 if self.extra(lane) and lane not in self.starting:
                     self._shrink(lane)
             elif lane not in self._checking and lane not in self.starting and self.extra(lane) < MAX_BURST:
-                tenant = self._next_tenant(lane)
-                if tenant is not None and starved(self._views(lane), tenant):
+                if starved(self._views(lane), queue.waiting):
                     self._checking.add(lane)
-                    asyncio.get_running_loop().call_later(BURST_AFTER_S, self._check, lane, tenant)
+                    asyncio.get_running_loop().call_later(BURST_AFTER_S, self._check, lane)
 
-    def _check(self, lane: str, tenant: Any) -> None:
+    def _check(self, lane: str) -> None:
         self._checking.discard(lane)
         pool = self.pool
         if pool.supervisor.closing or lane in self.starting or self.extra(lane) >= MAX_BURST:
             return
-        if self._next_tenant(lane) == tenant and starved(self._views(lane), tenant):
+        if starved(self._views(lane), pool.scheduler.lanes[lane].waiting):
             self.starting.add(lane)
             pool.supervisor._in_background(self._grow(lane))
 
@@ -88,12 +89,3 @@ class Bursts:
 
     def _views(self, lane: str) -> list:
         return [view for view in self.pool.dispatcher.workers.values() if view.lane == lane]
-
-    def _next_tenant(self, lane: str) -> Any:
-        """The client whose packet the lane's queue gives out next (peeked: put back)."""
-        queue = self.pool.scheduler.lanes[lane]
-        flight = queue.pop(self.pool.clock())
-        if flight is None:
-            return None
-        queue.unpop(flight)
-        return flight.tenant

@@ -76,6 +76,8 @@ class PeerLink:
         self.clock = getattr(node, "clock", None) or time.monotonic
         self.last_seen = self.clock()
         self.heartbeat_seq = 0
+        self.opened_at = self.last_seen
+        self.active = False  # it has submitted or answered a packet (an idle link may be closed)
         self.closed = False
         self.identity: Any = None  # who it authenticated as (pfnode.auth.Identity; None: no authentication)
         self.credential: str | None = None  # the hash of the token it presented
