@@ -13,7 +13,7 @@ import resource
 import signal
 from typing import Any
 
-from ..ops import sdnotify
+from ..ops import logs, sdnotify
 from .. import transports
 from ..transports import tls
 from ..node.node import Node
@@ -43,6 +43,29 @@ def raise_open_files_limit(settings: Settings) -> None:
                     soft, settings.max_connections, needed)
 
 
+def quiet_handshake_failures(node: Node, loop: asyncio.AbstractEventLoop) -> None:
+    """A client that gives up its TLS handshake is counted (`pfnode_connections_refused_total`,
+    reason `tls`) and logged as one refused connection, at most one line a minute (the
+    node's `refusals` limiter), instead of the event loop's error with a traceback. Every
+    other exception the loop reports goes where it went."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        failure = tls.handshake_failure(context)
+        if failure is None:
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        peer, why = failure
+        node.metrics.connection_refused("tls")
+        logs.connection_refused(log, peer=peer, reason="tls", detail=f"TLS handshake failed: {why}",
+                                limiter=node.refusals, level=logging.INFO)
+
+    loop.set_exception_handler(handler)
+
+
 async def run_node(node: Node, connect_url: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop."""
     loop = asyncio.get_running_loop()
@@ -58,6 +81,8 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             # started; packets that arrive before they are ready are answered PF503
             s = node.settings
             ssl_context = tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+            if ssl_context is not None:
+                quiet_handshake_failures(node, loop)
             server = await transport.serve(node, ssl_context)
             await node.start()
             where = f"serving {endpoint_of(node, server)}"
