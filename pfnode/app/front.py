@@ -66,8 +66,9 @@ def quiet_handshake_failures(node: Node, loop: asyncio.AbstractEventLoop) -> Non
     loop.set_exception_handler(handler)
 
 
-async def run_node(node: Node, connect_url: str | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop."""
+async def run_node(node: Node, connect_url: str | None = None, token: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop; with
+    `connect_url`, dial out to that hub instead (presenting `token`, if any)."""
     loop = asyncio.get_running_loop()
     raise_open_files_limit(node.settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,7 +91,7 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             await node.start()
             from .dialout import dial
 
-            dialer = asyncio.ensure_future(dial(node, connect_url))
+            dialer = asyncio.ensure_future(dial(node, connect_url, token))
             dialer.add_done_callback(lambda _: node.stopping.set())
             where = "started without a listening endpoint"
         log.info("front: %s with lanes %s; handlers: %s", where,
@@ -106,10 +107,10 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             await asyncio.wait_for(dialer, 5.0)
 
 
-def run(settings: Settings, connect_url: str | None = None) -> None:
+def run(settings: Settings, connect_url: str | None = None, token: str | None = None) -> None:
     """Run a node in this process until SIGTERM/SIGINT; with `connect_url`, as a
-    reactor of the hub there instead of listening."""
-    node_main = run_node(Node(settings), connect_url)
+    reactor of the hub there instead of listening (presenting `token`, if any)."""
+    node_main = run_node(Node(settings), connect_url, token)
     try:
         import uvloop
     except ImportError:  # uvloop is optional at run time; asyncio's loop works too

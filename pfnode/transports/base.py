@@ -212,6 +212,11 @@ def server_tls_options(settings: Any, ssl_context: Any) -> dict[str, Any]:
     return {"ssl": ssl_context, "ssl_handshake_timeout": settings.tls_handshake_timeout_ms / 1000}
 
 
+def bearer(token: str | None) -> dict[str, str] | None:
+    """The header a dial-out link presents its token in (None: no token)."""
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
 def uplink_ssl(settings: Any, url: str):
     """The TLS context a dial-out link uses for a wss:// hub (None for ws://)."""
     if not url.startswith("wss:"):

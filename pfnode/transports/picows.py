@@ -20,7 +20,8 @@ from picows import (WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTran
                     ws_create_server)
 from websockets.frames import apply_mask  # C speedup where built, as in websockets' own frames
 
-from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit, server_tls_options, uplink_ssl
+from ..ops.logs import redact_url
+from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, bearer, hard_frame_limit, server_tls_options, uplink_ssl
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 log = logging.getLogger("pfnode.front")
@@ -230,10 +231,13 @@ class PicowsUplinkLink(PicowsLink):
     `transport` being the connection of the moment (None between two). Frames written
     while there is none wait in the outbox for the next, after its `greeting()`."""
 
-    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes]) -> None:
+    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes],
+                 token: str | None = None) -> None:
         PicowsLink.__init__(self, node)
-        self.peer = self.url = url
+        self.url = url
+        self.peer = redact_url(url)  # what the logs show of it
         self.greeting = greeting
+        self._headers = bearer(token)
         self.final = False  # closed by us for good (shutdown): do not dial again
         self._outbox: collections.deque[bytes] = collections.deque()
         self._close_code: int | None = None
@@ -315,7 +319,8 @@ class PicowsUplinkLink(PicowsLink):
             transport, _ = await ws_connect(lambda: self, self.url, websocket_handshake_timeout=OPEN_TIMEOUT_S,
                                             max_frame_size=hard_frame_limit(self.node.settings.max_frame_bytes),
                                             enable_auto_ping=False, enable_auto_pong=True,
-                                            ssl_context=uplink_ssl(self.node.settings, self.url))
+                                            ssl_context=uplink_ssl(self.node.settings, self.url),
+                                            extra_headers=self._headers)
         except WSError as exc:  # a refused or broken handshake
             raise ConnectionError(str(exc)) from exc
         self._next = transport

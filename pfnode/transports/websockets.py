@@ -13,7 +13,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
-from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit, server_tls_options, uplink_ssl
+from ..ops.logs import redact_url
+from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, bearer, hard_frame_limit, server_tls_options, uplink_ssl
 
 
 class WebsocketsLink(PeerLink):
@@ -177,9 +178,11 @@ class WebsocketsUplinkLink(WebsocketsLink):
     node's life; `ws` is the connection of the moment (None between two), and frames wait
     in the outgoing queue until written to one. `greeting()` is sent first on each."""
 
-    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes]) -> None:
-        super().__init__(node, None, peer=url)
+    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes],
+                 token: str | None = None) -> None:
+        super().__init__(node, None, peer=redact_url(url))  # the logs show the peer
         self.url = url
+        self._headers = bearer(token)
         self.greeting = greeting
         self.final = False  # closed by us for good (shutdown): do not dial again
         self._next = None
@@ -200,7 +203,7 @@ class WebsocketsUplinkLink(WebsocketsLink):
     async def connect(self) -> None:
         try:
             tls = uplink_ssl(self.node.settings, self.url)
-            self._next = await connect(self.url, open_timeout=OPEN_TIMEOUT_S,
+            self._next = await connect(self.url, open_timeout=OPEN_TIMEOUT_S, additional_headers=self._headers,
                                        **({"ssl": tls} if tls else {}), **connection_options(self.node.settings))
         except InvalidHandshake as exc:
             raise ConnectionError(str(exc)) from exc
