@@ -50,7 +50,14 @@ class RemoteError(HandlerError):
 
 
 class ConnectionLost(PFNodeError):
-    """The WebSocket link closed while a request was waiting for its reply."""
+    """The WebSocket link closed while a request was waiting for its reply (or could not be
+    opened). Its message names the endpoint with its query redacted (`?token=***`), since
+    callers print and log it."""
+
+    def __init__(self, message: str = "") -> None:
+        from .ops.logs import redact_text
+
+        super().__init__(redact_text(message))
 
 
 class ReplyTimeout(PFNodeError, TimeoutError):

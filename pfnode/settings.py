@@ -177,6 +177,17 @@ class Settings:
     client_cert: str | None = setting(None, "client certificate to present to the hub (mutual TLS)",
                                       scope="connect")
     client_key: str | None = setting(None, "private key of client_cert", scope="connect")
+    tls_handshake_timeout_ms: int = setting(10_000, "how long a client may take over its TLS handshake "
+                                            "before it is dropped (handshakes under way count toward "
+                                            "max_connections)", scope="serve")
+    # After auth_backoff_failures failed authentications (no token or an unknown one) from one
+    # address within auth_backoff_ms, its requests are answered 429 for auth_backoff_ms
+    # (pfnode/node/backoff.py)
+    auth_backoff_failures: int = setting(20, "failed authentications from one address within "
+                                         "auth_backoff_ms after which it is refused (HTTP 429) for "
+                                         "auth_backoff_ms (0: never)", scope="serve")
+    auth_backoff_ms: int = setting(60_000, "the window auth_backoff_failures are counted in, and how "
+                                   "long the address is then refused", scope="serve")
 
     # Hub routing (pfnode/core/hub.py): packets with no local handler go to connected reactors.
     hub_routing: bool = setting(True, "forward packets with no local handler to connected "
@@ -261,9 +272,11 @@ class Settings:
                      "max_write_buffer_bytes", "result_store_entries", "result_store_age_ms", "result_store_bytes",
                      "autoscale_interval_ms", "worker_blas_threads", "reroute_grace_ms", "probe_ms",
                      "reconnect_min_ms", "reconnect_max_ms", "replay_entries", "max_buffer_bytes",
-                     "cache_bytes", "idle_link_ms"):
+                     "cache_bytes", "idle_link_ms", "tls_handshake_timeout_ms", "auth_backoff_ms"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.auth_backoff_failures < 0:
+            problems.append(f"auth_backoff_failures must be >= 0 (0: no back-off), got {self.auth_backoff_failures}")
         if self.worker_shm_bytes < 0 or self.shm_threshold_bytes < 0:
             problems.append("worker_shm_bytes and shm_threshold_bytes must be >= 0")
         if self.aging_ms < 0:

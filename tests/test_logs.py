@@ -245,3 +245,75 @@ def test_connection_refused_line(captured):
     assert (line["event"], line["peer"], line["reason"], line["level"]) == (
         "connection_refused", "10.0.0.9:5123", "max_connections", "WARNING")
     assert line["msg"] == "refused a connection from 10.0.0.9:5123: max_connections (1000 connections already)"
+
+
+def test_connection_refused_lines_are_rate_limited_per_reason(captured):
+    clock = FakeClock()
+    limiter = logs.RateLimiter(1, 60.0, clock=clock)
+    for _ in range(5):
+        logs.connection_refused(captured.log, peer="10.0.0.9:1", reason="tls", limiter=limiter,
+                                level=logging.INFO)
+    logs.connection_refused(captured.log, peer="10.0.0.9:1", reason="unauthenticated", limiter=limiter)
+    assert [(line["reason"], line["level"]) for line in captured.lines()] == [("tls", "INFO"),
+                                                                              ("unauthenticated", "WARNING")]
+    clock.advance(60.0)
+    assert logs.log_suppressed(captured.log, limiter, "refused connections") == 1
+    assert captured.lines()[-1]["msg"] == "refused connections of tls: 4 more suppressed (at most 1 per 60 s)"
+
+
+# ---------------------------------------------------------------- exceptions no formatter can walk
+
+# What uvloop, aiofastnet (picows) and asyncio's exception handler log for a client that gave
+# up its TLS handshake: the exception's class for the exception, and for its "traceback" the
+# class's __traceback__, a descriptor (the standard formatter raises AttributeError on it).
+ODD_EXC_INFOS = [
+    (ConnectionResetError, ConnectionResetError, ConnectionResetError.__traceback__),
+    (ConnectionResetError, ConnectionResetError("reset"), ConnectionResetError.__traceback__),
+    (None, None, None),
+    (ValueError, ValueError("x"), "not a traceback"),
+]
+
+
+@pytest.mark.parametrize("exc_info", ODD_EXC_INFOS, ids=["class", "descriptor-tb", "nones", "str-tb"])
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_no_exc_info_makes_a_formatter_raise(root_logging, fmt, exc_info):
+    stream = io.StringIO()
+    logs.configure("INFO", fmt, stream)
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "SSL handshake failed", (), exc_info)
+    text = logging.getLogger().handlers[0].format(record)  # raised AttributeError before
+    assert "SSL handshake failed" in text
+    if fmt == "json":
+        assert orjson.loads(text)["msg"] == "SSL handshake failed"
+    if exc_info[0] is ConnectionResetError:
+        assert "ConnectionResetError" in text
+
+
+# ---------------------------------------------------------------- secrets in URLs
+
+@pytest.mark.parametrize("url, shown", [
+    ("wss://hub.example:8443/packetflow/v1?token=s3cr3t", "wss://hub.example:8443/packetflow/v1?token=***"),
+    ("ws://hub/p?a=1&token=s3cr3t&flag", "ws://hub/p?a=***&token=***&flag"),
+    ("ws://user:pw@hub/p", "ws://user:***@hub/p"),
+    ("ws://127.0.0.1:8443/packetflow/v1", "ws://127.0.0.1:8443/packetflow/v1"),
+    ("http://[::1", "<a URL that does not parse (11 characters)>"),
+])
+def test_redact_url_hides_query_values_and_passwords(url, shown):
+    assert logs.redact_url(url) == shown
+
+
+def test_redact_text_hides_every_url_query_and_token_parameter_in_a_message():
+    text = ("cannot connect to ws://hub/p?token=s3cr3t: refused; GET /p?token=other HTTP/1.1 "
+            '(see "wss://x/y?token=third").')
+    assert logs.redact_text(text) == ("cannot connect to ws://hub/p?token=***: refused; GET /p?token=*** "
+                                      'HTTP/1.1 (see "wss://x/y?token=***").')
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_no_line_shows_a_token_in_a_url_whoever_logs_it(root_logging, fmt):
+    stream = io.StringIO()
+    logs.configure("INFO", fmt, stream)
+    logging.getLogger("websockets.client").error("connecting to %s failed", "wss://hub/p?token=s3cr3t",
+                                                 extra={"url": "ws://hub/p?token=s3cr3t"})
+    assert "s3cr3t" not in stream.getvalue() and "token=***" in stream.getvalue()
+    if fmt == "json":
+        assert orjson.loads(stream.getvalue())["url"] == "ws://hub/p?token=***"

@@ -227,6 +227,18 @@ def test_deploying_installs_to_the_paths_the_units_use():
     assert "install -D -m 0644 systemd/pfnode.sysusers /etc/sysusers.d/pfnode.conf" in text  # -D: /etc/sysusers.d may not exist
 
 
+def test_deploying_writes_the_hub_token_where_the_connect_unit_loads_it_and_nowhere_else():
+    """The dial-out's token goes in a root-only file, the unit's credential: not in the URL
+    (the command line), not in connect.env (the environment)."""
+    from tests.test_systemd import directives
+
+    [credential] = directives("pfnode-connect.service")["LoadCredential"]
+    source = credential.partition(":")[2]
+    block = deploy_block("systemctl enable --now pfnode-connect")
+    assert f"install -m 0600 /dev/null {source}" in block and f"> {source}" in block
+    assert all("TOKEN" not in line for line in block.splitlines() if "connect.env" in line)
+
+
 def test_deploying_turns_the_example_config_into_a_tls_and_token_one(tmp_path):
     """Step 5's sed, on the example config: the network, the token file and TLS."""
     copy = tmp_path / "pfnode.toml"

@@ -226,3 +226,17 @@ def test_the_sysusers_file_creates_the_user_the_units_run_as(tmp_path):
     groups = {line.split(":")[0] for line in (tmp_path / "etc/group").read_text().splitlines()}
     assert "pfnode" in users and "pfnode" in groups
     assert users["pfnode"][6].endswith("nologin")
+
+
+def test_the_connect_unit_hands_the_hub_token_over_as_a_credential_not_an_argument():
+    """ps and `systemctl status` show the command line: the hub's token is a credential (a
+    file only the service reads) whose path, not content, the command names; the URL holds
+    no token, nor does any Environment= line."""
+    unit = directives("pfnode-connect.service")
+    [credential] = unit["LoadCredential"]
+    name, _, source = credential.partition(":")
+    assert source.startswith("/etc/pfnode/")
+    [command] = unit["ExecStart"]
+    assert f"--hub-token-file %d/{name}" in command
+    assert "token=" not in command and all("token" not in value.lower() for value in unit.get("Environment", []))
+    assert "token=" not in (SYSTEMD / "pfnode-connect.service").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -69,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Dial out to a PacketFlow endpoint (a hub) and answer the packets it sends with this "
         "node's workers; reconnect with backoff when the link drops. Listens nowhere. Runs "
         "until SIGTERM or Ctrl-C.")
-    connect.add_argument("url", help="the hub's endpoint, e.g. ws://hub:8443/packetflow/v1")
+    connect.add_argument("url", help="the hub's endpoint, e.g. ws://hub:8443/packetflow/v1 (its token: "
+                         "--hub-token-file or $PFNODE_TOKEN, not ?token= here, which ps shows)")
+    connect.add_argument("--hub-token-file", metavar="PATH", default=None,
+                         help="file whose first line is the token to present to the hub (default: "
+                         "$PFNODE_TOKEN); sent as 'Authorization: Bearer', never logged")
     show = _settings_command(
         commands, "config", None, "print the effective settings and where each came from",
         "Print every setting, its value and its source (default, file:PATH, env:NAME or "
@@ -108,16 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from .front import run
 
-    connect_url = None
+    connect_url = token = None
     if args.command == "connect":
-        from .dialout import check_url
+        from .dialout import check_url, hub_token
 
         connect_url = check_url(args.url)
+        token = hub_token(args.hub_token_file)
     settings = _load(args).settings
     from ..ops import logs
 
     logs.configure(settings.log_level, settings.log_format)
-    run(settings, connect_url)
+    if connect_url is not None and "token=" in connect_url.partition("?")[2]:
+        logging.getLogger("pfnode.dialout").warning(
+            "dial-out: the hub URL carries its token, which the process's arguments show (ps, "
+            "systemctl status): give it in --hub-token-file or $PFNODE_TOKEN instead")
+    run(settings, connect_url, token)
     return 0
 
 

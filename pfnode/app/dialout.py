@@ -14,22 +14,29 @@ takes them. When that is this node again, a packet still running is not started 
 second time (its one answer follows), and one that finished is answered from the
 last `replay_entries` answers: no packet runs twice because of a reconnect. That rule
 is the `Uplink` object's, which the node holds (`node.uplink`).
+
+The hub's token comes from `--hub-token-file` or `$PFNODE_TOKEN` (`hub_token`), never the
+command line, and goes in an `Authorization: Bearer` header. A URL with `?token=` still
+works, but every line that shows the URL shows it redacted (ops/logs.redact_url).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
+import os
 import random
-from typing import Any
+from typing import Any, MutableMapping
 
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from .. import transports
 from ..errors import ConfigError
+from ..ops.logs import redact_text, redact_url
 
 log = logging.getLogger("pfnode.dialout")
+TOKEN_ENV = "PFNODE_TOKEN"
 
 
 def reconnect_delay_s(attempt: int, min_ms: int, max_ms: int, rand: random.Random | None = None) -> float:
@@ -44,17 +51,38 @@ def check_url(url: str) -> str:
     try:
         parse_uri(url)
     except InvalidURI as exc:
-        raise ConfigError(f"not a WebSocket URL: {url!r} ({exc}); e.g. ws://hub:8443/packetflow/v1") from None
+        raise ConfigError(f"not a WebSocket URL: {redact_url(url)!r} ({redact_text(str(exc))}); "
+                          "e.g. ws://hub:8443/packetflow/v1") from None
     return url
+
+
+def hub_token(token_file: str | None, environ: MutableMapping[str, str] | None = None) -> str | None:
+    """The token `pfnode connect` presents to its hub: the first line of `token_file` (a
+    systemd credential, a file only its user reads), else `$PFNODE_TOKEN`, else None. The
+    variable is taken out of `environ` (os.environ) either way, so that the workers and
+    their handlers, which inherit the environment, never see it."""
+    environ = os.environ if environ is None else environ
+    from_env = environ.pop(TOKEN_ENV, None)
+    if token_file is None:
+        return (from_env or "").strip() or None
+    try:
+        with open(token_file, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the hub token file {token_file}: {exc.strerror or exc}") from None
+    if not token:
+        raise ConfigError(f"the hub token file {token_file} is empty")
+    return token
 
 
 class Uplink:
     """The node's link to its hub, and the at-most-once rule across reconnects."""
 
-    def __init__(self, node: Any, url: str) -> None:
+    def __init__(self, node: Any, url: str, token: str | None = None) -> None:
         self.node = node
         self.url = url
-        self.link = _uplink_link(node, url, self._greeting)
+        self.shown = redact_url(url)  # the URL as the logs show it
+        self.link = _uplink_link(node, url, self._greeting, token)
         self._answers: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._resent = 0  # re-sends seen on this connection
 
@@ -62,7 +90,7 @@ class Uplink:
         """The first frame of each connection: what the node runs. Also logs the connection."""
         self._resent = 0
         log.info("dial-out: connected to %s; %d packets running, %d answers waiting to be sent",
-                 self.url, self.node.scheduler.count_of(self.link), self.link.waiting)
+                 self.shown, self.node.scheduler.count_of(self.link), self.link.waiting)
         self.link.last_seen = self.node.clock()
         return self.node.announcement()
 
@@ -94,16 +122,18 @@ class Uplink:
             self._answers.popitem(last=False)
 
 
-def _uplink_link(node: Any, url: str, greeting):
+def _uplink_link(node: Any, url: str, greeting, token: str | None):
     """The uplink's link on the node's transport (`--transport`), from the transports' registry."""
-    return transports.load(node.settings.transport).UplinkLink(node, url, greeting)
+    return transports.load(node.settings.transport).UplinkLink(node, url, greeting, token=token)
 
 
-async def dial(node: Any, url: str) -> None:
-    """Keep `node` connected to the hub at `url` until the node stops."""
+async def dial(node: Any, url: str, token: str | None = None) -> None:
+    """Keep `node` connected to the hub at `url` until the node stops, presenting `token`
+    (if any) as `Authorization: Bearer`."""
     s = node.settings
-    uplink = node.uplink = Uplink(node, url)
+    uplink = node.uplink = Uplink(node, url, token)
     link = uplink.link
+    shown = uplink.shown
     node.on_open(link)
     attempt = 0
     try:
@@ -113,8 +143,8 @@ async def dial(node: Any, url: str) -> None:
             except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError for a refused handshake
                 attempt += 1
                 delay = reconnect_delay_s(attempt, s.reconnect_min_ms, s.reconnect_max_ms)
-                log.warning("dial-out: cannot reach %s (%s); try %d in %.2f s", url,
-                            exc or type(exc).__name__, attempt + 1, delay)
+                log.warning("dial-out: cannot reach %s (%s); try %d in %.2f s", shown,
+                            redact_text(str(exc)) or type(exc).__name__, attempt + 1, delay)
                 await _sleep_unless_stopping(node, delay)
                 continue
             started = node.clock()
@@ -125,7 +155,7 @@ async def dial(node: Any, url: str) -> None:
             attempt = 1 if node.clock() - started > s.reconnect_max_ms / 1000 else attempt + 1
             delay = reconnect_delay_s(attempt, s.reconnect_min_ms, s.reconnect_max_ms)
             log.warning("dial-out: link to %s lost (close code %s); %d packets still running; "
-                        "reconnecting in %.2f s", url, code, node.scheduler.count_of(link), delay)
+                        "reconnecting in %.2f s", shown, code, node.scheduler.count_of(link), delay)
             await _sleep_unless_stopping(node, delay)
     finally:
         node.on_close(link, None)

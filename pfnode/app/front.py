@@ -13,7 +13,7 @@ import resource
 import signal
 from typing import Any
 
-from ..ops import sdnotify
+from ..ops import logs, sdnotify
 from .. import transports
 from ..transports import tls
 from ..node.node import Node
@@ -50,8 +50,32 @@ def fit_open_files(settings: Settings) -> Settings:
     return settings.replace(max_connections=fits)
 
 
-async def run_node(node: Node, connect_url: str | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop."""
+def quiet_handshake_failures(node: Node, loop: asyncio.AbstractEventLoop) -> None:
+    """A client that gives up its TLS handshake is counted (`pfnode_connections_refused_total`,
+    reason `tls`) and logged as one refused connection, at most one line a minute (the
+    node's `refusals` limiter), instead of the event loop's error with a traceback. Every
+    other exception the loop reports goes where it went."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        failure = tls.handshake_failure(context)
+        if failure is None:
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        peer, why = failure
+        node.metrics.connection_refused("tls")
+        logs.connection_refused(log, peer=peer, reason="tls", detail=f"TLS handshake failed: {why}",
+                                limiter=node.refusals, level=logging.INFO)
+
+    loop.set_exception_handler(handler)
+
+
+async def run_node(node: Node, connect_url: str | None = None, token: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop; with
+    `connect_url`, dial out to that hub instead (presenting `token`, if any)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stopping.set)  # handlers only enqueue
@@ -64,6 +88,8 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             # started; packets that arrive before they are ready are answered PF503
             s = node.settings
             ssl_context = tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+            if ssl_context is not None:
+                quiet_handshake_failures(node, loop)
             server = await transport.serve(node, ssl_context)
             await node.start()
             where = f"serving {endpoint_of(node, server)}"
@@ -71,7 +97,7 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             await node.start()
             from .dialout import dial
 
-            dialer = asyncio.ensure_future(dial(node, connect_url))
+            dialer = asyncio.ensure_future(dial(node, connect_url, token))
             dialer.add_done_callback(lambda _: node.stopping.set())
             where = "started without a listening endpoint"
         log.info("front: %s with lanes %s; handlers: %s", where,
@@ -87,10 +113,10 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             await asyncio.wait_for(dialer, 5.0)
 
 
-def run(settings: Settings, connect_url: str | None = None) -> None:
+def run(settings: Settings, connect_url: str | None = None, token: str | None = None) -> None:
     """Run a node in this process until SIGTERM/SIGINT; with `connect_url`, as a
-    reactor of the hub there instead of listening."""
-    node_main = run_node(Node(fit_open_files(settings)), connect_url)
+    reactor of the hub there instead of listening (presenting `token`, if any)."""
+    node_main = run_node(Node(fit_open_files(settings)), connect_url, token)
     try:
         import uvloop
     except ImportError:  # uvloop is optional at run time; asyncio's loop works too

@@ -21,6 +21,7 @@ from ..core.shares import Shares
 from ..ops import logs
 from ..transports.base import PeerLink
 from .auth import TokenTable, token_hash
+from .http import auth_failed
 from .shared import NodeShared
 
 
@@ -78,10 +79,12 @@ class Links:
             node.hub.add_link(link)
 
     def _refuse(self, link: PeerLink, token: str | None) -> None:
-        metrics = self.node.metrics
+        node = self.node
+        metrics = node.metrics
         metrics.auth_failure("bad_token" if token else "missing_token")
         metrics.connection_refused("unauthenticated")
-        logs.connection_refused(log, peer=link.peer, reason="unauthenticated",
+        auth_failed(node, link.peer)
+        logs.connection_refused(log, peer=link.peer, reason="unauthenticated", limiter=node.refusals,
                                 detail="an unknown token" if token else "no token")
         link.send(protocol.encode_error(0, ErrorCode.UNAUTHENTICATED,
                                         "unknown token" if token else

@@ -7,7 +7,7 @@
   whose reading the node paused is not judged: its silence is not its own.
 - housekeeping, every second: the elements' resources whose ttl or lease passed go; a link
   whose reading is paused is checked for a peer that hung up (a paused transport does not
-  notice); suppressed handler errors are summed up in the log.
+  notice); suppressed handler errors and refused connections are summed up in the log.
 - autoscale (`--autoscale`), every `autoscale_interval_ms`: the df lane grows while work
   queues behind busy workers and shrinks after being idle (pfnode/pool/capacity.py's rule).
 """
@@ -70,6 +70,7 @@ class Loops:
     def housekeeping_tick(self, now: float) -> None:
         node = self.node
         logs.log_suppressed(log, node.pool.handler_errors, "handler errors")
+        logs.log_suppressed(log, node.refusals, "refused connections")
         try:
             node.elements.sweep(now)
         except Exception:

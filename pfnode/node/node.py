@@ -27,6 +27,7 @@ from ..core.scheduler import LANES, Scheduler
 from ..elements.catalog import NODE_ELEMENTS
 from ..elements.hosted.state import ElementState
 from ..errors import ErrorCode
+from ..ops import logs
 from ..ops.jobs import keep
 from ..ops.metrics import Metrics, NodeState
 from ..pool import buffers
@@ -37,6 +38,7 @@ from ..transports.base import HttpReply, PeerLink
 from . import status as status_of
 from .answers import Answers
 from .auth import Access
+from .backoff import AuthBackoff
 from .control import Control
 from .hosted import MAX_HOSTED, HostedRunner
 from .http import HttpRoutes
@@ -61,6 +63,9 @@ class Node:
         self._jobs: set[asyncio.Task] = set()
         self.metrics = Metrics(self.gauges, info={"version": __version__, "transport": settings.transport})
         self.access = Access(settings.token_file)
+        # who failed to authenticate lately (node/backoff.py), and the refused connections' log lines
+        self.auth_backoff = AuthBackoff(settings.auth_backoff_failures, settings.auth_backoff_ms / 1000)
+        self.refusals = logs.RateLimiter(1, 60.0, clock=clock)  # per reason
         self.scheduler = Scheduler(aging_ms=settings.aging_ms, max_queued=settings.max_queued,
                                    max_blocked=settings.max_blocked,
                                    max_blocked_per_client=settings.max_blocked_per_client,
@@ -164,8 +169,8 @@ class Node:
 
     # ------------------------------------------------------------------ what the transports call
     def http_route(self, path: str, upgrade: bool = True, headers: Any = None,
-                   peer: str | None = None) -> HttpReply | None:
-        return self.http.route(path, upgrade, headers, peer)
+                   peer: str | None = None, pending: int = 0) -> HttpReply | None:
+        return self.http.route(path, upgrade, headers, peer, pending)
 
     def on_open(self, link: PeerLink) -> None:
         self.links.on_open(link)

@@ -10,10 +10,12 @@ from ..core.flight import Flight, Outcome
 from ..core.hub import Hub
 from ..core.scheduler import Scheduler
 from ..elements.hosted.state import ElementState
+from ..ops.logs import RateLimiter
 from ..ops.metrics import Metrics
 from ..pool.pool import Pool
 from ..settings import Settings
 from .auth import Access
+from .backoff import AuthBackoff
 
 
 class NodeShared(Protocol):
@@ -27,6 +29,8 @@ class NodeShared(Protocol):
     uplink: Any  # app/dialout.Uplink while dialled out
     metrics: Metrics
     access: Access
+    auth_backoff: AuthBackoff
+    refusals: RateLimiter  # the refused connections' log lines, per reason
     scheduler: Scheduler
     pool: Pool
     hub: Hub

@@ -11,7 +11,12 @@ exits, admin actions, refused connections -- always with the same `event` name a
 fields, so that a log query does not depend on a message's wording. Handler errors are
 rate-limited per handler key (`RateLimiter`): at most N lines per interval, and then one
 "N more suppressed" line (`log_suppressed`, from a periodic loop), so a handler failing
-on every packet cannot flood the log or cost the front its throughput.
+on every packet cannot flood the log or cost the front its throughput; refused
+connections (a failed TLS handshake, an unknown token, ...) the same way, per reason.
+
+Both formatters format whatever `exc_info` a record carries without raising (event loops
+report some failed connections with an exception's class instead of an instance), and
+`redact_url` is the one way a URL is printed: its query values and password hidden.
 
 docs/OBSERVABILITY.md shows each line in both formats.
 """
@@ -19,14 +24,18 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import sys
 import time
+import types
+import urllib.parse
 from typing import Any, Callable, Hashable, TextIO
 
 import orjson
 
-__all__ = ["JsonFormatter", "RateLimitFilter", "RateLimiter", "TEXT_FORMAT", "admin_action",
-           "configure", "connection_refused", "handler_error", "log_suppressed", "worker_exit"]
+__all__ = ["JsonFormatter", "RateLimitFilter", "RateLimiter", "TEXT_FORMAT", "TextFormatter", "admin_action",
+           "configure", "connection_refused", "format_exception", "handler_error", "log_suppressed",
+           "redact_text", "redact_url", "worker_exit"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 FORMATS = ("text", "json")
@@ -37,9 +46,46 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) |
 _QUIET = {"websockets": logging.WARNING, "picows": logging.ERROR}
 
 
+def format_exception(exc_info: Any) -> str:
+    """A record's `exc_info` as text, never raising: event loops report some connections that
+    failed early with an exception's class for the exception (and the class's `__traceback__`
+    descriptor for its traceback), which the standard formatter cannot walk."""
+    try:
+        etype, value, tb = exc_info
+        if isinstance(value, type) and issubclass(value, BaseException):
+            etype, value = value, None  # a class, not an instance: no message, no traceback
+        if value is None:
+            return getattr(etype, "__name__", repr(etype))
+        if not isinstance(tb, types.TracebackType):
+            tb = None
+        return logging.Formatter.formatException(_PLAIN, (type(value), value, tb))
+    except Exception as exc:  # a formatter must never raise: the line would be lost
+        return f"(exception info that could not be formatted: {exc_info!r}: {exc!r})"
+
+
+class TextFormatter(logging.Formatter):
+    """The text format (TEXT_FORMAT), with `format_exception` for tracebacks; every URL in a
+    line is redacted (`redact_text`), whoever wrote it (a library's line too)."""
+
+    def __init__(self, fmt: str = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+    def formatException(self, ei) -> str:
+        return format_exception(ei)
+
+
+_PLAIN = logging.Formatter()
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, the record's `extra=` fields,
-    and `exc` (the formatted traceback) when there is one."""
+    and `exc` (the formatted traceback) when there is one; URLs redacted as in text."""
+
+    def formatException(self, ei) -> str:
+        return format_exception(ei)
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -55,7 +101,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(line, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+        return redact_text(orjson.dumps(line, default=repr, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 def configure(level: str | int = "INFO", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
@@ -65,7 +111,7 @@ def configure(level: str | int = "INFO", fmt: str = "text", stream: TextIO | Non
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -200,12 +246,52 @@ def admin_action(log: logging.Logger, *, who: str, action: str, before: Any = No
                    "after": after, "outcome": outcome, "detail": detail or None})
 
 
-def connection_refused(log: logging.Logger, *, peer: str | None, reason: str, detail: str = "") -> None:
+def connection_refused(log: logging.Logger, *, peer: str | None, reason: str, detail: str = "",
+                       limiter: RateLimiter | None = None, level: int = logging.WARNING) -> bool:
     """A connection refused before the WebSocket handshake completed: `reason` the word
-    pfnode_connections_refused_total counts it under, `detail` the specifics."""
-    log.warning("refused a connection from %s: %s%s", peer or "?", reason, f" ({detail})" if detail else "",
-                extra={"event": "connection_refused", "peer": peer, "reason": reason,
-                       "detail": detail or None})
+    pfnode_connections_refused_total counts it under, `detail` the specifics. With a
+    `limiter`, rate-limited per reason (its `log_suppressed` line says how many were left
+    out). False when the limiter suppressed it."""
+    if limiter is not None and not limiter.allow(reason):
+        return False
+    log.log(level, "refused a connection from %s: %s%s", peer or "?", reason, f" ({detail})" if detail else "",
+            extra={"event": "connection_refused", "peer": peer, "reason": reason, "detail": detail or None})
+    return True
+
+
+# ---------------------------------------------------------------------- secrets
+REDACTED = "***"
+# a URL ends at a space, a quote, an angle bracket or a backslash (a JSON line's escapes stay whole)
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>\\]+")
+_TOKEN_PARAM = re.compile(r"([?&;]token=)[^&\s'\"<>\\]*?(?=[.,:;!?)\]}]*(?:[&\s'\"<>\\]|$))", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be printed: each query value and a password in it replaced by `***`
+    (`wss://hub:8443/packetflow/v1?token=***`). Every log line and error message that
+    shows a URL goes through here, so a token given as `?token=` never reaches a log."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        query = "&".join(f"{name}={REDACTED}" if sep else name
+                         for name, sep, _ in (field.partition("=") for field in parts.query.split("&") if field))
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:{REDACTED}@{host}" if ":" in user else netloc
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not a URL that parses: show none of it
+        return f"<a URL that does not parse ({len(url)} characters)>"
+
+
+def redact_text(text: str) -> str:
+    """`text` (an exception's message, say) with every URL in it redacted (`redact_url`) and
+    any `token=` parameter hidden, URL or not."""
+    def one(match: re.Match) -> str:
+        url = match.group(0)
+        kept = url.rstrip(".,:;!?)]}")  # the sentence's punctuation after the URL stays
+        return redact_url(kept) + url[len(kept):]
+
+    return _TOKEN_PARAM.sub(rf"\1{REDACTED}", _URL.sub(one, text))
 
 
 def _short(value: Any, limit: int = 200) -> str:

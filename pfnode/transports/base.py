@@ -51,7 +51,12 @@ class NodeInterface(Protocol):
     settings: Any
 
     def http_route(self, path: str, upgrade: bool = True, headers: Any = None,
-                   peer: str | None = None) -> HttpReply | None: ...
+                   peer: str | None = None, pending: int = 0) -> HttpReply | None:
+        """What to answer an HTTP request with (None: go on with the upgrade). `peer`: who
+        asks ("host:port"); `pending`: the other connections the transport accepted that are
+        not links yet (a TLS handshake or an upgrade under way), which count toward
+        max_connections."""
+        ...
 
     def on_open(self, link: "PeerLink") -> None: ...
 
@@ -199,6 +204,19 @@ class PeerLink:
 
     def socket_fileno(self) -> int | None:
         return None
+
+
+def server_tls_options(settings: Any, ssl_context: Any) -> dict[str, Any]:
+    """The listening server's TLS arguments (asyncio's `create_server`'s): the context, and
+    how long a client may take over its handshake before it is dropped."""
+    if ssl_context is None:
+        return {}
+    return {"ssl": ssl_context, "ssl_handshake_timeout": settings.tls_handshake_timeout_ms / 1000}
+
+
+def bearer(token: str | None) -> dict[str, str] | None:
+    """The header a dial-out link presents its token in (None: no token)."""
+    return {"Authorization": f"Bearer {token}"} if token else None
 
 
 def uplink_ssl(settings: Any, url: str):

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
+import logging
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from picows import (WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport,
                     WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_connect,
                     ws_create_server)
 from websockets.frames import apply_mask  # C speedup where built, as in websockets' own frames
 
-from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit, uplink_ssl
+from ..ops.logs import redact_url
+from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, bearer, hard_frame_limit, server_tls_options, uplink_ssl
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
+log = logging.getLogger("pfnode.front")
 
 
 def text_header(size: int, masked: bool = False) -> bytes:
@@ -36,8 +40,9 @@ def text_header(size: int, masked: bool = False) -> bytes:
 
 
 class PicowsLink(PeerLink, WSListener):
-    def __init__(self, node: NodeInterface) -> None:
+    def __init__(self, node: NodeInterface, server_links: set | None = None) -> None:
         PeerLink.__init__(self, node, "?")
+        self._server_links = server_links  # its server's open links (_Accepted counts the others)
         self.transport: WSTransport | None = None
         self._parts: list[bytes] | None = None  # a fragmented message being assembled
         self._parts_size = 0
@@ -50,6 +55,8 @@ class PicowsLink(PeerLink, WSListener):
         address = transport.underlying_transport.get_extra_info("peername")
         self.peer = "%s:%s" % address[:2] if address else "?"
         transport.underlying_transport.set_write_buffer_limits(high=self.node.settings.write_buffer_high_bytes)
+        if self._server_links is not None:
+            self._server_links.add(self)
         self.node.on_open(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -91,6 +98,8 @@ class PicowsLink(PeerLink, WSListener):
         self.resume_reading("writing")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._server_links is not None:
+            self._server_links.discard(self)
         self.node.on_close(self, None)
 
     # -- PeerLink
@@ -153,15 +162,48 @@ class PicowsLink(PeerLink, WSListener):
             await asyncio.sleep(0.01)
 
 
+class _Accepted:
+    """The server's connections that are not links yet (a TLS handshake or an upgrade under
+    way), and who asks for an upgrade: picows tells neither. Its server (aiofastnet's, which
+    picows requires) keeps its open connections in `_clients`, each removed as it closes,
+    however its handshake ended; each one's protocol holds the request it is answering."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.links: set[PicowsLink] = set()  # the server's connections that are links
+
+    def watch(self, server: Any) -> None:
+        self.server = server
+        if not isinstance(getattr(server, "_clients", None), collections.abc.Collection):
+            log.warning("front: this picows server does not show its connections: TLS handshakes "
+                        "under way do not count toward max_connections, and the back-off after "
+                        "failed authentications applies only once connected")
+
+    def asking(self, request: WSUpgradeRequest) -> str | None:
+        """The peer ("host:port") whose request this is; None when unknown."""
+        for connection in getattr(self.server, "_clients", ()):
+            transport = getattr(connection.get_protocol(), "transport", None)
+            if transport is not None and transport.request is request:
+                address = connection.get_extra_info("peername")
+                return "%s:%s" % address[:2] if address else None
+        return None
+
+    def pending(self) -> int:
+        """The connections besides the one asking that are not links yet."""
+        clients = getattr(self.server, "_clients", None)
+        return 0 if clients is None else max(0, len(clients) - len(self.links) - 1)
+
+
 async def serve(node: NodeInterface, ssl_context=None) -> asyncio.Server:
     s = node.settings
+    accepted = _Accepted()
 
     def route(request: WSUpgradeRequest):
         path = request.path.decode() if isinstance(request.path, bytes) else request.path
         reply = node.http_route(path, "websocket" in request.headers.get("Upgrade", "").lower(),
-                                request.headers)
+                                request.headers, accepted.asking(request), accepted.pending())
         if reply is None:
-            link = PicowsLink(node)
+            link = PicowsLink(node, accepted.links)
             link.request_path, link.request_headers = path, request.headers
             return link
         headers = {"Content-Type": reply.content_type, "Cache-Control": "no-store", **dict(reply.headers)}
@@ -171,15 +213,17 @@ async def serve(node: NodeInterface, ssl_context=None) -> asyncio.Server:
             response = WSUpgradeResponse.create_error_response(reply.status, reply.body, headers)
         return WSUpgradeResponseWithListener(response, None)
 
-    return await ws_create_server(
+    server = await ws_create_server(
         route, s.host, s.port,
         max_frame_size=hard_frame_limit(s.max_frame_bytes),
         # picows' own auto-ping breaks its plain-HTTP answers (/healthz); the node's
         # heartbeat loop sends the WebSocket pings instead (see PicowsLink.ping)
         enable_auto_ping=False,
         enable_auto_pong=True,
-        ssl=ssl_context,
+        **server_tls_options(s, ssl_context),
     )
+    accepted.watch(server)
+    return server
 
 
 class PicowsUplinkLink(PicowsLink):
@@ -187,10 +231,13 @@ class PicowsUplinkLink(PicowsLink):
     `transport` being the connection of the moment (None between two). Frames written
     while there is none wait in the outbox for the next, after its `greeting()`."""
 
-    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes]) -> None:
+    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes],
+                 token: str | None = None) -> None:
         PicowsLink.__init__(self, node)
-        self.peer = self.url = url
+        self.url = url
+        self.peer = redact_url(url)  # what the logs show of it
         self.greeting = greeting
+        self._headers = bearer(token)
         self.final = False  # closed by us for good (shutdown): do not dial again
         self._outbox: collections.deque[bytes] = collections.deque()
         self._close_code: int | None = None
@@ -272,7 +319,8 @@ class PicowsUplinkLink(PicowsLink):
             transport, _ = await ws_connect(lambda: self, self.url, websocket_handshake_timeout=OPEN_TIMEOUT_S,
                                             max_frame_size=hard_frame_limit(self.node.settings.max_frame_bytes),
                                             enable_auto_ping=False, enable_auto_pong=True,
-                                            ssl_context=uplink_ssl(self.node.settings, self.url))
+                                            ssl_context=uplink_ssl(self.node.settings, self.url),
+                                            extra_headers=self._headers)
         except WSError as exc:  # a refused or broken handshake
             raise ConnectionError(str(exc)) from exc
         self._next = transport

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import weakref
 from typing import Callable
 
 from websockets.asyncio.client import connect
@@ -12,7 +13,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
-from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, hard_frame_limit, uplink_ssl
+from ..ops.logs import redact_url
+from .base import OPEN_TIMEOUT_S, NodeInterface, PeerLink, bearer, hard_frame_limit, server_tls_options, uplink_ssl
 
 
 class WebsocketsLink(PeerLink):
@@ -130,11 +132,25 @@ def connection_options(s) -> dict:
 
 async def serve(node: NodeInterface, ssl_context=None) -> Server:
     s = node.settings
+    # connections accepted that are not links yet (a TLS handshake or an upgrade under way):
+    # in from their making at accept until their handler starts or they are lost; one whose
+    # TLS handshake failed, which websockets never hears of, when it is freed
+    fresh: weakref.WeakSet = weakref.WeakSet()
+
+    class Connection(ServerConnection):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            fresh.add(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            fresh.discard(self)
+            super().connection_lost(exc)
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         peer = connection.remote_address
+        others = len(fresh) - (connection in fresh)
         reply = node.http_route(request.path, "websocket" in request.headers.get("Upgrade", "").lower(),
-                                request.headers, "%s:%s" % peer[:2] if peer else None)
+                                request.headers, "%s:%s" % peer[:2] if peer else None, others)
         if reply is None:
             return None
         return Response(reply.status, reply.reason,
@@ -143,6 +159,7 @@ async def serve(node: NodeInterface, ssl_context=None) -> Server:
                                  ("Cache-Control", "no-store"), *reply.headers]), reply.body)
 
     async def handle(ws: ServerConnection) -> None:
+        fresh.discard(ws)
         link = WebsocketsLink(node, ws)
         link.request_path, link.request_headers = ws.request.path, ws.request.headers
         node.on_open(link)
@@ -152,7 +169,8 @@ async def serve(node: NodeInterface, ssl_context=None) -> Server:
             node.on_close(link, ws.close_code)
 
     return await ws_serve(handle, s.host, s.port, process_request=process_request, max_queue=64,
-                          ssl=ssl_context, **connection_options(s))
+                          create_connection=Connection, **server_tls_options(s, ssl_context),
+                          **connection_options(s))
 
 
 class WebsocketsUplinkLink(WebsocketsLink):
@@ -160,9 +178,11 @@ class WebsocketsUplinkLink(WebsocketsLink):
     node's life; `ws` is the connection of the moment (None between two), and frames wait
     in the outgoing queue until written to one. `greeting()` is sent first on each."""
 
-    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes]) -> None:
-        super().__init__(node, None, peer=url)
+    def __init__(self, node: NodeInterface, url: str, greeting: Callable[[], bytes],
+                 token: str | None = None) -> None:
+        super().__init__(node, None, peer=redact_url(url))  # the logs show the peer
         self.url = url
+        self._headers = bearer(token)
         self.greeting = greeting
         self.final = False  # closed by us for good (shutdown): do not dial again
         self._next = None
@@ -183,7 +203,7 @@ class WebsocketsUplinkLink(WebsocketsLink):
     async def connect(self) -> None:
         try:
             tls = uplink_ssl(self.node.settings, self.url)
-            self._next = await connect(self.url, open_timeout=OPEN_TIMEOUT_S,
+            self._next = await connect(self.url, open_timeout=OPEN_TIMEOUT_S, additional_headers=self._headers,
                                        **({"ssl": tls} if tls else {}), **connection_options(self.node.settings))
         except InvalidHandshake as exc:
             raise ConnectionError(str(exc)) from exc
