@@ -164,16 +164,17 @@ def handler_error(log: logging.Logger, limiter: RateLimiter | None, *, key: str,
                   code: str, message: str, lane: str | None = None, pid: int | None = None,
                   traceback: str | None = None) -> bool:
     """A handler raised (PF500) or went over its memory cap (PF501): a warning, rate-limited
-    per handler key, and its traceback at debug. False when the limiter suppressed it."""
+    per handler key, and its traceback (when there is one) as a second warning under the same
+    limit. False when the limiter suppressed them."""
     if limiter is not None and not limiter.allow(key):
         return False
     fields = {"event": "handler_error", "key": key, "packet_id": packet_id, "code": code,
               "lane": lane, "pid": pid}
     log.warning("handler error: %s packet %s: %s %s", key, packet_id, code, message,
                 extra={**fields, "error": message})
-    if traceback and log.isEnabledFor(logging.DEBUG):
-        log.debug("traceback of %s packet %s:\n%s", key, packet_id, traceback.rstrip(),
-                  extra={**fields, "event": "handler_traceback", "traceback": traceback})
+    if traceback:
+        log.warning("traceback of %s packet %s:\n%s", key, packet_id, traceback.rstrip(),
+                    extra={**fields, "event": "handler_traceback"})
     return True
 
 
