@@ -78,11 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
     token = commands.add_parser("token", help="make a token for the token file",
-                                description="Print a new random token, and the [[token]] entry (its "
-                                "SHA-256, not the token) to add to the node's token file. Give the "
-                                "token to the client; it is shown only this once.")
+                                description="Make a new random token. Its [[token]] entry (the "
+                                "token's SHA-256, never the token) goes to stdout, or is appended "
+                                "to --file; the token itself goes to stderr, or to --out. Give the "
+                                "token to the client: it is shown only this once.")
     token_commands = token.add_subparsers(dest="token_command", required=True)
-    new = token_commands.add_parser("new", help="a new token")
+    new = token_commands.add_parser(
+        "new", help="a new token", description="pfnode token new alice --roles submit,reactor "
+        "--file /etc/pfnode/tokens.toml --out alice.token (then SIGHUP the node: systemctl "
+        "reload pfnode)")
     new.add_argument("name", help="who it is for (logs, the scope of its packet ids)")
     new.add_argument("--roles", default="submit", help="comma-separated: submit, reactor, admin "
                      "(default %(default)s)")
@@ -95,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("element", help="element name, e.g. transform")
     submit.add_argument("data", help="the packet's data as JSON, e.g. '\"hello world\"'")
     submit.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="node URL (default %(default)s)")
+    new.add_argument("--file", metavar="TOKEN_FILE", default=None,
+                     help="append the entry to this token file (checked: it must stay valid, "
+                     "the name unused) instead of printing it")
+    new.add_argument("--out", metavar="FILE", default=None,
+                     help="write the token to this new file (mode 0600) instead of stderr")
     submit.add_argument("--priority", type=int, default=5, help="1-10, higher first (default 5)")
     submit.add_argument("--timeout-ms", type=int, default=None, help="deadline for the packet")
     submit.add_argument("--metadata", default=None, help="metadata as a JSON object")
@@ -169,8 +178,20 @@ def _token(args: argparse.Namespace) -> int:
     if not roles or unknown:
         raise PFNodeError(f"--roles must be some of {', '.join(ROLES)}, got {args.roles!r}")
     token = new_token()
-    sys.stdout.write(f"token: {token}\n\n# add to the token file, then SIGHUP the node (systemctl reload pfnode):\n"
-                     f"{token_entry(args.name, roles, token)}")
+    entry = token_entry(args.name, roles, token)
+    if args.out is not None and os.path.lexists(args.out):  # before the entry goes in the file
+        raise PFNodeError(f"{args.out} exists; give --out a new file")
+    if args.file is not None:
+        _append_entry(args.file, entry)
+    if args.out is not None:
+        _write_secret(args.out, token)
+    if args.file is None:
+        sys.stdout.write(entry)
+    if args.out is None:
+        sys.stderr.write(token + "\n")
+    if args.file is not None:
+        sys.stderr.write(f"pfnode: appended {args.name!r} to {args.file}; SIGHUP the node to read it "
+                         "(systemctl reload pfnode)\n")
     return 0
 
 
@@ -191,3 +212,38 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    try:
+        args.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PFNodeError(f"the name {args.name!r} is not valid text") from None
+def _append_entry(path: str, entry: str) -> None:
+    """Append a [[token]] entry to a token file, once the whole file, entry included, is
+    known to read back as a valid token file (so a typo or a name used twice changes nothing)."""
+    import tomllib
+
+    from ..node.auth import parse_tokens
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            before = file.read()
+    except FileNotFoundError:
+        before = ""
+    addition = ("\n" if before and not before.endswith("\n") else "") + entry
+    try:
+        parse_tokens(tomllib.loads(before + addition), path)
+    except tomllib.TOMLDecodeError as exc:
+        raise PFNodeError(f"{path} is not valid TOML ({exc}); fix it first") from None
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(addition)
+
+
+def _write_secret(path: str, token: str) -> None:
+    """The token alone, in a new file only its owner may read."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise PFNodeError(f"{path} exists; give --out a new file") from None
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+
+
