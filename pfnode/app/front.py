@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 from typing import Any
@@ -17,7 +18,8 @@ from ..ops import sdnotify
 from .. import transports
 from ..transports import tls
 from ..node.node import Node
-from ..settings import Settings
+from ..errors import ConfigError
+from ..settings import Settings, is_loopback
 
 log = logging.getLogger("pfnode.front")
 
@@ -26,9 +28,10 @@ def endpoint_of(node: Node, server: Any) -> str:
     return f"{node.settings.scheme}://{node.settings.host}:{port}{node.settings.path}"
 
 
-def raise_open_files_limit(settings: Settings) -> None:
-    """Let the node hold its connections: the soft RLIMIT_NOFILE up to the hard one; warn
-    when even that cannot hold --max-connections (plus the workers' pipes and the rest)."""
+def raise_open_files_limit(settings: Settings) -> str | None:
+    """Let the node hold its connections: the soft RLIMIT_NOFILE up to the hard one. Returns
+    a warning when even that cannot hold --max-connections (plus the workers' pipes and the
+    rest), for the node to log once it has started."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
@@ -38,27 +41,35 @@ def raise_open_files_limit(settings: Settings) -> None:
             pass
     needed = settings.max_connections + 256
     if soft != resource.RLIM_INFINITY and soft < needed:
-        log.warning("front: only %d open files allowed; --max-connections %d needs about %d "
-                    "(raise LimitNOFILE / ulimit -n, or lower --max-connections)",
-                    soft, settings.max_connections, needed)
+        return (f"front: only {soft} open files allowed; --max-connections {settings.max_connections} "
+                f"needs about {needed} (raise LimitNOFILE / ulimit -n, or lower --max-connections)")
+    return None
 
 
 async def run_node(node: Node, connect_url: str | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop."""
+    """Serve until SIGTERM/SIGINT (or `node.stopping` is set), then drain and stop. A node
+    that fails to start (the port in use, a handler module that cannot be imported, a TLS
+    file missing) stops what it started without a word and raises: the caller reports it,
+    as the one line of the node's log."""
     loop = asyncio.get_running_loop()
-    raise_open_files_limit(node.settings)
+    files_warning = raise_open_files_limit(node.settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stopping.set)  # handlers only enqueue
     loop.add_signal_handler(signal.SIGHUP, node.request_reload)
     transport = transports.load(node.settings.transport)
     server = dialer = None
+    started = False
     try:
         if connect_url is None:
             # listen first, so that a port in use is reported at once, not after the workers
             # started; packets that arrive before they are ready are answered PF503
             s = node.settings
             ssl_context = tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
-            server = await transport.serve(node, ssl_context)
+            try:
+                server = await transport.serve(node, ssl_context)
+            except OSError as exc:  # the port in use, an address not of this machine
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ConfigError(f"cannot listen on {s.host}:{s.port}: {reason}") from None
             await node.start()
             where = f"serving {endpoint_of(node, server)}"
         else:
@@ -68,17 +79,35 @@ async def run_node(node: Node, connect_url: str | None = None) -> None:
             dialer = asyncio.ensure_future(dial(node, connect_url))
             dialer.add_done_callback(lambda _: node.stopping.set())
             where = "started without a listening endpoint"
-        log.info("front: %s with lanes %s; handlers: %s", where,
-                 ", ".join(f"{k}={v}" for k, v in node.pool.lane_sizes().items()),
-                 ", ".join(node.keys()))
+        started = True
+        if files_warning:
+            log.warning("%s", files_warning)
+        _started_lines(node, where, listening=connect_url is None)
         await sdnotify.ready_until(node.stopping, where)  # systemd: READY=1, then STOPPING=1
     finally:
-        await node.shutdown()
+        await node.shutdown(quiet=not started)
         if server is not None:
             server.close()
             await server.wait_closed()
         if dialer is not None:
             await asyncio.wait_for(dialer, 5.0)
+
+
+def _started_lines(node: Node, where: str, listening: bool) -> None:
+    """What a node that has started says: its warnings, then the one line that it is ready."""
+    s = node.settings
+    if node.access.enabled:
+        log.info("front: %d tokens from %s", len(node.access.tokens), s.token_file)
+        if listening and not s.tls_cert and not is_loopback(s.host):
+            log.warning("front: listening on %s with tokens but without TLS: the tokens travel in "
+                        "cleartext; give --tls-cert and --tls-key (or put a TLS proxy in front and "
+                        "listen on loopback)", s.host, extra={"event": "cleartext_tokens", "host": s.host})
+    elif listening and s.insecure_no_auth:
+        log.warning("front: no authentication (--insecure-no-auth) on %s: anyone who can reach "
+                    "the port can submit, answer forwarded packets and resize the node", s.host)
+    keys = node.keys()
+    log.info("front: %s with lanes %s; ready; %d handlers: %s", where,
+             ", ".join(f"{k}={v}" for k, v in node.pool.lane_sizes().items()), len(keys), ", ".join(keys))
 
 
 def run(settings: Settings, connect_url: str | None = None) -> None:

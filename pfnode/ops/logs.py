@@ -26,7 +26,8 @@ from typing import Any, Callable, Hashable, TextIO
 import orjson
 
 __all__ = ["JsonFormatter", "RateLimitFilter", "RateLimiter", "TEXT_FORMAT", "admin_action",
-           "configure", "connection_refused", "handler_error", "log_suppressed", "worker_exit"]
+           "configure", "connection_refused", "handler_error", "log_suppressed", "start_failed",
+           "worker_exit"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 FORMATS = ("text", "json")
@@ -207,6 +208,12 @@ def connection_refused(log: logging.Logger, *, peer: str | None, reason: str, de
     log.warning("refused a connection from %s: %s%s", peer or "?", reason, f" ({detail})" if detail else "",
                 extra={"event": "connection_refused", "peer": peer, "reason": reason,
                        "detail": detail or None})
+
+
+def start_failed(log: logging.Logger, message: str) -> None:
+    """The node could not start (a handler module that cannot be imported, the port in use, a
+    TLS file missing): the one line it writes before it exits with status 2."""
+    log.error("pfnode: %s", message, extra={"event": "start_failed", "error": message})
 
 
 def _short(value: Any, limit: int = 200) -> str:
