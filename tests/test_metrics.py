@@ -333,3 +333,43 @@ def test_every_metric_is_documented_and_every_documented_metric_exists():
         exposed.add(family.name + ("_total" if family.type == "counter" else ""))
     documented = set(re.findall(r"^\| `(pfnode_\w+)`", DOCS.read_text(), flags=re.M))
     assert exposed == documented
+
+
+# ---------------------------------------------------------------- on both transports, end to end
+
+async def _three_closes(endpoint: str) -> None:
+    """A clean close (1000), a close with the peer's own code (4000: "other"), and a
+    connection dropped without a close frame (1006), each after a packet."""
+    from websockets.asyncio.client import connect
+
+    from tests.e2e_util import Raw
+
+    async with Raw(endpoint) as raw:
+        await raw.roundtrip("transform", "clean")
+    async with Raw(endpoint) as raw:
+        await raw.roundtrip("transform", "own code")
+        await raw.ws.close(4000, "bye")
+    ws = await connect(endpoint, compression=None)
+    await ws.send('{"type": "heartbeat", "seq": 1, "payload": {}}')
+    await ws.recv()
+    ws.transport.abort()
+
+
+def _closes(node) -> dict[str, float]:
+    from tests.e2e_util import http_get
+
+    _, _, body = http_get(node.http, "/metrics")
+    return {s.labels["code"]: s.value for f in text_string_to_metric_families(body.decode())
+            if f.name == "pfnode_connections_closed" for s in f.samples if s.name.endswith("_total")}
+
+
+def test_the_same_close_is_counted_the_same_on_both_transports(fresh_node):
+    from tests.e2e_util import run, wait_until
+
+    counted = {}
+    for transport in ("picows", "websockets"):
+        node = fresh_node("--transport", transport, "--ed-workers", "0", "--rm-workers", "0", workers=1)
+        run(_three_closes(node.endpoint))
+        counted[transport] = wait_until(lambda: (c := _closes(node)) and sum(c.values()) >= 3 and c,
+                                        what=f"three closes counted on {transport}")
+    assert counted["picows"] == counted["websockets"] == {"1000": 1, "other": 1, "1006": 1}, counted

@@ -197,7 +197,7 @@ class Metrics:
         self.internal_errors = 0
         self.state_errors = 0
         self._closed = _Counter("pfnode_connections_closed_total",
-                                "connections closed, by WebSocket close code (none: dropped without one)",
+                                "connections closed, by WebSocket close code (1006: dropped without a close frame)",
                                 ("code",))
         self._refused = _Counter("pfnode_connections_refused_total",
                                  "connections refused before the WebSocket handshake completed",
