@@ -120,6 +120,27 @@ def test_round_trip_histogram_buckets_and_sum_per_lane():
     assert value(s, "pfnode_packet_round_trip_seconds_bucket", lane="ed", le="0.00025") == 1
 
 
+def test_the_dashboards_reads_by_group_and_restarts_by_lane():
+    """Per group, across lanes (hub-relayed and untimed packets too): the counts, and the
+    round-trip buckets (per bucket, not cumulative: the page diffs two reads)."""
+    m = Metrics(process=False)
+    for rtt in (0.00003, 0.0004, 0.0004, 400.0):
+        m.packet_done("df", "df", None, rtt, 0.05)
+    m.packet_done("df", None, "PF504", 0.002, None)  # relayed by the hub
+    m.packet_done("co", "hosted", None, 0.0002, None)
+    m.packet_ended("df", "cancelled")
+    m.packet_refused("df", "PF004")
+    m.worker_restart("df", "crash")
+    m.worker_restart("df", "crash")
+    m.worker_restart("rm", "memory")
+    groups = m.by_group()
+    assert {g: (v["ok"], v["failed"], v["cancelled"]) for g, v in groups.items()} == {"df": (4, 2, 1), "co": (1, 0, 0)}
+    df = groups["df"]["rtt"]
+    assert len(df) == len(BUCKETS_S) + 1 and sum(df) == 5 and df[-1] == 1  # 400 s: past the last bound
+    assert df[BUCKETS_S.index(0.0005)] == 2 and df[BUCKETS_S.index(0.0025)] == 1
+    assert m.restarts() == {"df": {"crash": 2}, "rm": {"memory": 1}}
+
+
 def test_run_histogram_is_in_seconds_and_skips_packets_that_never_ran():
     m = Metrics(process=False)
     runs_ms = [0.02, 1.0, 1.0, 150.0]  # 1.0 ms: on the 0.001 s bound
