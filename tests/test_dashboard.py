@@ -185,7 +185,7 @@ class Traffic:
         node, tokens = self.node, self.node.tokens
         async with Reactor(node.endpoint, token=tokens["reactor"]) as reactor, \
                 Raw(node.endpoint, tokens["client"]) as client, Raw(node.endpoint, tokens["admin"]) as admin:
-            reactor.register("df", "tokenize", str.split)
+            reactor.register("df", "tokenize", lambda text: text.split())
             await reactor.announce_capabilities()
             await admin.submit(1, packet("alloc", {"name": "frames", "shape": [256, 256], "dtype": "<f8"}, group="rm"))
             await client.submit(1, packet("cache", {"op": "put", "key": "k", "value": list(range(100))}, group="rm"))
