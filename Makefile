@@ -34,7 +34,7 @@ run: venv
 # the CLI's and the workers' faults are about the node behind the transport: they run once,
 # but for the faults that meet the link: its in-flight pause, its peer leaving, a drain.)
 WIRE_FAULTS := $(addprefix tests/test_faults.py::test_,inflight_limit_applies_backpressure_and_every_packet_completes a_peer_at_its_inflight_limit_that_sends_heartbeats_is_not_dropped disconnect_drops_the_peers_queued_packets_and_frees_the_worker disconnect_drops_packets_that_had_not_started sigterm_drains_in_flight_packets_exits_0_and_leaves_no_workers)
-WIRE_TESTS := tests/test_abuse.py tests/test_auth.py tests/test_e2e.py $(WIRE_FAULTS) tests/test_ndarray.py tests/test_interop_ts.py tests/test_interop_elixir.py tests/test_hub.py tests/test_dialout.py
+WIRE_TESTS := tests/test_abuse.py tests/test_auth.py tests/test_e2e.py $(WIRE_FAULTS) tests/test_ndarray.py tests/test_interop_ts.py tests/test_interop_elixir.py tests/test_hub.py tests/test_dialout.py tests/test_dashboard.py
 
 test: venv interop-deps
 	$(PY) -m pytest $(ARGS)

@@ -24,16 +24,18 @@ DEFAULT_HANDLER_MODULES = ("pfnode.handlers.examples", "pfnode.handlers.numeric"
 
 
 def setting(default=dataclasses.MISSING, help: str = "", *, factory=None, default_text: str = "",
-            scope: str = "", flags: tuple[str, ...] = (), hidden: bool = False):
+            scope: str = "", flags: tuple[str, ...] = (), unset: str = "none"):
     """A Settings field with its help text and its command-line metadata.
 
     factory: builds the default at construction (then default_text says it in words, for
     the docs); scope: "serve" or "connect" when the flag belongs to that subcommand only
     (the environment and the file set it everywhere); flags: spellings kept besides
-    `--field-name`; hidden: left out of `--help` (still settable, and documented).
+    `--field-name`; unset: how an `X | None` field's None is shown ("none": not set;
+    "auto": decided at start). Every setting is listed by `--help`, in its group of
+    `HELP_GROUPS`.
     """
     metadata = {"help": help, "default_text": default_text, "scope": scope,
-                "flags": tuple(flags), "hidden": hidden}
+                "flags": tuple(flags), "unset": unset}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -54,9 +56,14 @@ def is_loopback(host: str) -> bool:
 class SettingsError(ConfigError):
     """Settings with problems; `problems` lists every one of them."""
 
-    def __init__(self, problems: list[str], heading: str = "invalid settings") -> None:
+    def __init__(self, problems: list[str], heading: str = "invalid settings", *,
+                 one_line: bool = False) -> None:
+        """`one_line`: a single problem is written on the heading's line."""
         self.problems = list(problems)
-        super().__init__(f"{heading}:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        if one_line and len(self.problems) == 1:
+            super().__init__(f"{heading}: {self.problems[0]}")
+        else:
+            super().__init__(f"{heading}:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +81,15 @@ class Settings:
     # ed has `ed_workers` reserved for ed packets; rm has `rm_workers`, memory-limited.
     workers: int | None = setting(
         None, "df lane workers (auto: the capacity recommendation, one per usable core as "
-        "memory allows)")
+        "memory allows)", unset="auto")
     ed_workers: int = setting(1, "workers reserved for ed packets")
     rm_workers: int = setting(1, "memory-limited workers for rm packets (0 sends rm to df)")
-    cf_core: int | None = setting(None, "core the cf worker is pinned to (auto: the last usable one)")
+    cf_core: int | None = setting(None, "core the cf worker is pinned to (auto: the last usable one)",
+                                  unset="auto")
     rm_memory_limit_mb: int = setting(1024, "address space an rm handler may add to its worker")
     frames_per_turn: int = setting(64, "frames the front takes from its peers in one turn of its event loop "
                                    "before it polls every socket and pipe again (bounds how long one "
-                                   "peer's flood delays another's frames)", hidden=True)
+                                   "peer's flood delays another's frames)")
     batch_nice: int = setting(5, "niceness the cf, df and rm workers add to the node's, so that "
                               "the front and the ed lane get the CPU first on a saturated machine "
                               "(0: all alike)")
@@ -95,8 +103,7 @@ class Settings:
     # worker_window packets in all; cf, ed and rm workers take one at a time.
     prefetch_ms: float = setting(1.0, "estimated work a df worker holds beyond the packet it runs")
     worker_window: int = setting(32, "most packets one df worker holds at once (1: one at a time)")
-    worker_start_timeout_ms: int = setting(30_000, "how long a new worker may take to become ready",
-                                           hidden=True)
+    worker_start_timeout_ms: int = setting(30_000, "how long a new worker may take to become ready")
     # "fork": workers are forked by a fork server that has the handler modules imported
     # (a replacement takes milliseconds); "spawn": each is a new interpreter (for handler
     # modules that start threads at import, which forking cannot copy)
@@ -105,13 +112,13 @@ class Settings:
         "(fast), or spawned as new interpreters (for modules that start threads at import)")
     # Threads for numpy's BLAS in each worker: the pool parallelises across processes,
     # so more threads per worker only oversubscribe the cores.
-    worker_blas_threads: int = setting(1, "numpy BLAS threads in each worker", hidden=True)
+    worker_blas_threads: int = setting(1, "numpy BLAS threads in each worker")
     # Payloads over shm_threshold_bytes travel through a shared-memory ring of
     # worker_shm_bytes per direction per worker instead of the pipe (0: pipes only).
     worker_shm_bytes: int = setting(8 * 1024 * 1024, "shared-memory ring per worker and direction "
                                     "for large payloads (0: pipes only)")
     shm_threshold_bytes: int = setting(32 * 1024, "payloads over this size go through the "
-                                       "shared-memory ring", hidden=True)
+                                       "shared-memory ring")
 
     # Scheduling
     aging_ms: int = setting(1000, "a waiting packet gains one priority level per this many ms, up "
@@ -123,9 +130,8 @@ class Settings:
     max_queued_bytes_per_client: int = setting(256 << 20, "data of one client's packets in flight")
     result_store_entries: int = setting(10_000, "completed results kept for dependencies")
     result_store_age_ms: int = setting(600_000, "how long a completed result is kept for "
-                                       "dependencies", hidden=True)
-    result_store_bytes: int = setting(256 * 1024 * 1024, "memory the kept results may take",
-                                      hidden=True)
+                                       "dependencies")
+    result_store_bytes: int = setting(256 * 1024 * 1024, "memory the kept results may take")
 
     # Resources the standard elements hold (pfnode/elements/hosted/resources.py): rm:alloc's
     # shared-memory buffers, and rm:cache's entries with the memoised results
@@ -135,7 +141,7 @@ class Settings:
 
     # Autoscaling of the df lane (off by default): between min and max workers, by queue depth
     autoscale: bool = setting(False, "grow and shrink the df lane with its queue")
-    autoscale_interval_ms: int = setting(1000, "how often autoscaling looks at the queue", hidden=True)
+    autoscale_interval_ms: int = setting(1000, "how often autoscaling looks at the queue")
     df_min_workers: int = setting(1, "autoscaling lower bound")
     df_max_workers: int = setting(factory=lambda: 2 * (os.cpu_count() or 1), default_text="2 × cores",
                                   help="autoscaling upper bound")
@@ -154,12 +160,12 @@ class Settings:
     # A client that does not read its results: past write_buffer_high_bytes buffered for it,
     # its reading pauses (no new work from it); past max_write_buffer_bytes it is closed (1008)
     write_buffer_high_bytes: int = setting(1 << 20, "results buffered for a peer past which its "
-                                           "reading pauses", hidden=True)
+                                           "reading pauses")
     max_write_buffer_bytes: int = setting(64 << 20, "results buffered for a peer past which it is "
                                           "closed (1008: not reading)")
     heartbeat_interval_ms: int = setting(30_000, "heartbeat period")
     heartbeat_missed_limit: int = setting(3, "peers silent for this many heartbeat periods are "
-                                          "dropped", hidden=True)
+                                          "dropped")
 
     # Security (pfnode/node/auth.py, pfnode/transports/tls.py). Without a token file the node listens on
     # loopback only, unless told otherwise with insecure_no_auth (and says so in its log).
@@ -205,26 +211,24 @@ class Settings:
                                     scope="connect")
     reconnect_max_ms: int = setting(15_000, "longest reconnect delay", scope="connect")
     replay_entries: int = setting(10_000, "answers kept for packets the hub may send again",
-                                  scope="connect", hidden=True)
+                                  scope="connect")
 
     # Dask (pfnode/dask/lane.py, docs/DASK.md): the dask_lanes run on a Dask cluster instead of
     # the local pool; everything above the lane (protocol, priorities, admission, hub) is unchanged.
     dask: str | None = setting(
         None, "run the dask_lanes on the Dask cluster whose scheduler is at this address "
-        "(tcp://host:8786), or on a LocalCluster of N worker processes this node starts (local:N)",
-        default_text="none")
+        "(tcp://host:8786), or on a LocalCluster of N worker processes this node starts (local:N)")
     dask_lanes: tuple[str, ...] = setting(
         ("df",), "lanes (df, rm, ed, cf) and handler keys (group:element) that run on the Dask "
         "cluster when dask is set")
     dask_window: int | None = setting(
         None, "packets on the Dask cluster at once; the rest wait in the node's queue, in priority "
-        "order (auto: 2 per worker thread)")
+        "order (auto: 2 per worker thread)", unset="auto")
     dask_direct: bool = setting(True, "fetch results straight from the Dask workers (off: through "
-                                "the scheduler, for workers this node cannot reach)", hidden=True)
-    dask_connect_timeout_ms: int = setting(10_000, "how long connecting to the Dask scheduler may take",
-                                           hidden=True)
+                                "the scheduler, for workers this node cannot reach)")
+    dask_connect_timeout_ms: int = setting(10_000, "how long connecting to the Dask scheduler may take")
     dask_kept_results: int = setting(1_000, "results of Dask packets kept on the cluster for their "
-                                     "dependents (older ones travel from the node)", hidden=True)
+                                     "dependents (older ones travel from the node)")
 
     shutdown_grace_ms: int = setting(10_000, "how long in-flight packets may take to finish on "
                                      "SIGTERM before they get PF503")
@@ -305,6 +309,32 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+# The groups `pfnode serve --help` (and connect's, config's) lists the settings in: every
+# field in exactly one (tests/test_config.py checks), in the order shown.
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "network": ("host", "port", "path", "transport", "max_connections", "max_frame_bytes",
+                "max_inflight_per_connection", "write_buffer_high_bytes", "max_write_buffer_bytes",
+                "heartbeat_interval_ms", "heartbeat_missed_limit", "frames_per_turn", "idle_link_ms"),
+    "security": ("token_file", "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "ca_file",
+                 "client_cert", "client_key", "tls_handshake_timeout_ms", "auth_backoff_failures",
+                 "auth_backoff_ms"),
+    "handlers": ("handler_modules", "data_elements"),
+    "lanes": ("workers", "ed_workers", "rm_workers", "cf_core", "rm_memory_limit_mb", "batch_nice",
+              "autoscale", "autoscale_interval_ms", "df_min_workers", "df_max_workers"),
+    "pool": ("worker_start", "worker_start_timeout_ms", "prefetch_ms", "worker_window",
+             "worker_blas_threads", "worker_shm_bytes", "shm_threshold_bytes"),
+    "scheduling": ("aging_ms", "default_timeout_ms", "max_timeout_ms", "max_queued", "max_blocked",
+                   "max_blocked_per_client", "max_queued_bytes", "max_queued_bytes_per_client",
+                   "result_store_entries", "result_store_age_ms", "result_store_bytes"),
+    "elements": ("max_buffer_bytes", "cache_bytes"),
+    "hub": ("hub_routing", "reroute_grace_ms", "probe_ms"),
+    "dial-out": ("reconnect_min_ms", "reconnect_max_ms", "replay_entries"),
+    "dask": ("dask", "dask_lanes", "dask_window", "dask_direct", "dask_connect_timeout_ms",
+             "dask_kept_results"),
+    "lifecycle and logging": ("shutdown_grace_ms", "log_level", "log_format"),
+}
 
 
 @functools.cache

@@ -44,6 +44,19 @@ def test_a_token_file_is_read_and_every_problem_listed():
     assert token_entry("n", ["submit", "reactor"], token).count("\n") == 4
 
 
+@pytest.mark.parametrize("name", ['bad"name', "back\\slash", "new\nline", "tab\tand\x00nul\x7f",
+                                  "é ☃ 名前", '"""', "x = 1\n[[token]]"])
+def test_a_token_entry_escapes_any_name_and_reads_back_as_itself(name):
+    import tomllib
+
+    token = new_token()
+    entry = token_entry(name, ["submit", "admin"], token)
+    assert tomllib.loads(entry) == {"token": [{"name": name, "roles": ["submit", "admin"],
+                                               "sha256": token_hash(token)}]}
+    (identity,) = parse_tokens(tomllib.loads(entry)).values()
+    assert identity.name == name
+
+
 @pytest.mark.parametrize("path, headers, expected", [
     ("/packetflow/v1", {"Authorization": "Bearer abc"}, "abc"),
     ("/packetflow/v1", {"authorization": "bearer  abc "}, "abc"),
@@ -321,11 +334,10 @@ def test_pfnode_token_new_prints_a_token_and_the_entry_that_admits_it(fresh_node
     done = subprocess.run([sys.executable, "-m", "pfnode", "token", "new", "ci-client", "--roles",
                            "submit"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    token = done.stdout.split("token: ", 1)[1].split()[0]
-    entry = done.stdout.split("[[token]]", 1)[1]
-    assert token not in entry  # only its hash is written down
+    token = done.stderr.strip()  # the token on stderr, the entry alone on stdout
+    assert token.startswith("pft_") and token not in done.stdout  # only its hash is written down
     path = tmp_path / "tokens.toml"
-    path.write_text("[[token]]" + entry)
+    path.write_text(done.stdout)
     n = fresh_node("--token-file", str(path), workers=1)
 
     async def go():

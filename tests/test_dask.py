@@ -107,6 +107,17 @@ def test_df_runs_on_the_dask_workers_and_cf_stays_in_the_local_pool(dask_node):
     assert http_get(dask_node.http, "/healthz")[0] == 200
 
 
+def test_the_dashboard_shows_the_cluster_its_workers_and_its_packets(dask_node):
+    status, _, body = http_get(dask_node.http, "/dashboard/data")
+    assert status == 200, body
+    data = orjson.loads(body)
+    dask = data["dask"]
+    assert dask["state"] == "ready" and dask["local"]["alive"]
+    assert len(dask["workers"]) == 2 and all(w["address"].startswith("tcp://") for w in dask["workers"])
+    assert "dask" in data["lanes"] and data["lanes"]["dask"]["queued"] == 0
+    assert data["groups"]["df"]["ok"] >= 3  # the packets the test before ran on the cluster
+
+
 def test_priorities_decide_what_goes_to_the_cluster_next(dask_node):
     async def go():
         async with Reactor(dask_node.endpoint) as r:

@@ -184,7 +184,7 @@ def test_log_suppressed_writes_one_line_per_key(captured):
 
 # ---------------------------------------------------------------- the event lines
 
-def test_handler_errors_are_rate_limited_per_key_with_the_traceback_at_debug(captured):
+def test_handler_errors_are_rate_limited_per_key_with_the_traceback_at_warning(captured):
     limiter = logs.RateLimiter(2, 60.0, clock=FakeClock())
     tb = "Traceback (most recent call last):\n  File \"h.py\", line 3\nValueError: bad\n"
     shown = [logs.handler_error(captured.log, limiter, key="df:x", packet_id=f"p{i}", code="PF500",
@@ -199,15 +199,35 @@ def test_handler_errors_are_rate_limited_per_key_with_the_traceback_at_debug(cap
     assert errors[0]["lane"] == "df" and errors[0]["pid"] == 7 and errors[0]["error"] == "ValueError: bad"
     assert errors[0]["msg"] == "handler error: df:x packet p0: PF500 ValueError: bad"
     tracebacks = [line for line in lines if line["event"] == "handler_traceback"]
-    assert [(t["packet_id"], t["level"]) for t in tracebacks] == [("p0", "DEBUG"), ("p1", "DEBUG")]
+    assert [(t["packet_id"], t["level"]) for t in tracebacks] == [("p0", "WARNING"), ("p1", "WARNING")]
     assert tracebacks[0]["msg"].endswith("ValueError: bad")
 
 
-def test_no_traceback_line_above_debug(captured):
+def test_the_traceback_is_shown_at_the_default_level(captured):
     captured.log.setLevel(logging.INFO)
     logs.handler_error(captured.log, None, key="df:x", packet_id="p", code="PF500", message="boom",
                        traceback="Traceback ...")
-    assert [line["event"] for line in captured.lines()] == ["handler_error"]
+    assert [line["event"] for line in captured.lines()] == ["handler_error", "handler_traceback"]
+
+
+def test_a_node_logs_where_a_handler_raised_at_warning(fresh_node):
+    """The worker sends the handler's traceback with its PF500; the node logs it (at the
+    default level, INFO) under the handler errors' rate limit."""
+    from tests.e2e_util import Raw, packet, run
+
+    n = fresh_node("--log-format", "json", workers=1)
+
+    async def go():
+        async with Raw(n.endpoint) as raw:
+            await raw.submit(1, packet("boom", "x"))
+            return await raw.recv()
+    assert run(go())["payload"]["error"]["code"] == "PF500"
+    lines = [orjson.loads(line) for line in n.log().splitlines() if line.startswith("{")]
+    [shown] = [line for line in lines if line.get("event") == "handler_traceback"]
+    assert shown["level"] == "WARNING" and shown["key"] == "df:boom"
+    assert "handlers_testing.py" in shown["msg"] and "in boom" in shown["msg"]
+    assert shown["msg"].rstrip().endswith("ValueError: boom: x")
+    assert "run_task" not in shown["msg"]  # from the handler down, not the worker's frames
 
 
 def test_worker_exit_line(captured):

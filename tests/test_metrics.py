@@ -120,6 +120,27 @@ def test_round_trip_histogram_buckets_and_sum_per_lane():
     assert value(s, "pfnode_packet_round_trip_seconds_bucket", lane="ed", le="0.00025") == 1
 
 
+def test_the_dashboards_reads_by_group_and_restarts_by_lane():
+    """Per group, across lanes (hub-relayed and untimed packets too): the counts, and the
+    round-trip buckets (per bucket, not cumulative: the page diffs two reads)."""
+    m = Metrics(process=False)
+    for rtt in (0.00003, 0.0004, 0.0004, 400.0):
+        m.packet_done("df", "df", None, rtt, 0.05)
+    m.packet_done("df", None, "PF504", 0.002, None)  # relayed by the hub
+    m.packet_done("co", "hosted", None, 0.0002, None)
+    m.packet_ended("df", "cancelled")
+    m.packet_refused("df", "PF004")
+    m.worker_restart("df", "crash")
+    m.worker_restart("df", "crash")
+    m.worker_restart("rm", "memory")
+    groups = m.by_group()
+    assert {g: (v["ok"], v["failed"], v["cancelled"]) for g, v in groups.items()} == {"df": (4, 2, 1), "co": (1, 0, 0)}
+    df = groups["df"]["rtt"]
+    assert len(df) == len(BUCKETS_S) + 1 and sum(df) == 5 and df[-1] == 1  # 400 s: past the last bound
+    assert df[BUCKETS_S.index(0.0005)] == 2 and df[BUCKETS_S.index(0.0025)] == 1
+    assert m.restarts() == {"df": {"crash": 2}, "rm": {"memory": 1}}
+
+
 def test_run_histogram_is_in_seconds_and_skips_packets_that_never_ran():
     m = Metrics(process=False)
     runs_ms = [0.02, 1.0, 1.0, 150.0]  # 1.0 ms: on the 0.001 s bound
@@ -333,3 +354,43 @@ def test_every_metric_is_documented_and_every_documented_metric_exists():
         exposed.add(family.name + ("_total" if family.type == "counter" else ""))
     documented = set(re.findall(r"^\| `(pfnode_\w+)`", DOCS.read_text(), flags=re.M))
     assert exposed == documented
+
+
+# ---------------------------------------------------------------- on both transports, end to end
+
+async def _three_closes(endpoint: str) -> None:
+    """A clean close (1000), a close with the peer's own code (4000: "other"), and a
+    connection dropped without a close frame (1006), each after a packet."""
+    from websockets.asyncio.client import connect
+
+    from tests.e2e_util import Raw
+
+    async with Raw(endpoint) as raw:
+        await raw.roundtrip("transform", "clean")
+    async with Raw(endpoint) as raw:
+        await raw.roundtrip("transform", "own code")
+        await raw.ws.close(4000, "bye")
+    ws = await connect(endpoint, compression=None)
+    await ws.send('{"type": "heartbeat", "seq": 1, "payload": {}}')
+    await ws.recv()
+    ws.transport.abort()
+
+
+def _closes(node) -> dict[str, float]:
+    from tests.e2e_util import http_get
+
+    _, _, body = http_get(node.http, "/metrics")
+    return {s.labels["code"]: s.value for f in text_string_to_metric_families(body.decode())
+            if f.name == "pfnode_connections_closed" for s in f.samples if s.name.endswith("_total")}
+
+
+def test_the_same_close_is_counted_the_same_on_both_transports(fresh_node):
+    from tests.e2e_util import run, wait_until
+
+    counted = {}
+    for transport in ("picows", "websockets"):
+        node = fresh_node("--transport", transport, "--ed-workers", "0", "--rm-workers", "0", workers=1)
+        run(_three_closes(node.endpoint))
+        counted[transport] = wait_until(lambda: (c := _closes(node)) and sum(c.values()) >= 3 and c,
+                                        what=f"three closes counted on {transport}")
+    assert counted["picows"] == counted["websockets"] == {"1000": 1, "other": 1, "1006": 1}, counted

@@ -184,9 +184,13 @@ def test_the_example_runs_as_written(example, nodes):
 
 def test_links_work_on_a_package_index_page():
     """A package index shows the README without the repository around it: no link may be
-    relative (files are named as paths in code font instead)."""
-    relative = re.findall(r"\]\((?!https?://)([^)]*)\)", TEXT)
+    relative (files are named as paths in code font instead). An image (the dashboard's
+    screenshot) is a file of the repository and of the source distribution, named in code font
+    beside it and in its alt text, so a reader without it knows where it is."""
+    relative = re.findall(r"(?<!!)\[[^\]]*\]\((?!https?://)([^)]*)\)", TEXT)
     assert not relative, relative
+    for alt, path in re.findall(r"!\[([^\]]*)\]\((?!https?://)([^)]*)\)", TEXT):
+        assert (ROOT / path).is_file() and path in alt and f"`{path}`" in TEXT, path
 
 
 def named_in_readme() -> set[str]:

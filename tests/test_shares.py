@@ -253,8 +253,9 @@ def test_max_connections_is_fitted_to_the_open_files_limit(monkeypatch):
     from pfnode.settings import Settings
 
     monkeypatch.setattr(resource, "getrlimit", lambda which: (512, 512))
-    assert front.fit_open_files(Settings(max_connections=1000)).max_connections == 512 - front.FDS_BESIDE_CONNECTIONS
-    assert front.fit_open_files(Settings(max_connections=100)).max_connections == 100
+    fitted, warning = front.fit_open_files(Settings(max_connections=1000))
+    assert fitted.max_connections == 512 - front.FDS_BESIDE_CONNECTIONS and "only 512 open files" in warning
+    assert front.fit_open_files(Settings(max_connections=100)) == (Settings(max_connections=100), None)
 
 
 def test_a_tenant_running_its_share_of_a_lanes_workers_waits_while_another_tenant_waits():

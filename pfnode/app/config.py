@@ -28,7 +28,7 @@ from ..settings import Settings, SettingsError, field_types
 ENV_PREFIX = "PFNODE_"
 CONFIG_ENV = "PFNODE_CONFIG"  # names the TOML file when --config does not
 CLIENT_ENV = frozenset({"PFNODE_TOKEN"})  # the clients' (pfnode submit): not a node setting
-NONE_WORDS = ("auto", "none")  # how an `X | None` field is set to None in text and TOML
+NONE_WORDS = ("none", "auto")  # how an `X | None` field is set to None in text and TOML
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -42,7 +42,7 @@ class Option:
     default: object
     default_text: str  # the default in words where it is computed at start, else ""
     scope: str  # "serve" or "connect": the flag is that subcommand's only; "": both
-    hidden: bool  # left out of --help
+    unset: str  # how None is shown for an `X | None` field: "none" (not set) or "auto" (decided at start)
     flags: tuple[str, ...]  # --field-name first, then kept spellings (and --no-... for a bool)
 
     @property
@@ -53,12 +53,12 @@ class Option:
         """`value` as this field's type: text from a flag or the environment, or (from_text=False)
         a TOML value, which must have the TOML type (a number, not a string of digits).
         ValueError says what was expected."""
-        return _parse(self.type, value, from_text)
+        return _parse(self.type, value, from_text, self.unset)
 
     def text(self, value: object) -> str:
         """`value` written as a flag or an environment variable would take it."""
         if value is None:
-            return NONE_WORDS[0]
+            return self.unset
         if isinstance(value, bool):
             return str(value).lower()
         if isinstance(value, tuple):
@@ -74,7 +74,7 @@ def _is_optional(hint) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
-def _parse(hint, value: object, from_text: bool) -> object:
+def _parse(hint, value: object, from_text: bool, unset: str = NONE_WORDS[0]) -> object:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if _is_optional(hint):
         if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
@@ -83,7 +83,7 @@ def _parse(hint, value: object, from_text: bool) -> object:
         try:
             return _parse(inner, value, from_text)
         except ValueError as exc:
-            raise ValueError(f"{exc} or {NONE_WORDS[0]}") from None
+            raise ValueError(f"{exc} or {unset}") from None
     if origin is Literal:
         if value in args:
             return value
@@ -126,7 +126,7 @@ def metavar(option: Option) -> str:
     suffix = ""
     if _is_optional(hint):
         (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
-        suffix = "|" + NONE_WORDS[0]
+        suffix = "|" + option.unset
     if typing.get_origin(hint) is Literal:
         return "{" + ",".join(typing.get_args(hint)) + "}" + suffix
     if typing.get_origin(hint) is tuple:
@@ -149,7 +149,7 @@ def options() -> dict[str, Option]:
         found[field.name] = Option(
             name=field.name, type=hint, help=meta.get("help", ""), default=default,
             default_text=meta.get("default_text", ""), scope=meta.get("scope", ""),
-            hidden=meta.get("hidden", False), flags=flags + tuple(meta.get("flags", ())))
+            unset=meta.get("unset", NONE_WORDS[0]), flags=flags + tuple(meta.get("flags", ())))
     return found
 
 
@@ -214,6 +214,37 @@ def load(flags: Mapping[str, tuple[str, object]] | None = None, *, path: str | N
     if problems:
         raise SettingsError(problems)
     return Loaded(settings, sources, path)
+
+
+def check_files(loaded: Loaded, scope: str | None = None) -> None:
+    """The files the settings name exist and parse: serve's token file and TLS certificate,
+    key and client CA, connect's CA bundle and client certificate (scope None: all of them).
+    Raises SettingsError with every problem, each naming where its setting came from."""
+    from ..errors import ConfigError
+    from ..node.auth import TokenTable
+    from ..transports import tls
+
+    s, problems = loaded.settings, []
+
+    def check(names: tuple[str, ...], read: typing.Callable[[], object]) -> None:
+        try:
+            read()
+        except ConfigError as exc:
+            given = ", ".join(f"{name} from {loaded.sources[name]}" for name in names
+                              if getattr(s, name) is not None)
+            problems.append(f"{exc} ({given})")
+
+    if scope in (None, "serve"):
+        if s.token_file is not None:
+            check(("token_file",), lambda: TokenTable.load(s.token_file))
+        if s.tls_cert is not None:
+            check(("tls_cert", "tls_key", "tls_client_ca"),
+                  lambda: tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca))
+    if scope in (None, "connect") and (s.ca_file is not None or s.client_cert is not None):
+        check(("ca_file", "client_cert", "client_key"),
+              lambda: tls.client_context(s.ca_file, s.client_cert, s.client_key))
+    if problems:
+        raise SettingsError(problems, one_line=True)
 
 
 def _read_toml(path: str, problems: list[str]) -> dict:

@@ -39,7 +39,7 @@ UNKNOWN_MS = 1e9  # a key never run yet: assumed slow, so never prefetched behin
 class WorkerView:
     """The dispatcher's view of one worker process."""
 
-    __slots__ = ("slot", "lane", "handle", "ready", "retiring", "retired", "held", "work_ms")
+    __slots__ = ("slot", "lane", "handle", "ready", "retiring", "retired", "held", "work_ms", "ran")
 
     def __init__(self, slot: int, lane: str, handle: Any = None) -> None:
         self.slot = slot
@@ -50,6 +50,7 @@ class WorkerView:
         self.retired = False  # said it leaves now: nothing it holds has started
         self.held: collections.deque[Flight] = collections.deque()
         self.work_ms = 0.0  # estimated work of everything it holds
+        self.ran = 0  # packets it has run (answered, not skipped)
 
     @property
     def queued_ms(self) -> float:
@@ -204,6 +205,7 @@ class Dispatcher:
         view.work_ms = max(0.0, view.work_ms - flight.cost_ms) if held else 0.0
         flight.worker = None
         if duration_ms is not None:
+            view.ran += 1
             key = flight.packet.key
             old = self.estimates.get(key)
             self.estimates[key] = duration_ms if old is None else old + (duration_ms - old) * ESTIMATE_WEIGHT

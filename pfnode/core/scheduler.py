@@ -268,6 +268,10 @@ class LaneQueue:
     def __len__(self) -> int:
         return self.live
 
+    def by_priority(self) -> dict[int, int]:
+        """Packets waiting at each priority level they were submitted with (not aged)."""
+        return {priority: count for priority, count in enumerate(self._counts) if count}
+
 
 class Scheduler:
     def __init__(self, *, aging_ms: int = 1000, max_queued: int = 100_000, max_blocked: int = 10_000,

@@ -74,10 +74,30 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+                 "\r": "\\r"}
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string: quoted, with the quote, the backslash and every control
+    character escaped (TOML 1.0, "String"), so that any name reads back as itself."""
+    def escape(char: str) -> str:
+        if char in _TOML_ESCAPES:
+            return _TOML_ESCAPES[char]
+        code = ord(char)
+        return f"\\u{code:04X}" if code < 0x20 or code == 0x7F else char
+    return '"' + "".join(map(escape, text)) + '"'
+
+
 def token_entry(name: str, roles: Iterable[str], token: str) -> str:
-    """The token file lines for a token."""
-    listed = ", ".join(f'"{r}"' for r in roles)
-    return f'[[token]]\nname = "{name}"\nroles = [{listed}]\nsha256 = "{token_hash(token)}"\n'
+    """The token file lines for a token: a [[token]] table written with TOML's own string
+    escaping (a name may hold quotes, backslashes, anything), checked by reading it back."""
+    roles = list(roles)
+    entry = (f"[[token]]\nname = {toml_string(name)}\nroles = [{', '.join(map(toml_string, roles))}]\n"
+             f"sha256 = {toml_string(token_hash(token))}\n")
+    if tomllib.loads(entry) != {"token": [{"name": name, "roles": roles, "sha256": token_hash(token)}]}:
+        raise ConfigError(f"cannot write a token entry for the name {name!r}")  # never, but never silently
+    return entry
 
 
 class TokenTable:

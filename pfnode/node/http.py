@@ -6,6 +6,9 @@ upgrade:
 | `/healthz`        | anyone                            | readiness only: ready, starting, draining, degraded |
 | `/metrics`        | admin role (anyone without tokens)| Prometheus text or OpenMetrics           |
 | `/status`         | admin role (anyone without tokens)| the node's detail as JSON (node/status.py)|
+| `/dashboard`      | admin role (anyone without tokens)| the live dashboard's page (node/dashboard.py); the token may come as `?token=` |
+| `/dashboard/data` | admin role (anyone without tokens)| what the page shows, as JSON, polled once a second |
+| `/dashboard/dashboard.js`, `.css` | anyone            | the page's script and style sheet (they hold no data) |
 | the endpoint path | anyone (tokens are checked on open)| the upgrade, or 503 draining / too many connections, 426 without an upgrade |
 | anything else     | anyone                            | 404 naming the endpoint                  |
 
@@ -24,6 +27,7 @@ import orjson
 
 from ..ops import logs
 from ..transports.base import HttpReply
+from . import dashboard
 from .backoff import address_of
 from .shared import NodeShared
 
@@ -69,10 +73,27 @@ class HttpRoutes:
             if refusal is not None:
                 return refusal
             return HttpReply(200, "OK", JSON, orjson.dumps(node.status(), option=orjson.OPT_INDENT_2) + b"\n")
+        if path == "/dashboard" or path.startswith("/dashboard/"):
+            return self._dashboard(path, full_path, headers, peer)
         if path != node.settings.path:
             return HttpReply(404, "Not Found", TEXT,
                              f"Not found. The PacketFlow endpoint is {node.settings.path}\n".encode())
         return self._endpoint(upgrade, peer, pending)
+
+    def _dashboard(self, path: str, full_path: str, headers: Any, peer: str | None = None) -> HttpReply:
+        """The dashboard's page and its data (admin role), or one of its static files."""
+        name = path.removeprefix("/dashboard").strip("/")
+        if name in ("", "data"):
+            refusal = self.refusal(full_path, headers, "admin", peer, hint=" (in a browser: /dashboard?token=<token>)")
+            if refusal is not None:
+                return refusal
+            if not name:
+                return dashboard.page()
+            return HttpReply(200, "OK", JSON, orjson.dumps(dashboard.data(self.node)))
+        reply = dashboard.asset(name)
+        if reply is None:
+            return HttpReply(404, "Not Found", TEXT, b"Not found. The dashboard is /dashboard\n")
+        return reply
 
     def _health(self) -> HttpReply:
         """Readiness, for load balancers and systemd: nothing more."""
@@ -122,8 +143,10 @@ class HttpRoutes:
                          b"Too many failed authentications from this address; retry later\n",
                          (("Retry-After", str(max(1, math.ceil(wait_s)))),))
 
-    def refusal(self, path: str, headers: Any, role: str, peer: str | None = None) -> HttpReply | None:
-        """None when the request may see a page that needs `role`, else the HTTP answer."""
+    def refusal(self, path: str, headers: Any, role: str, peer: str | None = None,
+                hint: str = "") -> HttpReply | None:
+        """None when the request may see a page that needs `role`, else the HTTP answer
+        (`hint`: how a browser gives the token, after the 401's first sentence)."""
         node = self.node
         access = node.access
         if not access.enabled:
@@ -135,7 +158,8 @@ class HttpRoutes:
         if identity is None:
             node.metrics.auth_failure("bad_token" if token else "missing_token")
             auth_failed(node, peer)
-            return HttpReply(401, "Unauthorized", TEXT, b"A token is needed: 'Authorization: Bearer <token>'\n",
+            return HttpReply(401, "Unauthorized", TEXT,
+                             f"A token is needed: 'Authorization: Bearer <token>'{hint}\n".encode(),
                              (("WWW-Authenticate", 'Bearer realm="pfnode"'),))
         if not access.may(identity, role):
             node.metrics.auth_failure("forbidden")

@@ -80,7 +80,7 @@ class Loops:
             if not node.links.is_uplink(link) and link.peer_gone():
                 log.debug("front: %s hung up while its reading was paused", link.peer)
                 link.abort()
-                node.on_close(link, None)
+                node.on_close(link, 1006)  # dropped without a close frame, as the transports say it
 
     # -- autoscale
     def autoscale_step(self, now: float) -> int:

@@ -103,11 +103,6 @@ class Node:
         """Start the workers and the node's own loops (heartbeats, housekeeping, autoscaling)."""
         self.loop = asyncio.get_running_loop()
         self.access.load()
-        if self.access.enabled:
-            log.info("front: %d tokens from %s", len(self.access.tokens), self.settings.token_file)
-        elif self.settings.insecure_no_auth:
-            log.warning("front: no authentication (--insecure-no-auth) on %s: anyone who can reach "
-                        "the port can submit, answer forwarded packets and resize the node", self.settings.host)
         await self.pool.start()
         self.ready = True
         standard = NODE_ELEMENTS.keys() | (STANDARD_HANDLERS.keys() if self.settings.data_elements else set())
@@ -117,15 +112,17 @@ class Node:
             log.info("front: handlers %s replace the standard elements of the same keys", ", ".join(replaced))
         self.loops.start()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, quiet: bool = False) -> None:
         """Stop accepting, let in-flight packets finish for shutdown_grace_ms, answer the
-        rest PF503, close every link, stop the workers."""
+        rest PF503, close every link, stop the workers. `quiet`: a node that never started
+        (its start failed) stops what it started without a line of log."""
         if self.draining:
             return
         self.draining = True
         self.ready = False
         grace = self.settings.shutdown_grace_ms / 1000
-        log.info("front: draining %d in-flight packets (grace %.1f s)", len(self.scheduler.inflight), grace)
+        if not quiet:
+            log.info("front: draining %d in-flight packets (grace %.1f s)", len(self.scheduler.inflight), grace)
         if self.uplink is not None:  # our hub: send us nothing more
             self.uplink.link.send(self.announcement())
         await self._until(lambda: not self.scheduler.inflight, grace)
@@ -143,7 +140,8 @@ class Node:
         await self._until(lambda: not self.links, 2.0)  # let the close handshakes finish
         for link in self.links:  # peers that do not answer a close (not reading at all)
             link.abort()
-        log.info("front: stopped (%s)", {**self.pool.counters, **self.metrics.counts})
+        if not quiet:
+            log.info("front: stopped (%s)", {**self.pool.counters, **self.metrics.counts})
 
     async def _until(self, done: Callable[[], bool], within_s: float) -> None:
         """Wait (polling on the node's clock) until `done()` or `within_s` has passed."""

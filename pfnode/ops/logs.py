@@ -35,7 +35,7 @@ import orjson
 
 __all__ = ["JsonFormatter", "RateLimitFilter", "RateLimiter", "TEXT_FORMAT", "TextFormatter", "admin_action",
            "configure", "connection_refused", "format_exception", "handler_error", "log_suppressed",
-           "redact_text", "redact_url", "worker_exit"]
+           "redact_text", "redact_url", "start_failed", "worker_exit"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 FORMATS = ("text", "json")
@@ -210,16 +210,17 @@ def handler_error(log: logging.Logger, limiter: RateLimiter | None, *, key: str,
                   code: str, message: str, lane: str | None = None, pid: int | None = None,
                   traceback: str | None = None) -> bool:
     """A handler raised (PF500) or went over its memory cap (PF501): a warning, rate-limited
-    per handler key, and its traceback at debug. False when the limiter suppressed it."""
+    per handler key, and its traceback (when there is one) as a second warning under the same
+    limit. False when the limiter suppressed them."""
     if limiter is not None and not limiter.allow(key):
         return False
     fields = {"event": "handler_error", "key": key, "packet_id": packet_id, "code": code,
               "lane": lane, "pid": pid}
     log.warning("handler error: %s packet %s: %s %s", key, packet_id, code, message,
                 extra={**fields, "error": message})
-    if traceback and log.isEnabledFor(logging.DEBUG):
-        log.debug("traceback of %s packet %s:\n%s", key, packet_id, traceback.rstrip(),
-                  extra={**fields, "event": "handler_traceback", "traceback": traceback})
+    if traceback:
+        log.warning("traceback of %s packet %s:\n%s", key, packet_id, traceback.rstrip(),
+                    extra={**fields, "event": "handler_traceback"})
     return True
 
 
@@ -292,6 +293,12 @@ def redact_text(text: str) -> str:
         return redact_url(kept) + url[len(kept):]
 
     return _TOKEN_PARAM.sub(rf"\1{REDACTED}", _URL.sub(one, text))
+
+
+def start_failed(log: logging.Logger, message: str) -> None:
+    """The node could not start (a handler module that cannot be imported, the port in use, a
+    TLS file missing): the one line it writes before it exits with status 2."""
+    log.error("pfnode: %s", message, extra={"event": "start_failed", "error": message})
 
 
 def _short(value: Any, limit: int = 200) -> str:

@@ -193,11 +193,13 @@ class Metrics:
         self.frames_out = 0
         self.bytes_out = 0
         self._lanes: dict[Any, _Lane] = {}  # lane (None: forwarded, _UNTIMED) -> its counts
+        # group -> round-trip histogram bucket counts (the last slot is +Inf), for the dashboard
+        self._group_rtt: dict[str, list[int]] = {}
         self.connections_opened = 0
         self.internal_errors = 0
         self.state_errors = 0
         self._closed = _Counter("pfnode_connections_closed_total",
-                                "connections closed, by WebSocket close code (none: dropped without one)",
+                                "connections closed, by WebSocket close code (1006: dropped without a close frame)",
                                 ("code",))
         self._refused = _Counter("pfnode_connections_refused_total",
                                  "connections refused before the WebSocket handshake completed",
@@ -230,11 +232,21 @@ class Metrics:
                 counts.failed[group, code] += 1
         except KeyError:
             counts = self._first_of(group, lane, code)
-        counts.rtt[bisect_left(BUCKETS_S, rtt_s)] += 1
+        slot = bisect_left(BUCKETS_S, rtt_s)
+        counts.rtt[slot] += 1
         counts.rtt_sum += rtt_s
+        by_group = self._group_rtt.get(group)
+        if by_group is None:
+            by_group = self._group_rtt_of(group)
+        by_group[slot] += 1
         if run_ms:
             counts.run[bisect_left(_BUCKETS_MS, run_ms)] += 1
             counts.run_sum_ms += run_ms
+
+    def _group_rtt_of(self, group: str) -> list[int]:
+        """The round-trip buckets of a group first seen (one outside GROUPS counts as "other")."""
+        name = group if group in GROUPS else OTHER
+        return self._group_rtt.setdefault(name, [0] * (len(BUCKETS_S) + 1))
 
     def packet_submitted(self, from_cache: bool = False) -> None:
         """A packet was admitted (`from_cache`: and answered at once from rm:cache's memo)."""
@@ -338,6 +350,32 @@ class Metrics:
     def internal_error(self) -> None:
         self.internal_errors += 1
         self.counts["internal_errors"] += 1
+
+    # ------------------------------------------------------------------ the dashboard's reads
+    def by_group(self) -> dict[str, dict[str, Any]]:
+        """Per group, the packets ended so far: `ok`, `failed` (a PF code), `cancelled`, and
+        `rtt`, the round-trip histogram's bucket counts (BUCKETS_S, then +Inf) of those that
+        were timed. Counts only grow: rates and recent percentiles are differences of two reads."""
+        out: dict[str, dict[str, Any]] = {}
+
+        def of(group: str) -> dict[str, Any]:
+            return out.setdefault(group, {"ok": 0, "failed": 0, "cancelled": 0, "rtt": [0] * len(_LE)})
+
+        for counts in self._lanes.values():
+            for group, n in counts.ok.items():
+                of(group)["ok"] += n
+            for (group, outcome), n in counts.failed.items():
+                of(group)["cancelled" if outcome == CANCELLED else "failed"] += n
+        for group, buckets in self._group_rtt.items():
+            of(group)["rtt"] = list(buckets)
+        return out
+
+    def restarts(self) -> dict[str, dict[str, int]]:
+        """Workers replaced after an unplanned end: lane -> cause -> count."""
+        out: dict[str, dict[str, int]] = {}
+        for (lane, cause), n in self._restarts.values.items():
+            out.setdefault(lane, {})[cause] = int(n)
+        return out
 
     # ------------------------------------------------------------------ scrape
     @property

@@ -59,6 +59,23 @@ def read_capacity(worker_pids: list[int] = ()) -> Capacity:
     )
 
 
+def process_usage(pids: list[int]) -> dict[int, dict[str, float]]:
+    """pid -> its `cpu_s` (CPU seconds used so far, user and system), `rss_bytes` and
+    `started` (a Unix time), for the processes still there. The dashboard turns successive
+    CPU seconds into a share of a core."""
+    usage = {}
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                times = process.cpu_times()
+                usage[pid] = {"cpu_s": round(times.user + times.system, 3),
+                              "rss_bytes": process.memory_info().rss, "started": process.create_time()}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return usage
+
+
 def recommend(cap: Capacity, *, rm_memory_limit_mb: int, current: dict[str, int],
               df_max_workers: int) -> dict[str, int]:
     """Lane sizes for this machine.

@@ -104,6 +104,7 @@ class Failed(msgspec.Struct, array_like=True, tag=13):
     code: str
     message: str
     duration_ms: float
+    traceback: str | None = None  # where a handler raised (PF500), for the node's log
 
 
 class Skipped(msgspec.Struct, array_like=True, tag=14):

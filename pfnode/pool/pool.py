@@ -213,7 +213,8 @@ class Pool:
         elif kind is pipe.Failed:
             if message.code in ("PF500", "PF501"):
                 logs.handler_error(log, self.handler_errors, key=flight.packet.key, packet_id=flight.id,
-                                   code=message.code, message=message.message, lane=proc.lane, pid=proc.pid)
+                                   code=message.code, message=message.message, lane=proc.lane, pid=proc.pid,
+                                   traceback=message.traceback)
             self.on_answer(flight, failure(message.code, message.message, message.duration_ms))
         elif flight.state is not DONE:  # Skipped: never ran, no result to record
             self.scheduler.forget(flight)

@@ -138,8 +138,9 @@ class Supervisor:
                               "for import-time randomness")
         if self.procs:
             self.handlers = next(iter(self.procs.values())).handlers
-        log.info("pool: lanes %s ready; %d handlers",
-                 ", ".join(f"{name}={self.lane_size(name)}" for name in self.lanes), len(self.handlers))
+        # the front says that the node is ready, with every key it answers (node elements too)
+        log.debug("pool: lanes %s ready; the workers run %d handler keys",
+                  ", ".join(f"{name}={self.lane_size(name)}" for name in self.lanes), len(self.handlers))
 
     async def _start_forkserver(self) -> bool:
         """(Re)start the fork server, once for any number of workers waiting on it."""

@@ -125,11 +125,21 @@ def run_task(registry, task: Task, memory_cap: MemoryCap | None = None,
     except ElementError as exc:  # bad input, named by the element (pfnode/elements/errors.py)
         return Failed(no, "PF002", str(exc), _ms_since(start))
     except Exception as exc:
-        return Failed(no, "PF500", f"{type(exc).__name__}: {exc}", _ms_since(start))
+        return Failed(no, "PF500", f"{type(exc).__name__}: {exc}", _ms_since(start), handler_traceback(exc))
     if max_result_bytes is not None and len(body) > max_result_bytes:
         return Failed(no, "PF413", f"{key}'s result is {len(body)} bytes of JSON, over the node's result limit "
                                    f"of {max_result_bytes} (its max_frame_bytes)", _ms_since(start))
     return Done(no, body, _ms_since(start))
+
+
+MAX_TRACEBACK_CHARS = 8192  # the end of a longer one: where it raised
+
+
+def handler_traceback(exc: BaseException) -> str:
+    """The traceback of a handler's exception from the handler down (run_task's own frame
+    left out), at most MAX_TRACEBACK_CHARS of it."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+    return text if len(text) <= MAX_TRACEBACK_CHARS else "…" + text[-MAX_TRACEBACK_CHARS:]
 
 
 def _encode(key: str, value: Any, nd: Any) -> bytes | str:

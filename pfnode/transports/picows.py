@@ -39,6 +39,22 @@ def text_header(size: int, masked: bool = False) -> bytes:
     return bytes((0x81, mask_bit | 127)) + size.to_bytes(8, "big")
 
 
+ABNORMAL_CLOSURE = 1006  # RFC 6455 7.1.5: the connection closed without a close frame
+
+
+def close_code_of(transport: WSTransport) -> int:
+    """A closed connection's close code as the websockets transport reports it, so that both
+    count the same close alike: the code of the peer's close frame (1005: one without a code),
+    else the code of ours (we closed, and did not wait for the peer's echo of it), else 1006
+    (dropped without a close frame)."""
+    handshake = getattr(transport, "close_handshake", None)
+    if handshake is not None:
+        for info in (handshake.recv, handshake.sent):
+            if info is not None:
+                return int(info.code)
+    return ABNORMAL_CLOSURE
+
+
 class PicowsLink(PeerLink, WSListener):
     def __init__(self, node: NodeInterface, server_links: set | None = None) -> None:
         PeerLink.__init__(self, node, "?")
@@ -100,7 +116,7 @@ class PicowsLink(PeerLink, WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self._server_links is not None:
             self._server_links.discard(self)
-        self.node.on_close(self, None)
+        self.node.on_close(self, close_code_of(transport))
 
     # -- PeerLink
     def _write(self, frame: bytes) -> None:

@@ -16,6 +16,7 @@ import asyncio
 from typing import Any
 
 from ...core.flight import DISPATCHED, FORWARDED
+from ..base import owner_name
 from ..host import NodeControl
 from .collective import Barriers
 from .events import Events
@@ -80,6 +81,30 @@ class ElementState:
                 "buffers": self.buffers.stats(), "locks": self.locks.stats(), "cache": self.cache.stats(),
                 "migrations": {"lanes": dict(lane_overrides), "reactors": dict(preferences)},
                 "tuned": dict(self.tuned)}
+
+    def by_principal(self) -> dict[str, dict[str, list[int]]]:
+        """Who holds what: principal (a token's name, else a connection's address) -> kind
+        (subscriptions, buffers, locks, cache) -> [count, bytes]. Watches and barriers belong to
+        the packets waiting on them, not to a principal."""
+        out: dict[str, dict[str, list[int]]] = {}
+
+        def add(owner: Any, kind: str, count: int, nbytes: int) -> None:
+            mine = out.setdefault(owner_name(owner), {}).setdefault(kind, [0, 0])
+            mine[0] += count
+            mine[1] += nbytes
+
+        for sub in self.events.subscriptions.values():
+            add(sub.owner, "subscriptions", 1, sub.bytes)
+        for buffer in self.buffers.held.values():
+            add(buffer.owner, "buffers", 1, buffer.bytes)
+        for lock in self.locks.named.values():
+            owner = lock.owner if lock.token is not None else getattr(lock.holder, "scope", None)
+            if owner is not None:
+                add(owner, "locks", 1, 0)
+        cache = self.cache
+        for owner, keys in cache.owners.items():
+            add(owner, "cache", len(keys), cache.owner_bytes[owner])
+        return out
 
     def gauges(self) -> dict[str, tuple[int, int]]:
         """Resource kind -> (count, bytes), for /metrics."""
