@@ -88,6 +88,8 @@ DEFAULT_WINDOW = 256  # map: packets in flight
 CONSUME_SUBPACKETS = 16  # map with chunk=n: a df:consume packet carries 16 sub-packets of n items
 PROGRESS_MIN_ITEMS = 500  # map: the bar shows by itself from this many items on
 PROGRESS_INTERVAL_S = 0.1  # how often Client.map's caller thread redraws the bar
+SWEEP_S = 1.0  # how often a reactor looks for packets past their reply deadline (a hang guard)
+BATCH_BYTES = 1 << 20  # map: frames up to this much go in one socket write (more: one by one, with flow control)
 _ENCODE = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -121,7 +123,7 @@ class _Job:
     before the frame went, or with `retries` after), and ended exactly once: `on_end(job,
     outcome)` gets its Result or the exception that ended it."""
 
-    __slots__ = ("id", "body", "wait_s", "retries", "resent", "busy", "last", "on_end", "ended", "timer", "tag")
+    __slots__ = ("id", "body", "wait_s", "retries", "resent", "busy", "last", "on_end", "ended", "deadline", "tag")
 
     def __init__(self, packet_id: str, body: bytes, wait_s: float, retries: int,
                  on_end: Callable[["_Job", Any], None], tag: Any = None) -> None:
@@ -130,7 +132,7 @@ class _Job:
         self.resent = self.busy = 0
         self.last: Result | None = None  # the last busy answer: what stands if no retry gets through
         self.ended = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time after which no answer is waited for (sweep)
 
     def frame(self, seq: int) -> bytes:
         return b'{"type":"submit","seq":%d,"payload":%b}' % (seq, self.body)
@@ -166,10 +168,7 @@ class _Link:
 
 
 def _end(job: _Job, outcome: Any) -> None:
-    """End a packet's life, once: cancel its timer, hand its outcome to its owner."""
-    if job.timer is not None:
-        job.timer.cancel()
-        job.timer = None
+    """End a packet's life, once: hand its outcome to its owner."""
     if job.ended:
         return
     job.ended = True
@@ -362,23 +361,51 @@ class _Links:
                 return
         if job.ended:
             return
+        frame = self._enter(link, job, asyncio.get_running_loop().time())
+        try:
+            await link.ws.send(frame, text=True)
+        except ConnectionClosed:
+            pass  # written, or not: the link's end decides (it was open when the frame went)
+
+    async def _send_jobs(self, jobs: list[_Job]) -> None:
+        """Send packets together, their frames in one socket write (websockets' `send` makes
+        one system call a frame: as much as the rest of a packet's cost on the client)."""
+        link = self._link
+        if link is None or not link.usable():
+            for job in jobs:  # (waits for a link)
+                await self._send_job(job)
+            return
+        now = asyncio.get_running_loop().time()
+        frames = [self._enter(link, job, now) for job in jobs if not job.ended]
+        ws = link.ws
+        if sum(map(len, frames)) > BATCH_BYTES:
+            for frame in frames:  # large: websockets' own flow control
+                try:
+                    await ws.send(frame, text=True)
+                except ConnectionClosed:
+                    return
+            return
+        for frame in frames:
+            ws.protocol.send_text(frame)
+        chunks = ws.protocol.data_to_send()
+        if all(chunks):
+            ws.transport.write(b"".join(chunks))
+        else:  # (an end of stream among them: the link is closing)
+            ws.send_data()
+
+    def _enter(self, link: _Link, job: _Job, now: float) -> bytes:
+        """The packet's frame on `link`, its answer now waited for there."""
         seq = next(self._seq)
         link.pending[seq] = job
         link.by_id[job.id] = seq
-        loop = asyncio.get_running_loop()
-        job.timer = loop.call_at(loop.time() + job.wait_s, self._expire, link, seq)
-        try:
-            await link.ws.send(job.frame(seq), text=True)
-        except ConnectionClosed:
-            pass  # written, or not: the link's end decides (it was open when the frame went)
+        job.deadline = now + job.wait_s
+        return job.frame(seq)
 
     def _settle(self, job: _Job, result: Result) -> None:
         if job.ended:
             return
         retry = self.retry
         if not result.ok and retry is not None and job.busy < retry.attempts and result.error_code in retry.codes:
-            if job.timer is not None:
-                job.timer.cancel()
             job.last = result
             self._spawn(self._send_later(job, retry.delay_s(job.busy)))
             job.busy += 1
@@ -386,8 +413,6 @@ class _Links:
         _end(job, result)
 
     def _lost(self, job: _Job, error: PFNodeError) -> None:
-        if job.timer is not None:
-            job.timer.cancel()
         if job.ended:
             return
         if isinstance(error, RemoteError) or self._fatal is not None or self.retry is None:
@@ -410,13 +435,21 @@ class _Links:
             _end(job, self._fatal or ConnectionLost("reactor stopped"))
             raise
 
-    def _expire(self, link: _Link, seq: int) -> None:
-        job = link.pending.pop(seq, None)
-        if job is not None:
-            job.timer = None
-            if link.by_id.get(job.id) == seq:
-                del link.by_id[job.id]
-            _end(job, ReplyTimeout(f"no reply to packet {job.id} (seq {seq}) within {job.wait_s:.1f} s"))
+    async def _sweep(self) -> None:
+        """Packets past their reply deadline (their own plus REPLY_SLACK_S: the node answers
+        PF408 at the deadline itself, so this guards against a silent endpoint) end with
+        ReplyTimeout; looked for every SWEEP_S."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            link, now = self._link, loop.time()
+            if link is None:
+                continue
+            for seq, job in [(seq, job) for seq, job in link.pending.items() if job.deadline < now]:
+                del link.pending[seq]
+                if link.by_id.get(job.id) == seq:
+                    del link.by_id[job.id]
+                _end(job, ReplyTimeout(f"no reply to packet {job.id} (seq {seq}) within {job.wait_s:.1f} s"))
 
     # ------------------------------------------------------------------ frames in and out
     async def _send_on(self, link: _Link, frame: bytes) -> None:
@@ -491,6 +524,7 @@ class Reactor(_Links):
                 self._fatal = ConnectionLost("reactor is not started")
                 raise
         self._spawn(self._heartbeat_loop())
+        self._spawn(self._sweep())
         return self
 
     async def stop(self) -> None:
@@ -714,8 +748,9 @@ def _settle_future(job: _Job, outcome: Any) -> None:
 
 
 class _MapRun:
-    """One `Reactor.map`: sends packets for the items while fewer than `window` are in
-    flight, puts each answer in its place, stops at the first failure."""
+    """One `Reactor.map`: keeps up to `window` packets in flight, topping the window up in
+    one write once an eighth of it is free (not a wake-up and a write per answer), puts each
+    answer in its place, stops at the first failure."""
 
     def __init__(self, reactor: Reactor, group: str, element: str, items: Iterable, window: int,
                  chunk: int | None, priority: int, timeout_ms: int | None, metadata: dict | None,
@@ -737,6 +772,8 @@ class _MapRun:
         if metadata is not None:
             self.head["metadata"] = metadata
         self.inflight = 0
+        self.refill = max(1, window // 8)  # free slots that make the window worth topping up
+        self.low = 0  # on_end wakes run() when no more than this many are in flight
         self.live: set[_Job] = set()  # sent, not ended
         self.failure: BaseException | None = None
         self.wake: asyncio.Future | None = None
@@ -756,23 +793,25 @@ class _MapRun:
         return orjson.dumps({**self.head, "id": f"{self.prefix}{start}", "data": data}, option=_ENCODE)
 
     async def run(self) -> list:
-        loop = asyncio.get_running_loop()
-        send = self.reactor._send_job
+        todo = iter(self.ranges())
+        more = True
         try:
-            for start, stop in self.ranges():
-                while self.inflight >= self.window and self.failure is None:
-                    self.wake = loop.create_future()
-                    await self.wake
-                if self.failure is not None:
+            while more and self.failure is None:
+                if self.window - self.inflight < self.refill:
+                    await self.until(self.window - self.refill)
+                    continue
+                jobs = []
+                for start, stop in itertools.islice(todo, self.window - self.inflight):
+                    jobs.append(_Job(f"{self.prefix}{start}", self.body(start, stop), self.wait_s, self.retries,
+                                     self.on_end, (start, stop)))
+                more = len(jobs) == self.window - self.inflight
+                if not jobs:
                     break
-                job = _Job(f"{self.prefix}{start}", self.body(start, stop), self.wait_s, self.retries,
-                           self.on_end, (start, stop))
-                self.live.add(job)
-                self.inflight += 1
-                await send(job)
+                self.live.update(jobs)
+                self.inflight += len(jobs)
+                await self.reactor._send_jobs(jobs)
             while self.inflight and self.failure is None:
-                self.wake = loop.create_future()
-                await self.wake
+                await self.until(0)
         finally:
             for job in self.live:
                 job.ended = True  # stopped early: answers still to come are dropped
@@ -805,8 +844,14 @@ class _MapRun:
         if self.progress is not None:
             self.progress(stop - start)
         wake = self.wake
-        if wake is not None and not wake.done():
+        if wake is not None and (self.inflight <= self.low or self.failure is not None) and not wake.done():
             wake.set_result(None)
+
+    async def until(self, low: int) -> None:
+        """Wait until at most `low` packets are in flight (or one failed)."""
+        self.low = low
+        self.wake = asyncio.get_running_loop().create_future()
+        await self.wake
 
 
 # ---------------------------------------------------------------------------- the synchronous client
