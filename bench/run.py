@@ -24,6 +24,8 @@ Each repeat measures, a fresh client process each (bench/systems.py says what ea
             and, where `pfnode serve` takes --worker-start, started as new interpreters
   consume   10 000 df:noop runs sent by the client as 10 000 packets (window 256), as one
             df:consume packet, and as one df:consume with 100 items per sub-packet
+  map       pfnode.Client.map over 100 000 df:noop items (window 256) with its progress bar on,
+            against the raw frames of the first family's pfnode row: the ratio, goal >= 0.8
 
 Every answer is checked and the nodes' counters must agree with the clients. Prints tables on
 stdout (with the targets met or not), progress on stderr, and writes bench/results/bench-<time>.json,
@@ -80,6 +82,7 @@ def parse_args(argv: list[str] | None):
     opts.count("--consume-items", 10_000, 2_000, "df:noop runs per df:consume measurement (as packets from the "
                "client, as one df:consume packet, chunked)")
     opts.count("--consume-chunk", 100, 100, "items per sub-packet of the chunked df:consume")
+    opts.count("--map-items", 100_000, 10_000, "items of the pfnode.Client.map row (df:noop, progress bar on)")
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")
     args = opts.parse(argv)
     if args.ed_df_inflight is None:
