@@ -255,6 +255,8 @@ class _Links:
             raise _Unanswered(f"{exc}, before it answered our first heartbeat") from None
         finally:
             link.heartbeats.pop(seq, None)
+        if link.error is not None and link.error.code == ErrorCode.UNAUTHENTICATED.value:
+            raise link.error  # refused, though the node answered what it had read before it closed
 
     async def _link_up(self) -> _Link:
         """The open link; if there is none, wait while it is dialled again (`Retry.attempts`
@@ -702,7 +704,9 @@ class Reactor(_Links):
         elif waiter is not None and not waiter.done():
             waiter.set_exception(error)
         else:
-            if error.code != ErrorCode.UNAUTHENTICATED.value:
+            if error.code == ErrorCode.UNAUTHENTICATED.value:
+                self._fatal = error  # refused: the link closes next, and no request goes on it
+            else:
                 log.warning("reactor: error frame from %s: %s", self.endpoint, error)
             link.error = error
 

@@ -135,3 +135,17 @@ def buf_fill(data, ctx):
 def buf_sum(data, ctx):
     """The sum of the node's buffer `data` as this worker sees it, and the worker's pid."""
     return {"pid": os.getpid(), "sum": float(ctx.buffer(data).sum())}
+
+
+# -- added for tests/test_client.py -------------------------------------------------------
+
+@handler("df", "logged_run")
+def logged_run(data, ctx):
+    """Append "start <packet id>" to the file data["file"], sleep data["s"] seconds, append
+    "end <packet id>": when each packet started and ended, and how often it ran."""
+    for mark in ("start", "end"):
+        with open(data["file"], "a") as f:
+            f.write(f"{mark} {ctx.packet_id}\n")
+        if mark == "start":
+            time.sleep(data.get("s", 0))
+    return {"id": ctx.packet_id}

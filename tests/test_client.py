@@ -29,12 +29,17 @@ from tests.test_hub import announce, offered, result_frame, silence
 pytestmark = pytest.mark.timeout(60)
 
 FAST = Retry(first_s=0.01, max_s=0.05)  # the back-off of these tests: milliseconds, not seconds
-RECORDING = "tests.handlers_testing,tests.handlers_remote"  # df:remote_record: one line per run
 
 
 def new_key() -> str:
     """An element no node runs: its packets go to the peer that announces it."""
     return f"client_{uuid.uuid4().hex[:10]}"
+
+
+def runs_in(record) -> dict[str, list[str]]:
+    """df:logged_run's file: the packet ids that started, and those that ended, in order."""
+    lines = [line.split() for line in record.read_text().splitlines()] if record.exists() else []
+    return {mark: [pid for m, pid in lines if m == mark] for mark in ("start", "end")}
 
 
 def port_of(node) -> int:
@@ -288,18 +293,18 @@ def test_a_dropped_link_is_dialled_again_and_no_packet_runs_twice(fresh_node, tm
     """A map through a proxy whose connection is cut mid-run: the packets whose answers were
     lost fail with ConnectionLost (they may have run: not sent again), the rest go on the new
     link; every packet ran at most once."""
-    node = fresh_node("--workers", "2", handlers=RECORDING)
+    node = fresh_node("--workers", "2")
     record = tmp_path / "runs.txt"
     proxy = CuttableProxy(port_of(node))
     try:
         with Client(f"ws://127.0.0.1:{proxy.port}/packetflow/v1", retry=FAST) as client, \
                 concurrent.futures.ThreadPoolExecutor(1) as pool:
             items = [{"s": 0.05, "file": str(record)}] * 40
-            mapped = pool.submit(client.map, "df", "remote_record", items, window=4, return_exceptions=True)
-            wait_until(lambda: record.exists() and len(record.read_text().split()) >= 6, what="some packets run")
+            mapped = pool.submit(client.map, "df", "logged_run", items, window=4, return_exceptions=True)
+            wait_until(lambda: len(runs_in(record)["end"]) >= 6, what="some packets run")
             assert proxy.cut() == 1
             results = mapped.result(60)
-            after = client.submit("df", "remote_record", {"s": 0, "file": str(record)}).result(30)
+            after = client.submit("df", "logged_run", {"s": 0, "file": str(record)}).result(30)
     finally:
         proxy.close()
     lost = [r for r in results if isinstance(r, ConnectionLost)]
@@ -307,24 +312,24 @@ def test_a_dropped_link_is_dialled_again_and_no_packet_runs_twice(fresh_node, tm
     assert lost and len(lost) + len(ran) == len(items), results
     assert all("may have run" in str(e) for e in lost)
     wait_until(lambda: node.health()["lanes"]["df"]["running"] == 0, what="the df lane idle")
-    runs = record.read_text().split()
-    assert len(runs) == len(set(runs)), "a packet ran twice"
-    assert set(ran) | {after["id"]} <= set(runs)
+    started = runs_in(record)["start"]
+    assert len(started) == len(set(started)), "a packet ran twice"
+    assert set(ran) | {after["id"]} <= set(runs_in(record)["end"])
 
 
 def test_a_packet_lost_with_its_link_is_sent_again_only_if_retries_allow(fresh_node, tmp_path):
-    node = fresh_node("--workers", "2", handlers=RECORDING)
+    node = fresh_node("--workers", "2")
     record = tmp_path / "runs.txt"
     proxy = CuttableProxy(port_of(node))
     slow = {"s": 0.5, "file": str(record)}
 
     async def go():
         async with Reactor(f"ws://127.0.0.1:{proxy.port}/packetflow/v1", retry=FAST) as reactor:
-            once = asyncio.ensure_future(reactor.submit("df", "remote_record", slow, packet_id="once"))
-            again = asyncio.ensure_future(reactor.submit("df", "remote_record", slow, packet_id="again",
+            once = asyncio.ensure_future(reactor.submit("df", "logged_run", slow, packet_id="once"))
+            again = asyncio.ensure_future(reactor.submit("df", "logged_run", slow, packet_id="again",
                                                          retries=1))
-            await asyncio.to_thread(wait_until, lambda: node.health()["lanes"]["df"]["running"] == 2, 20, 0.02,
-                                    "both running")
+            await asyncio.to_thread(wait_until, lambda: sorted(runs_in(record)["start"]) == ["again", "once"],
+                                    20, 0.02, "both started")
             assert proxy.cut() == 1
             with pytest.raises(ConnectionLost) as info:
                 await once
@@ -336,8 +341,8 @@ def test_a_packet_lost_with_its_link_is_sent_again_only_if_retries_allow(fresh_n
     finally:
         proxy.close()
     assert result.ok and result.data["id"] == "again"
-    wait_until(lambda: record.read_text().split().count("again") == 2, what="the second run")
+    wait_until(lambda: len(runs_in(record)["end"]) >= 3, what="the three runs' ends")
     wait_until(lambda: node.health()["lanes"]["df"]["running"] == 0, what="the df lane idle")
-    runs = record.read_text().split()
-    assert runs.count("once") == 1  # its answer was lost, and it was not sent again
-    assert runs.count("again") == 2  # sent again, as the caller allowed: it ran twice
+    started = runs_in(record)["start"]
+    assert started.count("once") == 1, started  # its answer was lost, and it was not sent again
+    assert started.count("again") == 2, started  # sent again, as the caller allowed: it ran twice
