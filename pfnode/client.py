@@ -512,19 +512,16 @@ class Reactor(_Links):
         `ConnectionLost` at once, one that refuses the token `RemoteError` (PF401). A link
         that closes before the node said a word is dialled again (`retry`)."""
         self._fatal = None
-        for attempt in itertools.count():
+        try:
             try:
                 await self._open()
-                break
             except _Unanswered:
-                if self.retry is None or attempt + 1 >= self.retry.attempts:
-                    self._fatal = ConnectionLost("reactor is not started")
+                if self.retry is None:
                     raise
-                self._fatal = None
-                await asyncio.sleep(self.retry.delay_s(attempt))
-            except BaseException:
-                self._fatal = ConnectionLost("reactor is not started")
-                raise
+                await self._link_up()  # dialled again, as after any loss (one dialler: _redial)
+        except BaseException:
+            self._fatal = ConnectionLost("reactor is not started")
+            raise
         self._spawn(self._heartbeat_loop())
         self._spawn(self._sweep())
         return self

@@ -15,7 +15,9 @@ import concurrent.futures
 import sys
 import uuid
 
+import orjson
 import pytest
+from websockets.asyncio.server import serve
 
 import pfnode
 import pfnode.client
@@ -346,3 +348,37 @@ def test_a_packet_lost_with_its_link_is_sent_again_only_if_retries_allow(fresh_n
     started = runs_in(record)["start"]
     assert started.count("once") == 1, started  # its answer was lost, and it was not sent again
     assert started.count("again") == 2, started  # sent again, as the caller allowed: it ran twice
+
+
+def test_a_link_closed_before_the_node_said_a_word_is_dialled_again_at_start():
+    """A refusal's PF401 can be lost to a TCP reset (docs/PROTOCOL.md, "Authentication"): a
+    link that closes before answering the first heartbeat is dialled again, and nothing but
+    that heartbeat went on it. Here an endpoint closes its first connection at once."""
+    seen: list[list[dict]] = []
+
+    async def endpoint(ws):
+        frames: list[dict] = []
+        seen.append(frames)
+        if len(seen) == 1:
+            frames.append(orjson.loads(await ws.recv()))
+            await ws.close(1011, "not now")
+            return
+        async for text in ws:
+            msg = orjson.loads(text)
+            frames.append(msg)
+            if msg["type"] == "heartbeat":
+                await ws.send(orjson.dumps({"type": "heartbeat", "seq": msg["seq"], "payload": {}}).decode())
+            elif msg["type"] == "submit":
+                await ws.send(orjson.dumps({"type": "result", "seq": msg["seq"], "payload": {
+                    "packet_id": msg["payload"]["id"], "status": "success", "data": msg["payload"]["data"]}}).decode())
+
+    async def go():
+        async with serve(endpoint, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with Reactor(f"ws://127.0.0.1:{port}/", retry=FAST, announce=False) as reactor:
+                assert (await reactor.submit("df", "echo", 5)).data == 5
+
+    run(go())
+    assert len(seen) == 2
+    assert [m["type"] for m in seen[0]] == ["heartbeat"]  # the first link: the heartbeat alone
+    assert [m["type"] for m in seen[1]] == ["heartbeat", "submit"]
