@@ -31,11 +31,13 @@ a `capabilities` list in a heartbeat (pfnode's extension, which spec endpoints i
 docs/PROTOCOL.md, "Hub routing"), so a pfnode hub routes those packets here and does not ask
 it for others. `announce=False` keeps it to the spec.
 
-What both do by themselves (`retry=`, a `Retry`; `retry=None` turns it all off):
+What both do by themselves (retries and reconnection as `retry=`, a `Retry`, says;
+`retry=None` turns them off):
 
-- **Authentication**: `token=`, else `$PFNODE_TOKEN`, sent as `Authorization: Bearer`. A node
-  that refuses the token answers PF401 and closes the link (4401): every request, then and
-  after, raises `RemoteError("PF401", <the node's message>)`; it is never retried.
+- **Authentication**: `token=`, else `$PFNODE_TOKEN`, sent as `Authorization: Bearer`. Each
+  link starts with one heartbeat exchanged before any packet goes on it: a node that refuses
+  the token answers PF401 and closes the link (4401), so `start()` (and `Client(...)`) raises
+  `RemoteError("PF401", <the node's message>)`, as does every request after; never retried.
 - **Busy answers are retried**: PF003, PF004 and PF503 say the packet did not run (or cannot
   now): it is sent again after a delay that doubles from `Retry.first_s` to `Retry.max_s`, each
   a random 50-100 % of that, up to `Retry.attempts` times; then the last answer stands.
@@ -1037,9 +1039,11 @@ class Client:
     def _shut_down(self) -> None:
         async def cancel_the_rest() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:  # the submits the stopped reactor failed end with its ConnectionLost first
+                _, pending = await asyncio.wait(tasks, timeout=1.0)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
         if threading.current_thread() is not self._thread and self._loop.is_running():
             asyncio.run_coroutine_threadsafe(cancel_the_rest(), self._loop).result(10)

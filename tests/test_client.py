@@ -76,7 +76,10 @@ def test_submit_gives_a_future_of_the_data_or_of_a_remote_error(node):
             client.submit("df", "boom", 1, id="my-boom").result(30)
         assert (info.value.code, info.value.packet_id) == ("PF500", "my-boom")
         assert "ValueError: boom: 1" in info.value.message
+        unanswered = client.submit("df", "inc", 1, dependencies=[f"never-{uuid.uuid4()}"])  # held by the node
     assert "closed" in repr(client)
+    with pytest.raises(ConnectionLost):  # closing failed it
+        unanswered.result(30)
     with pytest.raises(ConnectionLost):
         client.submit("df", "transform", "x")
 
