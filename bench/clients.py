@@ -17,6 +17,7 @@ fresh child process (`Processes.call`) and returns a dict of measurements.
                      a df:crash (its worker exits) every Nth packet
   consume_client     n df:noop runs as n packets from the client, as one df:consume packet, and
                      as one df:consume packet with `chunk` items per sub-packet
+  client_map_client  pfnode.Client.map over n df:noop items with its progress bar on (to a file)
   executor_client    the stdlib ProcessPoolExecutor, driven in-process
 
 CPU time of the server processes during a throughput phase is read here, from the client, for
@@ -962,6 +963,51 @@ def consume_client(endpoint: str, items: int, chunk: int, window: int, tag: str,
         return out
 
     return run_loop(main)
+
+
+# ---------------------------------------------------------------------------- pfnode.Client.map
+# The synchronous client a script or a notebook uses, with its progress bar, against the raw
+# frames of ws_client: what the convenience costs.
+
+def client_map_client(endpoint: str, items: int, warmup: int, window: int, cpu_pids: dict[str, list[int]]) -> dict:
+    """pfnode.Client.map of df:noop over `items` items (each the row's DATA), `window` packets in
+    flight, with its tqdm bar forced on (progress=True) and drawn to a file, as it is when stderr
+    is not a terminal: a warm-up map of `warmup` items, then the measured one. Every result is
+    checked (DATA, in its place) and the bar must have drawn every item."""
+    import contextlib
+    import tempfile
+
+    from pfnode import Client
+
+    def checked(results: list, n: int) -> None:
+        wrong = sum(1 for r in results if r != DATA)
+        if len(results) != n or wrong:
+            raise BenchError(f"Client.map returned {len(results)} results for {n} items, {wrong} wrong")
+
+    with tempfile.TemporaryFile("w+") as bar, Client(endpoint) as client:
+        with contextlib.redirect_stderr(bar):
+            checked(client.map("df", "noop", [DATA] * warmup, window=window, progress=True), warmup)
+        bar.seek(0)
+        bar.truncate()
+        cpu0 = {group: cpu_s(pids) for group, pids in cpu_pids.items()}
+        client0 = time.process_time()  # every thread's: the caller's and the client's loop
+        start = time.perf_counter()
+        with contextlib.redirect_stderr(bar):
+            results = client.map("df", "noop", [DATA] * items, window=window, progress=True)
+        elapsed = time.perf_counter() - start
+        client1 = time.process_time()
+        cpu1 = {group: cpu_s(pids) for group, pids in cpu_pids.items()}
+        checked(results, items)
+        bar.seek(0)
+        drawn = bar.read().replace("\r", "\n").strip().splitlines()
+    if not drawn or f"{items}/{items}" not in drawn[-1]:
+        raise BenchError(f"the progress bar did not draw the {items} items: {drawn[-1:]!r}")
+    out = {"throughput": items / elapsed, "elapsed_s": elapsed, "items": items, "window": window,
+           "client_cpu_us_per_packet": (client1 - client0) / items * 1e6, "bar": drawn[-1].strip(),
+           "bar_lines": len(drawn), "packets_answered": warmup + items}
+    for group in cpu_pids:
+        out[f"{group}_cpu_us_per_packet"] = (cpu1[group] - cpu0[group]) / items * 1e6
+    return out
 
 
 # ---------------------------------------------------------------------------- the executor

@@ -32,6 +32,8 @@ CONSUME_KEYS = ("items_per_s", "elapsed_s", "front_cpu_us_per_item", "workers_cp
 CONSUME_NAMES = {"separate": "{n} df:noop packets from the client (window {window})",
                  "consume": "one df:consume over {n} items",
                  "chunked": "one df:consume, chunk {chunk} ({subs} sub-packets)"}
+MAP_KEYS = ("throughput", "vs_raw", "client_cpu_us_per_packet", "front_cpu_us_per_packet", "workers_cpu_us_per_packet")
+MAP_GOAL = 0.8  # Client.map's throughput over the raw frames' (issue 20)
 FAULT_KEYS = ("throughput", "rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "crashes_per_s")
 FAULT_PHASES = ("loaded", "one")  # the windowed phase, then 1 in flight
 FAULT_RTT_LIMIT = 3.0  # healthy packets' RTT p50 with crashes mixed in, at most this times fault-free
@@ -316,6 +318,19 @@ def summarise_consume(runs: list[dict], args: argparse.Namespace) -> dict:
     return out
 
 
+def summarise_client_map(runs: list[dict], raw: dict, args: argparse.Namespace) -> dict:
+    """Medians over the repeats, the raw pfnode row's (same node, same window), their ratio
+    (the median of each repeat's) and its goal."""
+    out: dict = {"items": args.map_items, "window": args.window, **summarise(runs, MAP_KEYS),
+                 "raw_throughput": raw.get("throughput"), "raw_client_cpu_us_per_packet": raw.get("client_cpu_us_per_packet"),
+                 "bar": runs[-1]["bar"] if runs else None}
+    ratio = out.get("vs_raw")
+    out["goals"] = [_goal("client_map", "Client.map / raw frames, throughput", ratio, MAP_GOAL,
+                          f"{fmt(out.get('throughput'))} items/s against {fmt(out['raw_throughput'])} packets/s",
+                          at_least=True)]
+    return out
+
+
 def _goal(key: str, name: str, measured: float | None, limit: float, value: str, unit: str = "x",
           at_least: bool = False, also: bool = True) -> dict:
     """One goal: `measured` (a ratio, unit "x", or a figure in `unit`) against `limit` (at most,
@@ -429,6 +444,8 @@ def bench_report(args: argparse.Namespace, machine: dict, plan: Plan, results: R
         "fault_recovery_runs": results.fault_runs,
         "consume": summarise_consume(results.consume_runs, args),
         "consume_runs": results.consume_runs,
+        "client_map": summarise_client_map(results.map_runs, medians["pfnode"], args),
+        "client_map_runs": results.map_runs,
         "node": node_status["picows"],
         "websockets_node": node_status["websockets"],
         "pipes_node": node_status["pipes"],
@@ -443,7 +460,7 @@ def run_config(args: argparse.Namespace, plan: Plan, results: Results, node_stat
              "group_rtt_packets", "ed_seconds", "ed_df_inflight", "ed_df_sleep_ms", "ed_flood_inflight",
              "payload_packets", "payload_rtt_packets", "payload_window", "payload_large_window", "fair_window",
              "fair_sleep_ms", "fair_samples", "fault_seconds", "fault_rtt_seconds", "fault_window",
-             "fault_crash_every", "fault_spin_us", "consume_items", "consume_chunk")
+             "fault_crash_every", "fault_spin_us", "consume_items", "consume_chunk", "map_items")
     config = {name: getattr(args, name) for name in names}
     config.update({"warmup": plan.warmup, "group_warmup": plan.group_warmup,
                    "data_bytes": len(json.dumps(DATA, separators=(",", ":"))),
@@ -543,6 +560,7 @@ def print_bench(report: dict) -> None:
     print_fairness(report)
     print_faults(report)
     print_consume(report)
+    print_client_map(report)
     print("targets (DESIGN.md and the payload issue, 2-core machine)")
     for target in report["targets"]:
         print(f"  {_met(target['met'])} {target['name']}: {target['value']}")
@@ -718,6 +736,23 @@ def print_consume(report: dict) -> None:
         ratio = f"{c['ratios'][way]['items_per_s']:.2f}x" if way in c["ratios"] else "1"
         print(f"{names[way]:<52} {fmt(m['items_per_s']):>9} {spread:>17} {ratio:>10} | "
               f"{fmt(m['front_cpu_us_per_item'], '.1f'):>8} {fmt(m['workers_cpu_us_per_item'], '.1f'):>10}")
+    print()
+
+
+def print_client_map(report: dict) -> None:
+    c = report["client_map"]
+    print(f"pfnode.Client.map: {c['items']:,} df:noop items (data: the row's), window {c['window']}, its tqdm bar "
+          f"forced on and drawn to a file, against the raw frames of the pfnode row on the same node; "
+          f"{len(report['client_map_runs'])} repeats; medians")
+    _rule(f"{'client':<44} {'packets/s':>10} {'(min-max)':>17} {'client µs/pkt':>13} {'front µs':>8} {'workers µs':>10}")
+    print(f"{'raw frames (the pfnode row above)':<44} {fmt(c['raw_throughput']):>10} {'':>17} "
+          f"{fmt(c['raw_client_cpu_us_per_packet'], '.1f'):>13}")
+    spread = f"({fmt(c.get('throughput_min'))}-{fmt(c.get('throughput_max'))})"
+    print(f"{'Client.map, progress=True':<44} {fmt(c.get('throughput')):>10} {spread:>17} "
+          f"{fmt(c.get('client_cpu_us_per_packet'), '.1f'):>13} {fmt(c.get('front_cpu_us_per_packet'), '.1f'):>8} "
+          f"{fmt(c.get('workers_cpu_us_per_packet'), '.1f'):>10}")
+    print(f"  the bar's last line: {c['bar']}")
+    _print_goals(c["goals"])
     print()
 
 

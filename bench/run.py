@@ -24,6 +24,8 @@ Each repeat measures, a fresh client process each (bench/systems.py says what ea
             and, where `pfnode serve` takes --worker-start, started as new interpreters
   consume   10 000 df:noop runs sent by the client as 10 000 packets (window 256), as one
             df:consume packet, and as one df:consume with 100 items per sub-packet
+  map       pfnode.Client.map over 100 000 df:noop items (window 256) with its progress bar on,
+            against the raw frames of the first family's pfnode row: the ratio, goal >= 0.8
 
 Every answer is checked and the nodes' counters must agree with the clients. Prints tables on
 stdout (with the targets met or not), progress on stderr, and writes bench/results/bench-<time>.json,
@@ -46,7 +48,8 @@ from bench.processes import Processes, run_with_cleanup  # noqa: E402
 
 def parse_args(argv: list[str] | None):
     # The full sizes keep `make bench` (run.py, hub.py, the micro-benchmarks) near 2 min 20 s on 2 cores
-    # (at most 3 min); the fairness and fault-recovery families take about 9 s of each repeat.
+    # (at most 3 min); the fairness and fault-recovery families take about 9 s of each repeat, the
+    # Client.map row 5-10 s (100 000 items at 10 000-30 000 a second).
     opts = Options(__doc__, "worker processes for pfnode and the executor", (10_000, 3_000), (1_000, 300))
     opts.count("--group-packets", 2000, 1000, "packets per throughput measurement of each lane's no-op")
     opts.count("--group-rtt-packets", 300, 150, "round trips per RTT measurement of each lane's no-op")
@@ -80,6 +83,7 @@ def parse_args(argv: list[str] | None):
     opts.count("--consume-items", 10_000, 2_000, "df:noop runs per df:consume measurement (as packets from the "
                "client, as one df:consume packet, chunked)")
     opts.count("--consume-chunk", 100, 100, "items per sub-packet of the chunked df:consume")
+    opts.count("--map-items", 100_000, 10_000, "items of the pfnode.Client.map row (df:noop, progress bar on)")
     opts.add("--no-plot", action="store_true", help="do not draw the PNG")
     args = opts.parse(argv)
     if args.ed_df_inflight is None:

@@ -3,8 +3,8 @@
 The declarations first (the nodes and servers started, the df:noop rows, the lanes, the ed load
 phases, the payloads, the fairness lanes, the fault-recovery nodes), then `start_servers`, then the
 families, each called once per repeat: `measure_systems`, `measure_lanes`, `measure_ed_load`,
-`measure_payloads`, `measure_fairness`, `measure_faults`, `measure_consume`; then the checks of the nodes' own
-counters against what the clients sent, and `stop_servers`. bench/run.py calls them in
+`measure_payloads`, `measure_fairness`, `measure_faults`, `measure_consume`, `measure_client_map`; then the
+checks of the nodes' own counters against what the clients sent, and `stop_servers`. bench/run.py calls them in
 that order; the hub relay's systems (bench/hub.py) are at the end.
 """
 from __future__ import annotations
@@ -145,6 +145,8 @@ class Plan:
     fault_timeout_s: float = 0.0
     fault_warmup: int = 0
     consume_timeout_s: float = 0.0
+    map_warmup: int = 0
+    map_timeout_s: float = 0.0
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "Plan":
@@ -174,6 +176,9 @@ class Plan:
         plan.fault_warmup = max(2 * args.fault_window, 200)
         # Generous: a run fails only under 100 items/s.
         plan.consume_timeout_s = 30 + args.consume_items / 100
+        plan.map_warmup = warmup_packets(args.map_items)
+        # Generous: a run fails only under 200 items/s.
+        plan.map_timeout_s = 30 + (plan.map_warmup + args.map_items) / 200
         return plan
 
     def common(self) -> dict:
@@ -198,6 +203,7 @@ class Results:
     fair_runs: list[dict] = field(default_factory=list)
     fault_runs: dict[str, list[dict]] = field(default_factory=dict)  # worker start -> runs
     consume_runs: list[dict] = field(default_factory=list)
+    map_runs: list[dict] = field(default_factory=list)  # pfnode.Client.map
     lanes_at_start: dict = field(default_factory=dict)  # the main node's /status lanes
     large_packets: int = 0  # the payload packets over the shm threshold sent to the main node
     fault_checks: dict[str, dict] = field(default_factory=dict)  # worker start -> counters, expected
@@ -419,8 +425,27 @@ def measure_consume(procs: Processes, servers: Servers, plan: Plan, rep: int, re
         for way in CONSUME_WAYS))
 
 
+def measure_client_map(procs: Processes, servers: Servers, plan: Plan, rep: int, results: Results) -> None:
+    """pfnode.Client.map over --map-items df:noop items against the main node, its progress bar
+    forced on (to a file: not a terminal), at the raw pfnode row's window; set against that
+    row's throughput of this repeat (measure_systems runs first)."""
+    a = plan.args
+    node = servers.nodes["picows"]
+    label = _label(plan, rep, "Client.map")
+    r = procs.call(label, clients.client_map_client, 2 * plan.map_timeout_s + 30, endpoint=node.endpoint,
+                   items=a.map_items, warmup=plan.map_warmup, window=a.window,
+                   cpu_pids={"front": [node.front_pid], "workers": servers.lane_pids["df"]})
+    raw = results.runs["pfnode"][rep]["throughput"] if len(results.runs["pfnode"]) > rep else None
+    r["raw_throughput"] = raw
+    r["vs_raw"] = r["throughput"] / raw if raw else None
+    results.map_runs.append(r)
+    progress(f"{label}: {a.map_items:,} items, {r['throughput']:,.0f} items/s"
+             + (f" = {r['vs_raw']:.2f}x the raw frames' {raw:,.0f} packets/s" if raw else "")
+             + f", client CPU {r['client_cpu_us_per_packet']:.1f} µs/item; bar: {r['bar']}")
+
+
 FAMILIES = (measure_systems, measure_lanes, measure_ed_load, measure_payloads, measure_fairness, measure_faults,
-            measure_consume)
+            measure_consume, measure_client_map)
 
 
 # ---------------------------------------------------------------------------- after the repeats
@@ -438,7 +463,8 @@ def check_counters(servers: Servers, results: Results) -> dict[str, dict]:
     main_payloads = [r for rs in results.payload_runs["pfnode"] for r in rs]
     expected = {"picows": _answered(results.runs["pfnode"]) + _answered(results.ed_runs) + _answered(main_payloads)
                 + sum(_answered(rs) for rs in results.group_runs.values()) + _answered(results.fair_runs)
-                + _answered(results.consume_runs) + sum(r["subpackets"] for r in results.consume_runs),
+                + _answered(results.consume_runs) + sum(r["subpackets"] for r in results.consume_runs)
+                + _answered(results.map_runs),
                 "websockets": _answered(results.runs["pfnode_websockets"]),
                 "pipes": _answered(r for rs in results.payload_runs["pfnode_pipes"] for r in rs)}
     for name, got in counters.items():

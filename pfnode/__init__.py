@@ -1,9 +1,25 @@
-"""pfnode: a PacketFlow v1.0 compute node with a multiprocess worker pool."""
+"""pfnode: a PacketFlow v1.0 compute node with a multiprocess worker pool.
+
+`pfnode.Client` is the synchronous client (pfnode/client.py), imported on first use so that
+a worker process importing `pfnode` for `@handler` does not load the WebSocket client."""
+from typing import TYPE_CHECKING
+
 from .errors import (ConnectionLost, ErrorCode, HandlerError, PayloadError, PFNodeError, RemoteError,
                      ReplyTimeout)
 from .registry import Context, handler, register
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .client import Client
+
 __version__ = "0.1.0"
-__all__ = ["ConnectionLost", "Context", "ErrorCode", "HandlerError", "PayloadError", "PFNodeError",
+__all__ = ["Client", "ConnectionLost", "Context", "ErrorCode", "HandlerError", "PayloadError", "PFNodeError",
            "RemoteError", "ReplyTimeout", "Settings", "handler", "register", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module 'pfnode' has no attribute {name!r}")

@@ -46,7 +46,13 @@ class HandlerError(PFNodeError):
 
 
 class RemoteError(HandlerError):
-    """The remote end answered a message with an `error` frame."""
+    """The remote end refused a message with an `error` frame (PF401, PF403, PF002, ...), or,
+    for `pfnode.Client`, answered a packet with an error result. `code` and `message` are the
+    node's; `packet_id` the packet's, when known."""
+
+    def __init__(self, code: str | ErrorCode, message: str, packet_id: str | None = None) -> None:
+        super().__init__(code, message)
+        self.packet_id = packet_id
 
 
 class ConnectionLost(PFNodeError):

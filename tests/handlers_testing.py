@@ -147,3 +147,17 @@ def blob(data):
 def mc_pid(data):
     """A user's mc handler (admins only): the worker's pid."""
     return os.getpid()
+
+
+# -- added for tests/test_client.py -------------------------------------------------------
+
+@handler("df", "logged_run")
+def logged_run(data, ctx):
+    """Append "start <packet id>" to the file data["file"], sleep data["s"] seconds, append
+    "end <packet id>": when each packet started and ended, and how often it ran."""
+    for mark in ("start", "end"):
+        with open(data["file"], "a") as f:
+            f.write(f"{mark} {ctx.packet_id}\n")
+        if mark == "start":
+            time.sleep(data.get("s", 0))
+    return {"id": ctx.packet_id}

@@ -43,9 +43,10 @@ def dask_node(tmp_path_factory):
 
 
 def submit(node, *packets, **common):
-    """Submit (group, element, data, options) packets at once; their results, in order."""
+    """Submit (group, element, data, options) packets at once; their results, in order (the
+    node's own answers: a PF503 is not retried)."""
     async def go():
-        async with Reactor(node.endpoint) as reactor:
+        async with Reactor(node.endpoint, retry=None) as reactor:
             return await asyncio.gather(*(reactor.submit(g, e, d, **{**common, **o}) for g, e, d, o in packets))
     return run(go())
 

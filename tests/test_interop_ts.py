@@ -331,7 +331,7 @@ def test_ts_reactor_killed_mid_packet_gives_pf003_not_a_timeout(bare_node, node_
     peer = start_peer(node_bin, peer_url(bare_node.endpoint))
     try:
         async def go():
-            async with Reactor(bare_node.endpoint, token=CLIENT) as client:
+            async with Reactor(bare_node.endpoint, token=CLIENT, retry=None) as client:  # the node's own answer
                 pid = new_id("killed")
                 task = asyncio.ensure_future(
                     client.submit("df", "ts_slow", 10_000, timeout_ms=20_000, packet_id=pid))

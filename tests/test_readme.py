@@ -180,6 +180,16 @@ def test_the_example_runs_as_written(example, nodes):
     assert done.stdout.splitlines() == expected
 
 
+def test_a_reactor_in_an_example_registers_a_key_its_node_does_not_have(nodes):
+    """A hub example must show a packet forwarded to a reactor: its node has no handler of
+    its own for the key, built in (the standard elements) or loaded."""
+    registering = [(e, key) for e in RUNS if e.lang == "python"
+                   for key in re.findall(r'\.register\("(\w+)", "(\w+)"', e.text)]
+    assert registering, "no example registers a reactor's handler"
+    for example, (group, element) in registering:
+        assert f"{group}:{element}" not in nodes.node_for(example).health()["handlers"], example.id
+
+
 # --- what the README says beside its examples ---------------------------------------------------
 
 def test_links_work_on_a_package_index_page():
