@@ -161,8 +161,11 @@ def dask_client(workers: int, counts: dict, rtt_count: int, warmup: int, timeout
     logging.getLogger("distributed").setLevel(logging.ERROR)  # its start-up notes are not results
     tasks = _tasks()
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    # On loopback, its HTTP server on a free port (as pfnode's own LocalCluster, pfnode/dask/local.py):
+    # the default, 8787, may be taken by another cluster on the machine.
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
         client.wait_for_workers(workers, timeout=timeout_s)
 
         def run_map(fn, n: int) -> list:
