@@ -52,12 +52,14 @@ fuzz: venv
 	PFNODE_TRANSPORT=websockets PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 
 # bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), bench/dasklane.py (DASK_ARGS: the
-# local pool against a Dask LocalCluster), then the pytest-benchmark micro-benchmarks (MICRO_ARGS go to pytest).
-# --quick in ARGS shortens all four: hub.py and dasklane.py get it too, and each micro-benchmark runs for at most
-# 0.05 s instead of 0.5 s. Plain `pytest` never collects bench/: testpaths is tests/.
+# local pool against a Dask LocalCluster), bench/peers.py (PEERS_ARGS: pfnode beside the ProcessPoolExecutor, Ray
+# and Dask; Ray only where the peers extra is installed), then the pytest-benchmark micro-benchmarks (MICRO_ARGS go
+# to pytest). --quick in ARGS shortens all five: hub.py, dasklane.py and peers.py get it too, and each
+# micro-benchmark runs for at most 0.05 s instead of 0.5 s. Plain `pytest` never collects bench/: testpaths is tests/.
 MICRO_ARGS ?=
 HUB_ARGS ?=
 DASK_ARGS ?=
+PEERS_ARGS ?=
 BENCH_QUICK := $(filter --quick,$(ARGS))
 MICRO_MAX_TIME := $(if $(BENCH_QUICK),0.05,0.5)
 
@@ -65,6 +67,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
 	$(PY) bench/hub.py $(BENCH_QUICK) $(HUB_ARGS)
 	$(PY) bench/dasklane.py $(BENCH_QUICK) $(DASK_ARGS)
+	$(PY) bench/peers.py $(BENCH_QUICK) $(PEERS_ARGS)
 	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-sort=name \
 		--benchmark-max-time=$(MICRO_MAX_TIME) --benchmark-columns=min,median,mean,stddev,ops,rounds \
 		--benchmark-json=bench/results/micro-latest.json $(MICRO_ARGS)

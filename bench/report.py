@@ -863,25 +863,29 @@ def write_plot(report: dict, paths: list[Path]) -> str:
                  f"{cfg['repeats']} repeats (medians; bars: min-max)  {report['machine']['date']}", fontsize=11)
     systems = ["pfnode", "pfnode_websockets", "executor", "echo", "echo_picows"]
     labels = {row.key: row.plot_label for row in SYSTEMS}
-    _bars(axes[0][0], [labels[s] for s in systems], [med[s] for s in systems],
-          ["tab:blue", "tab:cyan", "tab:gray", "tab:orange", "tab:olive"],
-          f"df:noop throughput per system (window {cfg['window']})", "packets/s")
-    axes[0][0].axhline(30_000, color="tab:red", linestyle="--", linewidth=1)
-    axes[0][0].annotate("target 30 000/s", (-0.45, 30_000), xytext=(0, 3), textcoords="offset points",
-                        ha="left", fontsize=8, color="tab:red")
+    # The target is named in the title, not beside its line, where a bar's label could meet it.
+    target = 30_000
+    system_labels = _bars(axes[0][0], [labels[s] for s in systems], [med[s] for s in systems],
+                          ["tab:blue", "tab:cyan", "tab:gray", "tab:orange", "tab:olive"],
+                          f"df:noop throughput per system (window {cfg['window']}; dashed: target 30 000/s)",
+                          "packets/s", lines=[target])
+    axes[0][0].axhline(target, color="tab:red", linestyle="--", linewidth=1)
     groups = report["groups"]
     _bars(axes[0][1], [f"{g}:noop\n{groups[g].get('workers')} worker(s)" for g in GROUPS],
           [groups[g] for g in GROUPS], "tab:green", f"throughput per lane (window {cfg['window']})", "packets/s")
     _payload_cpu(axes[1][0], report["payloads"])
     _payload_rate(axes[1][1], report["payloads"])
     fig.tight_layout()
+    _clear_of_lines(fig, [(axes[0][0], ann, [target]) for ann in system_labels])
     for path in paths:
         fig.savefig(path, dpi=100)
     plt.close(fig)
     return f"plot: {paths[0]}" + (f" (and {', '.join(str(p) for p in paths[1:])})" if paths[1:] else "")
 
 
-def _bars(ax, labels, stats, color, title, ylabel, key="throughput") -> None:
+def _bars(ax, labels, stats, color, title, ylabel, key="throughput", lines=()) -> list:
+    """Bars with min-max whiskers and a label above each; the labels, to move clear of the
+    reference `lines` once the figure is laid out."""
     values = [s[key] for s in stats]
     low = [s[key] - s.get(key + "_min", s[key]) for s in stats]
     high = [s.get(key + "_max", s[key]) - s[key] for s in stats]
@@ -892,10 +896,21 @@ def _bars(ax, labels, stats, color, title, ylabel, key="throughput") -> None:
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     tops = [v + h for v, h in zip(values, high)]
-    for x, v, top, st in zip(xs, values, tops, stats):
-        ax.annotate(f"{v:,.0f}/s\nRTT p50 {st['rtt_p50_us']:,.0f} µs", (x, top), textcoords="offset points",
-                    xytext=(0, 4), ha="center", fontsize=8)
-    ax.set_ylim(0, max(tops) * 1.2)
+    annotations = [ax.annotate(f"{v:,.0f}/s\nRTT p50 {st['rtt_p50_us']:,.0f} µs", (x, top), textcoords="offset points",
+                               xytext=(0, 4), ha="center", fontsize=8) for x, v, top, st in zip(xs, values, tops, stats)]
+    # room for the labels, also for one moved above a reference line just over its bar
+    ax.set_ylim(0, max([*tops, *lines]) * 1.25)
+    return annotations
+
+
+def _log_headroom(ax, values: list[float], share: float = 0.7) -> None:
+    """On a log axis, put the top so that the largest value sits at `share` of the height: the
+    upper part is left to the legend (upper left) and the bars' labels."""
+    import math
+
+    low, _ = ax.get_ylim()
+    top = max(v for v in values if v)
+    ax.set_ylim(low, 10 ** (math.log10(low) + (math.log10(top) - math.log10(low)) / share))
 
 
 def _payload_cpu(ax, payloads: list[dict]) -> None:
@@ -916,7 +931,9 @@ def _payload_cpu(ax, payloads: list[dict]) -> None:
     ax.set_title("CPU µs per packet vs payload size (throughput phase)", fontsize=10)
     ax.set_ylabel("CPU µs/packet")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # The lines climb to the right: the legend goes above them, in the top left, with room made for it.
+    _log_headroom(ax, [y for line in ax.get_lines() for y in line.get_ydata() if y is not None], 0.72)
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
 
 
 def _payload_rate(ax, payloads: list[dict]) -> None:
@@ -939,4 +956,99 @@ def _payload_rate(ax, payloads: list[dict]) -> None:
     ax.set_title("payload throughput: float64 data MB/s (one way)", fontsize=10)
     ax.set_ylabel("MB/s")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    _log_headroom(ax, [p.get_height() for p in ax.patches], 0.72)  # the legend above the bars and their labels
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
+
+
+# ============================================================================ the peers plot (bench/peers.py)
+
+PEER_COLORS = {"pfnode": "tab:blue", "executor": "tab:gray", "ray": "tab:purple", "dask": "tab:orange"}
+
+
+def ratio_text(value: float) -> str:
+    """A ratio with three significant digits: 55.5x, 3.15x, 0.0207x."""
+    return f"{value:.3g}x"
+
+
+def write_peers_plot(result: dict, paths: list[Path]) -> str:
+    """bench/peers.py's PNG: one panel per row of its table (no-op tasks/s, 5 ms tasks/s, round
+    trip p50), a bar per system, its figure and pfnode's ratio over it above each bar, the goal
+    and the ideal as dashed lines, the goal's met / NOT MET in the panel's title; a system not
+    measured (Ray not installed) gets a note in place of its bar."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ("plot: skipped, matplotlib is not installed (make bench installs it; or "
+                ".venv/bin/pip install -e '.[bench]')")
+    cfg, systems = result["config"], result["systems"]
+    keys = list(systems)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 6))
+    load = result["machine"].get("loadavg_at_start")
+    fig.suptitle(f"pfnode beside its peers: the same tasks through each system's own Python API, "
+                 f"{cfg['workers']} workers each, {result['machine']['cpu_count']} CPUs"
+                 + (f", 1-minute load {load[0]:.2f}" if load else "") + f"  {result['machine']['date']}\n"
+                 f"above each bar: its figure, and pfnode's over it (throughput above 1x, round trip below 1x: "
+                 f"pfnode ahead)", fontsize=11)
+    goal = next((g for g in result["goals"] if g["key"] == "reactor_noop_tasks_per_s"), None)
+    ideal = cfg["ideal_cpu5_tasks_per_s"]
+    panels = (  # key, ratio key, title, y label, log scale, label format, reference lines (y, colour)
+        ("noop_tasks_per_s", "noop", "no-op tasks/s", "tasks/s", True, "{:,.0f}/s",
+         [(goal["limit"], "tab:green" if goal["met"] else "tab:red")] if goal else []),
+        ("cpu5_tasks_per_s", "cpu5", f"{cfg['cpu_task_ms']:g} ms CPU tasks/s (dashed: ideal {ideal:,.0f}/s)",
+         "tasks/s", False, "{:,.0f}/s", [(ideal, "black")]),
+        ("rtt_p50_us", "rtt_p50", "round trip p50, one at a time (lower is better)", "µs", True, "{:,.0f} µs", []),
+    )
+    labels: list[tuple] = []  # (axes, annotation, reference lines' y)
+    for ax, (key, ratio_key, title, ylabel, log, text, lines) in zip(axes, panels):
+        measured = [k for k in keys if systems[k]["measured"]]
+        values = {k: systems[k][key] for k in measured}
+        ax.bar([keys.index(k) for k in measured], [values[k] for k in measured],
+               color=[PEER_COLORS.get(k, "tab:green") for k in measured], width=0.6)
+        ax.set_xticks(range(len(keys)), [systems[k].get("plot_label", systems[k]["label"]) for k in keys], fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        for y, color in lines:
+            ax.axhline(y, color=color, linestyle="--", linewidth=1)
+        color = "black"
+        if key == "noop_tasks_per_s" and goal:
+            color = "tab:green" if goal["met"] else "tab:red"
+            title += (f"\ngoal (issue 21): pfnode ≥ {goal['limit']:,.0f}/s (dashed): "
+                      f"{'met' if goal['met'] else 'NOT MET'}, {goal['measured']:,.0f}/s")
+        ax.set_title(title, fontsize=10, color=color)
+        high = max([*values.values(), *(y for y, _ in lines)])
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(min(values.values()) / 3, high * 8)  # room above the tallest bar for its label
+        else:
+            ax.set_ylim(0, high * 1.3)
+        for x, k in enumerate(keys):
+            if not systems[k]["measured"]:
+                ax.annotate("not installed" if k == "ray" and result.get("ray_missing") else "not measured",
+                            (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 8), textcoords="offset points",
+                            ha="center", fontsize=8, color="gray", style="italic")
+                continue
+            note = "" if k == "pfnode" else f"\npfnode {ratio_text(systems[k]['pfnode_over'][ratio_key])}"
+            ann = ax.annotate(text.format(values[k]) + note, (x, values[k]), textcoords="offset points",
+                              xytext=(0, 3), ha="center", va="bottom", fontsize=8)
+            labels.append((ax, ann, [y for y, _ in lines]))
+    fig.tight_layout()
+    _clear_of_lines(fig, labels)
+    for path in paths:
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot: {paths[0]}" + (f" (and {', '.join(str(p) for p in paths[1:])})" if paths[1:] else "")
+
+
+def _clear_of_lines(fig, labels: list[tuple]) -> None:
+    """Move each bar's label that a horizontal reference line crosses to just above that line."""
+    renderer = fig.canvas.get_renderer()
+    for ax, ann, ys in labels:
+        for y in sorted(ys):
+            box = ann.get_window_extent(renderer)
+            line_px = ax.transData.transform((0, y))[1]
+            if box.y0 - 2 <= line_px <= box.y1 + 2:
+                dx, dy = ann.xyann
+                ann.xyann = (dx, dy + (line_px + 3 - box.y0) * 72 / fig.dpi)

@@ -2,7 +2,7 @@
 """pfnode df:noop benchmark, with its baselines measured in the same run, plus per-lane no-op
 rows, ed latency under df load, payload sizes, and the two transports.
 
-    .venv/bin/python bench/run.py             # full run (make bench), about 110 s on 2 cores
+    .venv/bin/python bench/run.py             # full run (make bench), about 70 s on 2 cores
     .venv/bin/python bench/run.py --quick     # smoke run, about 25 s
 
 Each repeat measures, a fresh client process each (bench/systems.py says what each is):
@@ -47,10 +47,12 @@ from bench.processes import Processes, run_with_cleanup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
-    # The full sizes keep `make bench` (run.py, hub.py, the micro-benchmarks) near 2 min 20 s on 2 cores
-    # (at most 3 min); the fairness and fault-recovery families take about 9 s of each repeat, the
-    # Client.map row 5-10 s (100 000 items at 10 000-30 000 a second).
-    opts = Options(__doc__, "worker processes for pfnode and the executor", (10_000, 3_000), (1_000, 300))
+    # The full sizes keep `make bench` (run.py, hub.py, dasklane.py, peers.py, the micro-benchmarks) under
+    # 3 min on 2 cores: each repeat takes about 30 s (the fairness and fault-recovery families about 9 s
+    # of it), so 2 repeats, not 3, since peers.py joined (bench/README.md, "Running"); the Client.map
+    # row 5-10 s (100 000 items at 10 000-30 000 a second).
+    opts = Options(__doc__, "worker processes for pfnode and the executor", (10_000, 3_000), (1_000, 300),
+                   repeats=2)
     opts.count("--group-packets", 2000, 1000, "packets per throughput measurement of each lane's no-op")
     opts.count("--group-rtt-packets", 300, 150, "round trips per RTT measurement of each lane's no-op")
     opts.count("--ed-seconds", 1.0, 0.5, "seconds of ed:noop round trips per phase (df idle, saturated, "
