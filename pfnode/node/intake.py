@@ -54,6 +54,8 @@ class Intake:
 
     # -- frames
     def on_message(self, link: PeerLink, frame: bytes | str) -> None:
+        if link.refused:
+            return  # refused and closing: what it sent meanwhile is not answered (its PF401 was)
         node = self.node
         s = node.settings
         link.last_seen = node.clock()

@@ -68,6 +68,7 @@ class Links:
             refusal = self.shares.refusal(identity.name)
             if refusal is not None:
                 node.metrics.connection_refused("principal_share")
+                link.refused = True
                 link.send(protocol.encode_error(0, ErrorCode.OVERLOADED, refusal))
                 link.close(TRY_AGAIN_CLOSE_CODE, "over your share of connections")
                 return
@@ -86,6 +87,7 @@ class Links:
         auth_failed(node, link.peer)
         logs.connection_refused(log, peer=link.peer, reason="unauthenticated", limiter=node.refusals,
                                 detail="an unknown token" if token else "no token")
+        link.refused = True
         link.send(protocol.encode_error(0, ErrorCode.UNAUTHENTICATED,
                                         "unknown token" if token else
                                         "authentication required: present a token as "
@@ -174,6 +176,7 @@ class Links:
             identity = tokens.by_hash(link.credential)
             if identity is None:
                 closed += 1
+                link.refused = True
                 link.send(protocol.encode_error(0, ErrorCode.UNAUTHENTICATED, "token revoked"))
                 link.close(AUTH_CLOSE_CODE, "token revoked")
             else:

@@ -74,6 +74,8 @@ class PeerLink:
     """One connected peer, as the node sees it: a way to send frames, to stop and resume
     reading, and its liveness. A transport subclasses it."""
 
+    refused = False  # the node refused it (PF401, over a share) and is closing it: its frames are not read
+
     def __init__(self, node: NodeInterface, peer: str) -> None:
         self.node = node
         self.peer = peer
