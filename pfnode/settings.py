@@ -136,8 +136,9 @@ class Settings:
     # Resources the standard elements hold (pfnode/elements/hosted/resources.py): rm:alloc's
     # shared-memory buffers, and rm:cache's entries with the memoised results
     max_buffer_bytes: int = setting(256 << 20, "shared memory rm:alloc buffers may take, node-wide")
-    cache_bytes: int = setting(64 << 20, "memory rm:cache entries and memoised results may take, "
-                               "node-wide (a quarter of it for one client)")
+    cache_bytes: int = setting(64 << 20, "memory rm:cache entries and memoised results really take "
+                               "(values, keys, records), node-wide; one client's share of it while "
+                               "others hold some")
 
     # Autoscaling of the df lane (off by default): between min and max workers, by queue depth
     autoscale: bool = setting(False, "grow and shrink the df lane with its queue")

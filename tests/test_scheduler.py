@@ -601,10 +601,12 @@ def test_packets_waiting_on_dependencies_have_their_own_bounds(clock):
     refusal = s.admit(entry("w3", deps=("never",), scope="waiter"), clock.now)
     assert refusal.code is ErrorCode.OVERLOADED and "3 of your packets" in refusal.message
     assert s.admit(entry("ready", scope="waiter"), clock.now) is None  # its ready packets still go
-    for i in range(2):
-        assert s.admit(entry(f"x{i}", deps=("never",), scope="other"), clock.now) is None
-    assert s.admit(entry("x2", deps=("never",), scope="third"), clock.now).code is ErrorCode.OVERLOADED
-    assert s.admit(entry("fine", scope="third"), clock.now) is None
+    assert s.admit(entry("x0", deps=("never",), scope="other"), clock.now) is None
+    kept = s.admit(entry("x1", deps=("never",), scope="other"), clock.now)  # the last one is a newcomer's
+    assert kept.code is ErrorCode.OVERLOADED and "kept for clients holding none" in kept.message
+    assert s.admit(entry("x2", deps=("never",), scope="third"), clock.now) is None  # the newcomer gets it
+    assert s.admit(entry("x3", deps=("never",), scope="fourth"), clock.now).code is ErrorCode.OVERLOADED
+    assert s.admit(entry("fine", scope="fourth"), clock.now) is None
     assert s.load_of("waiter") == (4, 3, 0)
 
 

@@ -128,10 +128,16 @@ class Dispatcher:
         lane = view.lane
         return len(held) <= self.windows[lane] // 2 and view.queued_ms <= self.prefetch[lane] / 2
 
-    def _fits(self, view: WorkerView, cost_ms: float) -> bool:
+    def _fits(self, view: WorkerView, cost_ms: float, tenant: Any = None) -> bool:
+        """Whether `view` may take a packet of `tenant` costing `cost_ms` now: an idle
+        worker, or one running a packet of the same tenant with room in its window and its
+        prefetch. Never behind another tenant's running packet, which may hang: a client
+        waits behind its own packets only (and a burst worker comes for it, pool/burst.py)."""
         held = view.held
         if not held:
             return True
+        if held[0].tenant != tenant:
+            return False
         lane = view.lane
         return len(held) < self.windows[lane] and view.queued_ms + cost_ms <= self.prefetch[lane]
 
@@ -153,7 +159,7 @@ class Dispatcher:
                     break
                 cost = self.estimate(flight.packet.key)
                 skipped = []
-                while heap and not self._fits(heap[0][4], cost):
+                while heap and not self._fits(heap[0][4], cost, flight.tenant):
                     skipped.append(heapq.heappop(heap))
                 if not heap:  # nobody has room for it now: it stays first in line
                     scheduler.undispatch(flight)

@@ -5,8 +5,9 @@ buffers and their bytes, blocked packets, connections of a principal...) is one 
 
 - An owner is who a resource counts against: the principal with tokens, the connection
   without (`Flight.tenant`, a link's scope).
-- A lone owner may use the bound but a reserve (`bound // 10`, at least 1): the reserve is
-  what a newcomer is sure to find. Resources are not taken back: an owner over its share
+- The reserve (`bound // 10`, at least 1) is for newcomers only: an owner that holds some
+  may not take the node past bound - reserve, so a client holding nothing yet always finds
+  room, however many owners took their shares before it. Resources are not taken back: an owner over its share
   keeps what it holds, but takes no more until what it holds ends and it is within its
   share again, so the bound goes round between the owners as their resources end.
 - With n owners holding some (the asking owner counted, newcomer or not), an owner may hold
@@ -56,6 +57,9 @@ class Shares:
             return (f"{self.what}: you hold {held}{self.unit}, your share is {share}{self.unit} of the node's "
                     f"{self.bound}{self.unit} while {len(self._by) + (owner not in self._by)} clients hold some; "
                     "retry once yours end")
+        if held and self.total + amount > self.bound - self.reserve:
+            return (f"{self.what}: you hold {held}{self.unit}; the rest of the node's {self.bound}{self.unit} "
+                    "is kept for clients holding none yet; retry once yours end")
         return None
 
     def add(self, owner: Hashable, amount: int = 1) -> None:

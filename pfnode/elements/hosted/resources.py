@@ -42,7 +42,9 @@ token holds (pfnode/core/names.py).
 
 Bounds: 256 buffers of at most `max_buffer_bytes` (256 MiB) in all (PF004 past them);
 10 000 locks named at once (PF004); the cache at most 100 000 entries and `cache_bytes`
-(64 MiB), a quarter of either for one submitter, one value at most 1/16 of the bytes
+(64 MiB, counting each entry's value, key and records), each submitter's share of either
+while others hold entries (a lone one may fill it; its oldest make room), one value at most
+1/16 of the bytes
 (PF002).
 """
 from __future__ import annotations
