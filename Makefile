@@ -51,12 +51,14 @@ fuzz: venv
 	PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 	PFNODE_TRANSPORT=websockets PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 
-# bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), bench/dasklane.py (DASK_ARGS: the
+# bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), bench/neighbours.py (NEIGHBOUR_ARGS:
+# a victim client's latency while a noisy neighbour loads the node, issue 19), bench/dasklane.py (DASK_ARGS: the
 # local pool against a Dask LocalCluster), then the pytest-benchmark micro-benchmarks (MICRO_ARGS go to pytest).
-# --quick in ARGS shortens all four: hub.py and dasklane.py get it too, and each micro-benchmark runs for at most
-# 0.05 s instead of 0.5 s. Plain `pytest` never collects bench/: testpaths is tests/.
+# --quick in ARGS shortens all five: hub.py, neighbours.py and dasklane.py get it too, and each micro-benchmark runs
+# for at most 0.05 s instead of 0.5 s. Plain `pytest` never collects bench/: testpaths is tests/.
 MICRO_ARGS ?=
 HUB_ARGS ?=
+NEIGHBOUR_ARGS ?=
 DASK_ARGS ?=
 BENCH_QUICK := $(filter --quick,$(ARGS))
 MICRO_MAX_TIME := $(if $(BENCH_QUICK),0.05,0.5)
@@ -64,6 +66,7 @@ MICRO_MAX_TIME := $(if $(BENCH_QUICK),0.05,0.5)
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
 	$(PY) bench/hub.py $(BENCH_QUICK) $(HUB_ARGS)
+	$(PY) bench/neighbours.py $(BENCH_QUICK) $(NEIGHBOUR_ARGS)
 	$(PY) bench/dasklane.py $(BENCH_QUICK) $(DASK_ARGS)
 	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-sort=name \
 		--benchmark-max-time=$(MICRO_MAX_TIME) --benchmark-columns=min,median,mean,stddev,ops,rounds \
