@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "watch_connections": (10, 4, "connections the neighbour's ed:watch packets come from"),
         "watches": (1000, 500, "ed:watch packets per connection"),
         "blocked_connections": (3, 3, "connections the neighbour's blocked packets come from"),
-        "blocked": (1000, 400, f"blocked packets per connection (--max-blocked {MAX_BLOCKED} on the node, "
+        "blocked": (1000, 1000, f"blocked packets per connection (--max-blocked {MAX_BLOCKED} on the node, "
                                "--max-blocked-per-client 1000)"),
         "barriers": (500, 200, "co:sync barriers the neighbour opens (never filled)"),
         "locks": (1000, 300, "rm:lock leases the neighbour takes"),
@@ -350,7 +350,7 @@ def summarise(args: argparse.Namespace, machine: dict, rows: dict, micro: dict, 
         r["ratios"] = {"p50": v["p50_ms"] / alone["p50_ms"], "max": v["max_ms"] / alone["max_ms"]}
     hangs, clean, faulty = (rows[k]["victim"] for k in ("hangs", "clean", "faulty"))
     mem = rows["memory"]["memory"]
-    probes = {k: r["probe"]["ok"] for k, r in rows.items() if "probe" in r}
+    probes = {k: r["probe"] for k, r in rows.items() if "probe" in r}
     failed = {k: r["victim"]["failed"] for k, r in rows.items() if r["victim"]["failed"]}
     goals = [
         _goal("hang_max", f"the victim's df:noop answered within ~{HANG_GOAL_S:g} s while the neighbour's 20 hangs "
@@ -370,8 +370,10 @@ def summarise(args: argparse.Namespace, machine: dict, rows: dict, micro: dict, 
               f"put {micro['put_ratio']:.2f}x, get {micro['get_ratio']:.2f}x, dict lookup "
               f"{micro['dict_get_ratio']:.2f}x"),
         _goal("probes", "every probe of the victim answered as asked, every df:noop of the victim succeeded",
-              all(probes.values()) and not failed,
-              ", ".join(f"{k} {'ok' if ok else 'FAILED'}" for k, ok in probes.items())
+              all(p["ok"] for p in probes.values()) and not failed,
+              ", ".join(f"{k} ok" if p["ok"] else f"{k} FAILED (" + ", ".join(
+                  f"{s['step']}: {s['outcome']}" for s in p["steps"] if s["outcome"] != "ok") + ")"
+                  for k, p in probes.items())
               + (f"; failed round trips {failed}" if failed else "")),
     ]
     return {

@@ -486,7 +486,10 @@ class Batch(Behaviour):
     fenced: `watches` (ed:watch on a topic nobody signals, `watch_connections` x `watches`),
     `blocked` (df:noop depending on ids that never come, `blocked_connections` x `blocked`),
     `barriers` (co:sync for 2 parties, one arriving), `locks` (rm:lock leases) and `buffers`
-    (rm:alloc). Loaded once every fence is answered (every packet admitted or refused)."""
+    (rm:alloc). The blocked packets' connections send one after the other, each once the
+    previous one's packets are all admitted or refused, as a client opening connections in turn
+    would (so the outcome does not depend on how the node interleaves them); the rest at once.
+    Loaded once every fence is answered (every packet admitted or refused)."""
 
     async def loaded(self) -> dict:
         p = self.params
@@ -503,14 +506,17 @@ class Batch(Behaviour):
                       lambda c, i: ("rm", "alloc", {"name": f"{self.tag}-a{i}", "shape": [64], "dtype": "|u1",
                                                     "ttl_ms": LONG_MS}, {})),
         }
+        timeout_s = self.params["load_timeout_s"]
         for kind, (connections, count, build) in spec.items():
             for c in range(connections if count else 0):
                 def make(i, kind=kind, c=c, build=build):
                     group, element, data, fields = build(c, i)
                     return kind, group, element, data, LONG_MS, fields
-                self.flow(make, window=count, total=count, fence=True)
+                flow = self.flow(make, window=count, total=count, fence=True)
+                if kind == "blocked":  # in turn
+                    await asyncio.wait_for(flow.fenced.wait(), timeout_s)
         for flow in self.flows:
-            await asyncio.wait_for(flow.fenced.wait(), self.params["load_timeout_s"])
+            await asyncio.wait_for(flow.fenced.wait(), timeout_s)
             flow.check()
         status = await _status(self.endpoint)
         elements = status["elements"]
