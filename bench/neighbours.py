@@ -4,12 +4,13 @@ client's df:noop round trips, one at a time, alone and while a neighbour client 
 issue's numbered things, against one node in one run; and the cost of an rm:cache put and get
 at 1 000, 10 000 and 100 000 entries.
 
-    .venv/bin/python bench/neighbours.py            # full run (make bench), about 20 s on 2 cores
+    .venv/bin/python bench/neighbours.py            # full run (make bench), about 15 s on 2 cores
     .venv/bin/python bench/neighbours.py --quick    # smoke run, about 8 s
 
 One node, `pfnode serve --workers W --handlers pfnode.handlers.examples,bench.handlers_bench` with
 small bounds so that the neighbour reaches them within the time budget (--cache-bytes,
---max-blocked, --max-connections, --idle-link-ms, --rm-memory-limit-mb: see NODE_ARGS). Two
+--max-blocked, --result-store-entries, --max-connections, --idle-link-ms, --rm-memory-limit-mb:
+see NODE_ARGS). Two
 client processes of their own (bench/noisy.py), each with its own connections: the victim, and
 the neighbour. Each row: the neighbour starts its behaviour and says once it loads the node; the
 victim sends df:noop one at a time for --seconds, then runs the row's probe (what the neighbour
@@ -24,14 +25,15 @@ the node must then hold nothing of the neighbour's before the next row (/status)
   3 watches  ed:watch packets nobody signals, from several connections
   4 held     blocked packets whose dependencies never come (several connections), co:sync
              barriers that never fill, rm:lock leases, rm:alloc buffers
-  5 hangs    20 df:hang packets that hang until their deadline (after the victim's row)
+  5 hangs    20 df:hang packets that hang until their deadline (--seconds + 0.7 s, at least
+             1.2 s: longer than the victim's round trips and the 1 s goal)
   5 mix      a df:noop stream with 5 % of it faulty (df:crash, df:segfault, df:hang, df:raise,
              rm:over_cap in turn), and the same stream fault-free
   6 idle     connections that never send, up to 1.5x --max-connections, replaced as the node
              closes them (idle, near its bound) or refuses them (503)
 
 Plus, in this process, Cache.put (each one past its owner's share: it evicts) and Cache.get
-timed at 1 000, 10 000 and 100 000 entries. Prints a table with the goals met or not, writes
+timed at 1 000, 10 000 and 100 000 entries, with a plain dict's lookup as the floor. Prints a table with the goals met or not, writes
 bench/results/neighbours-<time>.json and bench/results/neighbours-latest.json. Every process it
 starts is stopped at the end, also on Ctrl-C. See bench/README.md.
 """
