@@ -51,13 +51,15 @@ fuzz: venv
 	PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 	PFNODE_TRANSPORT=websockets PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 
-# bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), bench/dasklane.py (DASK_ARGS: the
+# bench/run.py (ARGS go to it, e.g. ARGS=--quick), bench/hub.py (HUB_ARGS), bench/neighbours.py (NEIGHBOUR_ARGS:
+# a victim client's latency while a noisy neighbour loads the node, issue 19), bench/dasklane.py (DASK_ARGS: the
 # local pool against a Dask LocalCluster), bench/peers.py (PEERS_ARGS: pfnode beside the ProcessPoolExecutor, Ray
 # and Dask; Ray only where the peers extra is installed), then the pytest-benchmark micro-benchmarks (MICRO_ARGS go
-# to pytest). --quick in ARGS shortens all five: hub.py, dasklane.py and peers.py get it too, and each
+# to pytest). --quick in ARGS shortens all six: hub.py, neighbours.py, dasklane.py and peers.py get it too, and each
 # micro-benchmark runs for at most 0.05 s instead of 0.5 s. Plain `pytest` never collects bench/: testpaths is tests/.
 MICRO_ARGS ?=
 HUB_ARGS ?=
+NEIGHBOUR_ARGS ?=
 DASK_ARGS ?=
 PEERS_ARGS ?=
 BENCH_QUICK := $(filter --quick,$(ARGS))
@@ -66,6 +68,7 @@ MICRO_MAX_TIME := $(if $(BENCH_QUICK),0.05,0.5)
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
 	$(PY) bench/hub.py $(BENCH_QUICK) $(HUB_ARGS)
+	$(PY) bench/neighbours.py $(BENCH_QUICK) $(NEIGHBOUR_ARGS)
 	$(PY) bench/dasklane.py $(BENCH_QUICK) $(DASK_ARGS)
 	$(PY) bench/peers.py $(BENCH_QUICK) $(PEERS_ARGS)
 	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-sort=name \

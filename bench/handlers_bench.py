@@ -4,8 +4,11 @@ A no-op for each lane's own group (df:noop is in handlers/examples.py), so that 
 overhead can be measured with the same packet; df:sleep_ms and cf:sleep_ms, which keep a worker
 busy without using the CPU (the "ed latency while df is saturated" and the fairness
 measurements); df:spin_us, a little real work (the fault-recovery measurement's healthy packet),
-df:crash, which kills its worker (the fault-recovery measurement's faulty packet), and
-df:numpy_5ms, 5 ms of numpy work (bench/dasklane.py: the local pool against a Dask cluster).
+df:crash, which kills its worker (the fault-recovery measurement's faulty packet),
+df:numpy_5ms, 5 ms of numpy work (bench/dasklane.py: the local pool against a Dask cluster), and
+the noisy neighbour's misbehaving packets (bench/neighbours.py): df:hang (sleeps until the node
+kills its worker at the packet's deadline), df:segfault, df:raise and rm:over_cap (allocates
+past the rm lane's memory cap).
 
 The node's workers run with the repository root as their working directory, so this module
 imports as `bench.handlers_bench` (bench/ has an __init__.py).
@@ -64,6 +67,37 @@ def df_spin_us(data):
     while time.perf_counter() < end:
         pass
     return data
+
+
+@handler("df", "hang")
+def df_hang(data):
+    """Never returns: sleeps (without using the CPU) until the node kills its worker at the
+    packet's deadline (PF408), as a handler stuck on I/O or a lock would."""
+    while True:
+        time.sleep(3600)
+
+
+@handler("df", "segfault")
+def df_segfault(data):
+    """Reads address 0: the worker dies of SIGSEGV; the node must answer PF502 and replace it."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@handler("df", "raise")
+def df_raise(data):
+    """Raises: the node answers PF500, the worker lives on."""
+    raise ValueError(f"df:raise was asked to fail ({data!r})")
+
+
+@handler("rm", "over_cap")
+def rm_over_cap(data):
+    """Asks for `data` MiB at once (a number > 0): past the rm lane's address-space cap
+    (--rm-memory-limit-mb) the allocation fails and the node answers PF501. The memory is
+    never touched (calloc'd pages), so it costs nothing where no cap applies."""
+    block = bytearray(int(_amount(data, "rm:over_cap") * (1 << 20)))
+    return len(block)
 
 
 @handler("df", "crash")
