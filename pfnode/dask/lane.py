@@ -30,8 +30,8 @@ How a packet goes
 Endings (every packet is answered once, whatever Dask does)
 - Deadline (`expire`, called by the node's timer): PF408 at once. A task that had not
   started is cancelled and never runs. A running one cannot be stopped: Dask does not
-  interrupt a running function; it runs to its end on its worker thread and its result is
-  discarded.
+  interrupt a running function; its result is discarded, and should it still run
+  `dask_reclaim_grace_ms` later its worker is restarted (pfnode/dask/upkeep.py).
 - A worker lost while running the packet: PF502, unless the packet asked for more runs
   (`metadata.retries`: 0-10): then it is submitted again, up to that many times. A packet
   that the lost worker held but cannot have started (its threads were all running other
