@@ -129,6 +129,7 @@ def run_packet(modules: tuple[str, ...], topic: str, token: str, key: str, data:
 
 def _run(worker: Any, modules: tuple[str, ...], key: str, data: bytes, packet_id: str, priority: int,
          metadata: dict | None, deadline_wall: float, dependencies: dict[str, Any] | None) -> pipe.Done | pipe.Failed:
+    """The packet's answer: PF001 for a key this worker lacks, else its handler's."""
     error = import_handlers(modules)
     if default_registry.get(key) is None:
         why = (f": its handler modules failed to import: {error}" if error is not None
