@@ -230,6 +230,11 @@ class Settings:
     dask_connect_timeout_ms: int = setting(10_000, "how long connecting to the Dask scheduler may take")
     dask_kept_results: int = setting(1_000, "results of Dask packets kept on the cluster for their "
                                      "dependents (older ones travel from the node)")
+    dask_reclaim_grace_ms: int = setting(5_000, "a packet still running on a Dask worker this long after "
+                                         "its deadline (it was answered PF408 at it) has its worker restarted, "
+                                         "so a hung handler cannot hold a Dask worker forever")
+    dask_upload: bool = setting(False, "ship the handler modules' source (a .py file, or a package as a .zip) "
+                                "to the Dask workers at connection and on SIGHUP, for workers that lack them")
 
     shutdown_grace_ms: int = setting(10_000, "how long in-flight packets may take to finish on "
                                      "SIGTERM before they get PF503")
@@ -333,7 +338,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "hub": ("hub_routing", "reroute_grace_ms", "probe_ms"),
     "dial-out": ("reconnect_min_ms", "reconnect_max_ms", "replay_entries"),
     "dask": ("dask", "dask_lanes", "dask_window", "dask_direct", "dask_connect_timeout_ms",
-             "dask_kept_results"),
+             "dask_kept_results", "dask_reclaim_grace_ms", "dask_upload"),
     "lifecycle and logging": ("shutdown_grace_ms", "log_level", "log_format"),
 }
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import orjson
@@ -283,6 +284,31 @@ def test_mc_scale_and_mc_status_act_on_the_cluster(dask_node):
     assert 'mc:scale by local: {"dask":2} -> {"dask":3}' in dask_node.log()
 
 
+def _samples(node) -> dict[str, float]:
+    """/metrics' pfnode_dask_* samples: {'name{labels}': value}."""
+    status, _, body = http_get(node.http, "/metrics")
+    assert status == 200
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+            if line.startswith("pfnode_dask_")}
+
+
+def test_metrics_export_the_cluster_and_the_dask_lane(dask_node):
+    [res] = submit(dask_node, ("df", "double", 2, {}))
+    assert res.ok
+    samples = _samples(dask_node)
+    assert samples['pfnode_dask_state{state="ready"}'] == 1.0
+    assert samples['pfnode_dask_state{state="unreachable"}'] == 0.0
+    assert (samples["pfnode_dask_workers"], samples["pfnode_dask_threads"], samples["pfnode_dask_window"]) == (2, 2, 4)
+    assert (samples["pfnode_dask_packets_on_cluster"], samples["pfnode_dask_packets_running"],
+            samples["pfnode_dask_queued_packets"]) == (0, 0, 0)
+    counters = dask_status(dask_node)["counters"]
+    for event in ("submitted", "completed", "failed", "worker_lost", "retried"):
+        assert samples[f'pfnode_dask_tasks_total{{event="{event}"}}'] == counters.get(event, 0) > 0, event
+    assert samples['pfnode_dask_tasks_total{event="expired"}'] == \
+        counters["expired_queued"] + counters["expired_running"] >= 2
+    assert samples['pfnode_dask_tasks_total{event="reclaimed"}'] == 0
+
+
 def test_the_cluster_stopped_under_load_answers_its_packets_pf503_once(dask_node):
     pid = dask_status(dask_node)["local"]["pid"]
     count = 40
@@ -312,6 +338,155 @@ def test_the_cluster_stopped_under_load_answers_its_packets_pf503_once(dask_node
     assert status == 503 and orjson.loads(body)["status"] == "degraded"
     dask = dask_status(dask_node)
     assert dask["state"] == "unreachable" and dask["problem"]
+
+
+# ---------------------------------------------------------------------------- SIGHUP and a hung handler, local:1
+
+ROLLING = '''
+import os
+from pfnode import handler
+
+@handler("df", "dask_version")
+def dask_version(data):
+    return {{"version": {version}, "pid": os.getpid()}}
+'''
+
+
+@pytest.fixture(scope="module")
+def dask_one(tmp_path_factory):
+    """A node on a one-worker LocalCluster, with a handler module of its own (in a folder on its
+    PYTHONPATH) that the tests rewrite, and a short reclaim grace."""
+    from tests.conftest import start_node
+
+    folder = tmp_path_factory.mktemp("dask-one")
+    (folder / "dask_rolling.py").write_text(textwrap.dedent(ROLLING.format(version=1)))
+    node = start_node(folder, "--dask", "local:1", "--dask-reclaim-grace-ms", "500", "--ed-workers", "0",
+                      "--rm-workers", "0", workers=1, handlers=DASK_HANDLERS + ",dask_rolling", timeout_s=90,
+                      env={"PYTHONPATH": str(folder), "PYTHONDONTWRITEBYTECODE": "1"})
+    node.folder = folder
+    yield node
+    node.stop()
+
+
+def test_sighup_restarts_the_local_dask_workers_onto_new_handler_code(dask_one):
+    [before] = submit(dask_one, ("df", "dask_version", None, {}))
+    assert before.ok and before.data["version"] == 1, before.error
+    (dask_one.folder / "dask_rolling.py").write_text(textwrap.dedent(ROLLING.format(version=22)))
+    dask_one.proc.send_signal(signal.SIGHUP)
+
+    def new_code():
+        [res] = submit(dask_one, ("df", "dask_version", None, {}))
+        assert res.ok, res.error  # packets wait in the node's queue while the workers restart
+        return res.data["version"] == 22 and res.data
+
+    after = wait_until(new_code, 60, interval_s=0.2, what="the Dask worker running the new code")
+    assert after["pid"] != before.data["pid"]
+    assert "restarted the local cluster's 1 workers onto new handler code" in dask_one.log()
+    assert dask_status(dask_one)["state"] == "ready"
+
+
+def test_a_handler_overrunning_its_deadline_on_dask_has_its_worker_restarted(dask_one, tmp_path):
+    pidfile = tmp_path / "hung"
+
+    async def go():
+        async with Reactor(dask_one.endpoint) as r:
+            hung = asyncio.ensure_future(r.submit("df", "run_for", {"s": 60, "pidfile": str(pidfile)},
+                                                  timeout_ms=300))
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                await asyncio.sleep(0.01)
+            # handed to the cluster while the only worker's thread is held by the hung handler
+            after = asyncio.ensure_future(r.submit("df", "where", 1, timeout_ms=30_000))
+            return await hung, await after
+
+    hung, after = run(go(), 60)
+    assert hung.error["code"] == "PF408" and "while running on Dask worker" in hung.error["message"]
+    assert after.ok, after.error  # the worker was restarted after the grace, and the packet ran again
+    assert after.data["pid"] != int(pidfile.read_text().split()[0]) and after.data["dask_worker"]
+    assert dask_status(dask_one)["counters"]["reclaimed"] == 1
+    assert dask_one.log().count("restarting it so that a hung handler cannot hold it forever") == 1
+    wait_until(lambda: len(dask_status(dask_one)["workers"]) == 1, 20, what="the restarted worker back")
+    assert _samples(dask_one)['pfnode_dask_tasks_total{event="reclaimed"}'] == 1
+
+
+# ---------------------------------------------------------------------------- --dask-upload
+
+UPLOADED = '''
+import os
+from pfnode import handler
+
+@handler("df", "uploaded_single")
+def uploaded_single(data):
+    return {{"version": {version}, "pid": os.getpid(), "file": __file__}}
+'''
+
+
+def _dask_cluster(port: int, log, cwd, env) -> list[subprocess.Popen]:
+    """A scheduler and one worker (with its nanny) as separate processes."""
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-dashboard"], stdout=log, stderr=log, env=env, cwd=cwd)]
+    procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
+                                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                  stdout=log, stderr=log, env=env, cwd=cwd))
+    return procs
+
+
+def _stop(procs) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_dask_upload_ships_handler_modules_the_workers_lack(fresh_node, tmp_path):
+    source, elsewhere = tmp_path / "src", tmp_path / "workers"
+    (source / "uploaded_pkg").mkdir(parents=True)
+    elsewhere.mkdir()
+    (source / "uploaded_single.py").write_text(textwrap.dedent(UPLOADED.format(version=1)))
+    (source / "uploaded_pkg" / "__init__.py").write_text("")
+    (source / "uploaded_pkg" / "handlers.py").write_text(textwrap.dedent('''
+        from pfnode import handler
+        from .helper import shout
+
+        @handler("df", "uploaded_pkg")
+        def uploaded_pkg(data):
+            return shout(data)
+        '''))
+    (source / "uploaded_pkg" / "helper.py").write_text("def shout(text):\n    return text.upper() + '!'\n")
+    port = _free_port()
+    # the workers' environment lacks the handler modules: no PYTHONPATH, run from an empty folder
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(DASK_LOGGING__DISTRIBUTED="warning", PYTHONDONTWRITEBYTECODE="1")
+    log = open(tmp_path / "cluster.log", "wb")
+    procs = _dask_cluster(port, log, elsewhere, env)
+    try:
+        node = fresh_node("--dask", f"tcp://127.0.0.1:{port}", "--dask-upload", "--ed-workers", "0",
+                          "--rm-workers", "0", workers=1, handlers="uploaded_single,uploaded_pkg.handlers",
+                          env={"PYTHONPATH": str(source), "PYTHONDONTWRITEBYTECODE": "1"})
+        wait_until(lambda: node.health()["dask"]["state"] == "ready" and node.health()["dask"]["workers"],
+                   30, what="the node connected to the cluster")
+        single, pkg = submit(node, ("df", "uploaded_single", None, {}), ("df", "uploaded_pkg", "hi", {}))
+        assert single.ok, single.error
+        assert single.data["version"] == 1 and not single.data["file"].startswith(str(source))
+        assert pkg.ok and pkg.data == "HI!", pkg.error
+        assert not any(w.get("problem") for w in node.health()["dask"]["workers"])
+        # SIGHUP ships the new source; the remote worker imports it when it restarts (here: killed,
+        # its nanny starts it again)
+        (source / "uploaded_single.py").write_text(textwrap.dedent(UPLOADED.format(version=22)))
+        node.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "import new handler code when they restart" in node.log(), 20, what="the SIGHUP")
+        os.kill(single.data["pid"], signal.SIGKILL)
+
+        def new_code():
+            [res] = submit(node, ("df", "uploaded_single", None, {}))
+            return res.ok and res.data["version"] == 22 and res.data
+
+        wait_until(new_code, 40, interval_s=0.3, what="the restarted worker running the shipped new code")
+    finally:
+        _stop(procs)
+        log.close()
 
 
 # ---------------------------------------------------------------------------- a scheduler that is not there yet

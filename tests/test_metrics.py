@@ -344,11 +344,32 @@ def test_process_metrics_of_the_front_are_included_unless_turned_off():
     assert not {"process_cpu_seconds_total", "python_info"} & set(scrape(Metrics(process=False)))
 
 
+DASK_STATE = {"state": "ready", "workers": 2, "threads": 4, "window": 8, "on_cluster": 3, "running": 2,
+              "queued": 5, "counters": {"submitted": 9, "reclaimed": 1, "expired": 2, "dependencies_on_cluster": 4}}
+
+
+def test_the_dask_lane_is_exported_with_fixed_labels_only():
+    m = Metrics(lambda: {"dask": DASK_STATE}, process=False)
+    text = m.render()[0].decode()
+    lines = [line for line in text.splitlines() if line.startswith("pfnode_dask_")]
+    assert 'pfnode_dask_state{state="ready"} 1.0' in lines and 'pfnode_dask_state{state="unreachable"} 0.0' in lines
+    assert "pfnode_dask_workers 2.0" in lines and "pfnode_dask_queued_packets 5.0" in lines
+    assert 'pfnode_dask_tasks_total{event="reclaimed"} 1.0' in lines
+    assert 'pfnode_dask_tasks_total{event="worker_lost"} 0.0' in lines  # every event, counted or not
+    assert "dependencies_on_cluster" not in text  # only the known events: the label set is fixed
+    assert not [line for line in text.splitlines() if line.startswith("pfnode_dask_")
+                and "{" not in line and line.split()[0] not in {
+                    "pfnode_dask_workers", "pfnode_dask_threads", "pfnode_dask_window",
+                    "pfnode_dask_packets_on_cluster", "pfnode_dask_packets_running", "pfnode_dask_queued_packets"}]
+    assert "pfnode_dask" not in Metrics(lambda: {"ready": True}, process=False).render()[0].decode()
+
+
 def test_every_metric_is_documented_and_every_documented_metric_exists():
     """docs/OBSERVABILITY.md's metric table names exactly the pfnode_* families."""
     m = Metrics(lambda: {k: 1 for k in ("ready", "draining", "connections", "inflight", "blocked",
                                          "forwarded", "parked", "results_stored", "reactors")}
-                | {"lanes": LANES, "elements": {"buffers": (1, 8)}}, info={"version": "0.1.0"}, process=False)
+                | {"lanes": LANES, "elements": {"buffers": (1, 8)}, "dask": DASK_STATE},
+                info={"version": "0.1.0"}, process=False)
     exposed = set()
     for family in m.collect():
         exposed.add(family.name + ("_total" if family.type == "counter" else ""))

@@ -36,6 +36,8 @@ REFRESH_S = 1.0  # how often the cluster's workers are read again
 REFRESH_TIMEOUT_S = 5.0  # how long the scheduler may take to say what workers it has
 SILENT_LIMIT = 3  # that many unanswered reads in a row: the cluster counts as unreachable
 STARTING, READY, UNREACHABLE = "starting", "ready", "unreachable"
+RESTARTING = "restarting"  # SIGHUP: the local cluster's workers restart onto new handler code (upkeep.py)
+RESTART_TIMEOUT_S = 120.0  # how long the workers may take to restart and come back
 
 
 class LocalCluster:
@@ -162,19 +164,14 @@ class Cluster:
     async def _connect(self, timeout_s: float) -> None:
         from distributed import Client
 
-        from .worker import HandlerModules, worker_keys
+        from .worker import worker_keys
 
         client = await Client(self.address, asynchronous=True, timeout=timeout_s, set_as_default=False,
                               direct_to_workers=self.settings.dask_direct, name=f"pfnode-{self.tag}")
         try:
             client.subscribe_topic(self.topic, self.on_task_event)
             client.subscribe_topic("all", self._on_cluster_event)
-            try:
-                await client.register_plugin(HandlerModules(self.modules), name="pfnode-handlers")
-            except Exception as exc:
-                log.error("dask: cannot install the handler modules' plugin on the workers (%s: %s); "
-                          "install pfnode and %s on every Dask worker", type(exc).__name__, exc,
-                          ", ".join(self.modules))
+            await self.install_modules(client)
             self.client = client
             await self._refresh_workers()
             await self._check_workers(worker_keys)
@@ -185,6 +182,33 @@ class Cluster:
         self.state, self.problem = READY, None
         log.info("dask: connected to %s: %d workers, %d threads", self.address, len(self.workers), self.threads)
         self.on_ready()
+
+    async def install_modules(self, client: Any) -> None:
+        """The plugins that make every worker (those that join later too) import the handler
+        modules, after writing their source with `--dask-upload` (pfnode/dask/upload.py).
+        Registered again under the same names, they replace the ones before (SIGHUP)."""
+        from .upload import handler_files
+        from .worker import HandlerModules, UploadedModules
+
+        try:
+            if self.settings.dask_upload:
+                files = handler_files(self.modules)
+                await client.register_plugin(UploadedModules(files), name="pfnode-upload")
+                log.info("dask: shipped %s to the workers (dask_upload)", ", ".join(sorted(files)) or "nothing")
+            await client.register_plugin(HandlerModules(self.modules), name="pfnode-handlers")
+        except Exception as exc:
+            log.error("dask: cannot install the handler modules on the workers (%s: %s); "
+                      "install pfnode and %s on every Dask worker", type(exc).__name__, exc,
+                      ", ".join(self.modules))
+
+    async def restart(self) -> None:
+        """Restart every worker of the cluster (through their nannies) and wait for them to
+        come back; each imports the handler modules afresh (SIGHUP on a local:N cluster)."""
+        from .worker import worker_keys
+
+        await self.client.restart(timeout=RESTART_TIMEOUT_S, wait_for_workers=True)
+        await self._refresh_workers()
+        await self._check_workers(worker_keys)
 
     async def _check_workers(self, worker_keys: Callable, workers: list[str] | None = None) -> None:
         """Log the workers (all, or those named) that lack handlers the node has (their
@@ -229,6 +253,8 @@ class Cluster:
         silent = 0  # reads of the workers in a row that the scheduler did not answer
         while not self.closing:
             await asyncio.sleep(REFRESH_S if self.state is READY else RECONNECT_S)
+            if self.state is RESTARTING:
+                continue  # upkeep.reload watches its own restart
             if self.state is READY:
                 silent = await self._refresh_or_notice(silent)
             elif self.local is not None and not self.local.alive:

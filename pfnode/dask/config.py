@@ -40,7 +40,7 @@ def settings_problems(settings: Any) -> list[str]:
         problems.append("dask_lanes: name at least one lane or handler key to run on Dask")
     if settings.dask_window is not None and settings.dask_window < 1:
         problems.append(f"dask_window must be >= 1, got {settings.dask_window}")
-    for name in ("dask_connect_timeout_ms", "dask_kept_results"):
+    for name in ("dask_connect_timeout_ms", "dask_kept_results", "dask_reclaim_grace_ms"):
         if getattr(settings, name) <= 0:
             problems.append(f"{name} must be > 0, got {getattr(settings, name)}")
     return problems

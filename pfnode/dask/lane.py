@@ -30,8 +30,8 @@ How a packet goes
 Endings (every packet is answered once, whatever Dask does)
 - Deadline (`expire`, called by the node's timer): PF408 at once. A task that had not
   started is cancelled and never runs. A running one cannot be stopped: Dask does not
-  interrupt a running function; it runs to its end on its worker thread and its result is
-  discarded.
+  interrupt a running function; its result is discarded, and should it still run
+  `dask_reclaim_grace_ms` later its worker is restarted (pfnode/dask/upkeep.py).
 - A worker lost while running the packet: PF502, unless the packet asked for more runs
   (`metadata.retries`: 0-10): then it is submitted again, up to that many times. A packet
   that the lost worker held but cannot have started (its threads were all running other
@@ -57,6 +57,7 @@ from ..core.flight import DISPATCHED, DONE, Flight, Outcome, failure, success
 from ..core.scheduler import LaneQueue
 from ..errors import ErrorCode
 from .cluster import READY, UNREACHABLE, Cluster
+from .upkeep import Reclaimer, reload
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -65,6 +66,9 @@ log = logging.getLogger("pfnode.dask")
 
 DASK = "dask"  # the scheduler lane of the packets that run on the Dask cluster
 MAX_RETRIES = 10  # the most runs a packet may ask for beyond its first (metadata.retries)
+# the lane's counters /metrics exports (with "expired": queued and running together)
+COUNTED = ("submitted", "completed", "failed", "worker_lost", "retried", "requeued", "cancelled", "unavailable",
+           "reclaimed")
 
 
 def retries_of(metadata: Any) -> int:
@@ -183,6 +187,7 @@ class DaskLane:
         self.kept: collections.OrderedDict[Any, list] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
         self.requests = Requests(self)
+        self.reclaimer = Reclaimer(self.cluster, self.counters)  # a hung handler's worker restarted
         self._serial = itertools.count(1)
 
     # ------------------------------------------------------------------ what the pool and node read
@@ -244,7 +249,7 @@ class DaskLane:
             future = cluster.client.submit(
                 run_packet, cluster.modules, cluster.topic, token, flight.packet.key, bytes(flight.packet.data),
                 flight.id, flight.priority, flight.packet.metadata, deadline_wall,
-                self._dependencies(flight, now), key=token, priority=flight.priority, pure=False)
+                dependencies_of(self, flight, now), key=token, priority=flight.priority, pure=False)
         except Exception as exc:  # a closed client, say: the cluster is gone
             cluster.unreachable(f"submitting failed: {type(exc).__name__}: {exc}")
             self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, cluster.unavailable_text()))
@@ -254,28 +259,6 @@ class DaskLane:
         self.by_token[token] = attempt
         self.counters["submitted"] += 1
         cluster.background(self._watch(attempt))
-
-    def _dependencies(self, flight: Flight, now: float) -> dict[str, Any] | None:
-        """{dependency id: its future on the cluster, else its JSON from the node's store}."""
-        if not flight.dependencies:
-            return None
-        deps: dict[str, Any] = {}
-        stored = None
-        for dep in flight.dependencies:
-            kept = self.kept.get((flight.scope, dep))
-            if kept is not None:
-                deps[dep] = kept[0]
-                self.counters["dependencies_on_cluster"] += 1
-                kept[2] -= 1
-                if kept[2] <= 0:  # its last waiting dependent has it: the dependents' tasks hold it now
-                    del self.kept[(flight.scope, dep)]
-                continue
-            if stored is None:
-                stored = self.scheduler.dependency_results(flight, now)
-            if dep in stored:
-                deps[dep] = bytes(stored[dep])
-                self.counters["dependencies_from_node"] += 1
-        return deps
 
     # ------------------------------------------------------------------ endings
     async def _watch(self, attempt: Attempt) -> None:
@@ -387,6 +370,7 @@ class DaskLane:
             text = (f"deadline of {limit} ms passed while running on Dask worker {attempt.worker}; "
                     "its result will be discarded")
             self.counters["expired_running"] += 1
+            self.reclaimer.overdue(attempt.token, attempt.worker, f"{flight.packet.key} packet {flight.id}")
         else:
             text = f"deadline of {limit} ms passed while queued on the Dask cluster; cancelled"
             self.counters["expired_queued"] += 1
@@ -411,14 +395,21 @@ class DaskLane:
     def _unreachable(self, why: str) -> None:
         """The cluster cannot be used: PF503 for every packet on it or waiting for it."""
         self.kept.clear()
+        self._answer_all(f"lost the Dask cluster at {self.cluster.address} while the packet was on it ({why}); "
+                         "it may have run")
+
+    def _answer_all(self, text: str) -> None:
+        """PF503 (`text`) for every packet on the cluster."""
         for attempt in list(self.attempts.values()):
             self._forget(attempt)
             self.counters["unavailable"] += 1
             if attempt.flight.state is not DONE:
-                self.on_answer(attempt.flight, failure(
-                    ErrorCode.UNAVAILABLE, f"lost the Dask cluster at {self.cluster.address} while the packet was "
-                                           f"on it ({why}); it may have run"))
+                self.on_answer(attempt.flight, failure(ErrorCode.UNAVAILABLE, text))
         self.wake()
+
+    async def reload(self) -> None:
+        """SIGHUP: the workers onto new handler code (pfnode/dask/upkeep.py)."""
+        await reload(self, self._answer_all)
 
     def _on_task_event(self, event: Any) -> None:
         """A task of ours started, or ended with a small result (pfnode/dask/worker.py)."""
@@ -443,7 +434,7 @@ class DaskLane:
         event may have died with the worker): it counts as lost too, unless the worker's
         threads were all known to be running other packets of ours, so it cannot have."""
         ours = [a for a in map(self.by_token.get, processing) if a is not None]
-        running = sum(1 for a in ours if a.worker == worker)
+        running = sum(1 for a in ours if a.worker == worker) + self.reclaimer.holding(worker)
         for attempt in ours:
             if attempt.worker == worker or running < threads:
                 self._lost(attempt, worker)
@@ -461,6 +452,14 @@ class DaskLane:
                 "on_cluster": len(self.attempts), "running": sum(running.values()),
                 "queued": self.scheduler.depth(DASK), "counters": dict(self.counters)}
 
+    def gauges(self) -> dict[str, Any]:
+        """/metrics' Dask gauges and counters (ops/metrics.DaskState)."""
+        c = self.counters
+        return {"state": self.cluster.state, "workers": len(self.cluster.workers), "threads": self.cluster.threads,
+                "window": self.cluster.window(), "on_cluster": len(self.attempts), "queued": self.scheduler.depth(DASK),
+                "running": sum(1 for a in self.attempts.values() if a.worker is not None),
+                "counters": {**{name: c[name] for name in COUNTED}, "expired": c["expired_queued"] + c["expired_running"]}}
+
     async def scale(self, data: dict) -> dict[str, Any]:
         """mc:scale with "lane": "dask" (pfnode/dask/cluster.py says what it takes)."""
         from ..pool.capacity import read_capacity
@@ -468,3 +467,26 @@ class DaskLane:
         before = await self.cluster.scale(data, read_capacity().usable_cores)
         return {"before": {DASK: before}, "after": {DASK: len(self.cluster.workers)},
                 "adaptive": self.cluster.adaptive, "dask": self.stats()}
+
+
+def dependencies_of(lane: DaskLane, flight: Flight, now: float) -> dict[str, Any] | None:
+    """{dependency id: its future on the cluster, else its JSON from the node's store}."""
+    if not flight.dependencies:
+        return None
+    deps: dict[str, Any] = {}
+    stored = None
+    for dep in flight.dependencies:
+        kept = lane.kept.get((flight.scope, dep))
+        if kept is not None:
+            deps[dep] = kept[0]
+            lane.counters["dependencies_on_cluster"] += 1
+            kept[2] -= 1
+            if kept[2] <= 0:  # its last waiting dependent has it: the dependents' tasks hold it now
+                del lane.kept[(flight.scope, dep)]
+            continue
+        if stored is None:
+            stored = lane.scheduler.dependency_results(flight, now)
+        if dep in stored:
+            deps[dep] = bytes(stored[dep])
+            lane.counters["dependencies_from_node"] += 1
+    return deps

@@ -42,6 +42,7 @@ log = logging.getLogger("pfnode.dask")
 EVENT_RESULT_BYTES = 64 * 1024
 
 _imported: dict[tuple[str, ...], str | None] = {}  # handler modules -> why importing them failed
+_running: set[str] = set()  # the tokens of the packets this worker process runs now
 
 
 def import_handlers(modules: tuple[str, ...]) -> str | None:
@@ -68,6 +69,37 @@ class HandlerModules(WorkerPlugin):
             log.error("pfnode: Dask worker %s cannot run pfnode packets: %s", worker.address, error)
 
 
+class UploadedModules(WorkerPlugin):
+    """`--dask-upload`: the node's handler modules' source, written where this worker imports
+    from (its local directory, on sys.path; a package's .zip put on sys.path itself). It
+    imports nothing: `HandlerModules`, registered after it, does (a worker that joins later
+    runs both, in that order). Registered again (same name) on SIGHUP: the files change on
+    disk, and the worker's process imports them when it next starts."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = dict(files)  # file name -> its bytes (.py, or .zip for a package)
+
+    def setup(self, worker: Any) -> None:
+        import importlib
+        import os
+        import sys
+
+        for name, data in self.files.items():
+            path = os.path.join(worker.local_directory, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            if name.endswith(".zip") and path not in sys.path:
+                sys.path.insert(0, path)
+        importlib.invalidate_caches()
+        for modules in [m for m, error in _imported.items() if error is not None]:
+            del _imported[modules]  # an import that failed before the upload is tried again
+
+
+def running_tokens(tokens: list[str]) -> list[str]:
+    """Which of these packets still run in this worker process (for `Client.run`)."""
+    return [token for token in tokens if token in _running]
+
+
 def worker_keys(modules: tuple[str, ...]) -> dict[str, Any]:
     """What this worker runs (for `Client.run`): its handler keys and its import error."""
     error = import_handlers(modules)
@@ -83,6 +115,21 @@ def run_packet(modules: tuple[str, ...], topic: str, token: str, key: str, data:
 
     worker = get_worker()
     worker.log_event(topic, ("started", token, worker.address))  # before anything can fail
+    _running.add(token)
+    try:
+        answer = _run(worker, modules, key, data, packet_id, priority, metadata, deadline_wall, dependencies)
+    finally:
+        _running.discard(token)
+    if type(answer) is pipe.Failed:
+        worker.log_event(topic, ("failed", token, answer.code, answer.message, answer.duration_ms))
+    elif len(answer.body) <= EVENT_RESULT_BYTES:
+        worker.log_event(topic, ("done", token, answer.body, answer.duration_ms))
+    return answer
+
+
+def _run(worker: Any, modules: tuple[str, ...], key: str, data: bytes, packet_id: str, priority: int,
+         metadata: dict | None, deadline_wall: float, dependencies: dict[str, Any] | None) -> pipe.Done | pipe.Failed:
+    """The packet's answer: PF001 for a key this worker lacks, else its handler's."""
     error = import_handlers(modules)
     if default_registry.get(key) is None:
         why = (f": its handler modules failed to import: {error}" if error is not None
@@ -96,8 +143,4 @@ def run_packet(modules: tuple[str, ...], topic: str, token: str, key: str, data:
         deadline = time.monotonic() + (deadline_wall - time.time())
         answer = run_task(default_registry, pipe.Task(0, key, data, packet_id, priority, metadata, deadline, deps,
                                                       None))
-    if type(answer) is pipe.Failed:
-        worker.log_event(topic, ("failed", token, answer.code, answer.message, answer.duration_ms))
-    elif len(answer.body) <= EVENT_RESULT_BYTES:
-        worker.log_event(topic, ("done", token, answer.body, answer.duration_ms))
     return answer

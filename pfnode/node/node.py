@@ -154,7 +154,8 @@ class Node:
 
     def request_reload(self) -> None:
         """SIGHUP: read the token file again and roll the workers onto fresh handler code
-        (one at a time, in the background: a signal handler only enqueues)."""
+        (one at a time, in the background: a signal handler only enqueues), and with --dask
+        the Dask workers (docs/DASK.md)."""
         self.background(self._reload())
 
     async def _reload(self) -> None:
@@ -164,6 +165,11 @@ class Node:
             await self.pool.roll()
         except Exception as exc:
             log.error("front: rolling the workers failed: %s", exc)
+        if self.pool.dask is not None:  # --dask: its workers too (pfnode/dask/upkeep.py)
+            try:
+                await self.pool.dask.reload()
+            except Exception as exc:
+                log.error("front: rolling the Dask workers failed: %s: %s", type(exc).__name__, exc)
 
     # ------------------------------------------------------------------ what the transports call
     def http_route(self, path: str, upgrade: bool = True, headers: Any = None,

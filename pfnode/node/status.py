@@ -22,11 +22,14 @@ def gauges(node: NodeShared) -> NodeState:
         stats = pool.dispatcher.lane_stats(lane)
         lanes[lane] = {"workers": stats["workers"], "busy": stats["busy"], "held": stats["running"],
                        "target": pool.targets[lane], "queued": s.depth(lane)}
-    return {"ready": node.ready, "draining": node.draining, "connections": len(node.links),
-            "inflight": len(s.inflight), "blocked": s.blocked, "forwarded": s.forwarded,
-            "parked": len(node.hub.parked), "results_stored": len(s.results),
-            "reactors": node.hub.stats(s.forwarded)["reactors"], "lanes": lanes,
-            "elements": node.elements.gauges()}
+    state: NodeState = {"ready": node.ready, "draining": node.draining, "connections": len(node.links),
+                        "inflight": len(s.inflight), "blocked": s.blocked, "forwarded": s.forwarded,
+                        "parked": len(node.hub.parked), "results_stored": len(s.results),
+                        "reactors": node.hub.stats(s.forwarded)["reactors"], "lanes": lanes,
+                        "elements": node.elements.gauges()}
+    if pool.dask is not None:  # --dask: the cluster and the dask lane (pfnode/dask/lane.py)
+        state["dask"] = pool.dask.gauges()
+    return state
 
 
 def status(node: NodeShared) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ..core.protocol import GROUPS
 
 log = logging.getLogger("pfnode.metrics")
 
-__all__ = ["BUCKETS_S", "CAUSES", "Metrics", "NodeState", "exit_cause"]
+__all__ = ["BUCKETS_S", "CAUSES", "DaskState", "Metrics", "NodeState", "exit_cause"]
 
 # Upper bounds of the time histograms, in seconds: 10 µs (a no-op's run) to 5 min.
 BUCKETS_S = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
@@ -66,6 +66,19 @@ class LaneState(TypedDict, total=False):
     queued: int  # packets waiting in the node's queue for the lane
 
 
+class DaskState(TypedDict, total=False):
+    """The dask lane's gauges and counters (pfnode/dask/lane.py's `gauges`)."""
+
+    state: str  # one of DASK_STATES
+    workers: int
+    threads: int
+    window: int  # packets the node lets be on the cluster at once
+    on_cluster: int  # packets handed to the cluster
+    running: int  # of those, started on a worker
+    queued: int  # packets waiting in the node's queue for the cluster
+    counters: dict[str, int]  # event (DASK_EVENTS) -> count since start
+
+
 class NodeState(TypedDict, total=False):
     """What the node's state callable returns at each scrape; any key may be left out."""
 
@@ -80,6 +93,7 @@ class NodeState(TypedDict, total=False):
     reactors: int
     lanes: dict[str, LaneState]
     elements: dict[str, tuple[int, int]]  # resource kind -> (count, bytes): the elements' state
+    dask: DaskState  # with --dask only
 
 
 # state key -> (metric, help), for the node-wide gauges
@@ -102,6 +116,18 @@ _LANE_GAUGES = (
     ("held", "pfnode_lane_held_packets", "packets held by the lane's workers, running or prefetched"),
     ("queued", "pfnode_lane_queued_packets", "packets waiting in the node's queue for the lane (queue depth)"),
 )
+# --dask: the cluster's state (one series per state, 1 for the current one), its gauges and its events
+DASK_STATES = ("starting", "ready", "unreachable", "restarting")
+_DASK_GAUGES = (
+    ("workers", "pfnode_dask_workers", "workers of the Dask cluster"),
+    ("threads", "pfnode_dask_threads", "worker threads of the Dask cluster"),
+    ("window", "pfnode_dask_window", "packets the node lets be on the Dask cluster at once (--dask-window)"),
+    ("on_cluster", "pfnode_dask_packets_on_cluster", "packets handed to the Dask cluster, not yet ended"),
+    ("running", "pfnode_dask_packets_running", "packets on the Dask cluster that started on a worker"),
+    ("queued", "pfnode_dask_queued_packets", "packets waiting in the node's queue for the Dask cluster"),
+)
+DASK_EVENTS = ("submitted", "completed", "failed", "worker_lost", "retried", "requeued", "expired", "cancelled",
+               "unavailable", "reclaimed")
 # Metrics attribute -> (metric, help), for the unlabelled counters
 _PLAIN_COUNTERS = (
     ("frames_in", "pfnode_received_frames_total", "WebSocket messages received from peers"),
@@ -468,6 +494,8 @@ class Metrics:
                     count.add_metric((kind,), float(n))
                     size.add_metric((kind,), float(nbytes))
                 families += [count, size]
+            if state.get("dask"):
+                families += _dask_families(state["dask"])
             lanes = state.get("lanes") or {}
             for key, name, help in _LANE_GAUGES:
                 family = GaugeMetricFamily(name, help, labels=("lane",))
@@ -485,3 +513,23 @@ class Metrics:
 
 def _lane_label(lane: Any) -> str:
     return HUB_LANE if lane is None else str(lane)
+
+
+def _dask_families(dask: DaskState) -> list[Any]:
+    """--dask: the cluster's state, gauges and the dask lane's events (fixed label values)."""
+    state = GaugeMetricFamily("pfnode_dask_state", "1 for the Dask cluster's current state (starting, ready, "
+                              "unreachable, restarting), 0 for the others", labels=("state",))
+    for name in DASK_STATES:
+        state.add_metric((name,), 1.0 if dask.get("state") == name else 0.0)
+    families: list[Any] = [state]
+    for key, name, help in _DASK_GAUGES:
+        if key in dask:
+            families.append(GaugeMetricFamily(name, help, value=float(dask[key])))
+    counters = dask.get("counters") or {}
+    events = CounterMetricFamily("pfnode_dask_tasks_total", "the dask lane's events since start: packets "
+                                 "submitted (runs), completed, failed, worker_lost, retried, requeued, expired, "
+                                 "cancelled, unavailable (PF503), workers reclaimed", labels=("event",))
+    for name in DASK_EVENTS:
+        events.add_metric((name,), float(counters.get(name, 0)))
+    families.append(events)
+    return families
