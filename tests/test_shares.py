@@ -287,3 +287,53 @@ def test_a_tenant_running_its_share_of_a_lanes_workers_waits_while_another_tenan
     finished = views[0].held.popleft()  # one of a's ends: its worker goes to b, not to a
     views[0].work_ms = 0.0
     assert finished.tenant == "a" and [t for _, t in assign()] == ["b"]
+
+
+# ---------------------------------------------------------------- 6. out of file descriptors
+def test_a_node_out_of_file_descriptors_keeps_answering_and_says_so_once(tmp_path):
+    """Under a low open files limit, connections that hold every descriptor do not end the
+    node's accepting for good (picows' server library stopped it at the first EMFILE) nor
+    make it spin or log a traceback per try: it pauses, logs one line, and /healthz answers."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import start_node
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    node = start_node(tmp_path, workers=1,
+                      command=["prlimit", "--nofile=300", sys.executable, "-m", "pfnode", "serve", "--port", "0"])
+    held = []
+    try:
+        host, port = node.http.removeprefix("http://").split("/")[0].split(":")
+        failures = 0
+        for _ in range(400):  # more than the process may open
+            try:
+                held.append(socket.create_connection((host, int(port)), timeout=0.5))
+            except OSError:
+                failures += 1
+                if failures > 5:
+                    break
+        process = psutil.Process(node.proc.pid)
+        before = process.cpu_times()
+        time.sleep(2)
+        after = process.cpu_times()
+        assert (after.user + after.system) - (before.user + before.system) < 1.0  # not spinning
+        answered = None
+        for _ in range(20):  # the idle ones are dropped by the handshake timeout; accepting resumes
+            try:
+                answered = urllib.request.urlopen(f"{node.http}/healthz", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert answered == b'{"status":"ready"}\n'
+    finally:
+        for sock in held:
+            sock.close()
+        node.stop()
+    log = node.log()
+    assert "Traceback" not in log and log.count("out_of_files") <= 4, log[-2000:]

@@ -53,14 +53,23 @@ def fit_open_files(settings: Settings) -> tuple[Settings, str | None]:
         "LimitNOFILE / ulimit -n, or set --max-connections)")
 
 
+OUT_OF_FILES = "socket.accept() out of system resource"  # asyncio's (and aiofastnet's) words for EMFILE
+
+
 def quiet_handshake_failures(node: Node, loop: asyncio.AbstractEventLoop) -> None:
     """A client that gives up its TLS handshake is counted (`pfnode_connections_refused_total`,
     reason `tls`) and logged as one refused connection, at most one line a minute (the
-    node's `refusals` limiter), instead of the event loop's error with a traceback. Every
-    other exception the loop reports goes where it went."""
+    node's `refusals` limiter), instead of the event loop's error with a traceback. So is an
+    accept that fails for want of file descriptors (reason `out_of_files`: the listener
+    pauses a moment and tries again). Every other exception the loop reports goes where it went."""
     previous = loop.get_exception_handler()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == OUT_OF_FILES:
+            node.metrics.connection_refused("out_of_files")
+            logs.connection_refused(log, peer=None, reason="out_of_files", limiter=node.refusals,
+                                    detail=f"{context.get('exception')}: accepting again in a second")
+            return
         failure = tls.handshake_failure(context)
         if failure is None:
             if previous is not None:
@@ -96,8 +105,7 @@ async def run_node(node: Node, connect_url: str | None = None, token: str | None
             # started; packets that arrive before they are ready are answered PF503
             s = node.settings
             ssl_context = tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
-            if ssl_context is not None:
-                quiet_handshake_failures(node, loop)
+            quiet_handshake_failures(node, loop)
             try:
                 server = await transport.serve(node, ssl_context)
             except OSError as exc:  # the port in use, an address not of this machine

@@ -210,6 +210,37 @@ class _Accepted:
         return 0 if clients is None else max(0, len(clients) - len(self.links) - 1)
 
 
+ACCEPT_RETRY_DELAY_S = 1.0  # as asyncio's: the listener rests this long when the process is out of descriptors
+
+
+def _patch_accept_when_out_of_files() -> None:
+    """aiofastnet 1.2 (picows' server) calls `remove_reader` on the listening socket instead
+    of on the loop when accept() fails for want of file descriptors (EMFILE): the
+    AttributeError ends its accept loop for good, and the node never accepts again, /healthz
+    included. Wrap it to do what it meant: stop reading the listener for a second, then try
+    again (asyncio's own servers do so). Applied once, and only to a class that has the bug's
+    shape; a fixed aiofastnet raises no AttributeError there and is left alone."""
+    try:
+        from aiofastnet import api_utils
+    except ImportError:
+        return
+    for server_class in vars(api_utils).values():
+        if (isinstance(server_class, type) and hasattr(server_class, "_accept_connection")
+                and hasattr(server_class, "_start_serving_one_listener")
+                and not getattr(server_class, "_pfnode_accept_patched", False)):
+            accept = server_class._accept_connection
+
+            def _accept_connection(self, listening_sock, _accept=accept):
+                try:
+                    _accept(self, listening_sock)
+                except AttributeError:  # its EMFILE path, after it reported the error
+                    self._loop.remove_reader(listening_sock.fileno())
+                    self._loop.call_later(ACCEPT_RETRY_DELAY_S, self._start_serving_one_listener, listening_sock)
+
+            server_class._accept_connection = _accept_connection
+            server_class._pfnode_accept_patched = True
+
+
 async def serve(node: NodeInterface, ssl_context=None) -> asyncio.Server:
     s = node.settings
     accepted = _Accepted()
@@ -229,6 +260,7 @@ async def serve(node: NodeInterface, ssl_context=None) -> asyncio.Server:
             response = WSUpgradeResponse.create_error_response(reply.status, reply.body, headers)
         return WSUpgradeResponseWithListener(response, None)
 
+    _patch_accept_when_out_of_files()
     server = await ws_create_server(
         route, s.host, s.port,
         max_frame_size=hard_frame_limit(s.max_frame_bytes),
