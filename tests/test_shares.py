@@ -296,7 +296,6 @@ def test_a_node_out_of_file_descriptors_keeps_answering_and_says_so_once(tmp_pat
     make it spin or log a traceback per try: it pauses, logs one line, and /healthz answers."""
     import shutil
     import socket
-    import subprocess
     import sys
     import time
     import urllib.request
