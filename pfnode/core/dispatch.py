@@ -39,7 +39,7 @@ UNKNOWN_MS = 1e9  # a key never run yet: assumed slow, so never prefetched behin
 class WorkerView:
     """The dispatcher's view of one worker process."""
 
-    __slots__ = ("slot", "lane", "handle", "ready", "retiring", "retired", "held", "work_ms", "ran")
+    __slots__ = ("slot", "lane", "handle", "ready", "retiring", "retired", "held", "work_ms", "ran", "burst")
 
     def __init__(self, slot: int, lane: str, handle: Any = None) -> None:
         self.slot = slot
@@ -51,6 +51,7 @@ class WorkerView:
         self.held: collections.deque[Flight] = collections.deque()
         self.work_ms = 0.0  # estimated work of everything it holds
         self.ran = 0  # packets it has run (answered, not skipped)
+        self.burst = False  # started for a starved client (pool/burst.py): not for the tenants it was started against
 
     @property
     def queued_ms(self) -> float:
@@ -73,7 +74,8 @@ class Dispatcher:
         # lane -> estimated work a worker holds beyond its running packet (mc:tune sets one)
         self.prefetch = {lane: prefetch_ms for lane in windows}
         self.workers: dict[int, WorkerView] = {}
-        self.estimates: dict[str, float] = {}  # handler key -> moving average run time, ms
+        self.estimates: dict[str, float] = {}
+        self._heavy: Any = ()  # during assign: the tenants a lane's burst workers are not for  # handler key -> moving average run time, ms
         self._numbers = itertools.count(1)
 
     # ------------------------------------------------------------------ tuning (mc:tune)
@@ -134,6 +136,8 @@ class Dispatcher:
         prefetch. Never behind another tenant's running packet, which may hang: a client
         waits behind its own packets only (and a burst worker comes for it, pool/burst.py)."""
         held = view.held
+        if view.burst and tenant in self._heavy:
+            return False  # a burst worker is for the client others starve, not for them
         if not held:
             return True
         if held[0].tenant != tenant:
@@ -153,6 +157,7 @@ class Dispatcher:
             queue = scheduler.lanes[lane]
             heapq.heapify(heap)
             skip = self.over_share(lane, queue.waiting) if len(queue.waiting) > 1 else ()
+            self._heavy = self.heavy(lane, queue.waiting) if any(item[4].burst for item in heap) else ()
             while heap and len(queue):
                 flight = scheduler.dispatch(lane, now, skip)
                 if flight is None:
@@ -171,6 +176,16 @@ class Dispatcher:
                 for item in skipped:
                     heapq.heappush(heap, item)
         return list(batches.values())
+
+    def heavy(self, lane: str, waiting: dict[Any, int]) -> set[Any]:
+        """The tenants that run their share of `lane`'s regular workers (not its burst ones)
+        or more: they get no burst worker, even when nobody else waits at that moment."""
+        views = [view for view in self.members(lane) if not view.burst]
+        held = holders(views)
+        if not held:
+            return set()
+        share = worker_share(len(views), held, waiting)
+        return {tenant for tenant, count in held.items() if count >= share}
 
     def over_share(self, lane: str, waiting: dict[Any, int]) -> set[Any]:
         """The tenants that run their share of `lane`'s workers or more while another tenant

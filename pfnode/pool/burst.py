@@ -13,7 +13,10 @@ for its neighbour's hung ones:
 - at most `MAX_BURST` extra workers per resizable lane (cf stays one, sequential); their
   number is the lane's size above its target (`mc:scale` and autoscaling set targets;
   bursts never change them);
-- an extra worker retires (finishing what it holds) once its lane's queue is empty.
+- an extra worker takes no packet of a client that runs its share of the lane's regular
+  workers (`Dispatcher.heavy`): it stays free for the starved one, even between its packets;
+- extra workers retire (finishing what they hold) once, for BURST_IDLE_S, no packet but the
+  heavy clients' has waited in the lane.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from ..core.dispatch import starved
 log = logging.getLogger("pfnode.pool")
 
 BURST_AFTER_S = 0.25
+BURST_IDLE_S = 2.0  # the extra workers stay this long after the last starved packet left the queue
 MAX_BURST = 2
 
 
@@ -35,6 +39,7 @@ class Bursts:
         self.starting: set[str] = set()
         self._checking: set[str] = set()  # lanes with a check due
         self.started = 0
+        self._needed_at: dict[str, float] = {}  # lane -> when a starved client last had a packet waiting
 
     def extra(self, lane: str) -> int:
         supervisor = self.pool.supervisor
@@ -50,9 +55,8 @@ class Bursts:
             queue = pool.scheduler.lanes.get(lane)
             if queue is None:
                 continue
-            if not len(queue):
-                if self.extra(lane) and lane not in self.starting:
-                    self._shrink(lane)
+            if self.extra(lane) and lane not in self.starting and self._unneeded(lane, queue):
+                self._shrink(lane)
             elif lane not in self._checking and lane not in self.starting and self.extra(lane) < MAX_BURST:
                 if starved(self._views(lane), queue.waiting):
                     self._checking.add(lane)
@@ -71,6 +75,9 @@ class Bursts:
         pool = self.pool
         try:
             proc = await pool.supervisor.spawn(lane)
+            view = pool.supervisor.view_of(proc)
+            if view is not None:
+                view.burst = True
             pool.on_worker_ready(proc)
             self.started += 1
             pool.counters["burst_workers"] += 1
@@ -81,6 +88,17 @@ class Bursts:
         finally:
             self.starting.discard(lane)
             pool.pump()
+
+    def _unneeded(self, lane: str, queue: Any) -> bool:
+        """Whether the lane's extra workers have served their purpose: for BURST_IDLE_S, the
+        queue has held no packet but of clients that run their share of the regular workers
+        (a starved client's next packet, one at a time, finds its worker still there)."""
+        pool = self.pool
+        now = pool.clock()
+        if len(queue) and not set(queue.waiting) <= pool.dispatcher.heavy(lane, queue.waiting):
+            self._needed_at[lane] = now
+            return False
+        return now - self._needed_at.get(lane, now) >= BURST_IDLE_S
 
     def _shrink(self, lane: str) -> None:
         supervisor = self.pool.supervisor
