@@ -242,21 +242,14 @@ class _Links:
         unread at a closed socket, whose reset can overtake the PF401). So a packet never goes
         on a link the node may be refusing, and a refusal is raised here as `RemoteError`. An
         endpoint that does not answer heartbeats (the spec's reactors) is given `open_timeout_s`."""
-        seq, waiter = self._heartbeat_waiter(link)
         try:
-            await self._send_on(link, self._heartbeat_frame(link, seq))
-            async with asyncio.timeout(self.open_timeout_s):
-                await waiter
-        except TimeoutError:
-            pass
+            await self._heartbeat_round(link)
         except RemoteError as exc:
             if exc.code == ErrorCode.UNAUTHENTICATED.value:
                 raise
             # (PF403: the capabilities refused, noted by _on_error; the link serves all the same)
         except ConnectionLost as exc:
             raise _Unanswered(f"{exc}, before it answered our first heartbeat") from None
-        finally:
-            link.heartbeats.pop(seq, None)
         if link.error is not None and link.error.code == ErrorCode.UNAUTHENTICATED.value:
             raise link.error  # refused, though the node answered what it had read before it closed
 
@@ -562,7 +555,12 @@ class Reactor(_Links):
         (PF403) if it refuses (the token lacks the reactor role). An endpoint that does not
         answer heartbeats (the spec's reactors) is given `open_timeout_s`."""
         self._announce_refused = False
-        link = await self._link_up()
+        await self._heartbeat_round(await self._link_up())
+
+    async def _heartbeat_round(self, link: _Link) -> None:
+        """Send a heartbeat on `link` (the announcement, when announcing) and wait for its
+        answer: an error frame raises; an endpoint that does not answer heartbeats (the spec's
+        reactors) is given `open_timeout_s`."""
         seq, waiter = self._heartbeat_waiter(link)
         try:
             await self._send_on(link, self._heartbeat_frame(link, seq))
