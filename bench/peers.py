@@ -42,8 +42,8 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import peer_clients, report  # noqa: E402 - after the path fix
-from bench.common import BenchError, Options, elapsed_s, loadavg, progress, set_progress_label  # noqa: E402
-from bench.processes import Processes, node_health, run_with_cleanup  # noqa: E402
+from bench.common import BenchError, Options, elapsed_s, loadavg, progress  # noqa: E402
+from bench.processes import Processes, node_health  # noqa: E402
 
 HANDLERS = "pfnode.handlers.examples,bench.handlers_bench"
 CPU_TASK_MS = 5.0  # bench.handlers_bench.numpy_5ms's CPU time per task
@@ -265,23 +265,8 @@ def print_report(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    set_progress_label("peers")
-    args = parse_args(argv)
-    result = run_with_cleanup(run, args)
-    if isinstance(result, int):
-        return result
-    path = report.save_report(result, args.out, "peers", "peers-latest.json")  # first: a table bug must not lose it
-    print_report(result)
-    if args.no_plot:
-        line = "plot: skipped (--no-plot)"
-    else:
-        try:
-            line = report.write_peers_plot(result, [args.out / "peers-latest.png", path.with_suffix(".png")])
-        except Exception as exc:  # noqa: BLE001 - the numbers are written; a plot bug must not hide them
-            line = f"plot: FAILED ({type(exc).__name__}: {exc}); the results are in {path}"
-    print(line)
-    progress(line)
-    return 0
+    return report.run_and_report("peers", parse_args, run, "peers", print_report, argv,
+                                 plotter=report.write_peers_plot)
 
 
 if __name__ == "__main__":

@@ -508,9 +508,12 @@ def hub_report(args: argparse.Namespace, machine: dict, plan: Plan, runs: dict[s
     }
 
 
-def run_and_report(label: str, parse_args, run, stem: str, printer, argv: list[str] | None = None) -> int:
+def run_and_report(label: str, parse_args, run, stem: str, printer, argv: list[str] | None = None, *,
+                   latest: str | None = None, plotter=None) -> int:
     """A harness's main: parse its arguments, `run` it (every process stopped at the end,
-    also on Ctrl-C), save the report (first: a table bug must not lose it), print it."""
+    also on Ctrl-C), save the report (first: a table bug must not lose it; as out/`latest`,
+    STEM-latest.json by default), print it, and with `plotter` draw it (latest's .png and the
+    run's own), unless --no-plot."""
     from bench.common import set_progress_label
     from bench.processes import run_with_cleanup
 
@@ -519,8 +522,20 @@ def run_and_report(label: str, parse_args, run, stem: str, printer, argv: list[s
     result = run_with_cleanup(run, args)
     if isinstance(result, int):
         return result
-    save_report(result, args.out, stem, f"{stem}-latest.json")
+    latest = latest or f"{stem}-latest.json"
+    path = save_report(result, args.out, stem, latest)
     printer(result)
+    if plotter is None:
+        return 0
+    if args.no_plot:
+        line = "plot: skipped (--no-plot)"
+    else:
+        try:
+            line = plotter(result, [args.out / latest.replace(".json", ".png"), path.with_suffix(".png")])
+        except Exception as exc:  # noqa: BLE001 - the numbers are written; a plot bug must not hide them
+            line = f"plot: FAILED ({type(exc).__name__}: {exc}); the results are in {path}"
+    print(line)
+    progress(line)
     return 0
 
 

@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
 
 from bench import report, systems  # noqa: E402 - after the path fix
 from bench.common import Options, progress  # noqa: E402
-from bench.processes import Processes, run_with_cleanup  # noqa: E402
+from bench.processes import Processes  # noqa: E402
 
 
 def parse_args(argv: list[str] | None):
@@ -122,22 +122,8 @@ def run(args, procs: Processes) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = run_with_cleanup(run, args)
-    if isinstance(result, int):
-        return result
-    path = report.save_report(result, args.out, "bench", "latest.json")  # first: a table bug must not lose it
-    report.print_bench(result)
-    if args.no_plot:
-        line = "plot: skipped (--no-plot)"
-    else:
-        try:
-            line = report.write_plot(result, [args.out / "latest.png", path.with_suffix(".png")])
-        except Exception as exc:  # noqa: BLE001 - the numbers are written; a plot bug must not hide them
-            line = f"plot: FAILED ({type(exc).__name__}: {exc}); the results are in {path}"
-    print(line)
-    progress(line)
-    return 0
+    return report.run_and_report("bench", parse_args, run, "bench", report.print_bench, argv,
+                                 latest="latest.json", plotter=report.write_plot)
 
 
 if __name__ == "__main__":
