@@ -523,11 +523,5 @@ def test_an_unreachable_scheduler_leaves_the_node_degraded_until_it_can_connect(
         assert res.ok and res.data["dask_worker"] and res.data["data"] == 2
         assert http_get(node.http, "/healthz")[0] == 200
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(procs)
         log.close()
