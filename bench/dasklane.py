@@ -91,10 +91,8 @@ def measure(procs: Processes, args, name: str, extra: list[str], rep: int) -> di
 
 
 def run(args, procs: Processes) -> dict:
-    machine = report.machine_info()
-    load = machine["loadavg_at_start"]
-    progress(f"{machine['cpu_count']} CPUs, load average {f'{load[0]:.2f}' if load else '?'}; "
-             f"df:{ELEMENT} x {args.packets} packets, window {args.window}, {args.workers} workers")
+    machine = report.machine_at_start(f"df:{ELEMENT} x {args.packets} packets, window {args.window}, "
+                                      f"{args.workers} workers")
     bare = bare_ms(args.bare_calls)
     progress(f"bare handler: {bare:.3f} ms per call (median of {args.bare_calls})")
     runs: dict[str, list[dict]] = {name: [] for name in SYSTEMS}

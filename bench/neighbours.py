@@ -272,10 +272,7 @@ VICTIM_S = noisy.VICTIM_TIMEOUT_MS / 1000  # the longest a victim's round trip m
 def run(args: argparse.Namespace, procs: Processes) -> dict:
     """The micro-benchmark, then the node and the two clients, each row in turn (ROWS), the
     node stopped; the report."""
-    machine = report.machine_info()
-    load = machine["loadavg_at_start"]
-    progress(f"{machine['cpu_count']} CPUs, load average {f'{load[0]:.2f}' if load else '?'}; "
-             f"{args.seconds:g} s per row, {args.workers} df workers")
+    machine = report.machine_at_start(f"{args.seconds:g} s per row, {args.workers} df workers")
     t0 = time.monotonic()
     micro = cache_micro(args.micro_ops)
     micro["elapsed_s"] = round(time.monotonic() - t0, 2)

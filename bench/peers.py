@@ -147,10 +147,7 @@ def measure_pfnode(procs: Processes, args, label: str, limit_s: float, common: d
 
 
 def run(args, procs: Processes) -> dict:
-    machine = report.machine_info()
-    load = machine["loadavg_at_start"]
-    progress(f"{machine['cpu_count']} CPUs, load average {f'{load[0]:.2f}' if load else '?'}; "
-             f"{args.workers} workers each, {args.repeats} repeat(s)")
+    machine = report.machine_at_start(f"{args.workers} workers each, {args.repeats} repeat(s)")
     ray_missing = None if ray_installed() else RAY_MISSING
     if ray_missing:
         progress(ray_missing)

@@ -508,6 +508,15 @@ def hub_report(args: argparse.Namespace, machine: dict, plan: Plan, runs: dict[s
     }
 
 
+def machine_at_start(detail: str) -> dict:
+    """`machine_info()`, after saying on stderr the CPUs, the load average and `detail` (what
+    the harness is about to measure)."""
+    machine = machine_info()
+    load = machine["loadavg_at_start"]
+    progress(f"{machine['cpu_count']} CPUs, load average {f'{load[0]:.2f}' if load else '?'}; {detail}")
+    return machine
+
+
 def run_and_report(label: str, parse_args, run, stem: str, printer, argv: list[str] | None = None, *,
                    latest: str | None = None, plotter=None) -> int:
     """A harness's main: parse its arguments, `run` it (every process stopped at the end,
