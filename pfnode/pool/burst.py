@@ -69,7 +69,7 @@ class Bursts:
             return
         if starved(self._views(lane), pool.scheduler.lanes[lane].waiting):
             self.starting.add(lane)
-            pool.supervisor._in_background(self._grow(lane))
+            pool.supervisor.in_background(self._grow(lane))
 
     async def _grow(self, lane: str) -> None:
         pool = self.pool
@@ -101,9 +101,7 @@ class Bursts:
         return now - self._needed_at.get(lane, now) >= BURST_IDLE_S
 
     def _shrink(self, lane: str) -> None:
-        supervisor = self.pool.supervisor
-        for view in supervisor.dispatcher.retire(lane, self.extra(lane)):
-            supervisor._retire(view.handle)
+        self.pool.supervisor.retire(lane, self.extra(lane))
 
     def _views(self, lane: str) -> list:
         return [view for view in self.pool.dispatcher.workers.values() if view.lane == lane]

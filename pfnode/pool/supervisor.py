@@ -266,7 +266,7 @@ class Supervisor:
         delay = respawn_delay_s(cause, self._deaths[lane], self.clock())
         self._spawning[lane] += missing  # on their way from now: the next exit counts them
         for _ in range(missing):
-            self._in_background(self._respawn(lane, delay))
+            self.in_background(self._respawn(lane, delay))
 
     async def _respawn(self, lane: str, delay_s: float) -> None:
         try:
@@ -306,8 +306,12 @@ class Supervisor:
             if errors:
                 raise ConfigError(f"could not start {len(errors)} of {size - current} {lane} workers: {errors[0]}")
         elif size < self.lane_size(lane):
-            for view in self.dispatcher.retire(lane, self.lane_size(lane) - size):
-                self._retire(view.handle)
+            self.retire(lane, self.lane_size(lane) - size)
+
+    def retire(self, lane: str, count: int) -> None:
+        """The `count` least busy workers of `lane` finish what they hold and leave."""
+        for view in self.dispatcher.retire(lane, count):
+            self._retire(view.handle)
 
     async def roll(self) -> int:
         """Replace every worker with one running the handler modules as they are on disk
@@ -344,7 +348,7 @@ class Supervisor:
                     replaced += 1
         finally:
             if old_server is not None:
-                self._in_background(self._close_when_empty(old_server))
+                self.in_background(self._close_when_empty(old_server))
         log.info("pool: rolled %d workers onto the handler modules as they are now", replaced)
         return replaced
 
@@ -385,7 +389,8 @@ class Supervisor:
         if self.forkserver is not None:
             await self.forkserver.close()
 
-    def _in_background(self, coro) -> asyncio.Task:
+    def in_background(self, coro) -> asyncio.Task:
+        """Run `coro` as a task the supervisor keeps, and cancels when it closes."""
         return keep(self._background, coro)
 
     # ------------------------------------------------------------------ introspection
