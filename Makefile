@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test bench venv clean interop-deps
+.PHONY: run test bench venv native clean interop-deps
 
 venv: $(STAMP)
 
@@ -22,11 +22,17 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
+# The compiled hot path (setup.py, pfnode/native.py, docs/ARCHITECTURE.md): Cython compiles the
+# listed modules in place. Incremental (a module is rebuilt only when its .py changed), so about a
+# second when nothing did. Without a C compiler or Cython it says so and the .py modules run.
+native: venv
+	$(PY) setup.py -q build_ext --inplace
+
 # The TypeScript interop peer needs Node.js and the ws package from npm.
 interop-deps:
 	cd tests/interop/ts && npm install --no-audit --no-fund --silent
 
-run: venv
+run: native
 	$(VENV)/bin/pfnode serve $(ARGS)
 
 # The whole suite on the default transport (picows), then every suite about what crosses
@@ -36,8 +42,15 @@ run: venv
 WIRE_FAULTS := $(addprefix tests/test_faults.py::test_,inflight_limit_applies_backpressure_and_every_packet_completes a_peer_at_its_inflight_limit_that_sends_heartbeats_is_not_dropped disconnect_drops_the_peers_queued_packets_and_frees_the_worker disconnect_drops_packets_that_had_not_started sigterm_drains_in_flight_packets_exits_0_and_leaves_no_workers)
 WIRE_TESTS := tests/test_abuse.py tests/test_auth.py tests/test_e2e.py $(WIRE_FAULTS) tests/test_ndarray.py tests/test_interop_ts.py tests/test_interop_elixir.py tests/test_hub.py tests/test_dialout.py tests/test_dashboard.py
 
-test: venv interop-deps
+# The pure rules' suites once more with PFNODE_PURE=1: the .py modules, which stay the reference,
+# must pass what the compiled ones pass (tests/test_native.py also compares the two directly).
+NATIVE_PURE_TESTS := tests/test_native.py tests/test_protocol.py tests/test_protocol_properties.py \
+	tests/test_scheduler.py tests/test_dispatch.py tests/test_pipe.py tests/test_shares.py tests/test_node_parts.py \
+	tests/test_hub_rules.py tests/test_link.py
+
+test: native interop-deps
 	$(PY) -m pytest $(ARGS)
+	PFNODE_PURE=1 $(PY) -m pytest $(NATIVE_PURE_TESTS) $(ARGS)
 	PFNODE_TRANSPORT=websockets $(PY) -m pytest $(WIRE_TESTS) $(ARGS)
 
 # Longer fuzzing than make test's: the protocol's property tests under Hypothesis's fuzz
@@ -65,7 +78,7 @@ PEERS_ARGS ?=
 BENCH_QUICK := $(filter --quick,$(ARGS))
 MICRO_MAX_TIME := $(if $(BENCH_QUICK),0.05,0.5)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) native
 	$(PY) bench/run.py $(ARGS)
 	$(PY) bench/hub.py $(BENCH_QUICK) $(HUB_ARGS)
 	$(PY) bench/neighbours.py $(BENCH_QUICK) $(NEIGHBOUR_ARGS)
@@ -76,4 +89,5 @@ bench: $(BENCH_STAMP)
 		--benchmark-json=bench/results/micro-latest.json $(MICRO_ARGS)
 
 clean:
-	rm -rf $(VENV) tests/interop/ts/node_modules bench/results
+	rm -rf $(VENV) tests/interop/ts/node_modules bench/results build
+	find pfnode -name '*.so' -delete -o -name '*.c' -delete

@@ -4,10 +4,14 @@
 a worker process importing `pfnode` for `@handler` does not load the WebSocket client."""
 from typing import TYPE_CHECKING
 
-from .errors import (ConnectionLost, ErrorCode, HandlerError, PayloadError, PFNodeError, RemoteError,
-                     ReplyTimeout)
-from .registry import Context, handler, register
-from .settings import Settings
+from . import native
+
+native.install()  # before any compiled module is imported: PFNODE_PURE=1, and stale builds
+
+from .errors import (ConnectionLost, ErrorCode, HandlerError, PayloadError, PFNodeError,  # noqa: E402
+                     RemoteError, ReplyTimeout)
+from .registry import Context, handler, register  # noqa: E402
+from .settings import Settings  # noqa: E402
 
 if TYPE_CHECKING:
     from .client import Client

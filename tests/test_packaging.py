@@ -2,6 +2,7 @@
 that a user's own `handlers/` package cannot shadow."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -44,12 +45,13 @@ def source_copy(tmp_path_factory) -> Path:
 def wheel(tmp_path_factory):
     """The wheel, built as `pip wheel .` would, but offline: with the venv's setuptools (the
     test extra installs it) instead of an isolated build environment, from a copy of the
-    sources. Returns (names, METADATA, the log)."""
+    sources. Returns (names, METADATA, the log). PFNODE_BUILD_PURE=1: the pure-Python wheel (the
+    compiled one takes a minute of C compiling; `make native` builds the same modules in place)."""
     src, out = source_copy(tmp_path_factory), tmp_path_factory.mktemp("wheel")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "-v", "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=110)
+        capture_output=True, text=True, timeout=110, env={**os.environ, "PFNODE_BUILD_PURE": "1"})
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     [path] = out.glob("pfnode-*.whl")
     with zipfile.ZipFile(path) as archive:
@@ -68,6 +70,15 @@ def test_building_prints_no_deprecation_warning(wheel):
     log = wheel[2]
     assert "Deprecat" not in log and "deprecated" not in log, [
         line for line in log.splitlines() if "eprecat" in line]
+
+
+def test_a_pure_build_says_so_and_carries_every_module_as_python(wheel):
+    names, _, log = wheel
+    assert "PFNODE_BUILD_PURE is set: the pure-Python package, nothing compiled" in log
+    assert not [n for n in names if n.endswith((".so", ".c"))]
+    from pfnode.native import COMPILED
+
+    assert {f"{name.replace('.', '/')}.py" for name in COMPILED} <= set(names)
 
 
 def test_the_wheel_carries_py_typed_and_the_dashboards_files(wheel):

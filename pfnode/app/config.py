@@ -27,7 +27,9 @@ from ..settings import Settings, SettingsError, field_types
 
 ENV_PREFIX = "PFNODE_"
 CONFIG_ENV = "PFNODE_CONFIG"  # names the TOML file when --config does not
-CLIENT_ENV = frozenset({"PFNODE_TOKEN"})  # the clients' (pfnode submit): not a node setting
+# Not node settings: the clients' token (pfnode submit), and pfnode/native.py's switch to pure Python
+# (PFNODE_PURE, read by every process at import) and its build-time twin (setup.py).
+CLIENT_ENV = frozenset({"PFNODE_TOKEN", "PFNODE_PURE", "PFNODE_BUILD_PURE"})
 NONE_WORDS = ("none", "auto")  # how an `X | None` field is set to None in text and TOML
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 

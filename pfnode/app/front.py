@@ -146,6 +146,12 @@ def _started_lines(node: Node, where: str, listening: bool) -> None:
     elif listening and s.insecure_no_auth:
         log.warning("front: no authentication (--insecure-no-auth) on %s: anyone who can reach "
                     "the port can submit, answer forwarded packets and resize the node", s.host)
+    hot = node.hot_path
+    if hot["stale"]:
+        log.warning("front: %s: compiled from older source, so the .py runs instead (rebuild: make native)",
+                    ", ".join(hot["stale"]), extra={"event": "stale_compiled", "modules": hot["stale"]})
+    log.info("front: hot path %s (%d of %d modules compiled%s)", hot["mode"], len(hot["compiled"]), hot["of"],
+             "; PFNODE_PURE=1" if hot["pure_forced"] else "")
     keys = node.keys()
     log.info("front: %s with lanes %s; ready; %d handlers: %s", where,
              ", ".join(f"{k}={v}" for k, v in node.pool.lane_sizes().items()), len(keys), ", ".join(keys))

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from .. import __version__
+from .. import __version__, native
 from ..core import protocol
 from ..core.flight import HOSTED, Flight, Outcome, failure
 from ..core.hub import Hub
@@ -61,7 +61,9 @@ class Node:
         self.started_at = time.time()
         self.uplink: Any = None  # app/dialout.py's Uplink, for `pfnode connect`
         self._jobs: set[asyncio.Task] = set()
-        self.metrics = Metrics(self.gauges, info={"version": __version__, "transport": settings.transport})
+        self.hot_path = native.report()  # which per-packet modules run compiled (pfnode/native.py)
+        self.metrics = Metrics(self.gauges, info={"version": __version__, "transport": settings.transport,
+                                                  "hot_path": self.hot_path["mode"]})
         self.access = Access(settings.token_file)
         # who failed to authenticate lately (node/backoff.py), and the refused connections' log lines
         self.auth_backoff = AuthBackoff(settings.auth_backoff_failures, settings.auth_backoff_ms / 1000)

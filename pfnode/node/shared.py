@@ -26,6 +26,7 @@ class NodeShared(Protocol):
     draining: bool
     stopping: asyncio.Event
     started_at: float
+    hot_path: dict[str, Any]  # pfnode/native.py report(): which per-packet modules run compiled
     uplink: Any  # app/dialout.Uplink while dialled out
     metrics: Metrics
     access: Access

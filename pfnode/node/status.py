@@ -37,7 +37,9 @@ def status(node: NodeShared) -> dict[str, Any]:
     state = gauges(node)
     pool = node.pool.stats()
     return {"status": node.state, "endpoint": node.settings.path, "connections": state["connections"],
-            "uptime_s": round(time.time() - node.started_at, 3), "handlers": node.keys(), **pool,
+            "uptime_s": round(time.time() - node.started_at, 3), "handlers": node.keys(),
+            "hot_path": {key: node.hot_path[key] for key in ("mode", "of", "stale")}
+            | {"compiled": len(node.hot_path["compiled"])}, **pool,
             "queued": node.scheduler.queued, "blocked": state["blocked"], "inflight": state["inflight"],
             "results_stored": state["results_stored"], "hub": node.hub.stats(state["forwarded"]),
             "elements": node.elements.stats(), "counters": {**pool["counters"], **node.metrics.counts}}
