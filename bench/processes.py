@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import re
 import shutil
 import signal
@@ -306,15 +307,15 @@ class Processes:
         self.children.discard(proc)
 
     # -- the nodes
-    def launch_node(self, name: str, argv: list[str]) -> NodeProcess:
-        """Start `python -m pfnode ARGV` (cwd: the repository root, output to a log file); do
-        not wait for it (see `wait_node`)."""
+    def launch_node(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> NodeProcess:
+        """Start `python -m pfnode ARGV` (cwd: the repository root, output to a log file; `env`
+        added to this process's environment); do not wait for it (see `wait_node`)."""
         log_path = self.log_dir / f"node-{name}.log"
         with open(log_path, "wb") as log_file:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "pfnode", *argv],
                 cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+                env={**os.environ, **(env or {})}, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         node = self.nodes[name] = NodeProcess(name, argv, popen, log_path)
         return node
 
@@ -328,9 +329,11 @@ class Processes:
         node.endpoint = match.group(1) if ready.groups else ""
         return node
 
-    def start_nodes(self, argvs: dict[str, list[str]]) -> dict[str, NodeProcess]:
-        """Start several nodes at once (name -> argv) and wait until each serves."""
-        launched = {name: self.launch_node(name, argv) for name, argv in argvs.items()}
+    def start_nodes(self, argvs: dict[str, list[str]], envs: dict[str, dict[str, str]] | None = None
+                    ) -> dict[str, NodeProcess]:
+        """Start several nodes at once (name -> argv; name -> added environment) and wait until
+        each serves."""
+        launched = {name: self.launch_node(name, argv, (envs or {}).get(name)) for name, argv in argvs.items()}
         return {name: self.wait_node(node) for name, node in launched.items()}
 
     def node_log_text(self, tail: int = 40) -> str:

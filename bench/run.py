@@ -9,8 +9,9 @@ Each repeat measures, a fresh client process each (bench/systems.py says what ea
 
   systems   df:noop through the node (picows), the same node on the websockets transport, the
             stdlib ProcessPoolExecutor, and the same frames through a bare websockets echo server
-            and a bare picows echo server (orjson decode + encode per frame); with the CPU per
-            packet of each serving process
+            and a bare picows echo server (orjson decode + encode per frame), and the node once
+            more with PFNODE_PURE=1 (no compiled module: what the compiled hot path saves); with
+            the CPU per packet of each serving process
   lanes     cf:noop, df:noop, ed:noop, rm:noop (bench/handlers_bench.py) against the same node
   ed load   ed:noop one at a time with the df lane idle, kept busy by df:sleep_ms packets, and
             flooded with df:noop (the front itself saturated)
@@ -109,7 +110,7 @@ def run(args, procs: Processes) -> dict:
              f"packet crashing")
     plan = systems.Plan.of_run(args)
     servers = systems.start_servers(procs, args.workers)
-    results = systems.Results(lanes_at_start=servers.lanes_at_start)
+    results = systems.Results(lanes_at_start=servers.lanes_at_start, hot_paths=servers.hot_paths)
     for rep in range(args.repeats):
         for measure in systems.FAMILIES:
             measure(procs, servers, plan, rep, results)

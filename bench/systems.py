@@ -25,7 +25,11 @@ NODE_HANDLERS = "pfnode.handlers.examples,bench.handlers_bench"
 # The pipes-only node: the main node's command with no shared memory between front and workers.
 PIPES_ONLY_ARGS = ("--worker-shm-bytes", "0")
 # The nodes run.py starts: name -> (transport, extra arguments).
-NODES = {"picows": ("picows", ()), "websockets": ("websockets", ()), "pipes": ("picows", PIPES_ONLY_ARGS)}
+NODES = {"picows": ("picows", ()), "websockets": ("websockets", ()), "pipes": ("picows", PIPES_ONLY_ARGS),
+         "pure": ("picows", ())}
+# The pure node: the main node's command with every compiled module's .py (pfnode/native.py): what
+# the compiled hot path saves, measured side by side.
+NODE_ENVS = {"pure": {"PFNODE_PURE": "1"}}
 # The bare echo servers (bench/servers.py): the transport's cost with no node behind it.
 ECHO_SERVERS = {"websockets": servers.websockets_echo_server, "picows": servers.picows_echo_server}
 
@@ -56,6 +60,7 @@ SYSTEMS = (
         node="websockets", tag="w"),
     Row("echo_picows", "picows echo server (orjson), no workers", "picows\necho server\n(orjson)",
         echo="picows", tag="p"),
+    Row("pfnode_pure", "pfnode df:noop, PFNODE_PURE=1", "pfnode\n(pure\nPython)", node="pure", tag="u"),
 )
 GROUPS = ("cf", "df", "ed", "rm")  # the lanes, each measured with its own no-op
 # Payload sizes: float64 arrays of this many bytes (12, 8 192 and 131 072 values), each sent as a
@@ -205,6 +210,7 @@ class Results:
     consume_runs: list[dict] = field(default_factory=list)
     map_runs: list[dict] = field(default_factory=list)  # pfnode.Client.map
     lanes_at_start: dict = field(default_factory=dict)  # the main node's /status lanes
+    hot_paths: dict[str, dict] = field(default_factory=dict)  # each node's /status hot_path
     large_packets: int = 0  # the payload packets over the shm threshold sent to the main node
     fault_checks: dict[str, dict] = field(default_factory=dict)  # worker start -> counters, expected
     spawn_skipped: str | None = None  # why the fault-recovery family has no spawn node
@@ -222,6 +228,7 @@ class Servers:
     pipes_df_pids: list[int]
     fault_nodes: dict[str, NodeProcess]  # the fault-recovery nodes, by how their workers start
     spawn_skipped: str | None  # why there is no spawn node (None: there is one)
+    hot_paths: dict[str, dict] = field(default_factory=dict)  # each node's /status hot_path (pfnode/native.py)
 
     def endpoint(self, row: Row) -> str:
         return self.nodes[row.node].endpoint if row.node else f"ws://127.0.0.1:{self.echoes[row.echo].ready}/"
@@ -258,7 +265,8 @@ def start_servers(procs: Processes, workers: int) -> Servers:
     fault_argvs, spawn_skipped = fault_node_argvs(workers)
     started = procs.start_nodes({**{name: serve_argv(workers, transport, extra)
                                     for name, (transport, extra) in NODES.items()},
-                                 **{FAULT_NODES[start]: argv for start, argv in fault_argvs.items()}})
+                                 **{FAULT_NODES[start]: argv for start, argv in fault_argvs.items()}},
+                                NODE_ENVS)
     nodes = {name: started[name] for name in NODES}
     fault_nodes = {start: started[FAULT_NODES[start]] for start in fault_argvs}
     for start, node in fault_nodes.items():
@@ -279,7 +287,10 @@ def start_servers(procs: Processes, workers: int) -> Servers:
     progress("lane workers: " + ", ".join(f"{lane} {lane_pids[lane]}" for lane in GROUPS))
     pipes = nodes["pipes"]
     pipes_df = node_health(pipes.endpoint).get("lanes", {}).get("df", {}).get("pids") or pipes.worker_pids
-    return Servers(nodes, echoes, lanes, lane_pids, pipes_df, fault_nodes, spawn_skipped)
+    hot_paths = {name: node_health(node.endpoint).get("hot_path", {}) for name, node in nodes.items()}
+    progress("hot path: " + ", ".join(f"{name} node {hot.get('mode', '?')} ({hot.get('compiled', '?')} of "
+                                      f"{hot.get('of', '?')} modules compiled)" for name, hot in hot_paths.items()))
+    return Servers(nodes, echoes, lanes, lane_pids, pipes_df, fault_nodes, spawn_skipped, hot_paths)
 
 
 # ---------------------------------------------------------------------------- the families
@@ -466,7 +477,8 @@ def check_counters(servers: Servers, results: Results) -> dict[str, dict]:
                 + _answered(results.consume_runs) + sum(r["subpackets"] for r in results.consume_runs)
                 + _answered(results.map_runs),
                 "websockets": _answered(results.runs["pfnode_websockets"]),
-                "pipes": _answered(r for rs in results.payload_runs["pfnode_pipes"] for r in rs)}
+                "pipes": _answered(r for rs in results.payload_runs["pfnode_pipes"] for r in rs),
+                "pure": _answered(results.runs["pfnode_pure"])}
     for name, got in counters.items():
         progress(f"{name} node counters: {got}")
         if got.get("failed", 0) or got.get("completed", 0) != expected[name]:

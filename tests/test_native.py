@@ -160,6 +160,30 @@ def test_decode_compiled_and_from_source_agree_on_any_frame(case):
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["as-built", "PFNODE_PURE=1"])
+def test_workers_started_as_new_interpreters_run_packets(tmp_path, pure):
+    """--worker-start spawn starts each worker as `python -c` (a compiled pfnode.pool.worker
+    cannot be run with `python -m`): its workers answer, compiled or not."""
+    import asyncio
+
+    from tests.conftest import start_node
+    from tests.e2e_util import Raw
+
+    node = start_node(tmp_path, "--worker-start", "spawn", workers=1, env={native.PURE_ENV: "1"} if pure else {})
+
+    async def run() -> list[dict]:
+        async with Raw(node.endpoint) as raw:
+            return [await raw.roundtrip("noop", [i], seq=i) for i in range(3)]
+
+    try:
+        replies = asyncio.run(run())
+        assert [(r["payload"]["status"], r["payload"].get("data")) for r in replies] == [
+            ("success", [i]) for i in range(3)], replies
+        assert "before it was ready" not in node.log()
+    finally:
+        node.stop()
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["as-built", "PFNODE_PURE=1"])
 def test_the_node_says_which_hot_path_it_runs(tmp_path, pure):
     """In its log at start, in /status and in /metrics' pfnode_info: an operator can tell."""
     from tests.conftest import start_node

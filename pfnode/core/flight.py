@@ -44,12 +44,18 @@ class Outcome(NamedTuple):
     duration_ms: float
 
 
+# What Outcome(...) does, minus the call of its generated __new__ (Python code even where this
+# module is compiled): one per packet on the answer path.
+_tuple_new = tuple.__new__
+
+
 def success(data_json: bytes, duration_ms: float = 0.0) -> Outcome:
-    return Outcome(True, data_json, None, None, duration_ms)
+    return _tuple_new(Outcome, (True, data_json, None, None, duration_ms))
 
 
 def failure(code: ErrorCode | str, message: str, duration_ms: float = 0.0) -> Outcome:
-    return Outcome(False, None, code.value if isinstance(code, ErrorCode) else code, message, duration_ms)
+    return _tuple_new(Outcome, (False, None, code.value if isinstance(code, ErrorCode) else code, message,
+                                duration_ms))
 
 
 class Flight:

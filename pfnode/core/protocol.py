@@ -48,7 +48,14 @@ _INT64_MIN, _UINT64_MAX = -2**63, 2**64 - 1  # the integers orjson reads and wri
 DECODER_FAILED = "the node failed to read this frame (a bug in the node, logged there)"
 
 
-@dataclasses.dataclass(slots=True)
+# The per-packet dataclasses below write their own __init__ (init=False): the one dataclasses
+# generates is Python code made at run time, which stays interpreted where this module is
+# compiled (pfnode/native.py). Each takes the same arguments, in the same order, as the
+# generated one would (dataclasses.replace relies on it).
+_set = object.__setattr__  # how a frozen dataclass's own __init__ sets its fields
+
+
+@dataclasses.dataclass(slots=True, init=False)
 class Packet:
     """A packet, as accepted. Not changed once made (not frozen only because a frozen
     dataclass's construction costs the front's hot path several times as much)."""
@@ -64,8 +71,19 @@ class Packet:
     version: str = VERSION
     key: str = dataclasses.field(init=False, repr=False, compare=False)  # "group:element"
 
-    def __post_init__(self) -> None:
-        self.key = f"{self.group}:{self.element}"
+    def __init__(self, id: str, group: str, element: str, data: Any = None, priority: int = 5,
+                 timeout_ms: int | None = None, dependencies: tuple[str, ...] | None = None,
+                 metadata: dict | None = None, version: str = VERSION) -> None:
+        self.id = id
+        self.group = group
+        self.element = element
+        self.data = data
+        self.priority = priority
+        self.timeout_ms = timeout_ms
+        self.dependencies = dependencies
+        self.metadata = metadata
+        self.version = version
+        self.key = f"{group}:{element}"
 
     def to_wire(self) -> dict:
         wire = {"version": self.version, "id": self.id, "group": self.group,
@@ -105,7 +123,7 @@ class Result:
         return wire
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Message:
     """An accepted frame. `payload` is a Packet for submit, a Result for result,
     and the decoded object for heartbeat and error."""
@@ -113,6 +131,11 @@ class Message:
     type: str
     seq: int
     payload: Any
+
+    def __init__(self, type: str, seq: int, payload: Any) -> None:
+        _set(self, "type", type)
+        _set(self, "seq", seq)
+        _set(self, "payload", payload)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -73,12 +73,19 @@ class Failure:
     message: str
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, init=False)
 class StoredResult:
     ok: bool
     data_json: bytes | None  # the result's data as JSON (success)
     code: str | None  # the error code (failure)
     completed_at: float
+
+    # its own __init__, not the generated one: compiled with this module (see protocol.Packet)
+    def __init__(self, ok: bool, data_json: bytes | None, code: str | None, completed_at: float) -> None:
+        self.ok = ok
+        self.data_json = data_json
+        self.code = code
+        self.completed_at = completed_at
 
 
 RESULT_OVERHEAD_BYTES = 200  # a stored result's records (StoredResult, its key, a dict slot), measured

@@ -34,7 +34,7 @@ from ..errors import ErrorCode
 LOCAL, ELEMENT, FORWARD = "local", "element", "forward"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Route:
     """Where an admitted packet goes: `way` (LOCAL: a worker lane, ELEMENT: a node element in
     the front, FORWARD: the hub), the lane (None when forwarded), and the handler's time
@@ -44,6 +44,17 @@ class Route:
     lane: str | None
     handler_timeout_ms: int | None = None
     memory_limit_mb: int | None = None
+
+    # its own __init__, not the generated one: compiled with this module (see protocol.Packet)
+    def __init__(self, way: str, lane: str | None, handler_timeout_ms: int | None = None,
+                 memory_limit_mb: int | None = None) -> None:
+        _set(self, "way", way)
+        _set(self, "lane", lane)
+        _set(self, "handler_timeout_ms", handler_timeout_ms)
+        _set(self, "memory_limit_mb", memory_limit_mb)
+
+
+_set = object.__setattr__
 
 
 class AdmissionView(Protocol):

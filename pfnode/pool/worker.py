@@ -297,9 +297,15 @@ def _take_messages(in_fd: int, inbox: collections.deque, cancelled: set[int]) ->
     return True
 
 
-if __name__ == "__main__":
+def run_main(argv: list[str]) -> None:
+    """A worker process's entry (pool/workerproc.py's WORKER_ENTRY, and `python -m` of this module
+    where it is not compiled): main, its traceback on stderr should it raise."""
     try:
-        sys.exit(main(sys.argv))
+        sys.exit(main(argv))
     except Exception:
         traceback.print_exc()
         raise
+
+
+if __name__ == "__main__":
+    run_main(sys.argv)

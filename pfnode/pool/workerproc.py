@@ -57,6 +57,12 @@ class _AnswerPipe(asyncio.Protocol):
         self.proc.pipe_connection_lost(1, exc)
 
 
+# A new interpreter's entry: `python -c`, not `python -m pfnode.pool.worker`, which cannot run a
+# compiled module (pfnode/native.py; runpy needs its code object). argv[0] as -m would set it.
+WORKER_ENTRY = ("import sys; from pfnode.pool.worker import run_main; "
+                "run_main(['pfnode.pool.worker', *sys.argv[1:]])")
+
+
 class WorkerProcess(asyncio.SubprocessProtocol):
     def __init__(self, listener: WorkerListener, lane: str, slot: int,
                  arenas: tuple[Arena, Arena] | None = None) -> None:
@@ -85,10 +91,11 @@ class WorkerProcess(asyncio.SubprocessProtocol):
     @classmethod
     async def start(cls, listener: WorkerListener, lane: str, slot: int, config: pipe.WorkerSettings,
                     env: dict[str, str], arenas: tuple[Arena, Arena] | None) -> "WorkerProcess":
-        """Start `python -m pfnode.pool.worker`; returns once the process exists (see `hello`)."""
+        """Start a new interpreter running pfnode.pool.worker's main; returns once the process
+        exists (see `hello`)."""
         loop = asyncio.get_running_loop()
         _, proc = await loop.subprocess_exec(
-            lambda: cls(listener, lane, slot, arenas), sys.executable, "-m", "pfnode.pool.worker",
+            lambda: cls(listener, lane, slot, arenas), sys.executable, "-c", WORKER_ENTRY,
             config.encode(), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=None, env=env)
         return proc
