@@ -31,6 +31,11 @@ class OptionalBuildExt(build_ext):
 
     failed: list[str]
 
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:  # one compiler per core (the modules are independent)
+            self.parallel = os.cpu_count() or 1
+
     def run(self) -> None:
         self.failed = []
         try:

@@ -168,7 +168,7 @@ def test_workers_started_as_new_interpreters_run_packets(tmp_path, pure):
     from tests.conftest import start_node
     from tests.e2e_util import Raw
 
-    node = start_node(tmp_path, "--worker-start", "spawn", workers=1, env={native.PURE_ENV: "1"} if pure else {})
+    node = start_node(tmp_path, "--worker-start", "spawn", workers=1, env={native.PURE_ENV: "1" if pure else "0"})
 
     async def run() -> list[dict]:
         async with Raw(node.endpoint) as raw:
@@ -190,7 +190,7 @@ def test_the_node_says_which_hot_path_it_runs(tmp_path, pure):
     from tests.e2e_util import http_get
 
     expected = "pure" if pure else json.loads(run_python(REPORT, pure=False))["mode"]
-    node = start_node(tmp_path, workers=1, env={native.PURE_ENV: "1"} if pure else {})
+    node = start_node(tmp_path, workers=1, env={native.PURE_ENV: "1" if pure else "0"})
     try:
         hot = node.health()["hot_path"]
         assert hot["mode"] == expected and hot["of"] == len(native.COMPILED) and hot["stale"] == []
