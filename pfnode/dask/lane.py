@@ -11,10 +11,12 @@ How a packet goes
 - The pool's `lane_of` gives a claimed packet the lane `DASK`, a lane queue of the node's
   scheduler like the others. `pump` (from the pool's pump) takes packets from it in the
   scheduler's order (priority, aging, tenants' turns) while fewer than the window
-  (`--dask-window`, by default 2 per worker thread) are on the cluster, and submits each
-  as one task (`daskworker.run_packet`) with `priority=` its packet's priority (Dask also runs
-  higher first, FIFO within one). The rest wait in the node's queue, where the node's rules
-  decide which goes next and a deadline ends a waiting packet as for the local pool.
+  (`--dask-window`, by default 8 per worker thread, at least 64: enough that the workers do
+  not wait for the node) are on the cluster, and submits each as one task
+  (`worker.run_packet`) with `priority=` its packet's priority (Dask also runs higher first,
+  FIFO within one), many in one request (pfnode/dask/tasks.py): once a quarter of the window
+  is free, or LINGER_S after a slot freed. The rest wait in the node's queue, where the node's
+  rules decide which goes next and a deadline ends a waiting packet as for the local pool.
 - A packet's dependencies are the futures of the packets it depends on, kept on the cluster
   (`--dask-kept-results` of them): Dask hands the dependency's result to the dependent's task
   on the cluster. Only a dependency that did not run on the cluster (or whose future is no
