@@ -129,6 +129,7 @@ class DaskLane:
         for attempt in list(self.attempts.values()):
             self._forget(attempt)
         self.kept.clear()
+        self.requests.release_now()
         await self.cluster.close()
 
     # ------------------------------------------------------------------ packets out
@@ -248,6 +249,7 @@ class DaskLane:
         self.by_token.pop(attempt.token, None)
         if cancel:
             self.requests.cancel(attempt.future)
+        self.requests.release(attempt.future)
 
     def expire(self, flight: Flight) -> None:
         """Its deadline passed while it was on the cluster: PF408 now; cancelled if it had not

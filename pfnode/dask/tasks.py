@@ -7,10 +7,12 @@ event, and cancelling tasks, each in as few client requests as it can.
   client's request and the scheduler's `update-graph` cost the same for one task as for many, and
   one per packet was most of what the node and the scheduler spent on a short packet.
 - `Requests`: results too large for the task's event are gathered, and tasks cancelled, in one
-  request per loop turn for all the packets that need one.
+  request per loop turn for all the packets that need one; the futures of finished packets are
+  let go of together (RELEASE_S), so the scheduler frees their results in few messages.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -22,6 +24,7 @@ from ..errors import ErrorCode
 
 log = logging.getLogger("pfnode.dask")
 
+RELEASE_S = 0.05  # how long the futures of finished packets are held, to be let go of together
 MAX_RETRIES = 10  # the most runs a packet may ask for beyond its first (metadata.retries)
 
 
@@ -114,7 +117,9 @@ class Submissions:
 
 class Requests:
     """Gathering results and cancelling tasks, one client request per loop turn for all the
-    packets that need one (not one each)."""
+    packets that need one (not one each); and letting go of finished tasks' futures in bulk,
+    every RELEASE_S: each future dropped alone had the scheduler tell a worker to free its
+    result in a message of its own, most often one per packet."""
 
     def __init__(self, lane: Any) -> None:
         self.lane = lane  # the DaskLane (pfnode/dask/lane.py; not imported: it imports this module)
@@ -122,6 +127,19 @@ class Requests:
         self._cancels: list[Any] = []  # futures to cancel, this loop turn
         self._gathering = False
         self._cancelling = False
+        self._released: list[Any] = []  # futures this node no longer needs, held until the next release
+        self._release_timer: Any = None
+
+    def release(self, future: Any) -> None:
+        self._released.append(future)
+        if self._release_timer is None:
+            self._release_timer = asyncio.get_running_loop().call_later(RELEASE_S, self.release_now)
+
+    def release_now(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        self._released.clear()
 
     def gather(self, attempt: Attempt) -> None:
         self._finished.append(attempt)
