@@ -4,8 +4,8 @@ whose df lane is a Dask LocalCluster, and through Dask used directly on the same
 LocalCluster (docs/DASK.md); the per-packet overhead each adds over the bare handler time, and the
 Dask lane's throughput over Dask's own (issue 21's goals: >= 0.9x for 5 ms tasks, >= 0.8x for no-ops).
 
-    .venv/bin/python bench/dasklane.py            # full run (make bench), about 45 s on 2 cores
-    .venv/bin/python bench/dasklane.py --quick    # smoke run, about 20 s
+    .venv/bin/python bench/dasklane.py            # full run (make bench), about 35 s on 2 cores
+    .venv/bin/python bench/dasklane.py --quick    # smoke run, about 15 s
 
 The handlers are `df:numpy_5ms` (bench/handlers_bench.py: 5 ms of its thread's CPU time in numpy
 matrix products, then its input back) and `df:noop` (pfnode.handlers.examples.noop: its input
