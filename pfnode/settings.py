@@ -224,7 +224,7 @@ class Settings:
         "cluster when dask is set")
     dask_window: int | None = setting(
         None, "packets on the Dask cluster at once; the rest wait in the node's queue, in priority "
-        "order (auto: 2 per worker thread)", unset="auto")
+        "order (auto: 8 per worker thread, at least 64)", unset="auto")
     dask_direct: bool = setting(True, "fetch results straight from the Dask workers (off: through "
                                 "the scheduler, for workers this node cannot reach)")
     dask_connect_timeout_ms: int = setting(10_000, "how long connecting to the Dask scheduler may take")

@@ -37,8 +37,10 @@ DASK_HANDLERS = "pfnode.handlers.examples,tests.handlers_testing,tests.handlers_
 def dask_node(tmp_path_factory):
     from tests.conftest import start_node
 
-    node = start_node(tmp_path_factory.mktemp("dask"), "--dask", "local:2", "--ed-workers", "0",
-                      "--rm-workers", "0", workers=1, handlers=DASK_HANDLERS, timeout_s=90)
+    # a window of 4 (the default is 64): the tests that fill it with slow packets keep the rest
+    # in the node's queue, where its own order and deadlines apply
+    node = start_node(tmp_path_factory.mktemp("dask"), "--dask", "local:2", "--dask-window", "4", "--ed-workers",
+                      "0", "--rm-workers", "0", workers=1, handlers=DASK_HANDLERS, timeout_s=90)
     yield node
     node.stop()
 
@@ -84,6 +86,19 @@ def test_the_lanes_and_keys_named_run_on_dask_and_the_rest_stays_local():
         ["dask", "dask", "dask", "cf", "ed"]
 
 
+def test_the_default_window_keeps_8_packets_per_worker_thread_on_the_cluster_at_least_64():
+    from pfnode.dask.cluster import Cluster
+
+    def window(threads: list[int], setting: int | None = None) -> int:
+        cluster = Cluster(Settings(dask="local:1", dask_window=setting), on_ready=lambda: None,
+                          on_unreachable=lambda why: None, on_task_event=lambda event: None,
+                          on_worker_gone=lambda *args: None)
+        cluster.workers = {f"tcp://w{i}": {"nthreads": n} for i, n in enumerate(threads)}
+        return cluster.window()
+
+    assert (window([]), window([1, 1]), window([4] * 4), window([4] * 4, setting=10)) == (64, 64, 128, 10)
+
+
 def test_retries_are_opted_into_with_metadata():
     assert [retries_of(m) for m in (None, {}, {"retries": 0}, {"retries": 3}, {"other": 1})] == [0, 0, 0, 3, 0]
     for bad in ({"retries": -1}, {"retries": 11}, {"retries": "2"}, {"retries": True}):
@@ -123,7 +138,7 @@ def test_the_dashboard_shows_the_cluster_its_workers_and_its_packets(dask_node):
 def test_priorities_decide_what_goes_to_the_cluster_next(dask_node):
     async def go():
         async with Reactor(dask_node.endpoint) as r:
-            # four slow packets fill the window (2 per worker thread): the others wait in the
+            # four slow packets fill the window (--dask-window 4): the others wait in the
             # node's queue, and go on in priority order as the cluster frees up
             fill = [asyncio.ensure_future(r.submit("df", "run_for", {"s": 0.5, "tag": f"fill{i}"})) for i in range(4)]
             await asyncio.sleep(0.2)

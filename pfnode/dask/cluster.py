@@ -37,6 +37,7 @@ REFRESH_TIMEOUT_S = 5.0  # how long the scheduler may take to say what workers i
 SILENT_LIMIT = 3  # that many unanswered reads in a row: the cluster counts as unreachable
 STARTING, READY, UNREACHABLE = "starting", "ready", "unreachable"
 RESTARTING = "restarting"  # SIGHUP: the local cluster's workers restart onto new handler code (upkeep.py)
+WINDOW_PER_THREAD, WINDOW_MIN = 8, 64  # the default window (--dask-window auto)
 RESTART_TIMEOUT_S = 120.0  # how long the workers may take to restart and come back
 
 
@@ -115,8 +116,11 @@ class Cluster:
         return sum(int(info.get("nthreads") or 0) for info in self.workers.values())
 
     def window(self) -> int:
-        """How many packets of the node may be on the cluster at once."""
-        return self.settings.dask_window or max(2, 2 * self.threads)
+        """How many packets of the node may be on the cluster at once: by default enough that
+        the workers never wait for the node (a packet's trip from the node to a worker and its
+        answer's back take longer than a short handler runs) and the lane can hand them over in
+        batches (pfnode/dask/lane.py), WINDOW_PER_THREAD per worker thread, at least WINDOW_MIN."""
+        return self.settings.dask_window or max(WINDOW_MIN, WINDOW_PER_THREAD * self.threads)
 
     def background(self, coro) -> asyncio.Task:
         return keep(self._jobs, coro)

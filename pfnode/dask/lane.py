@@ -11,10 +11,12 @@ How a packet goes
 - The pool's `lane_of` gives a claimed packet the lane `DASK`, a lane queue of the node's
   scheduler like the others. `pump` (from the pool's pump) takes packets from it in the
   scheduler's order (priority, aging, tenants' turns) while fewer than the window
-  (`--dask-window`, by default 2 per worker thread) are on the cluster, and submits each
-  as one task (`daskworker.run_packet`) with `priority=` its packet's priority (Dask also runs
-  higher first, FIFO within one). The rest wait in the node's queue, where the node's rules
-  decide which goes next and a deadline ends a waiting packet as for the local pool.
+  (`--dask-window`, by default 8 per worker thread, at least 64: enough that the workers do
+  not wait for the node) are on the cluster, and submits each as one task
+  (`worker.run_packet`) with `priority=` its packet's priority (Dask also runs higher first,
+  FIFO within one), many in one request (pfnode/dask/tasks.py): once a quarter of the window
+  is free, or LINGER_S after a slot freed. The rest wait in the node's queue, where the node's
+  rules decide which goes next and a deadline ends a waiting packet as for the local pool.
 - A packet's dependencies are the futures of the packets it depends on, kept on the cluster
   (`--dask-kept-results` of them): Dask hands the dependency's result to the dependent's task
   on the cluster. Only a dependency that did not run on the cluster (or whose future is no
@@ -46,17 +48,17 @@ Endings (every packet is answered once, whatever Dask does)
 """
 from __future__ import annotations
 
+import asyncio
 import collections
-import itertools
 import logging
 import time
-from concurrent.futures import CancelledError  # what a cancelled Dask future raises
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.flight import DISPATCHED, DONE, Flight, Outcome, failure, success
 from ..core.scheduler import LaneQueue
 from ..errors import ErrorCode
 from .cluster import READY, UNREACHABLE, Cluster
+from .tasks import Attempt, Requests, Submissions, retries_of
 from .upkeep import Reclaimer, reload
 
 if TYPE_CHECKING:
@@ -65,103 +67,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pfnode.dask")
 
 DASK = "dask"  # the scheduler lane of the packets that run on the Dask cluster
-MAX_RETRIES = 10  # the most runs a packet may ask for beyond its first (metadata.retries)
+LINGER_S = 0.02  # the longest a free slot of the window waits for others to fill it in one batch
 # the lane's counters /metrics exports (with "expired": queued and running together)
 COUNTED = ("submitted", "completed", "failed", "worker_lost", "retried", "requeued", "cancelled", "unavailable",
            "reclaimed")
-
-
-def retries_of(metadata: Any) -> int:
-    """How many more runs a packet asked for should a worker die running it. ValueError: bad."""
-    value = metadata.get("retries", 0) if isinstance(metadata, dict) else 0
-    if type(value) is not int or not 0 <= value <= MAX_RETRIES:
-        raise ValueError(f"metadata.retries must be an integer 0..{MAX_RETRIES}, got {value!r}")
-    return value
-
-
-class Attempt:
-    """One run of a packet on the cluster: its task's future and where it started."""
-
-    __slots__ = ("flight", "future", "token", "run", "worker", "unstarted")
-
-    def __init__(self, flight: Flight, future: Any, token: str, run: int) -> None:
-        self.flight = flight
-        self.future = future
-        self.token = token  # its Dask key
-        self.run = run  # 1 for its first run, 2 for its first retry, ...
-        self.worker: str | None = None  # the worker it started on (None: not started yet)
-        self.unstarted = False  # its worker died, and it is known not to have started there
-
-
-class Requests:
-    """Gathering results and cancelling tasks, one client request per loop turn for all the
-    packets that need one (not one each)."""
-
-    def __init__(self, lane: "DaskLane") -> None:
-        self.lane = lane
-        self._finished: list[Attempt] = []  # results to gather, this loop turn
-        self._cancels: list[Any] = []  # futures to cancel, this loop turn
-        self._gathering = False
-        self._cancelling = False
-
-    def gather(self, attempt: Attempt) -> None:
-        self._finished.append(attempt)
-        if not self._gathering:
-            self._gathering = True
-            self.lane.cluster.background(self._gather())
-
-    def cancel(self, future: Any) -> None:
-        self._cancels.append(future)
-        if not self._cancelling and self.lane.cluster.client is not None:
-            self._cancelling = True
-            self.lane.cluster.background(self._send_cancels())
-
-    async def _gather(self) -> None:
-        """Fetch the results of the tasks that finished, in one request per loop turn."""
-        lane = self.lane
-        try:
-            while self._finished and lane.cluster.client is not None:
-                batch = [a for a in self._finished if lane.attempts.get(a.flight) is a]
-                self._finished = []
-                if batch:
-                    await self._gather_batch(batch)
-        finally:
-            self._gathering = False
-
-    async def _gather_batch(self, batch: list[Attempt]) -> None:
-        lane = self.lane
-        client = lane.cluster.client
-        try:
-            answers = await client.gather([a.future for a in batch])
-        except Exception:  # one of them was lost or cancelled meanwhile: one at a time
-            answers = None
-        if answers is not None:
-            for attempt, answer in zip(batch, answers):
-                lane.answered(attempt, answer)
-            return
-        for attempt in batch:
-            try:
-                answer = await client.gather(attempt.future)
-            except CancelledError:
-                if lane.attempts.get(attempt.flight) is attempt:
-                    lane.cancelled(attempt)
-            except Exception as exc:
-                if lane.attempts.get(attempt.flight) is attempt:
-                    lane.errored(attempt, exc)
-            else:
-                lane.answered(attempt, answer)
-
-    async def _send_cancels(self) -> None:
-        try:
-            while self._cancels and self.lane.cluster.client is not None:
-                batch, self._cancels = self._cancels, []
-                try:
-                    await self.lane.cluster.client.cancel(batch)
-                except Exception as exc:
-                    log.debug("dask: cancelling %d tasks: %s", len(batch), exc)
-        finally:
-            self._cancelling = False
-            self._cancels.clear()
 
 
 class DaskLane:
@@ -187,8 +96,10 @@ class DaskLane:
         self.kept: collections.OrderedDict[Any, list] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
         self.requests = Requests(self)
+        self.submissions = Submissions(self)
+        self._linger: asyncio.TimerHandle | None = None  # a batch smaller than a quarter of the window waits
+        self._lingered = False  # it waited: it goes now
         self.reclaimer = Reclaimer(self.cluster, self.counters)  # a hung handler's worker restarted
-        self._serial = itertools.count(1)
 
     # ------------------------------------------------------------------ what the pool and node read
     @property
@@ -213,69 +124,47 @@ class DaskLane:
 
     async def close(self) -> None:
         self.cluster.closing = True
+        if self._linger is not None:
+            self._linger.cancel()
         for attempt in list(self.attempts.values()):
             self._forget(attempt)
         self.kept.clear()
+        self.requests.release_now()
         await self.cluster.close()
 
     # ------------------------------------------------------------------ packets out
     def pump(self, now: float) -> None:
-        """Hand queued DASK packets to the cluster while the window has room (or, the
-        cluster unreachable, answer them PF503)."""
+        """Hand queued DASK packets to the cluster while the window has room, in batches (or,
+        the cluster unreachable, answer them PF503). A batch goes as soon as a quarter of the
+        window is free, or the oldest free slot has waited LINGER_S: one request and one
+        `update-graph` on the scheduler for many packets, while the packets still on the
+        cluster (three quarters of the window) keep its workers busy."""
         if self.cluster.state is READY:
-            limit = self.cluster.window()
-            while len(self.attempts) < limit:
-                flight = self.scheduler.dispatch(DASK, now)
-                if flight is None:
-                    break
-                self._submit(flight, now)
+            window = self.cluster.window()
+            room = window - len(self.attempts)
+            if room <= 0 or self.scheduler.depth(DASK) == 0:
+                return
+            if room < window // 4 and not self._lingered:
+                if self._linger is None:
+                    self._linger = asyncio.get_running_loop().call_later(LINGER_S, self._linger_ends)
+                return
+            self._lingered = False
+            runs = []
+            while len(runs) < room and (flight := self.scheduler.dispatch(DASK, now)) is not None:
+                runs.append((flight, 1))
+            if runs:
+                self.submissions.submit(runs, now)
         elif self.cluster.state is UNREACHABLE:
             while (flight := self.scheduler.dispatch(DASK, now)) is not None:
                 self.counters["unavailable"] += 1
                 self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, self.cluster.unavailable_text()))
 
-    def _submit(self, flight: Flight, now: float, run: int = 1) -> None:
-        from .worker import run_packet
-
-        try:
-            retries_of(flight.packet.metadata)
-        except ValueError as exc:
-            self.on_answer(flight, failure(ErrorCode.INVALID_PACKET, str(exc)))
-            return
-        cluster = self.cluster
-        token = f"{flight.packet.key}-{flight.id}-{cluster.tag}.{next(self._serial)}"
-        deadline_wall = time.time() + (flight.deadline - self.clock())
-        try:
-            future = cluster.client.submit(
-                run_packet, cluster.modules, cluster.topic, token, flight.packet.key, bytes(flight.packet.data),
-                flight.id, flight.priority, flight.packet.metadata, deadline_wall,
-                dependencies_of(self, flight, now), key=token, priority=flight.priority, pure=False)
-        except Exception as exc:  # a closed client, say: the cluster is gone
-            cluster.unreachable(f"submitting failed: {type(exc).__name__}: {exc}")
-            self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, cluster.unavailable_text()))
-            return
-        attempt = Attempt(flight, future, token, run)
-        self.attempts[flight] = attempt
-        self.by_token[token] = attempt
-        self.counters["submitted"] += 1
-        cluster.background(self._watch(attempt))
+    def _linger_ends(self) -> None:
+        self._linger = None
+        self._lingered = True
+        self.wake()
 
     # ------------------------------------------------------------------ endings
-    async def _watch(self, attempt: Attempt) -> None:
-        try:  # waits for the task to end without fetching its result: the task's exception or None
-            exc = await attempt.future.exception()
-        except Exception as error:
-            exc = error
-        if self.attempts.get(attempt.flight) is not attempt:
-            return  # answered already (its deadline, a lost worker) or no longer wanted
-        status = attempt.future.status
-        if status == "finished":
-            self.requests.gather(attempt)
-        elif status == "error":
-            self.errored(attempt, exc)
-        else:
-            self.cancelled(attempt)
-
     def cancelled(self, attempt: Attempt) -> None:
         """Its task was cancelled, not by this node: the client lost its scheduler (which
         cancels every future), or another client cancelled it."""
@@ -343,7 +232,7 @@ class DaskLane:
         self._forget(attempt)
         flight = attempt.flight
         if flight.state is DISPATCHED and self.cluster.state is READY:
-            self._submit(flight, self.clock(), run)
+            self.submissions.submit([(flight, run)], self.clock())
         elif flight.state is DISPATCHED:
             self.on_answer(flight, failure(ErrorCode.UNAVAILABLE, self.cluster.unavailable_text()))
 
@@ -360,6 +249,7 @@ class DaskLane:
         self.by_token.pop(attempt.token, None)
         if cancel:
             self.requests.cancel(attempt.future)
+        self.requests.release(attempt.future)
 
     def expire(self, flight: Flight) -> None:
         """Its deadline passed while it was on the cluster: PF408 now; cancelled if it had not
@@ -467,26 +357,3 @@ class DaskLane:
         before = await self.cluster.scale(data, read_capacity().usable_cores)
         return {"before": {DASK: before}, "after": {DASK: len(self.cluster.workers)},
                 "adaptive": self.cluster.adaptive, "dask": self.stats()}
-
-
-def dependencies_of(lane: DaskLane, flight: Flight, now: float) -> dict[str, Any] | None:
-    """{dependency id: its future on the cluster, else its JSON from the node's store}."""
-    if not flight.dependencies:
-        return None
-    deps: dict[str, Any] = {}
-    stored = None
-    for dep in flight.dependencies:
-        kept = lane.kept.get((flight.scope, dep))
-        if kept is not None:
-            deps[dep] = kept[0]
-            lane.counters["dependencies_on_cluster"] += 1
-            kept[2] -= 1
-            if kept[2] <= 0:  # its last waiting dependent has it: the dependents' tasks hold it now
-                del lane.kept[(flight.scope, dep)]
-            continue
-        if stored is None:
-            stored = lane.scheduler.dependency_results(flight, now)
-        if dep in stored:
-            deps[dep] = bytes(stored[dep])
-            lane.counters["dependencies_from_node"] += 1
-    return deps
