@@ -999,9 +999,10 @@ class Client:
             shown = 0
             while True:
                 finished = not concurrent.futures.wait([future], timeout=PROGRESS_INTERVAL_S).not_done
-                if done[0] > shown:
-                    bar.update(done[0] - shown)
-                    shown = done[0]
+                now = done[0]  # read once: the client's loop thread adds to it meanwhile
+                if now > shown:
+                    bar.update(now - shown)
+                    shown = now
                 if finished:
                     return future.result()
         except BaseException:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
+import time
 import uuid
 
 import orjson
@@ -163,6 +164,23 @@ def test_map_draws_a_progress_bar_when_asked_also_to_a_file(node, capsys):
         assert client.map("df", "inc", range(50), progress=True) == list(range(1, 51))
     err = capsys.readouterr().err
     assert "df:inc" in err and "50/50" in err
+
+
+def test_the_bar_counts_every_item_while_the_clients_loop_adds_to_it(node, monkeypatch):
+    """The caller's thread draws what the client's loop thread counts: each item once, however
+    the two interleave (a bar that takes its time to draw lets the loop count on meanwhile)."""
+    class SlowBar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+            time.sleep(0.002)
+
+    monkeypatch.setattr(pfnode.client, "PROGRESS_INTERVAL_S", 0.001)
+    with Client(node.endpoint) as client:
+        bar = SlowBar()
+        assert client.map("df", "inc", range(3000), progress=bar) == list(range(1, 3001))
+    assert bar.n == 3000
 
 
 def test_the_bar_shows_by_itself_for_hundreds_of_items_in_a_terminal_with_tqdm(node, capsys, monkeypatch):
