@@ -184,9 +184,12 @@ def test_one_clients_long_running_node_elements_leave_room_for_everyone_else(mon
 
 
 # ---------------------------------------------------------------- 5. a neighbour's hung handlers
-def test_a_neighbours_hung_handlers_do_not_hold_every_worker_from_another_client():
+def test_a_neighbours_hung_handlers_do_not_hold_every_worker_from_another_client(monkeypatch):
     """A's packets hang on both df workers until their (long) deadline; B's no-op gets a
-    worker of its own (a burst worker) and is answered long before that deadline."""
+    worker of its own (a burst worker) and is answered long before that deadline; with no
+    packet after it, the burst worker retires once idle for BURST_IDLE_S."""
+    from pfnode.pool import burst
+
     async def go():
         async with started_node(workers=2, shutdown_grace_ms=100,
                                 handler_modules=("pfnode.handlers.examples", "tests.handlers_testing")) as node:
@@ -206,6 +209,15 @@ def test_a_neighbours_hung_handlers_do_not_hold_every_worker_from_another_client
             answer = (await b.reply(1, 10.0))["payload"]  # a guard: the hangs' deadline is 60 s
             assert answer["status"] == "success" and answer["data"] == 7, answer
             assert node.pool.counters["burst_workers"] >= 1
+            # no packet comes by any more: the burst worker retires all the same, once idle
+            supervisor = node.pool.supervisor
+            assert supervisor.lane_size("df") > supervisor.targets["df"]
+            for _ in range(300):
+                if supervisor.lane_size("df") == supervisor.targets["df"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert supervisor.lane_size("df") == supervisor.targets["df"], supervisor.lane_size("df")
+    monkeypatch.setattr(burst, "BURST_IDLE_S", 0.3)
     asyncio.run(go())
 
 

@@ -40,6 +40,7 @@ class Bursts:
         self._checking: set[str] = set()  # lanes with a check due
         self.started = 0
         self._needed_at: dict[str, float] = {}  # lane -> when a starved client last had a packet waiting
+        self._idle_checks: dict[str, asyncio.TimerHandle] = {}  # lane -> its extra workers' next look
 
     def extra(self, lane: str) -> int:
         supervisor = self.pool.supervisor
@@ -55,8 +56,11 @@ class Bursts:
             queue = pool.scheduler.lanes.get(lane)
             if queue is None:
                 continue
-            if self.extra(lane) and lane not in self.starting and self._unneeded(lane, queue):
-                self._shrink(lane)
+            if self.extra(lane) and lane not in self.starting:
+                if self._unneeded(lane, queue):
+                    self._shrink(lane)
+                else:
+                    self._look_again(lane)
             elif lane not in self._checking and lane not in self.starting and self.extra(lane) < MAX_BURST:
                 if starved(self._views(lane), queue.waiting):
                     self._checking.add(lane)
@@ -79,6 +83,8 @@ class Bursts:
             if view is not None:
                 view.burst = True
             pool.on_worker_ready(proc)
+            self._needed_at[lane] = pool.clock()
+            self._look_again(lane)
             self.started += 1
             pool.counters["burst_workers"] += 1
             log.info("pool: a burst worker for the %s lane (pid %s): its workers are all held by other "
@@ -99,6 +105,23 @@ class Bursts:
             self._needed_at[lane] = now
             return False
         return now - self._needed_at.get(lane, now) >= BURST_IDLE_S
+
+    def _look_again(self, lane: str) -> None:
+        """Look at the lane's extra workers again in BURST_IDLE_S even if no packet comes by then
+        (packets are what call after_pump): idle, they must not outlive what started them."""
+        if lane not in self._idle_checks:
+            self._idle_checks[lane] = asyncio.get_running_loop().call_later(BURST_IDLE_S, self._idle_check, lane)
+
+    def _idle_check(self, lane: str) -> None:
+        self._idle_checks.pop(lane, None)
+        pool = self.pool
+        queue = pool.scheduler.lanes.get(lane)
+        if pool.supervisor.closing or queue is None or not self.extra(lane) or lane in self.starting:
+            return
+        if self._unneeded(lane, queue):
+            self._shrink(lane)
+        else:
+            self._look_again(lane)
 
     def _shrink(self, lane: str) -> None:
         self.pool.supervisor.retire(lane, self.extra(lane))
