@@ -24,6 +24,7 @@ from pfnode.core.dispatch import Dispatcher
 from pfnode.core.flight import Flight
 from pfnode.core.scheduler import Scheduler
 from pfnode.pool import pipe
+from tests.test_dispatch import answer_a_busy_worker
 
 ODD_VALUES = [None, True, 0, -1, 2**63, 2**64, 1.5, float("1e308"), "", "x" * 300, "\u00e9\ud800", [], {},
               [1, [2, [3]]], {"a": {"b": None}}, "df", "noop", 1e400]
@@ -178,15 +179,11 @@ def dispatch_trace(seed: int, steps: int = 2500) -> list[str]:
         elif op < 0.65:
             out.append("assign " + ";".join(f"{view.slot}<-{_show(batch)}" for view, batch in d.assign(s, clock.now)))
         elif op < 0.9:
-            busy = [v for v in d.workers.values() if v.held]
-            if busy:
-                view = rng.choice(busy)
-                f = view.held[0]
-                ms = keys.get(f.packet.key, 1.0) * rng.uniform(0.5, 1.5)
-                clock.advance(ms / 1000)
-                got = d.answered(view, f.no, ms)
+            answer = answer_a_busy_worker(d, rng, clock, keys)
+            if answer is not None:
+                got = answer[1]
                 s.complete(got, clock.now, ok=True, data_json=b"1")
-                out.append(f"answered {view.slot} {got.id}")
+                out.append(f"answered {got.id}")
         elif d.workers:
             view = rng.choice(list(d.workers.values()))
             running, never_started = d.died(view)

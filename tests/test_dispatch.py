@@ -193,6 +193,20 @@ def test_retire_picks_the_least_busy_and_they_take_no_more(clock):
 
 # ---------------------------------------------------------------- the invariants, randomly
 
+def answer_a_busy_worker(d: Dispatcher, rng: random.Random, clock, keys: dict[str, float]):
+    """A random busy worker answers the oldest packet it holds after about its key's run time
+    (`keys`: ms; 1 ms for others): (that packet, what the dispatcher says was answered), or None
+    when no worker holds any. (tests/native_trace.py runs the same step.)"""
+    busy = [v for v in d.workers.values() if v.held]
+    if not busy:
+        return None
+    view = rng.choice(busy)
+    f = view.held[0]
+    ms = keys.get(f.packet.key, 1.0) * rng.uniform(0.5, 1.5)
+    clock.advance(ms / 1000)
+    return f, d.answered(view, f.no, ms)
+
+
 def test_random_event_sequences_keep_every_invariant():
     """3 000 random events (submits of fast, slow and new keys at random priorities,
     assignments, in-order answers, crashes, retirements, new workers): every packet held by
@@ -230,13 +244,9 @@ def test_random_event_sequences_keep_every_invariant():
                 if len(view.held) > 1:
                     assert view.queued_ms <= d.prefetch_ms + 1e-9, view
         elif op < 0.85:
-            busy = [v for v in d.workers.values() if v.held]
-            if busy:
-                view = rng.choice(busy)
-                f = view.held[0]
-                ms = keys.get(f.packet.key, 1.0) * rng.uniform(0.5, 1.5)
-                clock.advance(ms / 1000)
-                got = d.answered(view, f.no, ms)
+            answer = answer_a_busy_worker(d, rng, clock, keys)
+            if answer is not None:
+                f, got = answer
                 assert got is f
                 if rng.random() < 0.1:
                     s.forget(f)  # skipped: its submitter left
