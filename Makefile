@@ -53,14 +53,15 @@ test: native interop-deps
 	PFNODE_PURE=1 $(PY) -m pytest $(NATIVE_PURE_TESTS) $(ARGS)
 	PFNODE_TRANSPORT=websockets $(PY) -m pytest $(WIRE_TESTS) $(ARGS)
 
-# Longer fuzzing than make test's: the protocol's property tests under Hypothesis's fuzz
-# profile (random, 5 000 examples each), then the wire fuzz test with FUZZ_FRAMES frames
+# Longer fuzzing than make test's: the protocol's property tests, and the compiled decode against
+# its source, under Hypothesis's fuzz profile (random, 5 000 examples each), then the wire fuzz test with FUZZ_FRAMES frames
 # (PFTEST_FUZZ_SEED picks another run) on each transport.
 FUZZ_FRAMES ?= 200000
 .PHONY: fuzz
 
 fuzz: venv
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_protocol_properties.py $(ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_protocol_properties.py \
+		tests/test_native.py::test_decode_compiled_and_from_source_agree_on_any_frame $(ARGS)
 	PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 	PFNODE_TRANSPORT=websockets PFTEST_FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/test_wire_fuzz.py $(ARGS)
 
