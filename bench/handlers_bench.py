@@ -111,16 +111,27 @@ NUMPY_MS = 5.0  # df:numpy_5ms's CPU time per packet
 _MATRIX: list = []  # its operand, made once per process
 
 
-@handler("df", "numpy_5ms")
-def numpy_5ms(data):
-    """5 ms of this thread's CPU time spent in numpy (64 x 64 matrix products), then `data`:
-    a handler that costs the same CPU time on any machine (only the count of products varies)."""
+def _numpy_for(ms: float, data):
+    """`ms` of this thread's CPU time spent in numpy (64 x 64 matrix products), then `data`:
+    work that costs the same CPU time on any machine (only the count of products varies)."""
     import numpy as np
 
     if not _MATRIX:
         _MATRIX.append(np.random.default_rng(0).random((64, 64)))
     a = _MATRIX[0]
-    end = time.thread_time() + NUMPY_MS / 1000
+    end = time.thread_time() + ms / 1000
     while time.thread_time() < end:
         a @ a
     return data
+
+
+@handler("df", "numpy_5ms")
+def numpy_5ms(data):
+    """5 ms of CPU time in numpy, then `data` (bench/dasklane.py, bench/peers.py)."""
+    return _numpy_for(NUMPY_MS, data)
+
+
+@handler("df", "numpy_1ms")
+def numpy_1ms(data):
+    """1 ms of CPU time in numpy, then `data` (bench/scaling.py's 1 ms tasks)."""
+    return _numpy_for(1.0, data)

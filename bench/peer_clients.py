@@ -20,14 +20,16 @@ from typing import Callable
 from bench.common import DATA, ROOT, BenchError, percentile, run_loop
 
 WORKLOADS = ("noop", "cpu5")  # the throughput workloads; the round trips are no-ops
+# Each workload's df element on a pfnode node; cpu1 is bench/scaling.py's (pfnode and the executor only).
+ELEMENTS = {"noop": "noop", "cpu5": "numpy_5ms", "cpu1": "numpy_1ms"}
 
 
 def _tasks():
-    """The two task functions, the same objects for every system."""
-    from bench.handlers_bench import numpy_5ms
+    """The task functions, the same objects for every system."""
+    from bench.handlers_bench import numpy_1ms, numpy_5ms
     from pfnode.handlers.examples import noop
 
-    return {"noop": noop, "cpu5": numpy_5ms}
+    return {"noop": noop, "cpu5": numpy_5ms, "cpu1": numpy_1ms}
 
 
 def _check(results, what: str) -> None:
@@ -71,7 +73,7 @@ def pfnode_client(endpoint: str, counts: dict, rtt_count: int, window: int, warm
     submits in flight for throughput (df:noop, then df:numpy_5ms), then df:noop one at a time."""
     from pfnode.client import Reactor
 
-    elements = {"noop": "noop", "cpu5": "numpy_5ms"}
+    elements = {name: ELEMENTS[name] for name in counts}  # the workloads asked for, in their order
 
     async def main() -> dict:
         import asyncio
@@ -143,7 +145,7 @@ def executor_client(workers: int, counts: dict, rtt_count: int, warmup: int, tim
         start_s = time.perf_counter() - t0
         _check(ex.map(tasks["cpu5"], [DATA] * (2 * workers)), "executor numpy_5ms")
         runs = {name: _timed(lambda fn=tasks[name], n=counts[name]: list(ex.map(fn, [DATA] * n, timeout=timeout_s)),
-                             counts[name], f"executor {name}") for name in WORKLOADS}
+                             counts[name], f"executor {name}") for name in counts}
         rtt = _rtt(lambda: ex.submit(tasks["noop"], DATA).result(timeout_s), rtt_count, "executor noop")
     return _result(start_s, runs, rtt)
 
