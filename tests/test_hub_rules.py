@@ -347,7 +347,7 @@ def test_the_nodes_policy_leaves_out_a_link_it_may_not_send_packets_to(clock):
     h = Harness(clock)
     allowed = {"reactor"}
     h.hub.may_run = lambda link, flight: link.peer in allowed
-    client, submitter_only, reactor = h.link("client"), h.link("submitter_only"), h.link("reactor")
+    client, _, reactor = h.link("client"), h.link("submitter_only"), h.link("reactor")  # a link that runs nothing
     h.submit("p", client)
     assert h.offered_to("p") == ["reactor"]
     h.result(reactor, "p", code="PF001")

@@ -3,7 +3,6 @@ module with PFNODE_TRANSPORT=websockets too): clients that give up their TLS han
 reject our certificate or never start one, and a storm of wrong tokens from one address."""
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 
