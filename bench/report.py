@@ -890,17 +890,29 @@ def print_hub(report: dict) -> None:
 
 # ============================================================================ the plot
 
-def write_plot(report: dict, paths: list[Path]) -> str:
-    """Draw the PNG (to every path in `paths`); return a line saying what happened. Without
-    matplotlib the plot is skipped, not the run failed."""
+NO_MATPLOTLIB = ("plot: skipped, matplotlib is not installed (make bench installs it; or "
+                 ".venv/bin/pip install -e '.[bench]')")
+
+
+def _pyplot():
+    """matplotlib's pyplot on its file backend, or None without matplotlib (the plot is skipped,
+    not the run failed)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return ("plot: skipped, matplotlib is not installed (make bench installs it; or "
-                ".venv/bin/pip install -e '.[bench]')")
+        return None
+    return plt
+
+
+def write_plot(report: dict, paths: list[Path]) -> str:
+    """Draw the PNG (to every path in `paths`); return a line saying what happened. Without
+    matplotlib the plot is skipped, not the run failed."""
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
     cfg, med = report["config"], report["medians"]
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     fig.suptitle(f"pfnode benchmark, {report['machine']['cpu_count']} CPUs, {cfg['workers']} workers, "
@@ -1019,14 +1031,9 @@ def write_peers_plot(result: dict, paths: list[Path]) -> str:
     trip p50), a bar per system, its figure and pfnode's ratio over it above each bar, the goal
     and the ideal as dashed lines, the goal's met / NOT MET in the panel's title; a system not
     measured (Ray not installed) gets a note in place of its bar."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return ("plot: skipped, matplotlib is not installed (make bench installs it; or "
-                ".venv/bin/pip install -e '.[bench]')")
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
     cfg, systems = result["config"], result["systems"]
     keys = list(systems)
     fig, axes = plt.subplots(1, 3, figsize=(16, 6))
