@@ -98,7 +98,8 @@ class SourceFinder(importlib.abc.MetaPathFinder):
                 return importlib.util.spec_from_file_location(fullname, source)
             built = _built(entry, leaf)
             if built is not None and os.path.getmtime(built) + STALE_AFTER_S < os.path.getmtime(source):
-                self.stale.append(fullname)
+                if fullname not in self.stale:  # (found again by report() before its import, say)
+                    self.stale.append(fullname)
                 return importlib.util.spec_from_file_location(fullname, source)
             return None
         return None
@@ -131,10 +132,17 @@ def is_compiled(module) -> bool:
     return isinstance(getattr(module, "__loader__", None), importlib.machinery.ExtensionFileLoader)
 
 
+def runs_compiled(name: str) -> bool:
+    """True if the module `name` was, or would be, loaded from its compiled module: its spec, as
+    an import finds it (this module's SourceFinder first), without importing it."""
+    spec = importlib.util.find_spec(name)
+    return spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+
+
 def report() -> dict[str, object]:
     """What runs here: "compiled" (every listed module), "partial" or "pure", and the names of
-    those compiled. Imports the listed modules (the node imports them all anyway)."""
-    compiled = [name for name in COMPILED if is_compiled(importlib.import_module(name))]
+    those compiled. Imports none of them (a node has no use for the client, say)."""
+    compiled = [name for name in COMPILED if runs_compiled(name)]
     mode = "compiled" if len(compiled) == len(COMPILED) else "partial" if compiled else "pure"
     found = finder()
     return {"mode": mode, "compiled": compiled, "of": len(COMPILED), "pure_forced": pure_forced(),
