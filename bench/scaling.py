@@ -48,7 +48,6 @@ def parse_args(argv: list[str] | None):
              help=f"worker counts to measure, comma-separated (default {','.join(map(str, WORKER_COUNTS))}, "
                   f"those up to the cores - 1)")
     opts.add("--saturated", type=float, default=0.9, help="the front's busy share that counts as saturated")
-    opts.add("--no-plot", action="store_true", help="(no plot: a table)")
     return opts.parse(argv)
 
 
