@@ -201,7 +201,6 @@ class Requests:
             self._cancels.clear()
 
 
-
 def dependencies_of(lane: Any, flight: Flight, now: float) -> dict[str, Any] | None:
     """{dependency id: its future on the cluster, else its JSON from the node's store}."""
     if not flight.dependencies:
